@@ -1,0 +1,306 @@
+"""Metrics: pure functions over numpy arrays of points, features and labels.
+
+Each function implements a published definition, cited beside the maths. Nothing here touches
+torch or files; feature extraction (the judge, Inception) lives elsewhere.
+
+Notation:
+  real  (N, D) features (or 2D points) of real data,   X_1..X_N
+  fake  (M, D) features (or 2D points) of generated samples, Y_1..Y_M
+  K     number of modes (mixture components, classes)
+Argument order is always (real, fake).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p || q) = sum_i p_i log(p_i / q_i) (Cover & Thomas, eq. 2.26), with 0 log 0 = 0.
+
+    Infinite where q_i = 0 < p_i: p puts mass where q has none.
+    """
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    support = p > 0
+    with np.errstate(divide="ignore"):
+        return float(np.sum(p[support] * (np.log(p[support]) - np.log(q[support]))))
+
+
+def _features(x, name: str, min_rows: int = 2) -> np.ndarray:
+    """(N, D) float64 copy of x; a one-line ValueError naming what is wrong otherwise."""
+    x = np.array(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2D array (N, D), got shape {x.shape}")
+    if len(x) < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got {len(x)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} has non-finite values")
+    return x
+
+
+def _feature_pair(real_feats, fake_feats, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    real = _features(real_feats, "real_feats", min_rows)
+    fake = _features(fake_feats, "fake_feats", min_rows)
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature sizes differ: real {real.shape[1]}, fake {fake.shape[1]}")
+    return real, fake
+
+
+# ----------------------------------------------------------------------------------------------
+# 2D mixtures: VEEGAN (Srivastava et al. 2017, sec. 5.1) / PacGAN (Lin et al. 2018, sec. 5)
+
+
+def mixture_modes(name: str) -> tuple[np.ndarray, float]:
+    """Centers (K, 2) and per-coordinate std of a built-in 2D Gaussian mixture."""
+    if name == "ring8":  # 8 modes evenly on the unit circle
+        angles = 2 * np.pi * np.arange(8) / 8
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1), 0.01  # (8, 2)
+    if name == "grid25":  # 25 modes on {-4, -2, 0, 2, 4}^2
+        xs = np.arange(-4.0, 5.0, 2.0)
+        gx, gy = np.meshgrid(xs, xs, indexing="ij")
+        return np.stack([gx.ravel(), gy.ravel()], axis=1), 0.05  # (25, 2)
+    raise ValueError(f"unknown mixture {name!r}; known: ring8, grid25")
+
+
+def mixture_stats(samples: np.ndarray, centers: np.ndarray, std: float) -> dict:
+    """Mode capture on a 2D mixture (VEEGAN sec. 5.1; PacGAN sec. 5).
+
+    A sample is high quality if it lies within 3 std of its nearest mode; a mode is captured if it
+    is the nearest mode of at least one high-quality sample. reverse_kl = KL(p_gen || p_data)
+    between the nearest-mode histogram of all finite samples and the uniform mode distribution
+    (log K when every sample sits at one mode). Non-finite samples (a diverged generator) belong
+    to no mode and are never high quality; they still count in num_samples and in hq_fraction's
+    denominator. reverse_kl is nan when no sample is finite.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] != centers.shape[1] or len(samples) == 0:
+        raise ValueError(f"samples must be (N, {centers.shape[1]}) with N > 0, got {samples.shape}")
+    num_modes = len(centers)
+    finite = samples[np.isfinite(samples).all(axis=1)]  # (F, 2)
+    dist = np.linalg.norm(finite[:, None, :] - centers[None, :, :], axis=-1)  # (F, K)
+    nearest = dist.argmin(axis=1)  # (F,)
+    high_quality = dist[np.arange(len(finite)), nearest] <= 3 * std  # (F,)
+    counts = np.bincount(nearest, minlength=num_modes)  # (K,)
+    reverse_kl = (kl_divergence(counts / counts.sum(), np.full(num_modes, 1 / num_modes))
+                  if len(finite) else float("nan"))
+    return {
+        "modes": int(np.unique(nearest[high_quality]).size),
+        "num_modes": num_modes,
+        "hq_fraction": float(high_quality.sum() / len(samples)),
+        "reverse_kl": reverse_kl,
+        "num_samples": len(samples),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels: Stacked MNIST protocol (Metz et al. 2017; Srivastava et al. 2017) and text following
+
+
+def mode_stats(labels: np.ndarray, num_modes: int, reference_probs: np.ndarray | None = None,
+               eps: float = 1e-6) -> dict:
+    """Mode counting over judge labels (Stacked MNIST protocol: Metz et al. 2017, VEEGAN sec. 5.2).
+
+    modes = distinct labels seen; kl = KL(p_gen || p_data) over the labels, the number the
+    Stacked MNIST tables report; p_data is uniform unless reference_probs (e.g. the judge's label
+    histogram on real data) is given. reverse_kl = KL(p_data || p_gen) punishes missing modes,
+    which would make it infinite, so p_gen is smoothed first: p_gen <- (p_gen + eps) / (1 + K eps).
+    A missing mode then costs p_data_k * log(p_data_k / eps), e.g. 6.9e-3 for K = 1000.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a non-empty 1D integer array, got {labels.dtype} "
+                         f"{labels.shape}")
+    if labels.min() < 0 or labels.max() >= num_modes:
+        raise ValueError(f"labels must lie in [0, {num_modes}), got [{labels.min()}, "
+                         f"{labels.max()}]")
+    p_gen = np.bincount(labels, minlength=num_modes) / len(labels)  # (K,)
+    p_data = _reference(reference_probs, num_modes)  # (K,)
+    p_gen_smooth = (p_gen + eps) / (1 + num_modes * eps)
+    return {
+        "modes": int(np.count_nonzero(p_gen)),
+        "num_modes": num_modes,
+        "kl": kl_divergence(p_gen, p_data),
+        "reverse_kl": kl_divergence(p_data, p_gen_smooth),
+        "num_samples": len(labels),
+    }
+
+
+def _reference(reference_probs, num_modes: int) -> np.ndarray:
+    if reference_probs is None:
+        return np.full(num_modes, 1 / num_modes)
+    ref = np.asarray(reference_probs, dtype=np.float64)
+    if ref.shape != (num_modes,) or (ref < 0).any() or ref.sum() <= 0:
+        raise ValueError(f"reference_probs must be {num_modes} non-negative weights, "
+                         f"got shape {ref.shape}")
+    return ref / ref.sum()
+
+
+def cond_accuracy(prompted_labels, judged_labels) -> float:
+    """Fraction of samples the judge assigns to the class they were prompted with."""
+    prompted, judged = np.asarray(prompted_labels), np.asarray(judged_labels)
+    if prompted.shape != judged.shape or prompted.ndim != 1 or len(prompted) == 0:
+        raise ValueError(f"need two equal non-empty 1D label arrays, got {prompted.shape} "
+                         f"and {judged.shape}")
+    return float(np.mean(prompted == judged))
+
+
+# ----------------------------------------------------------------------------------------------
+# FID / KID through clean-fid (Parmar et al. 2022). cleanfid.fid imports torch and torchvision
+# (about 4 s), so it is imported inside the functions that need it.
+
+
+def gaussian_moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of features, as clean-fid computes them."""
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def fid(real_feats, fake_feats) -> float:
+    """Frechet distance between Gaussians fitted to the two feature sets (Heusel et al. 2017, eq. 6):
+
+        FID = ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))
+
+    Biased upward at small sample counts (Chong & Forsyth 2020): always report N with it.
+    """
+    from cleanfid.fid import frechet_distance
+
+    real, fake = _feature_pair(real_feats, fake_feats)
+    mu_r, sigma_r = gaussian_moments(real)
+    mu_f, sigma_f = gaussian_moments(fake)
+    with warnings.catch_warnings():  # clean-fid passes sqrtm's `disp`, deprecated in SciPy 1.16
+        warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated",
+                                category=DeprecationWarning)
+        value = float(frechet_distance(mu_f, sigma_f, mu_r, sigma_r))
+    return max(value, 0.0)  # FID >= 0; sqrtm rounding can leave -1e-12 for identical sets
+
+
+def kid(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: int = 1000,
+        seed: int = 0) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018, sec. 2.2 / 4): the unbiased MMD^2
+    estimate (Gretton et al. 2012, Lemma 6) with the cubic kernel k(x, y) = (x.y / D + 1)^3,
+    averaged over num_subsets random subsets of m = min(N, M, max_subset_size) points of each set.
+
+    Unbiased: its expectation is 0 for identical distributions, so it can come out negative.
+    """
+    from cleanfid.fid import kernel_distance
+
+    real, fake = _feature_pair(real_feats, fake_feats)
+    # clean-fid draws its subsets from numpy's global RNG: seed it for a reproducible value and
+    # give the caller's RNG state back afterwards.
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(kernel_distance(real, fake, num_subsets, max_subset_size))
+    finally:
+        np.random.set_state(state)
+
+
+def fid_bootstrap(real_feats, fake_feats, num_boot: int = 100, seed: int = 0,
+                  level: float = 0.95) -> dict:
+    """FID with a bootstrap interval for its sampling spread (Efron & Tibshirani 1993, ch. 13).
+
+    Both sets are resampled with replacement. A resample holds duplicates, so it has fewer distinct
+    points and FID's small-sample bias grows: the raw bootstrap distribution sits above the point
+    estimate by about that bias (several spreads when the sets match). The interval is therefore
+    the percentile interval of the bootstrap values shifted by the bootstrap bias estimate
+    (mean of bootstrap values - point estimate), clipped at 0: it measures spread, not bias.
+    """
+    real, fake = _feature_pair(real_feats, fake_feats)
+    point = fid(real, fake)
+    rng = np.random.default_rng(seed)
+    boot = np.array([
+        fid(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))])
+        for _ in range(num_boot)
+    ])  # (num_boot,)
+    lo, hi = np.quantile(boot - (boot.mean() - point), [(1 - level) / 2, (1 + level) / 2])
+    return {"fid": point, "lo": max(float(lo), 0.0), "hi": float(hi)}
+
+
+def fid_curve(real_feats, fake_feats, counts: list[int], seed: int = 0) -> list[dict]:
+    """FID against the number n of generated samples, the real set kept whole (Chong & Forsyth
+    2020, sec. 3). The subsets are nested (the first n of one random order) so the curve shows the
+    1/n bias rather than subset noise."""
+    real, fake = _feature_pair(real_feats, fake_feats)
+    if any(n < 2 or n > len(fake) for n in counts):
+        raise ValueError(f"counts must lie in [2, {len(fake)}], got {list(counts)}")
+    order = np.random.default_rng(seed).permutation(len(fake))
+    return [{"n": int(n), "fid": fid(real, fake[order[:n]])} for n in counts]
+
+
+def fid_extrapolate(curve: list[dict]) -> float:
+    """FID_inf of Chong & Forsyth 2020 (sec. 3): FID_n is linear in 1/n, FID_n = FID_inf + c / n;
+    fit it by least squares over the curve's points and read the intercept at 1/n = 0."""
+    inv_n = np.array([1 / point["n"] for point in curve])
+    values = np.array([point["fid"] for point in curve])
+    if np.unique(inv_n).size < 2:
+        raise ValueError("fid_extrapolate needs FID at two or more distinct sample counts")
+    _, intercept = np.polyfit(inv_n, values, deg=1)
+    return float(intercept)
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision / recall (Kynkaanniemi et al. 2019) and density / coverage (Naeem et al. 2020)
+#
+# Both estimate each set's manifold as the union of balls B(x, NND_k(x)), NND_k(x) being the
+# distance from x to its k-th nearest neighbour in its own set. Ball membership is strict (<),
+# as in Naeem et al.'s reference code (clovaai/prdc): then identical sets give density exactly 1.
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances (n, m), |a|^2 + |b|^2 - 2 a.b in float64 (a BLAS matmul)."""
+    d = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0.0)  # cancellation can leave tiny negatives
+
+
+def _kth_neighbour_sq(x: np.ndarray, ks: list[int], chunk: int) -> list[np.ndarray]:
+    """Squared distance (N,) from each point to its k-th nearest other point, for each k in ks."""
+    out = [np.empty(len(x)) for _ in ks]
+    for start in range(0, len(x), chunk):
+        d = np.partition(_sq_dists(x[start:start + chunk], x), ks, axis=1)  # (c, N)
+        for radii, k in zip(out, ks):
+            radii[start:start + chunk] = d[:, k]  # column 0 is the point itself (distance 0)
+    return out
+
+
+def prdc(real_feats, fake_feats, k_pr: int = 3, k_dc: int = 5, chunk: int = 1024) -> dict:
+    """Precision, recall (Kynkaanniemi et al. 2019, sec. 2, k = k_pr) and density, coverage
+    (Naeem et al. 2020, sec. 3, k = k_dc). With f(y, S) = 1 if y lies in some ball of S's manifold:
+
+        precision = 1/M sum_j f(Y_j, real)        recall   = 1/N sum_i f(X_i, fake)
+        density   = 1/(kM) sum_j sum_i 1[Y_j in B(X_i, NND_k(X_i))]
+        coverage  = 1/N sum_i 1[exists j: Y_j in B(X_i, NND_k(X_i))]
+
+    A collapsed generator has high precision and low recall. For two independent sets of the same
+    distribution E[density] = 1 and E[coverage] = 1 - prod_{i=1..k} (N - i) / (N + M - i), about
+    1 - 2^-k (Naeem et al. 2020, sec. 4). Distances are exact, computed in row chunks of `chunk`
+    so memory stays O(chunk * (N + M)).
+    """
+    real, fake = _feature_pair(real_feats, fake_feats, min_rows=max(k_pr, k_dc) + 1)
+    centre = real.mean(axis=0)  # distances ignore translation; centring shrinks rounding error
+    real, fake = real - centre, fake - centre
+    real_pr, real_dc = _kth_neighbour_sq(real, [k_pr, k_dc], chunk)  # (N,), (N,)
+    (fake_pr,) = _kth_neighbour_sq(fake, [k_pr], chunk)  # (M,)
+
+    in_real_manifold = np.zeros(len(fake), dtype=bool)  # (M,)
+    balls_containing = np.zeros(len(fake))  # (M,) number of real k_dc-balls holding Y_j
+    in_fake_manifold = np.empty(len(real), dtype=bool)  # (N,)
+    covered = np.empty(len(real), dtype=bool)  # (N,)
+    for start in range(0, len(real), chunk):
+        rows = slice(start, start + chunk)
+        d = _sq_dists(real[rows], fake)  # (c, M)
+        in_real_manifold |= (d < real_pr[rows, None]).any(axis=0)
+        inside = d < real_dc[rows, None]  # (c, M)
+        balls_containing += inside.sum(axis=0)
+        covered[rows] = inside.any(axis=1)
+        in_fake_manifold[rows] = (d < fake_pr[None, :]).any(axis=1)
+    return {
+        "precision": float(in_real_manifold.mean()),
+        "recall": float(in_fake_manifold.mean()),
+        "density": float(balls_containing.sum() / (k_dc * len(fake))),
+        "coverage": float(covered.mean()),
+    }
