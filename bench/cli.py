@@ -1,0 +1,159 @@
+"""The `gvd` command (also `python -m bench`).
+
+  gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
+  gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
+  gvd compare RUN_DIR RUN_DIR+  summary metrics of several runs side by side, with deltas against the first
+  gvd datasets                  list the built-in datasets
+  gvd presets                   list the named presets
+
+Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UserError(message)
+
+
+def _cmd_run(args) -> None:
+    import torch
+
+    from bench.config import ConfigError, apply_override, preset, validate
+    from bench.suite import resolve_device, run_suite
+
+    cfg = preset(args.preset)
+    if args.seeds is not None:
+        cfg.seeds = list(args.seeds)
+    if args.steps is not None and cfg.mixtures is not None:
+        cfg.mixtures.steps = args.steps
+    for assignment in args.set or []:
+        apply_override(cfg, assignment)
+    validate(cfg)
+    out = Path(args.out) if args.out else Path("reports") / cfg.name
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {out} exists and is not a folder")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    torch.set_num_threads(torch.get_num_threads())  # respect OMP_NUM_THREADS when set
+    results = run_suite(cfg, out, device)
+    bad = [r for r in results["runs"] if r["status"] != "ok"]
+    print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+
+
+def _cmd_report(args) -> None:
+    from bench.report import write_report
+    from bench.results import load_results
+
+    run_dir = Path(args.run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no results.json (is it a run folder?)")
+    try:
+        results = load_results(path)
+    except ValueError as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    write_report(run_dir, results)
+    print(f"wrote {run_dir}/report.md and {run_dir}/report.html")
+
+
+def _cmd_compare(args) -> None:
+    from bench.results import load_results, summarise
+
+    summaries = []
+    for d in args.run_dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise UserError(f"{d} has no results.json (is it a run folder?)")
+        try:
+            summaries.append({(s["dataset"], s["model"]): s for s in summarise(load_results(path))})
+        except ValueError as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+    keys = [k for k in summaries[0] if all(k in s for s in summaries[1:])]
+    if not keys:
+        raise UserError("the runs share no (dataset, model) pair to compare")
+    metrics = ["modes", "hq_fraction", "reverse_kl", "kl", "fid", "kid", "precision", "recall", "density",
+               "coverage", "cond_accuracy"]
+    names = [Path(d).name for d in args.run_dirs]
+    print("| dataset | model | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |")
+    print("|" + "---|" * (3 + 2 * len(names) - 1))
+    for key in keys:
+        for m in metrics:
+            if all(m in s[key] for s in summaries):
+                vals = [s[key][m][0] for s in summaries]
+                cells = [f"{v:.4g} ± {s[key][m][1]:.2g}" for v, s in zip(vals, summaries)]
+                deltas = [f"{v - vals[0]:+.4g}" for v in vals[1:]]
+                print(f"| {key[0]} | {key[1]} | {m} | " + " | ".join(cells + deltas) + " |")
+
+
+def _cmd_datasets(args) -> None:
+    from bench.data import list_datasets
+
+    for name, desc in list_datasets().items():
+        print(f"{name:16s} {desc}")
+
+
+def _cmd_presets(args) -> None:
+    from bench.config import DEFAULT_PRESET, PRESETS
+
+    for name, (_, desc) in PRESETS.items():
+        print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.config import DEFAULT_PRESET
+
+    parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train + evaluate + report")
+    run.add_argument("--preset", default=DEFAULT_PRESET, help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
+    run.add_argument("--out", help="run folder (default reports/<preset>)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
+    run.add_argument("--steps", type=int, help="training steps of every model (overrides the preset)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
+    run.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="two or more runs side by side, with deltas against the first")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.set_defaults(func=_cmd_compare)
+
+    sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
+    sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.config import ConfigError
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "compare" and len(args.run_dirs) < 2:
+            raise UserError("compare needs at least two run folders")
+        args.func(args)
+    except (UserError, ConfigError) as exc:
+        print(f"gvd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gvd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Typed configs of a benchmark run and the named presets.
+
+A run is a `SuiteConfig`: which benchmarks, which seeds, and each benchmark's own config. The configs of the networks
+live next to the networks (models/*.py), those of the training loops next to the loops (bench/train.py); this file
+only composes them. The CLI's `--preset` choices are the keys of `PRESETS`; `--set a.b=value` edits one field.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from bench.train import DiffusionTrainConfig, GANTrainConfig
+from models.diffusion import DiffusionConfig
+from models.mlp import MLPConfig
+
+
+class ConfigError(ValueError):
+    """A bad user setting; the message is one line naming it."""
+
+
+@dataclass
+class MixtureBenchConfig:
+    """The 2D mode-collapse benchmark (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["ring8", "grid25"])  # built-in 2D mixtures
+    steps: int = 2000  # optimisation steps of each model (GAN: one D and one G update per step)
+    batch_size: int = 512  # real examples per step, the same for both models: equal examples seen
+    num_samples: int = 2500  # samples scored per (dataset, model, seed), as in VEEGAN/PacGAN
+    gan_net: MLPConfig = field(default_factory=lambda: MLPConfig(width=128, depth=3))
+    gan: GANTrainConfig = field(default_factory=GANTrainConfig)
+    denoiser_net: MLPConfig = field(default_factory=lambda: MLPConfig(width=64, depth=2))
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="cosine"))
+    diffusion_train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    samplers: list[str] = field(default_factory=lambda: ["ddpm:1000", "dpmpp2m:20"])  # name:steps; the first is the headline
+
+
+@dataclass
+class SuiteConfig:
+    name: str = "toy"  # the preset it came from; also the default run-folder name
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one training run per seed, per dataset, per model
+    mixtures: MixtureBenchConfig | None = field(default_factory=MixtureBenchConfig)
+
+
+def _toy() -> SuiteConfig:
+    return SuiteConfig(name="toy", seeds=[0, 1, 2], mixtures=MixtureBenchConfig())
+
+
+def _smoke() -> SuiteConfig:
+    mix = MixtureBenchConfig(
+        steps=30,
+        batch_size=64,
+        num_samples=200,
+        gan_net=MLPConfig(width=16, depth=2),
+        denoiser_net=MLPConfig(width=16, depth=1),
+        diffusion=DiffusionConfig(schedule="cosine", num_steps=50),
+        samplers=["ddpm:50", "ddim:5"],
+    )
+    return SuiteConfig(name="smoke", seeds=[0], mixtures=mix)
+
+
+# name -> (factory, one-line description). `gvd run` without --preset runs DEFAULT_PRESET.
+PRESETS = {
+    "toy": (_toy, "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 10 minutes on 2 CPU cores)"),
+    "smoke": (_smoke, "a seconds-long run of every stage on tiny models, for tests and trying the CLI"),
+}
+DEFAULT_PRESET = "toy"
+
+
+def preset(name: str) -> SuiteConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name][0]()
+
+
+def _coerce(text: str, current):
+    """Parse a --set value to the type of the field it replaces."""
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError
+    if isinstance(current, (int, float, str)):
+        return type(current)(text)
+    return json.loads(text)  # lists, tuples, None
+
+
+def apply_override(cfg, assignment: str):
+    """Apply one `a.b.c=value` edit in place; the value is parsed as the type of the field it replaces."""
+    key, sep, text = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    *path, last = key.strip().split(".")
+    obj = cfg
+    for part in path:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
+            raise ConfigError(f"unknown setting {key!r}")
+        obj = getattr(obj, part)
+    if not dataclasses.is_dataclass(obj) or last not in {f.name for f in dataclasses.fields(obj)}:
+        raise ConfigError(f"unknown setting {key!r}")
+    current = getattr(obj, last)
+    try:
+        value = _coerce(text, current)
+    except (ValueError, json.JSONDecodeError):
+        raise ConfigError(f"bad value {text!r} for {key} (expected {type(current).__name__})") from None
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    setattr(obj, last, value)
+
+
+_POSITIVE = ("steps", "batch_size", "num_samples", "lr", "width", "depth", "num_steps")
+
+
+def validate(cfg, where: str = "") -> None:
+    """Raise ConfigError naming the first nonsensical field: non-positive sizes, steps and learning rates."""
+    if isinstance(cfg, SuiteConfig) and not cfg.seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{name}.")
+        elif f.name in _POSITIVE and isinstance(value, (int, float)) and not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if isinstance(cfg, MixtureBenchConfig):
+        from bench.data import MIXTURES
+
+        for name in cfg.datasets:
+            if name not in MIXTURES:
+                raise ConfigError(f"unknown 2D dataset {name!r}; choose from {', '.join(MIXTURES)}")
+        for spec in cfg.samplers:
+            parse_sampler(spec)
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """'ddim:50' -> ('ddim', 50)."""
+    from models.samplers import SAMPLERS
+
+    name, _, steps = spec.partition(":")
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    try:
+        n = int(steps)
+    except ValueError:
+        raise ConfigError(f"sampler {spec!r} needs a step count, e.g. {name}:20") from None
+    if n <= 0:
+        raise ConfigError(f"sampler {spec!r} needs a positive step count")
+    return name, n
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
