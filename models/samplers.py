@@ -59,15 +59,16 @@ def timesteps(num_train_steps: int, num_sample_steps: int, spacing: str = "trail
 def _grid(alpha_bar: torch.Tensor, steps: int, spacing: str) -> tuple[list[float], list[float]]:
     """The sampler's noise levels, once, in float64: network timesteps t (n,) and alpha_bar a (n+1,),
     a[n] = 1 (clean data)."""
+    alpha_bar = alpha_bar.detach().double().cpu()  # bookkeeping on the host, whatever the device
     if spacing == "karras":
-        table = ve_sigmas(alpha_bar)  # ascending
-        if not 1 <= steps:
+        if steps < 1:
             raise ValueError(f"number of sampling steps must be >= 1, got {steps}")
+        table = ve_sigmas(alpha_bar)  # ascending
         sig = karras_sigmas(steps, table[0].item(), table[-1].item())[:-1]
         t, a = sigma_to_t(sig, alpha_bar), 1 / (1 + sig**2)
     elif spacing in SPACINGS:
         idx = timesteps(len(alpha_bar), steps, spacing)
-        t, a = idx.double(), alpha_bar.double().cpu()[idx]
+        t, a = idx.double(), alpha_bar[idx]
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose from {', '.join(GRIDS)}")
     return t.tolist(), a.tolist() + [1.0]
