@@ -1,0 +1,223 @@
+"""Image datasets: determinism, value ranges, labels that match what is drawn and what the caption says, and
+one-line errors for bad folders and missing torchvision data."""
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.images import (
+    COLOURS,
+    IMAGE_DATASETS,
+    SHAPES,
+    SIZES,
+    DataError,
+    load_digits,
+    load_folder,
+    load_image_dataset,
+    load_torchvision,
+    make_shapes,
+    make_stacked_digits,
+)
+
+K = len(COLOURS)
+
+
+def _words(caption: str) -> set[str]:
+    return set(caption.replace(",", " ").split())
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+@pytest.mark.parametrize("resolution", [16, 32, 64])
+def test_shapes_tensor_contract(resolution):
+    d = make_shapes(40, resolution, seed=0)
+    assert d.images.shape == (40, 3, resolution, resolution) and d.images.dtype == torch.float32
+    assert d.images.min() >= -1 and d.images.max() <= 1
+    assert d.labels.dtype == torch.long and 0 <= d.labels.min() and d.labels.max() < d.num_modes
+    assert d.num_modes == len(SHAPES) * len(COLOURS) == len(d.class_names) >= 24
+    assert len(d.captions) == 40 and d.channel_labels is None
+
+
+def test_shapes_deterministic_and_prefix_stable():
+    a, b = make_shapes(30, 16, seed=4), make_shapes(30, 16, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.captions == b.captions
+    assert not torch.equal(a.images, make_shapes(30, 16, seed=5).images)
+    short = make_shapes(7, 16, seed=4)  # image i does not depend on how many are drawn
+    assert torch.equal(short.images, a.images[:7]) and short.captions == a.captions[:7]
+
+
+def test_shape_captions_name_exactly_the_labelled_shape_and_colour():
+    d = make_shapes(300, 16, seed=1)
+    for caption, label in zip(d.captions, d.labels.tolist()):
+        words = _words(caption)
+        assert words & set(SHAPES) == {SHAPES[label // K]}, caption
+        assert words & set(COLOURS) == {list(COLOURS)[label % K]}, caption
+        assert d.class_names[label] == f"{list(COLOURS)[label % K]} {SHAPES[label // K]}"
+    assert len(set(d.captions)) > d.num_modes  # several templates, not one string per class
+    # both sizes and every mode occur
+    assert {f["size"] for f in d.fields} == set(SIZES) and len(d.labels.unique()) == d.num_modes
+
+
+def test_shapes_pixels_match_label_colour_and_closed_form_area():
+    """The drawn shape's area, recovered from the pixels, is the closed-form area of the labelled shape
+    (circle pi r^2, square (1.7 r)^2, triangle 2 r^2, cross 20/9 r^2), and its colour is the labelled colour."""
+    res = 64
+    d = make_shapes(200, res, seed=3)
+    x = (d.images + 1) / 2  # (N, 3, H, W) in [0, 1]
+    bg = x[:, :, 0, 0]  # corners are background (shapes keep a margin)
+    far = ((x - bg[:, :, None, None]) ** 2).sum(1).flatten(1).argmax(1)
+    fg = x.flatten(2)[torch.arange(len(x)), :, far]  # (N, 3) the shape's colour
+    v = fg - bg
+    alpha = ((x - bg[:, :, None, None]) * v[:, :, None, None]).sum(1) / (v**2).sum(1)[:, None, None]
+    area = alpha.sum((1, 2))
+    closed_form = {"circle": math.pi, "square": 1.7**2, "triangle": 2.0, "cross": 20 / 9}
+    palette = torch.tensor(list(COLOURS.values()))
+    for i, f in enumerate(d.fields):
+        r = SIZES[f["size"]] * res
+        assert abs(area[i] / (closed_form[f["shape"]] * r * r) - 1) < 0.02, (i, f)
+        nearest = ((palette - fg[i]) ** 2).sum(1).argmin().item()
+        assert nearest == d.labels[i].item() % K
+
+
+def test_shapes_fast():
+    import time
+    start = time.perf_counter()
+    make_shapes(2000, 32, seed=0)
+    assert time.perf_counter() - start < 2.0  # vectorised: ~0.1 s on one core
+
+
+def test_prompts_are_fresh_captions_with_matching_labels():
+    d = make_shapes(200, 16, seed=0)
+    caps, labels = d.prompts(500, seed=9)
+    assert len(caps) == 500 and labels.shape == (500,) and labels.dtype == torch.long
+    again = d.prompts(500, seed=9)
+    assert again[0] == caps and torch.equal(again[1], labels)
+    for c, label in zip(caps, labels.tolist()):
+        assert _words(c) & set(SHAPES) == {SHAPES[label // K]}
+        assert _words(c) & set(COLOURS) == {list(COLOURS)[label % K]}
+    assert d.prompts(50, seed=10)[0] != caps[:50]
+
+
+# ------------------------------------------------------------------------------------------------ digits
+
+def test_digits_are_sklearns_digits_resized():
+    from sklearn.datasets import load_digits as sk
+
+    raw = sk()
+    d = load_digits(16)
+    assert d.images.shape == (1797, 1, 16, 16) and d.num_modes == 10
+    assert d.images.min() >= -1 and d.images.max() <= 1
+    assert torch.equal(d.labels, torch.from_numpy(raw.target).long())
+    # bilinear 2x upsampling (align_corners=False) keeps each image's mean ink, up to the border rows
+    ink = (d.images.mean((1, 2, 3)) + 1) / 2 * 16
+    assert np.allclose(ink.numpy(), raw.images.mean((1, 2)), atol=0.35)
+    assert all(f"{['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'][y]}"
+               in c for c, y in zip(d.captions, d.labels.tolist()))
+
+
+def test_stacked_digits_channels_are_real_digits_with_their_labels():
+    d = make_stacked_digits(20, 16, seed=2)
+    digits = d.channel_source
+    assert d.images.shape == (20, 3, 16, 16) and d.num_modes == 1000 and len(d.class_names) == 1000
+    assert torch.equal(d.labels, 100 * d.channel_labels[:, 0] + 10 * d.channel_labels[:, 1] + d.channel_labels[:, 2])
+    for i in range(20):
+        for c in range(3):
+            same = (digits.images[:, 0] == d.images[i, c]).flatten(1).all(1)  # exact copies of a source digit
+            assert same.any() and (digits.labels[same] == d.channel_labels[i, c]).all()
+        assert d.class_names[d.labels[i]] == "-".join(str(v) for v in d.channel_labels[i].tolist())
+    assert torch.equal(make_stacked_digits(20, 16, seed=2).images, d.images)
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+def _png(path, size=(20, 12), colour=(200, 10, 30), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour if mode == "RGB" else colour[0]).save(path)
+
+
+def test_folder_with_class_subfolders(tmp_path):
+    _png(tmp_path / "dog" / "a.png", colour=(0, 255, 0))
+    _png(tmp_path / "cat" / "b.png", size=(9, 30))
+    _png(tmp_path / "cat" / "c.jpg", mode="L", colour=(128,))
+    d = load_folder(str(tmp_path), resolution=8)
+    assert d.class_names == ["cat", "dog"] and d.num_modes == 2  # sorted, as ImageFolder
+    assert d.labels.tolist() == [0, 0, 1] and d.images.shape == (3, 3, 8, 8)
+    # a flat colour survives resizing exactly: (v / 255) * 2 - 1
+    assert torch.allclose(d.images[2], torch.tensor([-1.0, 1.0, -1.0])[:, None, None], atol=1e-6)
+    assert torch.allclose(d.images[0, 0], torch.full((8, 8), 200 / 255 * 2 - 1), atol=1e-6)
+    assert all(d.class_names[y] in c for c, y in zip(d.captions, d.labels.tolist()))
+
+
+def test_folder_greyscale_flat_and_captions_file(tmp_path):
+    for name in ("x.png", "y.png"):
+        _png(tmp_path / name, mode="L", colour=(0,))
+    (tmp_path / "metadata.csv").write_text('file_name,text\nx.png,"a dark, empty square"\ny.png,nothing\n')
+    d = load_folder(str(tmp_path), resolution=4)
+    assert d.images.shape == (2, 1, 4, 4) and d.num_modes == 1 and d.labels.tolist() == [0, 0]
+    assert d.captions == ["a dark, empty square", "nothing"]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "empty-class", "corrupt", "no-caption"])
+def test_folder_errors_are_one_line_and_name_the_path(tmp_path, case):
+    bad = tmp_path / "data"
+    if case == "empty":
+        bad.mkdir()
+    elif case == "empty-class":
+        _png(bad / "a" / "1.png")
+        (bad / "b").mkdir()
+        bad = bad / "b"
+    elif case == "corrupt":
+        _png(tmp_path / "data" / "a" / "1.png")
+        bad = tmp_path / "data" / "a" / "broken.png"
+        bad.write_bytes(b"this is not a png")
+    elif case == "no-caption":
+        _png(bad / "1.png")
+        (bad / "metadata.csv").write_text("file_name,text\nother.png,x\n")
+        bad = "1.png"
+    with pytest.raises(DataError) as err:
+        load_folder(str(tmp_path / "data"), resolution=8)
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message
+
+
+def _write_idx(path, array: np.ndarray):
+    """MNIST's IDX format (LeCun et al.): magic 0x08 (ubyte) + ndim, big-endian dims, then the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_from_local_root_and_missing_root(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    images = np.zeros((5, 28, 28), np.uint8)
+    images[:, 10:18, 10:18] = 255
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    for split in ("train", "t10k"):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    d = load_torchvision("mnist", str(tmp_path), resolution=14)
+    assert d.images.shape == (5, 1, 14, 14) and d.labels.tolist() == [3, 1, 4, 1, 5]
+    assert d.images[0, 0, 7, 7] == 1 and d.images[0, 0, 0, 0] == -1  # 2x antialiased downsampling of a block
+    assert "three" in d.captions[0]
+    for name in ("mnist", "fashion-mnist", "cifar10"):
+        with pytest.raises(DataError) as err:
+            load_torchvision(name, str(tmp_path / "nowhere"))
+        assert "\n" not in str(err.value) and "nowhere" in str(err.value)
+
+
+def test_dispatch(tmp_path):
+    assert set(IMAGE_DATASETS) >= {"shapes", "digits", "stacked-digits", "folder:PATH"}
+    assert torch.equal(load_image_dataset("shapes", 10, 16, 3).images, make_shapes(10, 16, 3).images)
+    sub = load_image_dataset("digits", 100, 16, 0)
+    assert sub.images.shape == (100, 1, 16, 16) and len(sub.captions) == len(sub.fields) == 100
+    assert load_image_dataset("stacked-digits", 5, 16, 0).num_modes == 1000
+    _png(tmp_path / "a" / "1.png")
+    _png(tmp_path / "b" / "2.png")
+    assert load_image_dataset(f"folder:{tmp_path}", 0, 8, 0).num_modes == 2
+    for bad in ("nope", "folder:", "shapes:x"):
+        with pytest.raises(DataError, match="unknown image dataset"):
+            load_image_dataset(bad, 10, 16, 0)
