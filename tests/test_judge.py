@@ -1,0 +1,182 @@
+"""The judge: reaches its accuracy floor on held-out and on freshly drawn data, labels stacked digits per channel,
+gives batch-independent float64 features, trains once per cache key, and computes Inception features the clean-fid
+way (checked on constant images, whose resize is exact)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench.judge as judge_mod
+from bench.images import (
+    COLOURS,
+    DataError,
+    ImageData,
+    load_digits,
+    make_shapes,
+    make_stacked_digits,
+)
+from bench.judge import (
+    JUDGE_MIN_ACCURACY,
+    Judge,
+    JudgeConfig,
+    inception_features,
+    judge_failure,
+    judge_key,
+    load_inception,
+    load_or_train_judge,
+    train_judge,
+)
+
+QUICK_SHAPES = JudgeConfig(width=16, steps=250)  # ~3 s on one core
+QUICK_DIGITS = JudgeConfig(width=8, steps=100)  # ~1 s
+
+
+@pytest.fixture(scope="module")
+def shapes_judge():
+    return train_judge(make_shapes(1500, 16, seed=0), QUICK_SHAPES)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(16)
+
+
+def test_quick_shapes_judge_meets_floor_on_fresh_images(shapes_judge):
+    assert shapes_judge.accuracy >= JUDGE_MIN_ACCURACY["shapes"]
+    fresh = make_shapes(600, 16, seed=123)  # never seen: another seed
+    assert (shapes_judge.labels(fresh.images) == fresh.labels).double().mean() >= 0.97
+    assert judge_failure("shapes", shapes_judge) is None
+
+
+def test_quick_digits_judge_and_stacked_digits_per_channel(digits):
+    j = train_judge(digits, QUICK_DIGITS)
+    assert j.accuracy >= JUDGE_MIN_ACCURACY["digits"] and not j.per_channel and j.num_modes == 10
+    stacked = make_stacked_digits(300, 16, seed=1)
+    sj = train_judge(stacked, QUICK_DIGITS)  # trains on stacked.channel_source, i.e. the same digits
+    assert sj.per_channel and sj.num_modes == 1000 and sj.accuracy == pytest.approx(j.accuracy)
+    labels = sj.labels(stacked.images)
+    # each channel is labelled by the digit classifier: the triple is right about acc^3 of the time
+    assert (labels == stacked.labels).double().mean() >= 0.85
+    per_channel = torch.stack([j.labels(stacked.images[:, c:c + 1]) for c in range(3)], 1)
+    assert torch.equal(labels, per_channel @ torch.tensor([100, 10, 1]))  # combination rule, independently
+    feats = sj.features(stacked.images[:5])
+    assert feats.shape == (5, 3 * 4 * QUICK_DIGITS.width)
+
+
+def test_features_are_float64_and_batch_independent(shapes_judge):
+    x = make_shapes(700, 16, seed=5).images
+    all_feats = shapes_judge.features(x)  # two batches of the internal 512
+    assert all_feats.dtype == np.float64 and all_feats.shape == (700, 4 * QUICK_SHAPES.width)
+    np.testing.assert_allclose(shapes_judge.features(x[600:]), all_feats[600:], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(all_feats).all() and all_feats.std(0).mean() > 0  # not collapsed
+    # red circles (label 0) and red squares (label len(COLOURS)) differ only in shape: their feature means
+    # are further apart than a red circle is from its class mean
+    labels = make_shapes(700, 16, seed=5).labels.numpy()
+    a, b = all_feats[labels == 0], all_feats[labels == len(COLOURS)]
+    within = np.linalg.norm(a - a.mean(0), axis=1).mean()
+    assert np.linalg.norm(a.mean(0) - b.mean(0)) > within
+
+
+def test_judge_failure_message():
+    weak = Judge(nn.Sequential(), num_modes=24, accuracy=0.9)
+    msg = judge_failure("shapes", weak)
+    assert "90.0%" in msg and "98%" in msg and "\n" not in msg
+    assert judge_failure("folder:/x", weak) is None  # no floor for user data
+
+
+def test_one_class_folder_has_no_judge():
+    one = ImageData(torch.zeros(4, 3, 16, 16), torch.zeros(4, dtype=torch.long), ["x"] * 4, ["only"], 1)
+    with pytest.raises(DataError, match="at least two classes"):
+        train_judge(one, QUICK_DIGITS)
+
+
+def test_cache_trains_once_and_returns_the_same_judge(tmp_path, digits, monkeypatch):
+    cfg = JudgeConfig(width=8, steps=20)
+    key = {"name": "digits", "resolution": 16}
+    first = load_or_train_judge(digits, key, cfg, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"judge-{judge_key(digits, key, cfg)[:20]}{ext}" for ext in (".json", ".safetensors"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained on a cache hit")
+
+    monkeypatch.setattr(judge_mod, "train_judge", no_training)
+    second = load_or_train_judge(digits, key, cfg, str(tmp_path))
+    x = digits.images[:200]
+    assert torch.equal(first.labels(x), second.labels(x))
+    np.testing.assert_allclose(first.features(x), second.features(x), rtol=1e-6, atol=1e-6)
+    assert second.accuracy == first.accuracy and second.train_seconds == first.train_seconds
+    # a different config or data key is a different judge
+    assert judge_key(digits, key, JudgeConfig(width=8, steps=21)) != judge_key(digits, key, cfg)
+    assert judge_key(digits, {**key, "resolution": 32}, cfg) != judge_key(digits, key, cfg)
+    with pytest.raises(AssertionError, match="retrained"):
+        load_or_train_judge(digits, {"name": "other"}, cfg, str(tmp_path))
+
+
+def test_damaged_cache_is_retrained(tmp_path, digits):
+    cfg = JudgeConfig(width=8, steps=5)
+    load_or_train_judge(digits, {"n": 1}, cfg, str(tmp_path))
+    weights = next(p for p in tmp_path.iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(b"garbage")
+    assert load_or_train_judge(digits, {"n": 1}, cfg, str(tmp_path)).net is not None
+
+
+class _FakeInceptionLayers(nn.Module):
+    """Stands in for the pool3 trunk: global average, then a fixed linear map to 2048 dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 2048, 1)
+
+    def forward(self, x):
+        return self.proj(x.mean((2, 3), keepdim=True))  # (B, 2048, 1, 1)
+
+
+class _FakeInception(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = _FakeInceptionLayers()
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_inception_features_follow_clean_fid_on_constant_images(tmp_path):
+    torch.manual_seed(0)
+    fake = _FakeInception()
+    path = str(tmp_path / "inception-2015-12-05.pt")
+    torch.jit.script(fake).save(path)
+    model = load_inception(path)
+    colours = torch.rand(4, 3) * 2 - 1
+    images = colours[:, :, None, None].expand(4, 3, 20, 20)
+    got = inception_features(images, model, batch_size=3)
+    # a constant image stays constant under any resize: uint8 quantise, then (x - 128) / 128, then the layers
+    u8 = ((colours + 1) * 127.5).round()
+    w, b = fake.layers.proj.weight[:, :, 0, 0].double(), fake.layers.proj.bias.double()
+    expected = ((u8.double() - 128) / 128) @ w.T + b
+    assert got.shape == (4, 2048) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-4)
+    grey = inception_features(images[:, :1], model)  # one channel is repeated to RGB
+    np.testing.assert_allclose(grey, inception_features(images[:, :1].expand(4, 3, 20, 20), model), atol=1e-6)
+
+
+def test_inception_bad_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_inception(str(tmp_path / "missing.pt"))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not torchscript")
+    with pytest.raises(DataError) as err:
+        load_inception(str(junk))
+    assert str(junk) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,resolution", [("shapes", 16), ("shapes", 32), ("digits", 32)])
+def test_default_judge_meets_floor(name, resolution):
+    data = make_shapes(5000, resolution, seed=0) if name == "shapes" else load_digits(resolution)
+    j = train_judge(data, JudgeConfig())
+    assert j.accuracy >= JUDGE_MIN_ACCURACY[name] and j.train_seconds < 120
