@@ -10,6 +10,7 @@ Bad input gets one line on stderr naming the problem and exit status 2; nothing 
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,10 +25,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_run(args) -> None:
-    import torch
-
     from bench.config import ConfigError, apply_override, preset, validate
-    from bench.suite import resolve_device, run_suite
+    from bench.suite import default_workers, resolve_device, run_suite
 
     cfg = preset(args.preset)
     if args.seeds is not None:
@@ -44,8 +43,9 @@ def _cmd_run(args) -> None:
         device = resolve_device(args.device)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
-    torch.set_num_threads(torch.get_num_threads())  # respect OMP_NUM_THREADS when set
-    results = run_suite(cfg, out, device)
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    results = run_suite(cfg, out, device, workers=args.workers or default_workers(device))
     bad = [r for r in results["runs"] if r["status"] != "ok"]
     print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
 
@@ -95,6 +95,42 @@ def _cmd_compare(args) -> None:
                 print(f"| {key[0]} | {key[1]} | {m} | " + " | ".join(cells + deltas) + " |")
 
 
+def _cmd_sample(args) -> None:
+    from bench.imagebench import sample_from_checkpoint, save_grid
+    from bench.suite import load_checkpoint, resolve_device
+    from models.samplers import SAMPLERS
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder")
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {args.sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    pattern = f"{args.dataset or '*'}_seed{'*' if args.seed is None else args.seed}_{args.model}.safetensors"
+    found = sorted((run_dir / "checkpoints").glob(pattern))
+    if not found:
+        raise UserError(f"{run_dir} has no image checkpoint matching checkpoints/{pattern} (was the run an image run?)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a .png file name")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    states, config = load_checkpoint(found[0])
+    try:
+        images, nfe = sample_from_checkpoint(states, config, args.prompt, args.n, seed=args.sample_seed,
+                                             sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                                             device=device)
+    except ValueError as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    save_grid(out, images, nrow=max(1, math.ceil(math.sqrt(args.n))))
+    print(f"wrote {out}: {args.n} images of {args.prompt!r} from {found[0].name} ({nfe} network evaluations)")
+
+
 def _cmd_datasets(args) -> None:
     from bench.data import list_datasets
 
@@ -121,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
     run.add_argument("--steps", type=int, help="training steps of every model (overrides the preset)")
+    run.add_argument("--workers", type=int, help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
     run.set_defaults(func=_cmd_run)
@@ -133,6 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_dirs", nargs="+")
     cmp_.set_defaults(func=_cmd_compare)
 
+    smp = sub.add_parser("sample", help="images for a prompt from a trained image run")
+    smp.add_argument("run_dir")
+    smp.add_argument("--model", choices=["diffusion", "gan"], default="diffusion")
+    smp.add_argument("--prompt", required=True, help='e.g. "a large blue square" (words from the training captions)')
+    smp.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    smp.add_argument("--sampler", help="diffusion sampler (default: the run's)")
+    smp.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
+    smp.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = none (default: the run's)")
+    smp.add_argument("--dataset", help="which dataset's checkpoint, as named in checkpoints/ (default: the first)")
+    smp.add_argument("--seed", type=int, help="which training seed's checkpoint (default: the first)")
+    smp.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default 0)")
+    smp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    smp.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    smp.set_defaults(func=_cmd_sample)
+
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)
     return parser
@@ -140,13 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.config import ConfigError
+    from bench.images import DataError
 
     try:
         args = build_parser().parse_args(argv)
         if args.command == "compare" and len(args.run_dirs) < 2:
             raise UserError("compare needs at least two run folders")
         args.func(args)
-    except (UserError, ConfigError) as exc:
+    except (UserError, ConfigError, DataError) as exc:
         print(f"gvd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

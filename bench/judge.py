@@ -169,7 +169,8 @@ def _load_cached(weights: str, meta_path: str, device: str) -> Judge | None:
         net.load_state_dict(load_file(weights))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError):
         return None  # a missing or damaged cache entry is retrained, never fatal
-    return Judge(net.to(device).eval().requires_grad_(False), meta["num_modes"], meta["accuracy"],
+    net = net.to(device, memory_format=torch.channels_last)  # the layout it was trained in: identical numbers
+    return Judge(net.eval().requires_grad_(False), meta["num_modes"], meta["accuracy"],
                  meta["per_channel"], meta["train_seconds"])
 
 

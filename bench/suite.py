@@ -6,12 +6,16 @@ the suite goes on.
 """
 
 import json
+import multiprocessing
+import os
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -19,6 +23,8 @@ from bench import report
 from bench.config import MixtureBenchConfig, SuiteConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
+from bench.imagebench import _failed, run_image_dataset
+from bench.images import DataError
 from bench.results import metric_rows, new_results, sample_file_stem, write_csv, write_json
 from bench.seeding import sample_seeds
 from bench.train import train_diffusion, train_gan
@@ -42,7 +48,19 @@ def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
     save_file(tensors, str(path), metadata={"config": json.dumps(config)})
 
 
-def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, run_dir: Path) -> tuple[dict, dict]:
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """The inverse of save_checkpoint: ({module name: state dict}, config)."""
+    with safe_open(str(path), "pt") as f:
+        config = json.loads(f.metadata()["config"])
+        states: dict[str, dict] = {}
+        for key in f.keys():  # noqa: SIM118 -- a safetensors handle, not a dict
+            name, _, param = key.partition(".")
+            states.setdefault(name, {})[param] = f.get_tensor(key)
+    return states, config
+
+
+def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, run_dir: Path,
+                 progress: bool = True) -> tuple[dict, dict]:
     """Train and score one model on one 2D mixture. Returns (run entry, {sampler label: samples})."""
     tag = f"{dataset}_{model}_seed{seed}"
     scale = mixture_scale(dataset)
@@ -56,7 +74,7 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
         G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
         train_gen = torch.Generator().manual_seed(seed + 7919)
         latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
-        history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=tag)
+        history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=tag, progress=progress)
         params = {"G": num_params(G), "D": num_params(D)}
         modules, samplers = {"G": G, "D": D}, {"G": None}
     else:
@@ -65,7 +83,7 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
         train_gen = torch.Generator().manual_seed(seed + 7919)
         ema, history, status = train_diffusion(net, lambda step: (real_batch(step)[0], {}), alpha_bar,
                                                mix.diffusion.prediction, mix.diffusion_train, mix.steps,
-                                               train_gen, desc=tag)
+                                               train_gen, desc=tag, progress=progress)
         params = {"denoiser": num_params(net)}
         modules, samplers = {"denoiser": ema}, {s: parse_sampler(s) for s in mix.samplers}
     train_seconds = time.perf_counter() - start
@@ -105,28 +123,81 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
     return entry, points
 
 
-def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device) -> dict:
+def _mixture_job(job) -> tuple[dict, dict]:
+    """One 2D run in a worker process (one thread each: these MLPs are too small to gain from more)."""
+    dataset, model, seed, mix, device, run_dir, threads = job
+    torch.set_num_threads(threads)
+    try:
+        return _run_mixture(dataset, model, seed, mix, device, run_dir, progress=False)
+    except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+        return {"dataset": dataset, "model": model, "seed": seed, "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5),
+                "train": {}, "metrics": {}, "throughput": {}}, {}
+
+
+def _run_jobs(jobs: list, workers: int, desc: str):
+    """Yield (job, (entry, points)) in job order, running up to `workers` jobs at once in separate processes.
+
+    Every job seeds itself, so its result does not depend on how many run beside it."""
+    bar = tqdm(total=len(jobs), desc=desc, unit="run")
+    if workers <= 1:
+        for job in jobs:
+            yield job, _mixture_job(job)
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_mixture_job, job) for job in jobs]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update())
+            for job, f in zip(jobs, futures):
+                yield job, f.result()
+    bar.close()
+
+
+def default_workers(device: torch.device) -> int:
+    return 1 if device.type == "cuda" else max(1, os.cpu_count() or 1)
+
+
+def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1) -> dict:
+    """Run every benchmark of the suite; the 2D runs go `workers` at a time in separate processes."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
     write_json(run_dir / "config.json", config)
     results = new_results(cfg.name, config, str(device) if device.type == "cpu" else torch.cuda.get_device_name(device))
-    jobs = []
     if cfg.mixtures is not None:
-        jobs += [(d, m, s) for d in cfg.mixtures.datasets for s in cfg.seeds for m in ("gan", "diffusion")]
-    for dataset, model, seed in tqdm(jobs, desc=f"suite {cfg.name}", unit="run"):
-        try:
-            entry, points = _run_mixture(dataset, model, seed, cfg.mixtures, device, run_dir)
-            (run_dir / "samples").mkdir(exist_ok=True)
+        threads = 1 if workers > 1 else torch.get_num_threads()
+        jobs = [(d, m, s, cfg.mixtures, device, run_dir, threads)
+                for d in cfg.mixtures.datasets for s in cfg.seeds for m in ("gan", "diffusion")]
+        (run_dir / "samples").mkdir(exist_ok=True)
+        for (dataset, model, seed, *_), (entry, points) in _run_jobs(jobs, min(workers, len(jobs)), f"2D runs ({cfg.name})"):
+            if entry["status"] == "failed":
+                tqdm.write(f"run {dataset}/{model}/seed {seed} failed: {entry['error']}")
             for label, x in points.items():
                 np.save(run_dir / "samples" / f"{sample_file_stem(dataset, model, seed, label)}.npy", x)
-        except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
-            entry = {"dataset": dataset, "model": model, "seed": seed, "status": "failed",
-                     "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5),
-                     "train": {}, "metrics": {}, "throughput": {}}
-            tqdm.write(f"run {dataset}/{model}/seed {seed} failed: {type(exc).__name__}: {exc}")
-        results["runs"].append(entry)
-        write_json(run_dir / "results.json", results)
+            results["runs"].append(entry)
+            write_json(run_dir / "results.json", results)
+    if cfg.images is not None:
+        for dataset in cfg.images.datasets:
+            for seed in cfg.seeds:
+                tqdm.write(f"image benchmark: {dataset}, seed {seed}")
+                try:
+                    entries = run_image_dataset(dataset, seed, cfg.images, device, run_dir, cache_dir(),
+                                                save=save_checkpoint)
+                except DataError:
+                    raise  # bad user input: stop with its one-line message
+                except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+                    tqdm.write(f"image runs {dataset}/seed {seed} failed: {type(exc).__name__}: {exc}")
+                    entries = [{**e, "traceback": traceback.format_exc(limit=5)}
+                               for e in _failed(dataset, seed, f"{type(exc).__name__}: {exc}")]
+                results["runs"].extend(entries)
+                write_json(run_dir / "results.json", results)
     write_csv(run_dir / "metrics.csv", metric_rows(results))
     report.write_report(run_dir, results)
     return results
+
+
+def cache_dir() -> Path:
+    """Where trained judges are cached across runs: $GVD_CACHE, else ~/.cache/gan-vs-diffusion."""
+    return Path(os.environ.get("GVD_CACHE") or Path.home() / ".cache" / "gan-vs-diffusion")

@@ -49,7 +49,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN"):
+def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True):
     """Alternate one discriminator and one generator Adam step (Goodfellow et al. 2014, Algorithm 1 with k = 1).
 
     real_batch(step) -> (x, cond) gives the real examples of a step (cond is None for unconditional models);
@@ -59,7 +59,7 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
     cond_args = lambda cond: () if cond is None else (cond,)
     history, status = [], {"status": "ok"}
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0):
+    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x, cond = real_batch(step)
         # --- discriminator step: real vs a detached fake batch
         fake = G(latent(len(x)), *cond_args(cond)).detach()
@@ -92,7 +92,7 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
 
 
 def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionTrainConfig, steps: int,
-                    generator: torch.Generator, desc: str = "diffusion"):
+                    generator: torch.Generator, desc: str = "diffusion", progress: bool = True):
     """Minimise the DDPM simple loss (Ho et al. 2020, eq. 14; or its v / x0 analogue) with AdamW, a one-cycle
     learning rate and an EMA of the weights. Returns (ema_model, history, status).
 
@@ -103,7 +103,7 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     T = len(alpha_bar)
     history, status = [], {"status": "ok"}
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0):
+    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x0, kwargs = x0_batch(step)
         t = torch.randint(0, T, (len(x0),), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)

@@ -8,7 +8,16 @@ import pytest
 
 from bench.cli import main
 
-SMOKE = ["run", "--preset", "smoke", "--device", "cpu"]
+SMOKE = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def judge_cache(tmp_path_factory):
+    """Judges are cached across runs; the tests use their own cache (trained once per session)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GVD_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,7 @@ def test_results_json_follows_the_schema(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     for key in ["schema", "suite", "created", "device", "versions", "config", "runs"]:
         assert key in results
-    runs = results["runs"]
+    runs = [r for r in results["runs"] if r["dataset"] in ("ring8", "grid25")]
     assert {(r["dataset"], r["model"]) for r in runs} == {(d, m) for d in ("ring8", "grid25") for m in ("gan", "diffusion")}
     for r in runs:
         assert r["status"] in ("ok", "diverged")
@@ -45,15 +54,56 @@ def test_results_json_follows_the_schema(smoke_run):
     assert seen["gan"] == seen["diffusion"]
 
 
+def test_image_runs_are_scored_with_every_metric(smoke_run):
+    results = json.loads((smoke_run / "results.json").read_text())
+    runs = [r for r in results["runs"] if r["dataset"] == "shapes"]
+    assert {r["model"] for r in runs} == {"gan", "diffusion"}
+    for r in runs:
+        assert r["status"] == "ok", r.get("error")
+        m = r["metrics"]
+        for key in ["fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy",
+                    "num_samples", "judge_accuracy"]:
+            assert key in m, key
+        for key in ["precision", "recall", "coverage", "cond_accuracy", "judge_accuracy"]:
+            assert 0 <= m[key] <= 1
+        assert m["num_samples"] == results["config"]["images"]["num_samples"]
+        assert r["throughput"]["samples_per_s"] > 0 and r["throughput"]["nfe"] >= 1
+    dif = next(r for r in runs if r["model"] == "diffusion")
+    assert {"vae", "text", "unet"} == set(dif["train"]["params"])
+    assert dif["train"]["vae"]["psnr"] > 0
+    for part in ("real", "gan", "diffusion"):
+        assert (smoke_run / "samples" / f"shapes_seed0_{part}.png").is_file()
+    assert "Image benchmark" in (smoke_run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("model, extra", [("diffusion", ["--sampler", "ddim", "--steps", "2", "--guidance", "2"]),
+                                          ("gan", [])])
+def test_sample_writes_a_png(smoke_run, tmp_path, model, extra):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(smoke_run), "--model", model, "--prompt", "a large blue square", "--n", "4",
+                 "--out", str(out), "--device", "cpu"] + extra) == 0
+    assert Image.open(out).size[0] > 16
+
+
+def test_sample_bad_inputs(smoke_run, tmp_path, capsys):
+    assert main(["sample", str(smoke_run), "--prompt", "a purple hexagon", "--out", str(tmp_path / "x.png")]) == 2
+    assert "unknown word(s) 'hexagon'" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path), "--prompt", "a red circle"]) == 2
+    assert "has no image checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_report_mentions_published_rows(smoke_run):
     md = (smoke_run / "report.md").read_text()
     assert "VEEGAN" in md and "PacGAN" in md
     assert "<table>" in (smoke_run / "report.html").read_text()
 
 
-def test_same_seed_same_metrics(smoke_run, tmp_path):
+def test_same_seed_same_metrics_in_parallel_workers(smoke_run, tmp_path):
     again = tmp_path / "again"
-    assert main(SMOKE + ["--out", str(again)]) == 0
+    assert main(SMOKE[:-1] + ["2", "--out", str(again)]) == 0  # two worker processes instead of one
     first = json.loads((smoke_run / "results.json").read_text())["runs"]
     second = json.loads((again / "results.json").read_text())["runs"]
     assert [r["metrics"] for r in first] == [r["metrics"] for r in second]
@@ -77,6 +127,8 @@ def test_report_and_compare_from_the_run_folder(smoke_run, capsys):
         (SMOKE + ["--set", "mixtures.gan.lr=-1"], "mixtures.gan.lr must be positive"),
         (SMOKE + ["--set", "mixtures.datasets=[\"ring9\"]"], "unknown 2D dataset 'ring9'"),
         (SMOKE + ["--set", "mixtures.nope=1"], "unknown setting"),
+        (SMOKE + ["--set", "images.datasets=[\"cats\"]"], "unknown image dataset 'cats'"),
+        (SMOKE + ["--set", "images.sampler=ddim"], "needs a step count"),
         (["report", "/nonexistent/run"], "has no results.json"),
     ],
 )

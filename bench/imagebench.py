@@ -1,0 +1,439 @@
+"""The image benchmark: a conditional DCGAN and a text-conditioned latent diffusion model on one captioned dataset.
+
+Data flow for one (dataset, seed):
+
+    real images + captions --> judge (frozen classifier: mode labels + features; cached across runs)
+                           --> text encoder, CLIP pre-trained then frozen: shared by both models (a fair comparison)
+                           --> GAN:       DCGAN G(z, pooled text), projection D                   } same examples seen
+                           --> diffusion: KL-VAE, then UNet on scaled latents with cross-attention } per model step
+    the same prompts and per-sample seeds for both --> samples --> judge --> metrics --> run entries
+
+Every model is trained from the seed; the data and the judge do not depend on it (the judge trains once per dataset
+config and is cached), so seeds measure training variance only.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bench.images import ImageData, load_image_dataset
+from bench.judge import JudgeConfig, judge_failure, load_or_train_judge
+from bench.metrics import cond_accuracy, fid, kid, mode_stats, prdc
+from bench.seeding import noise_fn, per_sample_randn, sample_seeds
+from bench.train import DiffusionTrainConfig, GANTrainConfig, train_diffusion, train_gan
+from models.dcgan import DCGANConfig, Discriminator, Generator
+from models.diffusion import DiffusionConfig, alphas_cumprod
+from models.mlp import num_params
+from models.samplers import guided, sample
+from models.text import ImageTower, ImageTowerConfig, TextConfig, TextEncoder, Tokenizer, clip_loss
+from models.unet import UNet, UNetConfig
+from models.vae import KLAutoencoder, VAEConfig, latent_scale_factor, psnr, vae_loss
+
+
+@dataclass
+class ImageBenchConfig:
+    datasets: list[str] = field(default_factory=lambda: ["shapes"])  # image datasets (see `gvd datasets`)
+    resolution: int = 32  # image side
+    num_train: int = 10000  # images drawn for generated datasets; a seeded subset of this many for fixed ones
+    steps: int = 1500  # GAN steps and UNet steps: both see steps * batch_size training images
+    batch_size: int = 128  # images per GAN / UNet step
+    vae_steps: int = 1500  # autoencoder steps (diffusion only; recorded as extra examples seen)
+    vae_batch_size: int = 64
+    vae_lr: float = 1e-3  # Adam, cosine-decayed
+    text_steps: int = 300  # CLIP pre-training steps of the shared text encoder
+    text_batch_size: int = 256
+    text_lr: float = 1e-3  # Adam, cosine-decayed
+    caption_dropout: float = 0.1  # fraction of UNet training captions replaced by "" (classifier-free guidance)
+    guidance: float = 3.0  # CFG scale s: eps_u + s (eps_c - eps_u); 1 = no guidance (Ho & Salimans 2021)
+    sampler: str = "dpmpp2m:20"  # diffusion sampler:steps used for the scores
+    num_samples: int = 1000  # generated images scored per (dataset, model, seed); as many real ones
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    dcgan: DCGANConfig = field(default_factory=DCGANConfig)
+    gan: GANTrainConfig = field(default_factory=GANTrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
+    diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def _cosine_opt(params, lr: float, steps: int):
+    opt = torch.optim.Adam(params, lr=lr)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Index batches drawn uniformly with replacement from a seeded generator (data resident on the device)."""
+    return lambda step: torch.randint(n, (batch_size,), generator=generator)
+
+
+# ---------------------------------------------------------------- text encoder (shared by both models)
+
+
+def caption_groups(data: ImageData) -> torch.Tensor:
+    """Ids of what each caption says (its template fields), so that captions saying the same thing in different
+    words count as matches in the CLIP loss rather than as negatives."""
+    if data.fields is None:
+        return data.labels
+    keys = [json.dumps(f, sort_keys=True) for f in data.fields]
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([index[k] for k in keys])
+
+
+def train_text_encoder(data: ImageData, cfg: ImageBenchConfig, device, generator: torch.Generator, progress=True):
+    """CLIP pre-training (Radford et al. 2021): a text transformer and an image tower pulled together on matching
+    (caption, image) pairs. Returns (tokenizer, frozen encoder, history)."""
+    torch.manual_seed(generator.initial_seed())
+    tokenizer = Tokenizer.build(data.captions)
+    text = TextEncoder(TextConfig(**{**asdict(cfg.text), "vocab_size": len(tokenizer)})).to(device)
+    tower = ImageTower(ImageTowerConfig(**{**asdict(cfg.tower), "in_channels": data.images.shape[1],
+                                          "embed_dim": cfg.text.embed_dim})).to(device)
+    tokens = tokenizer.encode(data.captions, cfg.text.max_len).to(device)
+    groups = caption_groups(data).to(device)
+    params = list(text.parameters()) + list(tower.parameters())
+    opt, sched = _cosine_opt(params, cfg.text_lr, cfg.text_steps)
+    draw = _batches(len(tokens), cfg.text_batch_size, generator)
+    history = []
+    for step in tqdm(range(cfg.text_steps), desc="text encoder (CLIP)", leave=False, disable=not progress):
+        idx = draw(step).to(device)
+        with _autocast(device, cfg.amp):
+            _, pooled, _ = text(tokens[idx])
+            loss = clip_loss(pooled.float(), tower(data.images[idx]).float(), tower.logit_scale.exp(), groups[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append({"step": step, "loss": loss.item()})
+    return tokenizer, text.eval().requires_grad_(False), history
+
+
+@torch.no_grad()
+def encode_text(text: TextEncoder, tokenizer: Tokenizer, captions: list[str], device, strict: bool = False):
+    """Captions -> (states (N, L, W), pooled (N, E), mask (N, L)) from the frozen encoder, in batches."""
+    out = [text(tokenizer.encode(captions[i : i + 1024], text.cfg.max_len, strict=strict).to(device))
+           for i in range(0, len(captions), 1024)]
+    return tuple(torch.cat(parts) for parts in zip(*out))
+
+
+# ---------------------------------------------------------------- the two families
+
+
+def train_dcgan(data_dev: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, device, seed: int, progress=True):
+    """Conditional DCGAN on the shared frozen text embedding. Returns (G, D, history, status)."""
+    torch.manual_seed(seed)
+    dcfg = DCGANConfig(**{**asdict(cfg.dcgan), "resolution": data_dev.shape[-1], "channels": data_dev.shape[1],
+                          "cond_dim": pooled.shape[1]})
+    G, D = Generator(dcfg).to(device), Discriminator(dcfg).to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    draw = _batches(len(data_dev), cfg.batch_size, gen)
+
+    def real_batch(step):
+        idx = draw(step).to(device)
+        return data_dev[idx], pooled[idx]
+
+    latent = lambda n: torch.randn(n, dcfg.z_dim, generator=gen).to(device)
+    with _autocast(device, cfg.amp):
+        history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress)
+    return G.eval(), D.eval(), dcfg, history, status
+
+
+def train_vae(data_dev: torch.Tensor, cfg: ImageBenchConfig, device, seed: int, progress=True):
+    """KL autoencoder (Rombach et al. 2022), then its latent scale factor = 1 / std of the training latents."""
+    torch.manual_seed(seed)
+    vcfg = VAEConfig(**{**asdict(cfg.vae), "in_channels": data_dev.shape[1], "resolution": data_dev.shape[-1]})
+    vae = KLAutoencoder(vcfg).to(device)
+    opt, sched = _cosine_opt(vae.parameters(), cfg.vae_lr, cfg.vae_steps)
+    gen = torch.Generator().manual_seed(seed + 2)
+    draw = _batches(len(data_dev), cfg.vae_batch_size, gen)
+    history = []
+    for step in tqdm(range(cfg.vae_steps), desc="VAE", leave=False, disable=not progress):
+        x = data_dev[draw(step).to(device)]
+        with _autocast(device, cfg.amp):
+            recon, mean, logvar = vae(x)
+            loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), vcfg.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append({"step": step, "loss": loss.item(), **stats})
+    vae.eval().requires_grad_(False)
+    latents = encode_latents(vae, data_dev[:2048])
+    vae.scale_factor.fill_(latent_scale_factor(latents))
+    return vae, vcfg, history
+
+
+@torch.no_grad()
+def encode_latents(vae: KLAutoencoder, images: torch.Tensor) -> torch.Tensor:
+    """Posterior means of the images (unscaled), in batches. The UNet trains on these times scale_factor: with a
+    KL weight of 1e-6 the posterior std is tiny, so the mean loses nothing and makes training deterministic."""
+    return torch.cat([vae.encode(b)[0] for b in images.split(512)])
+
+
+@torch.no_grad()
+def decode_latents(vae: KLAutoencoder, z_scaled: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.decode(b / vae.scale_factor) for b in z_scaled.split(512)]).clamp(-1, 1)
+
+
+def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfig, device, seed: int, progress=True):
+    """The denoiser on scaled latents, cross-attending to the frozen text states; a random caption_dropout of the
+    captions is replaced by the empty caption so one network learns both halves of classifier-free guidance."""
+    torch.manual_seed(seed)
+    ucfg = UNetConfig(**{**asdict(cfg.unet), "in_channels": latents.shape[1], "context_dim": states.shape[-1]})
+    unet = UNet(ucfg).to(device)
+    alpha_bar = alphas_cumprod(cfg.diffusion.schedule, cfg.diffusion.num_steps).float().to(device)
+    gen = torch.Generator().manual_seed(seed + 3)
+    draw = _batches(len(latents), cfg.batch_size, gen)
+    u_states, u_mask = uncond
+
+    def batch(step):
+        idx = draw(step).to(device)
+        drop = (torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(device)  # (B,)
+        ctx = torch.where(drop[:, None, None], u_states, states[idx])  # (B, L, W)
+        ctx_mask = torch.where(drop[:, None], u_mask, mask[idx])  # (B, L)
+        return latents[idx], {"context": ctx, "context_mask": ctx_mask}
+
+    with _autocast(device, cfg.amp):
+        ema, history, status = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train,
+                                               cfg.steps, gen, desc="UNet", progress=progress)
+    return ema, ucfg, alpha_bar, history, status
+
+
+# ---------------------------------------------------------------- sampling (shared with `gvd sample`)
+
+
+@torch.no_grad()
+def sample_images_gan(G: Generator, pooled: torch.Tensor, seeds: torch.Tensor, device, batch: int = 512):
+    """One generator forward per image; z_i depends only on seed i."""
+    out = []
+    for i in range(0, len(seeds), batch):
+        z = per_sample_randn(seeds[i : i + batch], (G.cfg.z_dim,)).to(device)
+        out.append(G(z, pooled[i : i + batch]).float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def sample_images_diffusion(unet, vae, alpha_bar, states, mask, uncond, seeds, *, sampler: str, steps: int,
+                            guidance: float, prediction: str, device, batch: int = 256):
+    """Guided sampling in latent space, then the VAE decoder. Returns (images (N, C, H, W) on the CPU, NFE)."""
+    h = vae.cfg.resolution // vae.cfg.factor
+    shape = (unet.cfg.in_channels, h, h)
+    out, nfe = [], 0
+    for i in range(0, len(seeds), batch):
+        s = seeds[i : i + batch]
+        n = len(s)
+        cond = {"context": states[i : i + n], "context_mask": mask[i : i + n]}
+        u = {"context": uncond[0].expand(n, -1, -1), "context_mask": uncond[1].expand(n, -1)}
+        model = _bind(unet, cond) if guidance == 1.0 else guided(unet, guidance, cond, u)
+        x_T = per_sample_randn(s, shape).to(device)
+        z, nfe = sample(sampler, model, x_T, alpha_bar, steps, prediction=prediction, noise=noise_fn(s, shape, device))
+        out.append(decode_latents(vae, z).float().cpu())
+    return torch.cat(out), nfe
+
+
+def _bind(model, kwargs: dict):
+    return lambda x, t: model(x, t, **kwargs)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def image_metrics(judge, real: torch.Tensor, fake: torch.Tensor, prompted: torch.Tensor, num_modes: int,
+                  real_feats: np.ndarray) -> dict:
+    """FID/KID on judge features (clean-fid's formulas), PRDC, mode statistics and prompt accuracy."""
+    if not torch.isfinite(fake).all():
+        raise FloatingPointError("generated images contain NaN or inf")
+    judged = judge.labels(fake).numpy()
+    feats = judge.features(fake)
+    out = {"fid": fid(real_feats, feats), "kid": kid(real_feats, feats), **prdc(real_feats, feats)}
+    out.update(mode_stats(judged, num_modes))
+    out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
+    out["num_samples"] = len(fake)
+    return out
+
+
+def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((images[: nrow * nrow].float() + 1) / 2, path, nrow=nrow, padding=1)
+
+
+def real_for_prompts(data: ImageData, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each prompt, a random real image of the prompted mode (the 'real' row of the sample grids)."""
+    out = []
+    for label in labels.tolist():
+        pool = (data.labels == label).nonzero().flatten()
+        out.append(data.images[pool[torch.randint(len(pool), (1,), generator=generator)]][0])
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- one (dataset, seed)
+
+
+def slug(dataset: str) -> str:
+    """A file-name-safe form of a dataset name ('folder:/a/b' -> 'folder-b')."""
+    kind, _, where = dataset.partition(":")
+    return kind if not where else f"{kind}-{Path(where).name or 'root'}"
+
+
+def _failed(dataset: str, seed: int, error: str) -> list[dict]:
+    return [{"dataset": dataset, "model": m, "seed": seed, "status": "failed", "error": error,
+             "train": {}, "metrics": {}, "throughput": {}} for m in ("gan", "diffusion")]
+
+
+def _status_of(status: dict) -> dict:
+    return {"status": status["status"], **({"diverged_at_step": status["diverged_at_step"]}
+                                          if status["status"] == "diverged" else {})}
+
+
+def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: torch.device, run_dir: Path,
+                      cache_dir: Path, save=None, progress: bool = True) -> list[dict]:
+    """Train and score both families on one image dataset for one seed. Returns the two run entries.
+
+    save(name, modules, config) writes a checkpoint; the caller passes bench.suite.save_checkpoint.
+    """
+    from bench.results import write_csv
+
+    tag = f"{slug(dataset)}_seed{seed}"
+    data = load_image_dataset(dataset, cfg.num_train, cfg.resolution, seed=0)  # the data do not vary with the seed
+    data_key = {"dataset": dataset, "num_train": cfg.num_train, "resolution": cfg.resolution, "seed": 0}
+    judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
+    if (failure := judge_failure(dataset, judge)) is not None:
+        return _failed(dataset, seed, failure)
+    images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
+
+    # --- the shared text encoder
+    t0 = time.perf_counter()
+    tokenizer, text, text_hist = train_text_encoder(data, cfg, device, torch.Generator().manual_seed(seed), progress)
+    states, pooled, mask = encode_text(text, tokenizer, data.captions, device)
+    uncond = tuple(x[:1] for x in encode_text(text, tokenizer, [""], device)[::2])  # ("" states, mask), (1, L, .)
+    text_info = {"steps": cfg.text_steps, "seconds": time.perf_counter() - t0, "params": num_params(text)}
+    write_csv(run_dir / "history" / f"{tag}_text.csv", text_hist)
+    text_meta = {"tokenizer": asdict(tokenizer), "text": asdict(text.cfg)}
+
+    # --- GAN
+    t0 = time.perf_counter()
+    G, D, dcfg, gan_hist, gan_status = train_dcgan(images, pooled, cfg, device, seed, progress)
+    gan_seconds = time.perf_counter() - t0
+    write_csv(run_dir / "history" / f"{tag}_gan.csv", gan_hist)
+
+    # --- latent diffusion: VAE, then UNet on scaled latents
+    t0 = time.perf_counter()
+    vae, vcfg, vae_hist = train_vae(images, cfg, device, seed, progress)
+    vae_seconds = time.perf_counter() - t0
+    write_csv(run_dir / "history" / f"{tag}_vae.csv", vae_hist)
+    latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
+    t0 = time.perf_counter()
+    unet, ucfg, alpha_bar, unet_hist, unet_status = train_unet(latents, states, mask, uncond, cfg, device, seed,
+                                                               progress)
+    unet_seconds = time.perf_counter() - t0
+    write_csv(run_dir / "history" / f"{tag}_diffusion.csv", unet_hist)
+
+    if save is not None:
+        save(run_dir / "checkpoints" / f"{tag}_gan.safetensors", {"G": G, "D": D, "text": text},
+             {"model": "gan", "dataset": dataset, "seed": seed, "dcgan": asdict(dcfg), **text_meta})
+        save(run_dir / "checkpoints" / f"{tag}_diffusion.safetensors", {"vae": vae, "unet": unet, "text": text},
+             {"model": "diffusion", "dataset": dataset, "seed": seed, "vae": asdict(vcfg), "unet": asdict(ucfg),
+              "diffusion": asdict(cfg.diffusion), "sampler": cfg.sampler, "guidance": cfg.guidance, **text_meta})
+
+    # --- evaluation: the same prompts and per-sample seeds for both models
+    eval_gen = torch.Generator().manual_seed(10_000 + seed)
+    prompts, prompted = data.prompts(cfg.num_samples, seed=10_000 + seed)
+    p_states, p_pooled, p_mask = encode_text(text, tokenizer, prompts, device)
+    seeds = sample_seeds(seed, cfg.num_samples)
+    real = data.images[torch.randperm(len(data.images), generator=eval_gen)[: cfg.num_samples]]
+    real_feats = judge.features(real)
+    recon = decode_latents(vae, encode_latents(vae, real.to(device)) * vae.scale_factor).cpu()
+    vae_info = {"steps": cfg.vae_steps, "seconds": vae_seconds, "psnr": psnr(recon, real),
+                "recon_accuracy": float((judge.labels(recon) == judge.labels(real)).float().mean()),
+                "scale_factor": float(vae.scale_factor)}
+
+    t0 = time.perf_counter()
+    gan_images = sample_images_gan(G, p_pooled, seeds, device)
+    gan_sample_s = time.perf_counter() - t0
+    name, steps = cfg.sampler.split(":")
+    t0 = time.perf_counter()
+    dif_images, nfe = sample_images_diffusion(unet, vae, alpha_bar, p_states, p_mask, uncond, seeds, sampler=name,
+                                              steps=int(steps), guidance=cfg.guidance,
+                                              prediction=cfg.diffusion.prediction, device=device)
+    dif_sample_s = time.perf_counter() - t0
+
+    grid_real = real_for_prompts(data, prompted[:64], eval_gen)
+    for part, imgs in (("real", grid_real), ("gan", gan_images), ("diffusion", dif_images)):
+        save_grid(run_dir / "samples" / f"{tag}_{part}.png", imgs)
+    (run_dir / "samples" / f"{tag}_prompts.txt").write_text("\n".join(prompts[:64]) + "\n")
+
+    common = {"judge_accuracy": judge.accuracy}
+    entries = []
+    for model, imgs, status, train, seconds, nfe_, extra in (
+        ("gan", gan_images, gan_status,
+         {"steps": len(gan_hist), "examples_seen": len(gan_hist) * cfg.batch_size, "seconds": gan_seconds,
+          "images_per_s": len(gan_hist) * cfg.batch_size / gan_seconds, "params": {"G": num_params(G), "D": num_params(D)}},
+         gan_sample_s, 1, {}),
+        ("diffusion", dif_images, unet_status,
+         {"steps": len(unet_hist), "examples_seen": len(unet_hist) * cfg.batch_size + cfg.vae_steps * cfg.vae_batch_size,
+          "seconds": vae_seconds + unet_seconds, "images_per_s": len(unet_hist) * cfg.batch_size / unet_seconds,
+          "params": {"vae": num_params(vae), "text": num_params(text), "unet": num_params(unet)}, "vae": vae_info},
+         dif_sample_s, nfe, {"sampler": cfg.sampler, "guidance": cfg.guidance}),
+    ):
+        train["params_total"] = sum(train["params"].values())
+        train["text_encoder"] = text_info
+        entry = {"dataset": dataset, "model": model, "seed": seed, **_status_of(status), **extra, "train": train}
+        try:
+            entry["metrics"] = {**image_metrics(judge, real, imgs, prompted, data.num_modes, real_feats), **common}
+        except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
+            entry["metrics"] = dict(common)
+            entry["status"] = "diverged" if status["status"] == "diverged" else "failed"
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        entry["throughput"] = {"nfe": nfe_, "sample_seconds": seconds, "samples_per_s": len(imgs) / seconds}
+        entries.append(entry)
+    return entries
+
+
+# ---------------------------------------------------------------- `gvd sample`
+
+
+def load_image_models(states: dict, config: dict, device):
+    """Rebuild the networks of an image checkpoint from its own config. Returns a dict of eval-mode modules plus the
+    tokenizer."""
+    tokenizer = Tokenizer(**config["tokenizer"])
+    out = {"tokenizer": tokenizer, "text": TextEncoder(TextConfig(**config["text"]))}
+    if config["model"] == "gan":
+        dcfg = DCGANConfig(**config["dcgan"])
+        out.update(G=Generator(dcfg))
+    else:
+        out.update(vae=KLAutoencoder(VAEConfig(**config["vae"])), unet=UNet(UNetConfig(**config["unet"])))
+    for name, module in out.items():
+        if name != "tokenizer":
+            module.load_state_dict(states[name])
+            out[name] = module.to(device).eval().requires_grad_(False)
+    return out
+
+
+def sample_from_checkpoint(states: dict, config: dict, prompt: str, n: int, *, seed: int, sampler: str | None,
+                           steps: int | None, guidance: float | None, device) -> tuple[torch.Tensor, int]:
+    """n images for one prompt from a saved run. Unknown prompt words raise ValueError naming them."""
+    m = load_image_models(states, config, device)
+    tokenizer, text = m["tokenizer"], m["text"]
+    states_, pooled, mask = encode_text(text, tokenizer, [prompt] * n, device, strict=True)
+    seeds = sample_seeds(seed, n)
+    if config["model"] == "gan":
+        return sample_images_gan(m["G"], pooled, seeds, device), 1
+    default_name, default_steps = config["sampler"].split(":")
+    uncond = tuple(x[:1] for x in encode_text(text, tokenizer, [""], device)[::2])
+    alpha_bar = alphas_cumprod(config["diffusion"]["schedule"], config["diffusion"]["num_steps"]).float().to(device)
+    return sample_images_diffusion(m["unet"], m["vae"], alpha_bar, states_, mask, uncond, seeds,
+                                   sampler=sampler or default_name, steps=steps or int(default_steps),
+                                   guidance=config["guidance"] if guidance is None else guidance,
+                                   prediction=config["diffusion"]["prediction"], device=device)
