@@ -1,0 +1,106 @@
+"""Stability diagnostics: pure functions over a training loop's per-step history rows (bench/train.py).
+
+A history is a list of dicts, one per step, e.g. {"step", "g_loss", "d_loss", "g_grad_norm", "d_grad_norm", "d_real",
+"d_fake"} for a GAN or {"step", "loss", "grad_norm", "lr"} for a diffusion model. Non-finite values are kept in the
+history (a diverged run stops at its first non-finite loss), so every statistic here says what it does with them.
+
+What each diagnostic measures, per run:
+  final / min loss       where the loss ended and the best it reached (finite values only for the minimum)
+  tail variance          variance of the loss over the last 20% of steps: a GAN that oscillates rather than settles
+                         has a large one (Mescheder et al. 2018 study these oscillations), a converged denoiser a small one
+  gradient-norm spikes   steps whose gradient norm exceeds `factor` x the median of the `window` steps before it
+  D(x) - D(G(z)) gap     mean over the tail of the discriminator's sigmoid output on real minus on fake: near 0 when
+                         D cannot tell them apart, near 1 when D wins outright (and G's gradient vanishes,
+                         Arjovsky & Bottou 2017)
+  divergence             the first step with a non-finite loss, or None
+  steps to threshold     the first checkpoint of the metric-over-training curve at which a quality threshold is met
+"""
+
+import math
+
+import numpy as np
+
+TAIL_FRACTION = 0.2  # the "end of training" the tail statistics look at
+SPIKE_WINDOW = 50  # steps of history a gradient norm is compared with
+SPIKE_FACTOR = 10.0  # a spike is a gradient norm this many times the recent median
+
+LOSS_KEYS = {"gan": ("d_loss", "g_loss"), "diffusion": ("loss",)}
+GRAD_KEYS = {"gan": ("d_grad_norm", "g_grad_norm"), "diffusion": ("grad_norm",)}
+
+
+def column(history: list[dict], key: str) -> np.ndarray:
+    """The values of one key over the steps, as float64 (NaN where a row lacks it or holds None)."""
+    return np.array([np.nan if row.get(key) is None else row[key] for row in history], dtype=np.float64)
+
+
+def tail(values: np.ndarray, fraction: float = TAIL_FRACTION) -> np.ndarray:
+    """The last ceil(fraction * n) values (at least one when there are any)."""
+    return values[len(values) - max(1, math.ceil(fraction * len(values))):] if len(values) else values
+
+
+def loss_stats(values: np.ndarray) -> dict:
+    """final (the last value, even if non-finite), min and tail_var over the finite values (None when there are none).
+
+    tail_var is the population variance (ddof=0) of the finite values among the last 20% of steps."""
+    finite = values[np.isfinite(values)]
+    end = tail(values)
+    end = end[np.isfinite(end)]
+    return {
+        "final": float(values[-1]) if len(values) else None,
+        "min": float(finite.min()) if len(finite) else None,
+        "tail_var": float(end.var()) if len(end) else None,
+    }
+
+
+def grad_spikes(norms: np.ndarray, window: int = SPIKE_WINDOW, factor: float = SPIKE_FACTOR) -> list[int]:
+    """Indices i whose norm exceeds factor x the median of the (up to) `window` finite norms before i.
+
+    The median, not the mean, so one spike does not hide the next; the first few steps compare with fewer
+    predecessors and step 0 with none (never a spike). A non-finite norm counts as a spike."""
+    out = []
+    for i in range(1, len(norms)):
+        past = norms[max(0, i - window):i]
+        past = past[np.isfinite(past)]
+        if not np.isfinite(norms[i]) or (len(past) and norms[i] > factor * np.median(past)):
+            out.append(i)
+    return out
+
+
+def divergence_step(history: list[dict], keys: tuple[str, ...]) -> int | None:
+    """The 'step' of the first row where any of the loss keys is non-finite, else None."""
+    for row in history:
+        if any(row.get(k) is not None and not math.isfinite(row[k]) for k in keys):
+            return int(row["step"])
+    return None
+
+
+def d_gap(history: list[dict]) -> float | None:
+    """Mean over the tail of D(x) - D(G(z)) (sigmoid outputs on the real and the fake batch of each step)."""
+    gap = tail(column(history, "d_real") - column(history, "d_fake"))
+    gap = gap[np.isfinite(gap)]
+    return float(gap.mean()) if len(gap) else None
+
+
+def steps_to_threshold(curve: list[dict], key: str, threshold: float) -> int | None:
+    """The 'step' of the first curve point whose value of key is >= threshold, else None (never reached)."""
+    for point in curve:
+        value = point.get(key)
+        if value is not None and value >= threshold:
+            return int(point["step"])
+    return None
+
+
+def stability(history: list[dict], model: str) -> dict:
+    """Every history diagnostic of one run, flat: {"<loss>_final", "<loss>_min", "<loss>_tail_var", "<grad>_spikes",
+    "<grad>_first_spike", "d_gap" (GAN), "diverged_at_step", "steps"}."""
+    out: dict = {"steps": len(history)}
+    for key in LOSS_KEYS[model]:
+        out.update({f"{key}_{name}": v for name, v in loss_stats(column(history, key)).items()})
+    for key in GRAD_KEYS[model]:
+        spikes = grad_spikes(column(history, key))
+        out[f"{key}_spikes"] = len(spikes)
+        out[f"{key}_first_spike"] = int(history[spikes[0]]["step"]) if spikes else None
+    if model == "gan":
+        out["d_gap"] = d_gap(history)
+    out["diverged_at_step"] = divergence_step(history, LOSS_KEYS[model])
+    return out
