@@ -3,6 +3,10 @@
 Every loop returns (history, status): history is a list of dicts, one per step (written to history/*.csv), and status
 is {"status": "ok"} or {"status": "diverged", "diverged_at_step": k} when a loss became non-finite. Divergence is a
 result to report, never a crash.
+
+Metric-over-training: with snapshot_every = k > 0 and a list `snapshots`, a loop appends (steps done, an eval-mode copy
+of the weights used for sampling: G, or the EMA denoiser) after every k-th step. The caller scores the copies after
+training, so the loop stays a loop and the evaluation stays out of it.
 """
 
 import copy
@@ -49,11 +53,18 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True):
+def snapshot(module: nn.Module) -> nn.Module:
+    """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
+    return copy.deepcopy(module).eval().requires_grad_(False)
+
+
+def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True,
+              snapshot_every: int = 0, snapshots: list | None = None):
     """Alternate one discriminator and one generator Adam step (Goodfellow et al. 2014, Algorithm 1 with k = 1).
 
     real_batch(step) -> (x, cond) gives the real examples of a step (cond is None for unconditional models);
     latent(n) -> z gives n latent vectors. History: losses, gradient norms, mean sigmoid D(x) and D(G(z)).
+    snapshots, if given, receives (steps done, copy of G) every snapshot_every steps.
     """
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -88,15 +99,19 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
         if not (math.isfinite(row["g_loss"]) and math.isfinite(row["d_loss"])):
             status = {"status": "diverged", "diverged_at_step": step}
             break
+        if snapshots is not None and snapshot_every > 0 and (step + 1) % snapshot_every == 0:
+            snapshots.append((step + 1, snapshot(G)))
     return history, status
 
 
 def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionTrainConfig, steps: int,
-                    generator: torch.Generator, desc: str = "diffusion", progress: bool = True):
+                    generator: torch.Generator, desc: str = "diffusion", progress: bool = True,
+                    snapshot_every: int = 0, snapshots: list | None = None):
     """Minimise the DDPM simple loss (Ho et al. 2020, eq. 14; or its v / x0 analogue) with AdamW, a one-cycle
     learning rate and an EMA of the weights. Returns (ema_model, history, status).
 
     x0_batch(step) -> (x0, kwargs): clean examples and the extra network inputs (text context, ...).
+    snapshots, if given, receives (steps done, copy of the EMA model) every snapshot_every steps.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 2), pct_start=cfg.warmup)
@@ -119,4 +134,6 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
         if not math.isfinite(row["loss"]):
             status = {"status": "diverged", "diverged_at_step": step}
             break
+        if snapshots is not None and snapshot_every > 0 and (step + 1) % snapshot_every == 0:
+            snapshots.append((step + 1, snapshot(ema)))
     return ema, history, status
