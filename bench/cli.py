@@ -39,6 +39,11 @@ def _cmd_run(args) -> None:
     out = Path(args.out) if args.out else Path("reports") / cfg.name
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} exists and is not a folder")
+    if cfg.images is not None:  # read every image dataset now, so a bad folder fails before anything is written
+        from bench.images import load_image_dataset
+
+        for name in cfg.images.datasets:
+            load_image_dataset(name, cfg.images.num_train, cfg.images.resolution, seed=0)
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
@@ -131,6 +136,40 @@ def _cmd_sample(args) -> None:
     print(f"wrote {out}: {args.n} images of {args.prompt!r} from {found[0].name} ({nfe} network evaluations)")
 
 
+def _cmd_throughput(args) -> None:
+    from bench.config import preset
+    from bench.results import write_json
+    from bench.suite import resolve_device
+    from bench.throughput import image_throughput, throughput_table
+
+    cfg = preset(args.preset).images
+    if cfg is None:
+        raise UserError(f"preset {args.preset!r} has no image benchmark to measure; try --preset quick")
+    if args.batch < 1:
+        raise UserError("--batch must be at least 1")
+    if args.budget <= 0:
+        raise UserError("--budget must be positive (seconds)")
+    nfes = sorted(set(args.nfe))
+    if nfes[0] < 1 or nfes[-1] > cfg.diffusion.num_steps:
+        raise UserError(f"--nfe values must be in 1..{cfg.diffusion.num_steps}")
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise UserError(f"--out {out}: give a .json file name in an existing folder")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    channels = 1 if cfg.datasets[0] == "digits" else 3  # the first dataset's; every other built-in one is RGB
+    result = image_throughput(cfg, device, channels=channels, nfes=tuple(nfes), batch=args.batch,
+                              budget_s=args.budget)
+    result["preset"] = args.preset
+    print(f"gvd throughput: preset {args.preset}, {result['device']}, {result['seconds']:.0f} s\n")
+    print(throughput_table(result))
+    if out is not None:
+        write_json(out, result)
+        print(f"wrote {out}")
+
+
 def _cmd_datasets(args) -> None:
     from bench.data import list_datasets
 
@@ -184,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     smp.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     smp.set_defaults(func=_cmd_sample)
+
+    thr = sub.add_parser("throughput", help="images/s, latency, FLOPs and memory of the preset's image models")
+    thr.add_argument("--preset", default=DEFAULT_PRESET, help=f"whose image configs to measure (default {DEFAULT_PRESET})")
+    thr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    thr.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
+    thr.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 1000], help="diffusion NFEs (default 10 20 50 1000)")
+    thr.add_argument("--budget", type=float, default=120.0,
+                     help="seconds; sampling loops that do not fit are estimated from measured parts (default 120)")
+    thr.add_argument("--out", help="also write the full result as JSON to this file")
+    thr.set_defaults(func=_cmd_throughput)
 
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)

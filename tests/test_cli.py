@@ -138,6 +138,15 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
     assert needle in err and err.count("\n") == 1, err
 
 
+def test_empty_image_folder_fails_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    assert main(SMOKE + ["--out", str(out), "--set", f'images.datasets=["folder:{tmp_path / "empty"}"]']) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "empty") in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_output_folder_that_is_a_file(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("keep me")
