@@ -1,0 +1,203 @@
+"""Throughput: the timer, the FLOP counts against closed forms, the fields of a tiny `gvd throughput` run, the budget
+rule, the table and report blocks, and the quality-vs-cost figures drawn from whatever results.json holds."""
+
+import json
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from bench.cli import main
+from bench.config import preset
+from bench.throughput import (
+    _plan,
+    count_flops,
+    image_throughput,
+    measure,
+    quality_cost_figures,
+    run_entry_throughput,
+    throughput_blocks,
+    throughput_table,
+)
+
+POSITIVE = ("seconds_per_batch", "images_per_s", "flops_per_image", "tflops", "mfu")
+
+
+def test_measure_times_what_it_is_given():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01)
+
+    m = measure(fn, warmup=2, repeats=3, device="cpu")
+    assert len(calls) == 5  # warm-up calls are made but not timed
+    assert 0.01 <= m["min_s"] <= m["median_s"] < 0.5
+    assert m["repeats"] == 3 and m["timer"] == "perf_counter" and m["peak_memory_bytes"] is None
+
+
+def test_flop_counts_match_closed_forms():
+    lin, conv = nn.Linear(32, 16), nn.Conv2d(3, 8, 3, padding=1)
+    assert count_flops(lambda: lin(torch.randn(5, 32))) == 2 * 5 * 32 * 16  # a multiply and an add per weight use
+    assert count_flops(lambda: conv(torch.randn(2, 3, 10, 10))) == 2 * 2 * 8 * 10 * 10 * 3 * 3 * 3
+    # forward + backward of a linear layer: dW and dx each cost as much as the forward
+    x = torch.randn(5, 32, requires_grad=True)
+    assert count_flops(lambda: lin(x).sum().backward()) == 3 * 2 * 5 * 32 * 16
+
+
+def test_budget_plan():
+    assert _plan(0.01, None) == (2, 5)
+    assert _plan(5.0, None) == (1, 3)  # a long call warms itself up
+    soon = time.perf_counter() + 1.0
+    assert _plan(10.0, soon) is None  # does not fit: the caller estimates instead
+    assert _plan(0.001, soon) == (2, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny `gvd throughput` run (smoke preset, batch 2, NFE 1 and 3) written to JSON."""
+    out = tmp_path_factory.mktemp("thr") / "throughput.json"
+    rc = main(["throughput", "--preset", "smoke", "--device", "cpu", "--batch", "2", "--nfe", "1", "3",
+               "--budget", "30", "--out", str(out)])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_tiny_run_has_every_field_positive(tiny):
+    assert tiny["schema"] == "gan-vs-diffusion/throughput/v1"
+    assert tiny["device"] == "cpu" and tiny["dtype"] == {"train": "float32", "sample": "float32"}
+    assert {"python", "torch", "numpy"} <= set(tiny["versions"])
+    assert tiny["matmul_peak"]["tflops"] > 0
+    seen = {(r["model"], r["stage"], r["nfe"], r["guidance"]) for r in tiny["rows"]}
+    assert seen == {("text", "encode", None, None), ("gan", "sample", 1, None),
+                    ("diffusion", "sample", 1, 1.0), ("diffusion", "sample", 1, 3.0),
+                    ("diffusion", "sample", 3, 1.0), ("diffusion", "sample", 3, 3.0),
+                    ("gan", "train", None, None), ("diffusion", "train", None, None), ("vae", "train", None, None)}
+    for r in tiny["rows"]:
+        for key in POSITIVE:
+            assert r[key] > 0, (r["model"], r["stage"], key)
+        if r["stage"] == "sample":
+            assert r["latency_s"] > 0
+        assert r["peak_memory_mb"] is None  # measured on CUDA only, and said so
+    assert any("CUDA only" in n for n in tiny["notes"])
+    for model in ("gan", "diffusion"):
+        assert all(n > 0 for n in tiny["models"][model]["params"].values())
+    assert tiny["train_batch"] == preset("smoke").images.batch_size
+    for key in ("unguided", "guided"):
+        assert 0 < tiny["sampler_overhead"][key]["sampler_step_s"]
+        assert 0 < tiny["sampler_overhead"][key]["fraction_of_network"]
+
+
+def test_tiny_run_flops_add_up(tiny):
+    """Sampling FLOPs per image = NFE x network calls per step x one call + one decode; guidance doubles the calls."""
+    d = tiny["models"]["diffusion"]
+    for r in tiny["rows"]:
+        if r["model"] == "diffusion" and r["stage"] == "sample":
+            calls = 2 if r["guidance"] != 1.0 else 1
+            expect = r["nfe"] * calls * d["flops_per_network_call_per_image"] + d["flops_per_decode"]
+            assert r["flops_per_image"] == pytest.approx(expect)
+    gan = next(r for r in tiny["rows"] if r["model"] == "gan" and r["stage"] == "sample")
+    assert gan["flops_per_image"] == tiny["models"]["gan"]["flops_per_image"]
+    # one training step is forward + backward: more than the forward alone
+    gan_train = next(r for r in tiny["rows"] if r["model"] == "gan" and r["stage"] == "train")
+    assert gan_train["flops_per_image"] > 2 * gan["flops_per_image"]
+
+
+def test_run_entry_summary(tiny):
+    s = run_entry_throughput(tiny, "diffusion")
+    assert s["train_images_per_s"] > 0 and s["params"] == tiny["models"]["diffusion"]["params"]
+    assert [(r["nfe"], r["guidance"]) for r in s["sampling"]] == [(1, 1.0), (1, 3.0), (3, 1.0), (3, 3.0)]
+    assert run_entry_throughput(tiny, "gan")["sampling"][0]["nfe"] == 1
+
+
+def test_table_and_blocks(tiny):
+    table = throughput_table(tiny)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + len(tiny["rows"])  # header + one line per row
+    assert "Sampler loop overhead" in table and "MFU is against" in table
+    blocks = throughput_blocks(tiny, ["figures/x.png"])
+    assert blocks[0] == ("h2", "Throughput")
+    tables = [b for b in blocks if b[0] == "table"]
+    assert len(tables) == 1 and all(len(row) == len(tables[0][1]) for row in tables[0][2])
+    assert blocks[-1] == ("img", "figures/x.png", "figures/x.png")
+    assert all(b[0] in ("h2", "p", "table", "img") for b in blocks)
+
+
+def test_tiny_budget_estimates_the_loops_and_says_so():
+    cfg = preset("smoke").images
+    torch.manual_seed(0)
+    r = image_throughput(cfg, "cpu", nfes=(50,), batch=2, budget_s=1e-3)
+    loops = [row for row in r["rows"] if row["model"] == "diffusion" and row["stage"] == "sample"]
+    assert [row["method"] for row in loops] == ["estimated", "estimated"]
+    assert any("estimated" in n for n in r["notes"])
+    # the estimate is NFE x (measured network call + measured sampler step) + measured decode
+    for row, key in zip(loops, ("unguided", "guided")):
+        cost = r["sampler_overhead"][key]
+        expect = 50 * (cost["network_step_s"] + cost["sampler_step_s"]) + r["models"]["diffusion"]["decode_s"]["batch"]
+        assert row["seconds_per_batch"] == pytest.approx(expect)
+    assert all(row["method"] == "measured" for row in r["rows"] if row["stage"] == "train")  # always measured
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "toy"], "no image benchmark"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--preset", "smoke", "--batch", "0"], "--batch"),
+    (["--preset", "smoke", "--nfe", "0"], "--nfe"),
+    (["--preset", "smoke", "--budget", "0"], "--budget"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(["throughput", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_out_must_be_a_file(tmp_path, capsys):
+    assert main(["throughput", "--preset", "smoke", "--out", str(tmp_path)]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- quality vs cost
+
+
+def _results(with_sweep: bool) -> dict:
+    runs = []
+    for seed in (0, 1):
+        runs.append({"dataset": "shapes", "model": "gan", "seed": seed, "status": "ok",
+                     "train": {"steps": 100, "seconds": 10.0},
+                     "metrics": {"fid": 30.0 + seed, "num_samples": 100},
+                     "throughput": {"nfe": 1, "sample_seconds": 0.1, "samples_per_s": 1000.0},
+                     "curve": [{"step": 50, "fid": 60.0}, {"step": 100, "fid": 30.0}]})
+        entry = {"dataset": "shapes", "model": "diffusion", "seed": seed, "status": "ok", "sampler": "dpmpp2m:20",
+                 "train": {"steps": 100, "seconds": 50.0, "vae": {"seconds": 20.0}},
+                 "metrics": {"fid": 10.0 + seed, "num_samples": 100},
+                 "throughput": {"nfe": 20, "sample_seconds": 2.0, "samples_per_s": 50.0}}
+        if with_sweep:
+            entry["by_sampler"] = {f"{s}:{n}": {"fid": 40.0 / n, "nfe": n, "sample_seconds": n / 10}
+                                   for s in ("ddim", "dpmpp2m") for n in (5, 10, 20)}
+            for m in entry["by_sampler"].values():
+                m["num_samples"] = 100
+        runs.append(entry)
+    runs.append({"dataset": "ring8", "model": "diffusion", "seed": 0, "status": "ok", "train": {"steps": 10,
+                 "seconds": 1.0}, "metrics": {"reverse_kl": 0.1},
+                 "by_sampler": {"ddpm:1000": {"reverse_kl": 0.05, "nfe": 1000, "sample_seconds": 3.0,
+                                              "samples_per_s": 800.0}}})
+    runs.append({"dataset": "grid25", "model": "gan", "seed": 0, "status": "failed", "train": {}, "metrics": {}})
+    return {"runs": runs}
+
+
+@pytest.mark.parametrize("with_sweep", [False, True])
+def test_quality_cost_figures(tmp_path, with_sweep):
+    paths = quality_cost_figures(tmp_path, _results(with_sweep))
+    assert paths == ["figures/shapes_quality_vs_sampling.png", "figures/shapes_quality_vs_training_time.png",
+                     "figures/ring8_quality_vs_sampling.png", "figures/ring8_quality_vs_training_time.png"]
+    for p in paths:
+        assert (tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_cost_figures_skip_what_is_not_there(tmp_path):
+    assert quality_cost_figures(tmp_path, {"runs": []}) == []
+    bare = {"runs": [{"dataset": "shapes", "model": "gan", "seed": 0, "status": "ok", "train": {}, "metrics": {},
+                      "throughput": {}}]}
+    assert quality_cost_figures(tmp_path, bare) == []
+    assert not (tmp_path / "figures").exists()
