@@ -23,9 +23,26 @@ from tqdm.auto import tqdm
 
 from bench.images import ImageData, load_image_dataset
 from bench.judge import JudgeConfig, judge_failure, load_or_train_judge
-from bench.metrics import cond_accuracy, fid, kid, mode_stats, prdc
+from bench.metrics import (
+    cond_accuracy,
+    fid,
+    fid_bootstrap,
+    fid_curve,
+    fid_extrapolate,
+    kid,
+    mode_stats,
+    prdc,
+)
 from bench.seeding import noise_fn, per_sample_randn, sample_seeds
-from bench.train import DiffusionTrainConfig, GANTrainConfig, train_diffusion, train_gan
+from bench.stability import stability, steps_to_threshold
+from bench.sweeps import sweep, truncate
+from bench.train import (
+    DiffusionTrainConfig,
+    GANTrainConfig,
+    checkpoint_interval,
+    train_diffusion,
+    train_gan,
+)
 from models.dcgan import DCGANConfig, Discriminator, Generator
 from models.diffusion import DiffusionConfig, alphas_cumprod
 from models.mlp import num_params
@@ -53,6 +70,14 @@ class ImageBenchConfig:
     sampler: str = "dpmpp2m:20"  # diffusion sampler:steps used for the scores
     num_samples: int = 1000  # generated images scored per (dataset, model, seed); as many real ones
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    eval_checkpoints: int = 4  # metric-over-training: score both models at this many evenly spaced steps (0 = off)
+    curve_samples: int = 256  # images per checkpoint: the first of the evaluation's prompts and seeds
+    guidance_sweep: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 5.0])  # CFG scales ([] = skip)
+    truncation_sweep: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # GAN psi: z <- psi z ([] = skip)
+    sweep_samples: int = 256  # images per sweep setting: the first of the evaluation's prompts and seeds
+    fid_bootstrap: int = 100  # bootstrap resamples for a 95% interval on FID (0 = off)
+    fid_counts: list[int] = field(default_factory=list)  # FID at these sample counts and FID_inf (Chong & Forsyth 2020)
+    inception_weights: str = ""  # path to clean-fid's inception-2015-12-05.pt: adds Inception FID/KID ("" = off)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
@@ -129,8 +154,10 @@ def encode_text(text: TextEncoder, tokenizer: Tokenizer, captions: list[str], de
 # ---------------------------------------------------------------- the two families
 
 
-def train_dcgan(data_dev: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, device, seed: int, progress=True):
-    """Conditional DCGAN on the shared frozen text embedding. Returns (G, D, history, status)."""
+def train_dcgan(data_dev: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, device, seed: int, progress=True,
+                snapshots: list | None = None):
+    """Conditional DCGAN on the shared frozen text embedding. Returns (G, D, dcfg, history, status); snapshots, if
+    given, receives (step, copy of G) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     dcfg = DCGANConfig(**{**asdict(cfg.dcgan), "resolution": data_dev.shape[-1], "channels": data_dev.shape[1],
                           "cond_dim": pooled.shape[1]})
@@ -144,7 +171,9 @@ def train_dcgan(data_dev: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchCon
 
     latent = lambda n: torch.randn(n, dcfg.z_dim, generator=gen).to(device)
     with _autocast(device, cfg.amp):
-        history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress)
+        history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
+                                    snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
+                                    snapshots=snapshots)
     return G.eval(), D.eval(), dcfg, history, status
 
 
@@ -185,9 +214,11 @@ def decode_latents(vae: KLAutoencoder, z_scaled: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.decode(b / vae.scale_factor) for b in z_scaled.split(512)]).clamp(-1, 1)
 
 
-def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfig, device, seed: int, progress=True):
+def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfig, device, seed: int, progress=True,
+               snapshots: list | None = None):
     """The denoiser on scaled latents, cross-attending to the frozen text states; a random caption_dropout of the
-    captions is replaced by the empty caption so one network learns both halves of classifier-free guidance."""
+    captions is replaced by the empty caption so one network learns both halves of classifier-free guidance.
+    snapshots, if given, receives (step, copy of the EMA UNet) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     ucfg = UNetConfig(**{**asdict(cfg.unet), "in_channels": latents.shape[1], "context_dim": states.shape[-1]})
     unet = UNet(ucfg).to(device)
@@ -205,7 +236,9 @@ def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfi
 
     with _autocast(device, cfg.amp):
         ema, history, status = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train,
-                                               cfg.steps, gen, desc="UNet", progress=progress)
+                                               cfg.steps, gen, desc="UNet", progress=progress,
+                                               snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
+                                               snapshots=snapshots)
     return ema, ucfg, alpha_bar, history, status
 
 
@@ -213,11 +246,12 @@ def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfi
 
 
 @torch.no_grad()
-def sample_images_gan(G: Generator, pooled: torch.Tensor, seeds: torch.Tensor, device, batch: int = 512):
-    """One generator forward per image; z_i depends only on seed i."""
+def sample_images_gan(G: Generator, pooled: torch.Tensor, seeds: torch.Tensor, device, batch: int = 512,
+                      psi: float = 1.0):
+    """One generator forward per image; z_i depends only on seed i. psi < 1 truncates the latents (bench.sweeps)."""
     out = []
     for i in range(0, len(seeds), batch):
-        z = per_sample_randn(seeds[i : i + batch], (G.cfg.z_dim,)).to(device)
+        z = truncate(per_sample_randn(seeds[i : i + batch], (G.cfg.z_dim,)), psi).to(device)
         out.append(G(z, pooled[i : i + batch]).float().clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -249,8 +283,10 @@ def _bind(model, kwargs: dict):
 
 
 def image_metrics(judge, real: torch.Tensor, fake: torch.Tensor, prompted: torch.Tensor, num_modes: int,
-                  real_feats: np.ndarray) -> dict:
-    """FID/KID on judge features (clean-fid's formulas), PRDC, mode statistics and prompt accuracy."""
+                  real_feats: np.ndarray, fid_boot: int = 0, fid_counts: tuple[int, ...] = (), seed: int = 0) -> dict:
+    """FID/KID on judge features (clean-fid's formulas), PRDC, mode statistics and prompt accuracy; with fid_boot > 0
+    a bootstrap 95% interval fid_lo..fid_hi, with fid_counts FID at those sample counts and its 1/n extrapolation
+    fid_inf (Chong & Forsyth 2020)."""
     if not torch.isfinite(fake).all():
         raise FloatingPointError("generated images contain NaN or inf")
     judged = judge.labels(fake).numpy()
@@ -259,7 +295,23 @@ def image_metrics(judge, real: torch.Tensor, fake: torch.Tensor, prompted: torch
     out.update(mode_stats(judged, num_modes))
     out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
     out["num_samples"] = len(fake)
+    if fid_boot > 0:
+        boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
+        out.update(fid_lo=boot["lo"], fid_hi=boot["hi"])
+    counts = sorted({n for n in fid_counts if 2 <= n <= len(fake)} | ({len(fake)} if fid_counts else set()))
+    if len(counts) >= 2:
+        out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
+        out["fid_inf"] = fid_extrapolate(out["fid_curve"])
     return out
+
+
+CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
+COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
+
+
+def _points(points: list[dict]) -> list[dict]:
+    """Curve and sweep points keep the headline metrics only (no bootstrap, no nested lists)."""
+    return [{k: v for k, v in p.items() if k in CURVE_KEYS or k in ("step", "value", "error")} for p in points]
 
 
 def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
@@ -324,7 +376,8 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
 
     # --- GAN
     t0 = time.perf_counter()
-    G, D, dcfg, gan_hist, gan_status = train_dcgan(images, pooled, cfg, device, seed, progress)
+    gan_snaps, unet_snaps = [], []  # (step, frozen copy) for the metric-over-training curves
+    G, D, dcfg, gan_hist, gan_status = train_dcgan(images, pooled, cfg, device, seed, progress, gan_snaps)
     gan_seconds = time.perf_counter() - t0
     write_csv(run_dir / "history" / f"{tag}_gan.csv", gan_hist)
 
@@ -336,7 +389,7 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
     t0 = time.perf_counter()
     unet, ucfg, alpha_bar, unet_hist, unet_status = train_unet(latents, states, mask, uncond, cfg, device, seed,
-                                                               progress)
+                                                               progress, unet_snaps)
     unet_seconds = time.perf_counter() - t0
     write_csv(run_dir / "history" / f"{tag}_diffusion.csv", unet_hist)
 
@@ -359,15 +412,57 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
                 "recon_accuracy": float((judge.labels(recon) == judge.labels(real)).float().mean()),
                 "scale_factor": float(vae.scale_factor)}
 
-    t0 = time.perf_counter()
-    gan_images = sample_images_gan(G, p_pooled, seeds, device)
-    gan_sample_s = time.perf_counter() - t0
+    # Every image set below uses the first n of these prompts and seeds: the two families, every checkpoint and every
+    # sweep setting differ only by the model and the knob.
+    def gan_images_of(g, n: int, psi: float = 1.0) -> torch.Tensor:
+        return sample_images_gan(g, p_pooled[:n], seeds[:n], device, psi=psi)
+
     name, steps = cfg.sampler.split(":")
+
+    def dif_images_of(u, n: int, guidance: float) -> tuple[torch.Tensor, int]:
+        return sample_images_diffusion(u, vae, alpha_bar, p_states[:n], p_mask[:n], uncond, seeds[:n], sampler=name,
+                                       steps=int(steps), guidance=guidance, prediction=cfg.diffusion.prediction,
+                                       device=device)
+
+    def score(imgs: torch.Tensor) -> dict:
+        return image_metrics(judge, real, imgs, prompted[: len(imgs)], data.num_modes, real_feats)
+
     t0 = time.perf_counter()
-    dif_images, nfe = sample_images_diffusion(unet, vae, alpha_bar, p_states, p_mask, uncond, seeds, sampler=name,
-                                              steps=int(steps), guidance=cfg.guidance,
-                                              prediction=cfg.diffusion.prediction, device=device)
+    gan_images = gan_images_of(G, cfg.num_samples)
+    gan_sample_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dif_images, nfe = dif_images_of(unet, cfg.num_samples, cfg.guidance)
     dif_sample_s = time.perf_counter() - t0
+
+    # --- metric-over-training (the snapshots, on fewer samples) and the fidelity/diversity sweeps. The last checkpoint
+    # is the final model and the sweeps include the headline knob setting: those reuse the headline images' first n
+    # (the same model, prompts and seeds) instead of sampling them again.
+    n_curve, n_sweep = min(cfg.curve_samples, cfg.num_samples), min(cfg.sweep_samples, cfg.num_samples)
+    t0 = time.perf_counter()
+    gan_at, unet_at = dict(gan_snaps), dict(unet_snaps)  # step -> frozen copy
+
+    def gan_at_step(k: int) -> torch.Tensor:
+        return gan_images[:n_curve] if k == len(gan_hist) else gan_images_of(gan_at[k], n_curve)
+
+    def unet_at_step(k: int) -> torch.Tensor:
+        return dif_images[:n_curve] if k == len(unet_hist) else dif_images_of(unet_at[k], n_curve, cfg.guidance)[0]
+
+    curves = {"gan": _points(sweep(gan_at, gan_at_step, score, key="step")),
+              "diffusion": _points(sweep(unet_at, unet_at_step, score, key="step"))}
+    for held in (gan_snaps, unet_snaps, gan_at, unet_at):
+        held.clear()  # free the copies before the sweeps
+    curve_s = time.perf_counter() - t0
+
+    def truncated(psi: float) -> torch.Tensor:
+        return gan_images[:n_sweep] if psi == 1.0 else gan_images_of(G, n_sweep, psi)
+
+    def guided_by(s: float) -> torch.Tensor:
+        return dif_images[:n_sweep] if s == cfg.guidance else dif_images_of(unet, n_sweep, s)[0]
+
+    t0 = time.perf_counter()
+    sweeps = {"gan": {"knob": "truncation psi", "points": _points(sweep(cfg.truncation_sweep, truncated, score))},
+              "diffusion": {"knob": "guidance scale", "points": _points(sweep(cfg.guidance_sweep, guided_by, score))}}
+    sweep_s = time.perf_counter() - t0
 
     grid_real = real_for_prompts(data, prompted[:64], eval_gen)
     for part, imgs in (("real", grid_real), ("gan", gan_images), ("diffusion", dif_images)):
@@ -376,12 +471,12 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
 
     common = {"judge_accuracy": judge.accuracy}
     entries = []
-    for model, imgs, status, train, seconds, nfe_, extra in (
-        ("gan", gan_images, gan_status,
+    for model, imgs, status, history, train, seconds, nfe_, extra in (
+        ("gan", gan_images, gan_status, gan_hist,
          {"steps": len(gan_hist), "examples_seen": len(gan_hist) * cfg.batch_size, "seconds": gan_seconds,
           "images_per_s": len(gan_hist) * cfg.batch_size / gan_seconds, "params": {"G": num_params(G), "D": num_params(D)}},
          gan_sample_s, 1, {}),
-        ("diffusion", dif_images, unet_status,
+        ("diffusion", dif_images, unet_status, unet_hist,
          {"steps": len(unet_hist), "examples_seen": len(unet_hist) * cfg.batch_size + cfg.vae_steps * cfg.vae_batch_size,
           "seconds": vae_seconds + unet_seconds, "images_per_s": len(unet_hist) * cfg.batch_size / unet_seconds,
           "params": {"vae": num_params(vae), "text": num_params(text), "unet": num_params(unet)}, "vae": vae_info},
@@ -391,12 +486,21 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         train["text_encoder"] = text_info
         entry = {"dataset": dataset, "model": model, "seed": seed, **_status_of(status), **extra, "train": train}
         try:
-            entry["metrics"] = {**image_metrics(judge, real, imgs, prompted, data.num_modes, real_feats), **common}
+            entry["metrics"] = {**image_metrics(judge, real, imgs, prompted, data.num_modes, real_feats,
+                                                fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts),
+                                                seed=seed), **common}
         except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
             entry["metrics"] = dict(common)
             entry["status"] = "diverged" if status["status"] == "diverged" else "failed"
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["throughput"] = {"nfe": nfe_, "sample_seconds": seconds, "samples_per_s": len(imgs) / seconds}
+        entry["curve"], entry["sweep"] = curves[model], sweeps[model]
+        entry["stability"] = stability(history, model)
+        if entry["curve"]:
+            entry["stability"].update(threshold=f"cond_accuracy >= {COND_THRESHOLD}",
+                                      steps_to_threshold=steps_to_threshold(entry["curve"], "cond_accuracy",
+                                                                            COND_THRESHOLD))
+        entry["eval_seconds"] = {"curve": curve_s, "sweep": sweep_s}  # shared by both entries: one timer for the pair
         entries.append(entry)
     return entries
 

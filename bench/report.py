@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.results import atomic_write, sample_file_stem, summarise
+from bench.sweeps import summarise_sweeps
 
 # Published 2D numbers (DESIGN.md): modes captured, high-quality %, reverse KL.
 REFERENCE_2D = {
@@ -106,6 +107,92 @@ def _loss_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
     return name
 
 
+MODEL_COLOURS = {"gan": "C1", "diffusion": "C0"}  # as in the scatter figures
+
+
+def _file_stem(dataset: str) -> str:
+    from bench.imagebench import slug
+
+    return slug(dataset)
+
+
+def _curve_figure(run_dir: Path, runs: list[dict], dataset: str, panels: list[tuple[str, str, float]]) -> str | None:
+    """Metric-over-training: one panel per (key, title, scale), every seed of both models as a line."""
+    runs = [r for r in runs if r["dataset"] == dataset and r.get("curve")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
+    for ax, (key, title, scale) in zip(axes[0], panels):
+        labelled = set()
+        for r in runs:
+            pts = [(p["step"], p[key] * scale) for p in r["curve"] if p.get(key) is not None]
+            if not pts:
+                continue
+            label = None if r["model"] in labelled else r["model"]
+            labelled.add(r["model"])
+            ax.plot(*zip(*pts), marker="o", ms=3, lw=1, c=MODEL_COLOURS[r["model"]], alpha=0.8, label=label)
+        ax.set_xlabel("training step")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{dataset}: metrics over training (every seed)", fontsize=9)
+    fig.tight_layout()
+    name = f"figures/{_file_stem(dataset)}_curve.png"
+    (run_dir / "figures").mkdir(exist_ok=True)
+    fig.savefig(run_dir / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy")
+
+
+def _sweep_summaries(runs: list[dict], dataset: str) -> dict:
+    """{model: (knob name, [{"value", metric: (mean, std)}])} over the seeds of one dataset."""
+    out = {}
+    for model in ("gan", "diffusion"):
+        mine = [r["sweep"] for r in runs if r["dataset"] == dataset and r["model"] == model
+                and (r.get("sweep") or {}).get("points")]
+        if mine:
+            out[model] = (mine[0]["knob"], summarise_sweeps([s["points"] for s in mine], SWEEP_KEYS))
+    return out
+
+
+def _sweep_figure(run_dir: Path, dataset: str, summaries: dict) -> str | None:
+    """Both families on the same axes: precision vs recall (the fidelity/diversity trade-off), then FID and prompt
+    accuracy against each family's knob (GAN psi on the top axis, diffusion guidance on the bottom one)."""
+    if not summaries:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    mean = lambda row, key: row[key][0] if key in row else np.nan
+    for model, (knob, rows) in summaries.items():
+        c = MODEL_COLOURS[model]
+        rec, prec = [mean(r, "recall") for r in rows], [mean(r, "precision") for r in rows]
+        axes[0].plot(rec, prec, marker="o", c=c, label=f"{model} ({knob})")
+        for r, x, y in zip(rows, rec, prec):
+            axes[0].annotate(f"{r['value']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axes[0].set(xlabel="recall (diversity)", ylabel="precision (fidelity)")
+    axes[0].set_title("precision vs recall", fontsize=9)
+    axes[0].legend(fontsize=7)
+    for ax, key, title in ((axes[1], "fid", "FID (judge features)"), (axes[2], "cond_accuracy", "prompt accuracy")):
+        ax.set_title(title, fontsize=9)
+        for model, (knob, rows) in summaries.items():
+            axis = ax if model == "diffusion" else ax.twiny()
+            vals = [r["value"] for r in rows]
+            axis.errorbar(vals, [mean(r, key) for r in rows], yerr=[r[key][1] if key in r else 0 for r in rows],
+                          marker="o", ms=4, c=MODEL_COLOURS[model], capsize=2, label=model)
+            axis.set_xlabel(knob, color=MODEL_COLOURS[model], fontsize=8)
+            axis.tick_params(axis="x", colors=MODEL_COLOURS[model], labelsize=7)
+    fig.suptitle(f"{dataset}: guidance (diffusion) and truncation (GAN) sweeps, same prompts and seeds", fontsize=9)
+    fig.tight_layout()
+    name = f"figures/{_file_stem(dataset)}_sweeps.png"
+    (run_dir / "figures").mkdir(exist_ok=True)
+    fig.savefig(run_dir / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 # ---------------------------------------------------------------- blocks
 
 
@@ -149,9 +236,17 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
                              _pm(s.get("hq_fraction"), "{:.1f}", 100), _pm(s.get("reverse_kl"), "{:.3f}"),
                              _pm(s.get("sample_seconds"), "{:.2f}")])
         blocks.append(("table", ["dataset", "sampler:steps", "NFE", "modes", "high quality %", "reverse KL",
-                                 "sampling s (2,500 samples)"], rows))
+                                 f"sampling s ({num_samples:,} samples)"], rows))
+    if any(r.get("curve") for r in mix_runs):
+        sampler = (results["config"].get("mixtures") or {}).get("curve_sampler", "dpmpp2m:20")
+        blocks.append(("p", (f"Figures: seed-{results['config']['seeds'][0]} samples, training curves, and metrics over "
+                             f"training (each model scored at evenly spaced steps on the same {num_samples:,} per-sample "
+                             f"seeds; diffusion with {sampler} on the EMA weights of that step).")))
+    curve_panels = [("modes", "modes captured", 1), ("hq_fraction", "high quality %", 100),
+                    ("reverse_kl", "reverse KL", 1)]
     for dataset in dict.fromkeys(r["dataset"] for r in mix_runs):
-        for fig in (_scatter_figure(run_dir, results, dataset), _loss_figure(run_dir, results, dataset)):
+        for fig in (_scatter_figure(run_dir, results, dataset), _loss_figure(run_dir, results, dataset),
+                    _curve_figure(run_dir, mix_runs, dataset, curve_panels)):
             if fig:
                 blocks.append(("img", fig, fig))
     return blocks
@@ -170,6 +265,47 @@ IMAGE_METRICS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3)
                  ("cond_accuracy", "prompt accuracy", "{:.2f}", 1)]
 
 
+def _ci(stat_lo, stat_hi) -> str:
+    if stat_lo is None or stat_hi is None:
+        return "n/a"
+    return f"[{stat_lo[0]:.2f}, {stat_hi[0]:.2f}]"
+
+
+def _stacked_blocks(summary: list[dict]) -> list:
+    """The Stacked MNIST mode table: our models beside the published rows (DESIGN.md)."""
+    rows = [[s["model"], _pm(s.get("modes"), "{:.0f}"), _pm(s.get("kl"), "{:.3f}"), _pm(s.get("num_samples"), "{:.0f}")]
+            for s in summary]
+    rows += [[f"*{name}*", str(modes), str(kl), "26,000"] for name, modes, kl in REFERENCE_STACKED]
+    return [("p", ("Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN): modes = distinct digit triples the judge "
+                  "reads (of 1,000), KL(p_gen || uniform). The published rows count 26,000 samples; with fewer, the mode "
+                  "count is a lower bound (N samples from the uniform distribution show 1000 (1 - e^(-N/1000)) modes on "
+                  "average). Published budgets and architectures differ from ours.")),
+            ("table", ["model", "modes (of 1000)", "KL", "samples"], rows)]
+
+
+def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
+    summaries = _sweep_summaries(runs, dataset)
+    if not summaries:
+        return []
+    rows = []
+    for model, (knob, points) in summaries.items():
+        for p in points:
+            rows.append([model, f"{knob} {p['value']:g}", _pm(p.get("fid")), _pm(p.get("precision")),
+                         _pm(p.get("recall")), _pm(p.get("coverage")), _pm(p.get("modes"), "{:.0f}"),
+                         _pm(p.get("cond_accuracy"))])
+    n = next(p["num_samples"] for r in runs for p in (r.get("sweep") or {}).get("points", []) if "num_samples" in p)
+    blocks = [("p", (f"Fidelity/diversity sweeps on {n:,} samples per setting (the same prompts and per-sample seeds "
+                    "throughout): classifier-free guidance scale for diffusion (Ho & Salimans 2021), latent truncation "
+                    "z <- psi z for the GAN (scaling toward the mean latent; Brock et al. 2019 resample |z| beyond a "
+                    "threshold instead). Both should raise precision and lower recall as they move from 1."))]
+    blocks.append(("table", ["model", "setting", "FID", "precision", "recall", "coverage", "modes", "prompt accuracy"],
+                   rows))
+    fig = _sweep_figure(run_dir, dataset, summaries)
+    if fig:
+        blocks.append(("img", fig, fig))
+    return blocks
+
+
 def _image_blocks(run_dir: Path, results: dict) -> list:
     runs = [r for r in results["runs"] if r["dataset"] not in REFERENCE_2D]
     if not runs:
@@ -179,38 +315,35 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
     blocks = [("h2", "Image benchmark: conditional DCGAN vs text-conditioned latent diffusion"),
               ("p", ("Both models get the same frozen CLIP-style text encoder, the same prompts (drawn from the data's "
                     "caption distribution) and the same per-sample seeds. Metrics on the judge's features: FID and KID "
-                    "(clean-fid's formulas; biased at small N, Chong & Forsyth 2020), precision/recall (Kynkaanniemi et al. "
-                    "2019, k=3), density/coverage (Naeem et al. 2020, k=5); modes and KL(p_gen || p_data) over the judge's "
-                    "labels; prompt accuracy = fraction of samples the judge assigns to the prompted class. "
-                    "Mean ± std over seeds."))]
+                    "(clean-fid's formulas; biased at small N, Chong & Forsyth 2020) with a 95% bootstrap interval on FID "
+                    "(resampling both sets, bias-corrected; mean of the per-seed bounds), precision/recall (Kynkaanniemi "
+                    "et al. 2019, k=3), density/coverage (Naeem et al. 2020, k=5); modes and KL(p_gen || p_data) over the "
+                    "judge's labels; prompt accuracy = fraction of samples the judge assigns to the prompted class; judge "
+                    "accuracy = the judge's own held-out accuracy on real images. Mean ± std over seeds."))]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         per = [r for r in runs if r["dataset"] == dataset]
         summary = summarise({"runs": per})
-        header = ["model", "runs ok"] + [h for _, h, _, _ in IMAGE_METRICS] + ["samples", "params", "examples seen",
-                                                                               "train s", "NFE", "sampling s"]
+        header = (["model", "runs ok", "FID", "FID 95% CI"] + [h for _, h, _, _ in IMAGE_METRICS[1:]]
+                  + ["judge accuracy", "samples", "params", "examples seen", "train s", "NFE", "sampling s"])
         rows = []
         for s in summary:
             mine = [r for r in per if r["model"] == s["model"]]
             train = next((r["train"] for r in mine if r.get("train")), None)
             thr = next((r["throughput"] for r in mine if r.get("throughput")), {})
             name = s["model"] + (f" ({mine[0]['sampler']}, guidance {mine[0]['guidance']})" if mine[0].get("sampler") else "")
-            rows.append([name, f"{s['ok']}/{s['seeds']}"]
-                        + [_pm(s.get(k), fmt, scale) for k, _, fmt, scale in IMAGE_METRICS]
-                        + [_pm(s.get("num_samples"), "{:.0f}"),
+            rows.append([name, f"{s['ok']}/{s['seeds']}", _pm(s.get("fid")), _ci(s.get("fid_lo"), s.get("fid_hi"))]
+                        + [_pm(s.get(k), fmt, scale) for k, _, fmt, scale in IMAGE_METRICS[1:]]
+                        + [_pm(s.get("judge_accuracy"), "{:.3f}"), _pm(s.get("num_samples"), "{:.0f}"),
                            " + ".join(f"{k} {v:,}" for k, v in train["params"].items()) if train else "n/a",
                            f"{train['examples_seen']:,}" if train else "n/a",
                            f"{np.mean([r['train']['seconds'] for r in mine if r.get('train')]):.0f}" if train else "n/a",
                            str(thr.get("nfe", "n/a")), f"{thr['sample_seconds']:.1f}" if thr else "n/a"])
-        if dataset == "stacked-digits":
-            for name, modes, kl in REFERENCE_STACKED:
-                rows.append([f"*{name}*", ""] + [""] * 6 + [str(modes), str(kl), ""] + [""] * 6)
         blocks += [("h3", dataset), ("table", header, rows)]
-        judge = [r["metrics"].get("judge_accuracy") for r in per if r.get("metrics", {}).get("judge_accuracy") is not None]
+        if dataset == "stacked-digits":
+            blocks += _stacked_blocks(summary)
         vae = [r["train"]["vae"] for r in per if r.get("train", {}).get("vae")]
         text = [r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")]
         notes = []
-        if judge:
-            notes.append(f"Judge held-out accuracy {judge[0]:.1%}.")
         if vae:
             notes.append(f"VAE reconstructions: PSNR {np.mean([v['psnr'] for v in vae]):.1f} dB, judge keeps the class of "
                          f"{np.mean([v['recon_accuracy'] for v in vae]):.1%} of them (the ceiling of the diffusion model's "
@@ -218,6 +351,13 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
         if text:
             notes.append(f"Text encoder (shared): {text[0]['params']:,} parameters, {text[0]['steps']} CLIP steps, "
                          f"{np.mean([t['seconds'] for t in text]):.0f} s.")
+        for s in summary:
+            if "fid_inf" in s:
+                curve = next(r["metrics"]["fid_curve"] for r in per if r["model"] == s["model"]
+                             and r.get("metrics", {}).get("fid_curve"))
+                notes.append(f"{s['model']} FID by sample count (seed {per[0]['seed']}): "
+                             + ", ".join(f"{p['fid']:.2f} at {p['n']:,}" for p in curve)
+                             + f"; extrapolated to infinitely many samples (Chong & Forsyth 2020): {_pm(s['fid_inf'])}.")
         if notes:
             blocks.append(("p", " ".join(notes)))
         seed = min(r["seed"] for r in per)
@@ -230,7 +370,70 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
             first = prompts.read_text().splitlines()[:8]
             blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
                                 + "; ".join(f"'{p}'" for p in first) + f". All 64 in samples/{tag}_prompts.txt."))
+        curve_panels = [("fid", "FID (judge features)", 1), ("modes", "modes", 1),
+                        ("cond_accuracy", "prompt accuracy", 1), ("recall", "recall", 1)]
+        fig = _curve_figure(run_dir, per, dataset, curve_panels)
+        if fig:
+            n = next(p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p)
+            blocks += [("p", (f"Metrics over training: both models scored at evenly spaced training steps on the first "
+                             f"{n:,} evaluation prompts and seeds (GAN: G of that step; diffusion: the EMA UNet of that "
+                             "step with the headline sampler and guidance).")), ("img", fig, fig)]
+        blocks += _sweep_blocks(run_dir, per, dataset)
     return blocks
+
+
+def _stability_rows(runs: list[dict]) -> list[list[str]]:
+    """One row per (dataset, model, network): loss statistics, gradient spikes, D gap, divergence, time to threshold."""
+    from bench.stability import GRAD_KEYS, LOSS_KEYS
+
+    rows = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.get("stability"):
+            groups.setdefault((r["dataset"], r["model"]), []).append(r)
+    for (dataset, model), mine in groups.items():
+        st = [r["stability"] for r in mine]
+        diverged = [s["diverged_at_step"] for s in st if s.get("diverged_at_step") is not None]
+        reached = [s["steps_to_threshold"] for s in st if s.get("steps_to_threshold") is not None]
+        threshold = next((s["threshold"] for s in st if "threshold" in s), None)
+        for i, (loss, grad) in enumerate(zip(LOSS_KEYS[model], GRAD_KEYS[model])):
+            network = {"d_loss": "D", "g_loss": "G"}.get(loss, "denoiser")
+            first = i == 0
+            rows.append([dataset, model, network, _pm(_over(st, f"{loss}_final"), "{:.3g}"),
+                         _pm(_over(st, f"{loss}_min"), "{:.3g}"), _pm(_over(st, f"{loss}_tail_var"), "{:.2g}"),
+                         _pm(_over(st, f"{grad}_spikes"), "{:.1f}"),
+                         _pm(_over(st, "d_gap"), "{:.2f}") if model == "gan" and first else "",
+                         (f"{len(diverged)}/{len(st)}" + (f" (step {min(diverged)})" if diverged else "")) if first else "",
+                         (f"{_pm(_mean_std(reached), '{:.0f}')} ({len(reached)}/{len(st)} reached {threshold})"
+                          if threshold and first else "")])
+    return rows
+
+
+def _over(stats: list[dict], key: str) -> tuple[float, float] | None:
+    return _mean_std([s.get(key) for s in stats])
+
+
+def _mean_std(values: list) -> tuple[float, float] | None:
+    """Mean and sample std of the finite values (None when there are none; std 0 for one)."""
+    vals = np.array([v for v in values if v is not None], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return None
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+
+
+def _stability_blocks(results: dict) -> list:
+    rows = _stability_rows(results["runs"])
+    if not rows:
+        return []
+    return [("h2", "Training stability"),
+            ("p", ("From the per-step histories (history/*.csv), mean ± std over seeds: the loss at the end and at its "
+                  "lowest, its variance over the last 20% of steps (oscillation), gradient-norm spikes (steps above 10x "
+                  "the median of the 50 before), the discriminator's mean sigmoid gap D(x) - D(G(z)) over the last 20% "
+                  "(near 1: D wins and G's gradient fades), divergence (a non-finite loss: runs and first step) and the "
+                  "first metric-over-training checkpoint that meets the quality threshold (runs that reached it).")),
+            ("table", ["dataset", "model", "network", "final loss", "min loss", "loss var (last 20%)", "grad spikes",
+                       "D(x) - D(G(z))", "diverged", "steps to threshold"], rows)]
 
 
 def _status_blocks(results: dict) -> list:
@@ -247,7 +450,8 @@ def build_blocks(run_dir: Path, results: dict) -> list:
             ("p", f"Created {results['created']} on {results['device']}; "
                   + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "; seeds "
                   + ", ".join(str(s) for s in results["config"]["seeds"]) + ".")]
-    return head + _status_blocks(results) + _mixture_blocks(run_dir, results) + _image_blocks(run_dir, results)
+    return (head + _status_blocks(results) + _mixture_blocks(run_dir, results) + _image_blocks(run_dir, results)
+            + _stability_blocks(results))
 
 
 # ---------------------------------------------------------------- renderers

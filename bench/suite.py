@@ -27,7 +27,8 @@ from bench.imagebench import _failed, run_image_dataset
 from bench.images import DataError
 from bench.results import metric_rows, new_results, sample_file_stem, write_csv, write_json
 from bench.seeding import sample_seeds
-from bench.train import train_diffusion, train_gan
+from bench.stability import stability, steps_to_threshold
+from bench.train import checkpoint_interval, train_diffusion, train_gan
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 
@@ -69,21 +70,25 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
     torch.manual_seed(seed)
     entry = {"dataset": dataset, "model": model, "seed": seed}
     seeds = sample_seeds(seed, mix.num_samples)
+    alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
+    snapshots: list = []  # (step, copy of G or of the EMA denoiser), for the metric-over-training curve
+    every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     start = time.perf_counter()
     if model == "gan":
         G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
         train_gen = torch.Generator().manual_seed(seed + 7919)
         latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
-        history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=tag, progress=progress)
+        history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=tag, progress=progress,
+                                    snapshot_every=every, snapshots=snapshots)
         params = {"G": num_params(G), "D": num_params(D)}
         modules, samplers = {"G": G, "D": D}, {"G": None}
     else:
         net = MLPDenoiser(mix.denoiser_net).to(device)
-        alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
         train_gen = torch.Generator().manual_seed(seed + 7919)
         ema, history, status = train_diffusion(net, lambda step: (real_batch(step)[0], {}), alpha_bar,
                                                mix.diffusion.prediction, mix.diffusion_train, mix.steps,
-                                               train_gen, desc=tag, progress=progress)
+                                               train_gen, desc=tag, progress=progress,
+                                               snapshot_every=every, snapshots=snapshots)
         params = {"denoiser": num_params(net)}
         modules, samplers = {"denoiser": ema}, {s: parse_sampler(s) for s in mix.samplers}
     train_seconds = time.perf_counter() - start
@@ -120,6 +125,25 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
     entry["throughput"] = {k: by_sampler[headline][k] for k in ("nfe", "sample_seconds", "samples_per_s")}
     if model == "diffusion":
         entry["by_sampler"] = by_sampler
+
+    # --- metric-over-training: each snapshot on the same seeds (diffusion with the cheap curve sampler)
+    t0 = time.perf_counter()
+    curve_name, curve_steps = parse_sampler(mix.curve_sampler)
+    entry["curve"] = []
+    for step, snap in snapshots:
+        if model == "gan":
+            x = sample_gan(snap, seeds, mix.gan_net.z_dim, device)
+        else:
+            x, _ = sample_diffusion(snap, seeds, (2,), alpha_bar, curve_name, curve_steps, mix.diffusion.prediction,
+                                    device)
+        m = mixture_metrics(x.cpu() * scale, dataset)
+        entry["curve"].append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")}})
+    entry["curve_seconds"] = time.perf_counter() - t0
+    entry["stability"] = stability(history, model)
+    if entry["curve"]:  # VEEGAN's notion of success on these mixtures: every mode captured
+        num_modes = entry["metrics"]["num_modes"]
+        entry["stability"].update(threshold=f"modes == {num_modes}",
+                                  steps_to_threshold=steps_to_threshold(entry["curve"], "modes", num_modes))
     return entry, points
 
 

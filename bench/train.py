@@ -53,6 +53,12 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def checkpoint_interval(steps: int, checkpoints: int) -> int:
+    """snapshot_every for about `checkpoints` evenly spaced snapshots, the last at the final step when it divides
+    (0 = none)."""
+    return max(1, steps // checkpoints) if checkpoints > 0 else 0
+
+
 def snapshot(module: nn.Module) -> nn.Module:
     """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
     return copy.deepcopy(module).eval().requires_grad_(False)

@@ -1,0 +1,102 @@
+"""Fidelity/diversity sweeps: truncation's known effect on precision/recall, the sweep loop, the per-seed summary, and
+the per-sample seeding that lets the sweeps reuse the headline images."""
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+import torch
+
+from bench.imagebench import sample_images_diffusion, sample_images_gan
+from bench.metrics import prdc
+from bench.seeding import sample_seeds
+from bench.sweeps import summarise_sweeps, sweep, truncate
+from models.dcgan import DCGANConfig, Generator
+from models.diffusion import alphas_cumprod
+from models.unet import UNet, UNetConfig
+from models.vae import KLAutoencoder, VAEConfig
+
+
+def test_truncate_scales_toward_the_mean_latent():
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(truncate(z, 1.0), z)
+    assert torch.equal(truncate(z, 0.0), torch.zeros_like(z))
+    assert torch.allclose(truncate(z, 0.5).norm(dim=1), 0.5 * z.norm(dim=1))
+
+
+def test_truncation_trades_recall_for_precision():
+    # a "generator" that is exactly right at psi = 1 (fake ~ real ~ N(0, I_8)): shrinking its latents concentrates the
+    # samples in the dense core, so precision (Kynkaanniemi et al. 2019) can only rise and recall must fall
+    rng = np.random.default_rng(0)
+    real, z = rng.normal(size=(1000, 8)), torch.from_numpy(rng.normal(size=(1000, 8)))
+    points = sweep([1.0, 0.75, 0.5, 0.25], lambda psi: truncate(z, psi).numpy(), lambda x: prdc(real, x))
+    assert [p["value"] for p in points] == [1.0, 0.75, 0.5, 0.25]
+    precision, recall = [p["precision"] for p in points], [p["recall"] for p in points]
+    assert precision[0] == pytest.approx(recall[0], abs=0.05)  # matched distributions: symmetric
+    assert all(a <= b for a, b in pairwise(precision)) and precision[-1] > 0.99
+    assert all(a > b for a, b in pairwise(recall)) and recall[-1] < 0.05
+
+
+def test_sweep_records_unscorable_settings_instead_of_raising():
+    def score(x):
+        if not torch.isfinite(x).all():
+            raise FloatingPointError("generated images contain NaN or inf")
+        return {"mean": float(x.mean())}
+
+    points = sweep([1, 2], lambda v: torch.full((2,), float("nan") if v == 2 else float(v)), score, key="step")
+    assert points[0] == {"step": 1, "mean": 1.0}
+    assert points[1]["step"] == 2 and "FloatingPointError" in points[1]["error"] and "mean" not in points[1]
+
+
+def test_summarise_sweeps_is_mean_and_sample_std_per_value():
+    seed0 = [{"value": 1.0, "fid": 10.0, "recall": 0.5}, {"value": 2.0, "fid": 20.0, "recall": 0.3}]
+    seed1 = [{"value": 1.0, "fid": 14.0, "recall": 0.7}, {"value": 2.0, "error": "diverged"}]
+    rows = summarise_sweeps([seed0, seed1], ["fid", "recall"])
+    assert [r["value"] for r in rows] == [1.0, 2.0]
+    assert rows[0]["fid"] == pytest.approx((12.0, np.std([10.0, 14.0], ddof=1)))
+    assert rows[0]["recall"] == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1)))
+    assert rows[1]["fid"] == (20.0, 0.0)  # only one seed scored it
+
+
+def _tiny_generator() -> Generator:
+    torch.manual_seed(0)
+    return Generator(DCGANConfig(resolution=16, channels=3, z_dim=8, width=8, cond_dim=4)).eval()
+
+
+def test_gan_samples_are_per_sample_seeded_and_psi_zero_gives_one_image_per_prompt():
+    G = _tiny_generator()
+    seeds = sample_seeds(0, 12)
+    pooled = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    full = sample_images_gan(G, pooled, seeds, "cpu", batch=5)
+    # the sweeps and the last curve point reuse the first n headline images: they must be what n would give
+    assert torch.equal(sample_images_gan(G, pooled[:7], seeds[:7], "cpu"), full[:7])
+    assert torch.equal(sample_images_gan(G, pooled, seeds, "cpu", psi=1.0), full)
+    same_prompt = pooled[:1].expand(12, -1)
+    collapsed = sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.0)
+    assert torch.allclose(collapsed, collapsed[:1].expand_as(collapsed), atol=1e-6)
+    assert not torch.allclose(sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.5)[0],
+                              sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.5)[1])
+
+
+def test_diffusion_samples_are_per_sample_seeded_at_every_guidance():
+    torch.manual_seed(0)
+    vae = KLAutoencoder(VAEConfig(in_channels=3, resolution=16, channels=(8, 8), latent_channels=2, groups=4)).eval()
+    unet = UNet(UNetConfig(in_channels=2, channels=(16, 16), layers_per_block=1, attention=(False, True), heads=2,
+                           groups=4, context_dim=8)).eval()
+    with torch.no_grad():
+        for p in unet.parameters():  # undo the zero-initialised output so that the text and guidance matter
+            p.add_(0.05 * torch.randn_like(p))
+    alpha_bar = alphas_cumprod("scaled_linear", 50).float()
+    gen = torch.Generator().manual_seed(1)
+    n, length = 6, 3
+    states, mask = torch.randn(n, length, 8, generator=gen), torch.ones(n, length, dtype=torch.bool)
+    uncond = (torch.zeros(1, length, 8), torch.ones(1, length, dtype=torch.bool))
+    seeds = sample_seeds(0, n)
+
+    def draw(k, guidance, batch=256):
+        return sample_images_diffusion(unet, vae, alpha_bar, states[:k], mask[:k], uncond, seeds[:k], sampler="ddim",
+                                       steps=3, guidance=guidance, prediction="v", device="cpu", batch=batch)[0]
+
+    full = draw(n, 3.0, batch=4)
+    torch.testing.assert_close(draw(3, 3.0), full[:3], atol=1e-5, rtol=0)
+    assert not torch.allclose(draw(3, 1.0), full[:3], atol=1e-3)  # the knob changes the images
