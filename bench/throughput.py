@@ -134,7 +134,8 @@ def build_image_models(cfg, channels: int, device) -> dict:
                           "cond_dim": cfg.text.embed_dim})
     vcfg = VAEConfig(**{**asdict(cfg.vae), "in_channels": channels, "resolution": cfg.resolution})
     ucfg = UNetConfig(**{**asdict(cfg.unet), "in_channels": vcfg.latent_channels, "context_dim": cfg.text.width})
-    nets = {"text": text, "G": Generator(dcfg), "D": Discriminator(dcfg), "vae": KLAutoencoder(vcfg), "unet": UNet(ucfg)}
+    nets = {"text": text, "G": Generator(dcfg), "D": Discriminator(dcfg), "vae": KLAutoencoder(vcfg),
+            "unet": UNet(ucfg)}
     return {k: m.to(device).eval().requires_grad_(False) for k, m in nets.items()}
 
 
@@ -172,6 +173,15 @@ def _plan(est_s: float, deadline: float | None, share: float = 0.25) -> tuple[in
     return next(((w, r) for w, r in ladder if (w + r) * est_s <= left), None)
 
 
+def _adaptive(fn: Callable[[], object], deadline, device, share: float = 0.05) -> dict:
+    """measure() with its repeats cut to fit the budget: the first call (a warm-up in any case) gives the cost."""
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    warmup, repeats = _plan(time.perf_counter() - t0, deadline, share) or (0, 1)
+    return measure(fn, warmup=max(warmup - 1, 0), repeats=repeats, device=device)
+
+
 def _measured_or_estimated(make_fn: Callable[[], Callable], est_s: float, deadline, device, share: float = 0.25,
                            must: bool = False) -> tuple[dict, bool]:
     """(timing, measured?): make_fn() is built and timed when it fits the budget (always when `must`), else the
@@ -182,13 +192,13 @@ def _measured_or_estimated(make_fn: Callable[[], Callable], est_s: float, deadli
     return measure(make_fn(), warmup=plan[0], repeats=plan[1], device=device), True
 
 
-def _sampler_cost(sampler: str, prediction: str, x_T, alpha_bar, states, mask, uncond, scale, device,
+def _sampler_cost(sampler: str, prediction: str, x_T, alpha_bar, states, mask, uncond, scale, device, deadline=None,
                   nfe: int = 20) -> dict:
     """The sampling loop with the network replaced by a constant: exactly what the sampler (and the guidance
     wrapper) adds per step beyond the network call. Returns {"sampler_step_s", "nfe"}."""
     const = torch.randn((1 if scale is None else 2) * len(x_T), *x_T.shape[1:], device=x_T.device)
     null = _denoiser(lambda x, t, **kw: const, states, mask, uncond, scale)
-    m = measure(lambda: sample(sampler, null, x_T, alpha_bar, nfe, prediction=prediction), device=device)
+    m = _adaptive(lambda: sample(sampler, null, x_T, alpha_bar, nfe, prediction=prediction), deadline, device)
     return {"sampler_step_s": m["median_s"] / nfe, "nfe": nfe}
 
 
@@ -251,16 +261,16 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     f_unet = count_flops(lambda: unet(x_T[:2], t_mid[:2], context=states[:2], context_mask=mask[:2])) / 2
     f_dec = count_flops(lambda: vae.decode(x_T[:2])) / 2
 
-    rows = [row("text", "encode", measure(lambda: text(tokens), device=device), batch=batch, flops=f_text,
+    rows = [row("text", "encode", _adaptive(lambda: text(tokens), deadline, device), batch=batch, flops=f_text,
                 what="frozen text encoder, once per prompt (shared)")]
-    lat = measure(lambda: G(z[:1], pooled[:1]), device=device)["median_s"]
-    rows.append(row("gan", "sample", measure(lambda: G(z, pooled), device=device), batch=batch, flops=f_gen, nfe=1,
+    lat = _adaptive(lambda: G(z[:1], pooled[:1]), deadline, device)["median_s"]
+    rows.append(row("gan", "sample", _adaptive(lambda: G(z, pooled), deadline, device), batch=batch, flops=f_gen, nfe=1,
                     latency=lat, what="G(z, text)"))
 
     # --- diffusion: one network call, the decode and the sampler's own cost; then whole loops, cheapest first
     net = fast_denoiser(unet, fast, device)
     dtype = "bf16 autocast" if fast.bf16 and cuda else "float32"
-    decode = {n: measure(partial(vae.decode, x_T[:n]), device=device)["median_s"] for n in (batch, 1)}
+    decode = {n: _adaptive(partial(vae.decode, x_T[:n]), deadline, device)["median_s"] for n in (batch, 1)}
     guidance = {"unguided": None, "guided": scale}
 
     def denoiser(n: int, s: float | None):
@@ -273,8 +283,8 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     step, overhead = {}, {}
     for label, s in guidance.items():
         for n in (batch, 1):
-            step[label, n] = measure(partial(denoiser(n, s), x_T[:n], t_mid[:n]), device=device)
-        overhead[label] = _sampler_cost(sampler, pred, x_T, alpha_bar, states, mask, uncond, s, device)
+            step[label, n] = _adaptive(partial(denoiser(n, s), x_T[:n], t_mid[:n]), deadline, device)
+        overhead[label] = _sampler_cost(sampler, pred, x_T, alpha_bar, states, mask, uncond, s, device, deadline)
         overhead[label]["network_step_s"] = step[label, batch]["median_s"]
         overhead[label]["fraction_of_network"] = overhead[label]["sampler_step_s"] / step[label, batch]["median_s"]
     for nfe in nfes:
@@ -414,13 +424,14 @@ def _table(result: dict) -> tuple[list[str], list[list[str]]]:
 def _summary_lines(result: dict) -> list[str]:
     peak, v = result["matmul_peak"], result["versions"]
     m = result["models"]
+    load = result["load_average"]
     lines = [
-        f"Device {result['device']} ({result['threads']} threads of {result.get('cpu_count')} CPU cores; 1-minute "
-        f"load average {result['load_average']['start']:.1f} at the start, {result['load_average']['end']:.1f} at the "
-        f"end: a load above the core count means other processes shared them), sampling {result['dtype']['sample']}, training "
-        f"{result['dtype']['train']}; " + ", ".join(f"{k} {val}" for k, val in v.items()) + ". Timer: "
-        f"{result['timer']}. MFU is against a {peak['dtype']} {peak['n']}x{peak['n']} matrix product measured in the "
-        f"same process: {peak['tflops']:.3g} TFLOP/s.",
+        (f"Device {result['device']} ({result['threads']} threads of {result.get('cpu_count')} CPU cores; 1-minute "
+        f"load average {load['start']:.1f} at the start, {load['end']:.1f} at the end: a load above the core count "
+        f"means other processes shared them), sampling {result['dtype']['sample']}, training "
+        f"{result['dtype']['train']}; {', '.join(f'{k} {val}' for k, val in v.items())}. Timer: {result['timer']}. "
+        f"MFU is against a {peak['dtype']} {peak['n']}x{peak['n']} matrix product measured in the same process: "
+        f"{peak['tflops']:.3g} TFLOP/s."),
         "Parameters: GAN " + " + ".join(f"{k} {n:,}" for k, n in m["gan"]["params"].items()) + "; diffusion "
         + " + ".join(f"{k} {n:,}" for k, n in m["diffusion"]["params"].items())
         + f"; shared text encoder {m['text']['params']:,}. FLOPs are matmuls, convolutions and attention "
@@ -547,7 +558,8 @@ def quality_cost_figures(run_dir, results: dict) -> list[str]:
                 nfe = sorted(pts)
                 q = [statistics.mean(p[0] for p in pts[n]) for n in nfe]
                 spi = [statistics.mean(p[1] for p in pts[n]) if all(p[1] for p in pts[n]) else None for n in nfe]
-                style = {"marker": "*", "markersize": 12, "ls": "none", "c": "C3"} if model == "gan" else {"marker": "o"}
+                gan = {"marker": "*", "markersize": 12, "ls": "none", "c": "C3"}
+                style = gan if model == "gan" else {"marker": "o"}
                 text = "GAN (1 forward)" if model == "gan" else f"diffusion, {name}"
                 axes[0].plot(nfe, q, label=text, **style)
                 have = [(s, v) for s, v in zip(spi, q) if s]

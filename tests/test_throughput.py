@@ -20,6 +20,8 @@ from bench.throughput import (
     throughput_blocks,
     throughput_table,
 )
+from models.mlp import num_params
+from models.unet import UNet
 
 POSITIVE = ("seconds_per_batch", "images_per_s", "flops_per_image", "tflops", "mfu")
 
@@ -145,6 +147,7 @@ def test_tiny_budget_estimates_the_loops_and_says_so():
     (["--preset", "smoke", "--batch", "0"], "--batch"),
     (["--preset", "smoke", "--nfe", "0"], "--nfe"),
     (["--preset", "smoke", "--budget", "0"], "--budget"),
+    (["--preset", "smoke", "--threads", "0"], "--threads"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(["throughput", *argv]) == 2
@@ -201,3 +204,37 @@ def test_quality_cost_figures_skip_what_is_not_there(tmp_path):
                       "throughput": {}}]}
     assert quality_cost_figures(tmp_path, bare) == []
     assert not (tmp_path / "figures").exists()
+
+
+# ---------------------------------------------------------------- the GPU check, on the CPU
+
+
+def test_gpu_check_matched_config_and_targets():
+    from bench import gpu_check
+
+    # the diffusers config has 8.8M parameters; ours at the matched architecture must agree
+    assert 8.7e6 < num_params(UNet(gpu_check.MATCHED)) < 8.8e6
+    theirs = gpu_check.diffusers_unet(gpu_check.MATCHED)
+    if theirs is not None:  # with the optional `peers` extra installed: the same architecture, parameter for parameter
+        assert num_params(theirs) == num_params(UNet(gpu_check.MATCHED))
+    step = {"rows": [{"variant": "ours eager fp32", "batch": 64, "ms": 5.0},
+                     {"variant": "ours compiled bf16", "batch": 64, "ms": 4.0},
+                     {"variant": "diffusers eager fp32", "batch": 64, "ms": 17.6},
+                     {"variant": "ours compiled bf16", "batch": 512, "ms": 11.0},
+                     {"variant": "diffusers compiled bf16", "batch": 512, "ms": 10.2},
+                     {"variant": "diffusers eager bf16", "batch": 512, "error": "OutOfMemoryError"}]}
+    lines = gpu_check.targets(step, [{"dtype": "float32", "batch": 128, "ours_ms": 2.0, "reference_ms": 2.5,
+                                      "speedup": 1.25}])
+    assert lines[0].startswith("[met]") and "4.40x" in lines[0]  # best of ours at 64 is 4.0 ms: 17.6 / 4.0
+    assert lines[1].startswith("[MISSED]")  # 11.0 ms is not faster than 10.2 ms
+    assert lines[2].startswith("[met]") and "1.25x" in lines[2]
+    assert gpu_check.targets({"rows": []}, [])[0].startswith("[not measured]")
+
+
+def test_gpu_check_runs_on_the_cpu():
+    from bench import gpu_check
+
+    step = gpu_check.denoise_step_table("cpu", (2,), compile_=False, repeats=1)
+    assert [r["variant"] for r in step["rows"]][:1] == ["ours eager fp32"] and step["rows"][0]["ms"] > 0
+    dcgan = gpu_check.dcgan_step_check(preset("smoke").images, torch.device("cpu"), amp=False)
+    assert dcgan["ours_ms"] > 0 and dcgan["reference_ms"] > 0

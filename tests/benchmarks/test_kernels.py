@@ -15,21 +15,20 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import preset
+from bench.gpu_check import MATCHED
 from bench.train import train_gan
 from models.dcgan import DCGANConfig, Discriminator, Generator
 from models.diffusion import alphas_cumprod, diffusion_loss
 from models.layers import gan_d_loss, gan_g_loss
 from models.samplers import guided, sample
-from models.unet import UNet, UNetConfig
+from models.unet import UNet
 from models.vae import KLAutoencoder
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 QUICK = preset("quick").images
-# the diffusers UNet2DConditionModel comparison point (8.75M parameters)
-MATCHED_UNET = UNetConfig(in_channels=4, channels=(64, 128, 128), layers_per_block=2, attention=(True, True, False),
-                          context_dim=128)
-UNET_CFG = MATCHED_UNET if CUDA else replace(QUICK.unet, in_channels=4, context_dim=QUICK.text.width)
+# on CUDA: the diffusers UNet2DConditionModel comparison point (8.75M parameters, bench/gpu_check.py)
+UNET_CFG = MATCHED if CUDA else replace(QUICK.unet, in_channels=4, context_dim=QUICK.text.width)
 BATCH = 64 if CUDA else 8  # sampling batch
 TRAIN_BATCH = QUICK.batch_size if CUDA else 32
 TOKENS, WIDTH = 16, 128  # context tokens and their width (the text encoder's max_len and width)
