@@ -149,6 +149,8 @@ def _cmd_throughput(args) -> None:
         raise UserError("--batch must be at least 1")
     if args.budget <= 0:
         raise UserError("--budget must be positive (seconds)")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
     T = cfg.diffusion.num_steps
     nfes = sorted(set(args.nfe or [n for n in (10, 20, 50, 1000) if n < T] + [min(T, 1000)]))
     if nfes[0] < 1 or nfes[-1] > T:
@@ -161,6 +163,10 @@ def _cmd_throughput(args) -> None:
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     channels = 1 if cfg.datasets[0] == "digits" else 3  # the first dataset's; every other built-in one is RGB
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = image_throughput(cfg, device, channels=channels, nfes=tuple(nfes), batch=args.batch,
                               budget_s=args.budget)
     result["preset"] = args.preset
@@ -232,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--nfe", type=int, nargs="+", help="diffusion NFEs (default 10 20 50 1000, up to the preset's T)")
     thr.add_argument("--budget", type=float, default=120.0,
                      help="seconds; sampling loops that do not fit are estimated from measured parts (default 120)")
+    thr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     thr.add_argument("--out", help="also write the full result as JSON to this file")
     thr.set_defaults(func=_cmd_throughput)
 
