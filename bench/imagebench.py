@@ -14,15 +14,23 @@ config and is cached), so seeds measure training variance only.
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.linalg import LinAlgWarning
 from tqdm.auto import tqdm
 
 from bench.images import ImageData, load_image_dataset
-from bench.judge import JudgeConfig, judge_failure, load_or_train_judge
+from bench.judge import (
+    JudgeConfig,
+    inception_features,
+    judge_failure,
+    load_inception,
+    load_or_train_judge,
+)
 from bench.metrics import (
     cond_accuracy,
     fid,
@@ -282,27 +290,53 @@ def _bind(model, kwargs: dict):
 # ---------------------------------------------------------------- metrics
 
 
-def image_metrics(judge, real: torch.Tensor, fake: torch.Tensor, prompted: torch.Tensor, num_modes: int,
-                  real_feats: np.ndarray, fid_boot: int = 0, fid_counts: tuple[int, ...] = (), seed: int = 0) -> dict:
-    """FID/KID on judge features (clean-fid's formulas), PRDC, mode statistics and prompt accuracy; with fid_boot > 0
-    a bootstrap 95% interval fid_lo..fid_hi, with fid_counts FID at those sample counts and its 1/n extrapolation
-    fid_inf (Chong & Forsyth 2020)."""
-    if not torch.isfinite(fake).all():
+def describe(images: torch.Tensor, judge, inception) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(features (N, F), mode labels (N,)) of images for the metrics: the judge's features and labels; for data
+    without classes (no judge), Inception features (clean-fid's "clean" mode) and no labels; (None, None) without
+    either. Raises FloatingPointError on non-finite images (a diverged model's)."""
+    if not torch.isfinite(images).all():
         raise FloatingPointError("generated images contain NaN or inf")
-    judged = judge.labels(fake).numpy()
-    feats = judge.features(fake)
-    out = {"fid": fid(real_feats, feats), "kid": kid(real_feats, feats), **prdc(real_feats, feats)}
-    out.update(mode_stats(judged, num_modes))
-    out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
-    out["num_samples"] = len(fake)
-    if fid_boot > 0:
-        boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
-        out.update(fid_lo=boot["lo"], fid_hi=boot["hi"])
-    counts = sorted({n for n in fid_counts if 2 <= n <= len(fake)} | ({len(fake)} if fid_counts else set()))
-    if len(counts) >= 2:
-        out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
-        out["fid_inf"] = fid_extrapolate(out["fid_curve"])
+    if judge is not None:
+        return judge.features(images), judge.labels(images).numpy()
+    if inception is not None:
+        return inception_features(images, inception), None
+    return None, None
+
+
+def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judged: np.ndarray | None,
+                  prompted: torch.Tensor, num_modes: int, fid_boot: int = 0, fid_counts: tuple[int, ...] = (),
+                  seed: int = 0) -> dict:
+    """FID/KID (clean-fid's formulas) and PRDC on features, mode statistics and prompt accuracy on judged labels,
+    each where its input exists. With fid_boot > 0 a bootstrap 95% interval fid_lo..fid_hi; with fid_counts, FID at
+    those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
+    out: dict = {}
+    if feats is not None:
+        out.update(fid=fid(real_feats, feats), kid=kid(real_feats, feats), **prdc(real_feats, feats))
+        if fid_boot > 0:
+            with warnings.catch_warnings():  # resamples hold duplicates: sqrtm warns of singular products each time
+                warnings.simplefilter("ignore", LinAlgWarning)
+                boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
+            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"])
+        counts = sorted({n for n in fid_counts if 2 <= n <= len(feats)} | ({len(feats)} if fid_counts else set()))
+        if len(counts) >= 2:
+            out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
+            out["fid_inf"] = fid_extrapolate(out["fid_curve"])
+    if judged is not None:
+        out.update(mode_stats(judged, num_modes))
+        out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
+    out["num_samples"] = len(prompted)
     return out
+
+
+def unavailable_metrics(has_judge: bool, has_inception: bool) -> dict | None:
+    """Which metrics a run cannot report and why (None when all are there)."""
+    if has_judge:
+        return None
+    missing = ["modes", "kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
+                                                                          "density", "coverage"])
+    why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
+           ", and no Inception weights were given (inception_weights / --inception-weights)"))
+    return {"metrics": missing, "why": why}
 
 
 CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
@@ -360,9 +394,12 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     tag = f"{slug(dataset)}_seed{seed}"
     data = load_image_dataset(dataset, cfg.num_train, cfg.resolution, seed=0)  # the data do not vary with the seed
     data_key = {"dataset": dataset, "num_train": cfg.num_train, "resolution": cfg.resolution, "seed": 0}
-    judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
-    if (failure := judge_failure(dataset, judge)) is not None:
-        return _failed(dataset, seed, failure)
+    judge = None  # data without classes have no judge: Inception features if given, else fewer metrics
+    if data.num_modes >= 2:
+        judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
+        if (failure := judge_failure(dataset, judge)) is not None:
+            return _failed(dataset, seed, failure)
+    inception = load_inception(cfg.inception_weights, str(device)) if cfg.inception_weights else None
     images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
 
     # --- the shared text encoder
@@ -406,10 +443,11 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     p_states, p_pooled, p_mask = encode_text(text, tokenizer, prompts, device)
     seeds = sample_seeds(seed, cfg.num_samples)
     real = data.images[torch.randperm(len(data.images), generator=eval_gen)[: cfg.num_samples]]
-    real_feats = judge.features(real)
+    real_feats, _ = describe(real, judge, inception)
     recon = decode_latents(vae, encode_latents(vae, real.to(device)) * vae.scale_factor).cpu()
     vae_info = {"steps": cfg.vae_steps, "seconds": vae_seconds, "psnr": psnr(recon, real),
-                "recon_accuracy": float((judge.labels(recon) == judge.labels(real)).float().mean()),
+                "recon_accuracy": (float((judge.labels(recon) == judge.labels(real)).float().mean())
+                                   if judge is not None else None),
                 "scale_factor": float(vae.scale_factor)}
 
     # Every image set below uses the first n of these prompts and seeds: the two families, every checkpoint and every
@@ -424,8 +462,9 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
                                        steps=int(steps), guidance=guidance, prediction=cfg.diffusion.prediction,
                                        device=device)
 
-    def score(imgs: torch.Tensor) -> dict:
-        return image_metrics(judge, real, imgs, prompted[: len(imgs)], data.num_modes, real_feats)
+    def score(imgs: torch.Tensor, **extra) -> dict:
+        return image_metrics(real_feats, *describe(imgs, judge, inception), prompted[: len(imgs)], data.num_modes,
+                             **extra)
 
     t0 = time.perf_counter()
     gan_images = gan_images_of(G, cfg.num_samples)
@@ -438,6 +477,10 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     # is the final model and the sweeps include the headline knob setting: those reuse the headline images' first n
     # (the same model, prompts and seeds) instead of sampling them again.
     n_curve, n_sweep = min(cfg.curve_samples, cfg.num_samples), min(cfg.sweep_samples, cfg.num_samples)
+    if real_feats is None:  # nothing to score the checkpoints and settings with
+        gan_snaps, unet_snaps, sweep_knobs = [], [], ([], [])
+    else:
+        sweep_knobs = (cfg.truncation_sweep, cfg.guidance_sweep)
     t0 = time.perf_counter()
     gan_at, unet_at = dict(gan_snaps), dict(unet_snaps)  # step -> frozen copy
 
@@ -460,8 +503,8 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         return dif_images[:n_sweep] if s == cfg.guidance else dif_images_of(unet, n_sweep, s)[0]
 
     t0 = time.perf_counter()
-    sweeps = {"gan": {"knob": "truncation psi", "points": _points(sweep(cfg.truncation_sweep, truncated, score))},
-              "diffusion": {"knob": "guidance scale", "points": _points(sweep(cfg.guidance_sweep, guided_by, score))}}
+    sweeps = {"gan": {"knob": "truncation psi", "points": _points(sweep(sweep_knobs[0], truncated, score))},
+              "diffusion": {"knob": "guidance scale", "points": _points(sweep(sweep_knobs[1], guided_by, score))}}
     sweep_s = time.perf_counter() - t0
 
     grid_real = real_for_prompts(data, prompted[:64], eval_gen)
@@ -469,7 +512,8 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         save_grid(run_dir / "samples" / f"{tag}_{part}.png", imgs)
     (run_dir / "samples" / f"{tag}_prompts.txt").write_text("\n".join(prompts[:64]) + "\n")
 
-    common = {"judge_accuracy": judge.accuracy}
+    common = {"judge_accuracy": judge.accuracy} if judge is not None else {}
+    real_inception = inception_features(real, inception) if inception is not None and judge is not None else None
     entries = []
     for model, imgs, status, history, train, seconds, nfe_, extra in (
         ("gan", gan_images, gan_status, gan_hist,
@@ -486,17 +530,23 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         train["text_encoder"] = text_info
         entry = {"dataset": dataset, "model": model, "seed": seed, **_status_of(status), **extra, "train": train}
         try:
-            entry["metrics"] = {**image_metrics(judge, real, imgs, prompted, data.num_modes, real_feats,
-                                                fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts),
-                                                seed=seed), **common}
+            entry["metrics"] = {**score(imgs, fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts), seed=seed),
+                                **common}
+            if real_inception is not None:  # Inception FID/KID beside the judge's, comparable with published numbers
+                fake_inception = inception_features(imgs, inception)
+                entry["metrics"].update(fid_inception=fid(real_inception, fake_inception),
+                                        kid_inception=kid(real_inception, fake_inception))
         except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
             entry["metrics"] = dict(common)
             entry["status"] = "diverged" if status["status"] == "diverged" else "failed"
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["throughput"] = {"nfe": nfe_, "sample_seconds": seconds, "samples_per_s": len(imgs) / seconds}
+        entry["features"] = "judge" if judge is not None else "inception" if inception is not None else None
+        if (missing := unavailable_metrics(judge is not None, inception is not None)) is not None:
+            entry["unavailable"] = missing
         entry["curve"], entry["sweep"] = curves[model], sweeps[model]
         entry["stability"] = stability(history, model)
-        if entry["curve"]:
+        if entry["curve"] and judge is not None:
             entry["stability"].update(threshold=f"cond_accuracy >= {COND_THRESHOLD}",
                                       steps_to_threshold=steps_to_threshold(entry["curve"], "cond_accuracy",
                                                                             COND_THRESHOLD))

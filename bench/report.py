@@ -279,7 +279,9 @@ def _stacked_blocks(summary: list[dict]) -> list:
     return [("p", ("Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN): modes = distinct digit triples the judge "
                   "reads (of 1,000), KL(p_gen || uniform). The published rows count 26,000 samples; with fewer, the mode "
                   "count is a lower bound (N samples from the uniform distribution show 1000 (1 - e^(-N/1000)) modes on "
-                  "average). Published budgets and architectures differ from ours.")),
+                  "average). Published budgets and architectures differ from ours, and their GANs are unconditional while ours are "
+                   "prompted with the three digits (drawn uniformly, like the data), so here the count also measures how "
+                   "well each model follows its prompt.")),
             ("table", ["model", "modes (of 1000)", "KL", "samples"], rows)]
 
 
@@ -293,7 +295,8 @@ def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
             rows.append([model, f"{knob} {p['value']:g}", _pm(p.get("fid")), _pm(p.get("precision")),
                          _pm(p.get("recall")), _pm(p.get("coverage")), _pm(p.get("modes"), "{:.0f}"),
                          _pm(p.get("cond_accuracy"))])
-    n = next(p["num_samples"] for r in runs for p in (r.get("sweep") or {}).get("points", []) if "num_samples" in p)
+    n = next((p["num_samples"] for r in runs for p in (r.get("sweep") or {}).get("points", [])
+              if "num_samples" in p), 0)
     blocks = [("p", (f"Fidelity/diversity sweeps on {n:,} samples per setting (the same prompts and per-sample seeds "
                     "throughout): classifier-free guidance scale for diffusion (Ho & Salimans 2021), latent truncation "
                     "z <- psi z for the GAN (scaling toward the mean latent; Brock et al. 2019 resample |z| beyond a "
@@ -358,6 +361,16 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
                 notes.append(f"{s['model']} FID by sample count (seed {per[0]['seed']}): "
                              + ", ".join(f"{p['fid']:.2f} at {p['n']:,}" for p in curve)
                              + f"; extrapolated to infinitely many samples (Chong & Forsyth 2020): {_pm(s['fid_inf'])}.")
+        for s in summary:
+            if "fid_inception" in s:
+                notes.append(f"{s['model']} on Inception features (clean-fid's 'clean' mode): FID "
+                             f"{_pm(s['fid_inception'])}, KID x1e3 {_pm(s.get('kid_inception'), scale=1e3)}.")
+        if any(r.get("features") == "inception" for r in per):
+            notes.append("This dataset has no classes for a judge: FID, KID, precision/recall and density/coverage "
+                         "are on Inception features.")
+        missing = next((r["unavailable"] for r in per if r.get("unavailable")), None)
+        if missing:
+            notes.append(f"Unavailable here: {', '.join(missing['metrics'])} ({missing['why']}).")
         if notes:
             blocks.append(("p", " ".join(notes)))
         seed = min(r["seed"] for r in per)
@@ -374,7 +387,7 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
                         ("cond_accuracy", "prompt accuracy", 1), ("recall", "recall", 1)]
         fig = _curve_figure(run_dir, per, dataset, curve_panels)
         if fig:
-            n = next(p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p)
+            n = next((p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p), 0)
             blocks += [("p", (f"Metrics over training: both models scored at evenly spaced training steps on the first "
                              f"{n:,} evaluation prompts and seeds (GAN: G of that step; diffusion: the EMA UNet of that "
                              "step with the headline sampler and guidance).")), ("img", fig, fig)]

@@ -4,6 +4,7 @@ mean +- std over seeds."""
 
 import csv
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -125,3 +126,129 @@ def test_image_stability_matches_the_history_files(image_runs):
     for model, run in runs.items():
         assert _same(run["stability"], stability(_read_history(out / "history" / f"shapes_seed0_{model}.csv"), model))
         assert run["stability"]["threshold"] == "cond_accuracy >= 0.5"
+
+
+# ---------------------------------------------------------------- data without classes: Inception or fewer metrics
+
+
+class _FakeInceptionLayers(torch.nn.Module):
+    """Stands in for Inception's pool3 trunk: channel means through a fixed linear map to 2048 dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 2048, 1)
+
+    def forward(self, x):
+        return self.proj(x.mean((2, 3), keepdim=True))  # (B, 2048, 1, 1)
+
+
+class _FakeInception(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = _FakeInceptionLayers()
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@pytest.fixture(scope="module")
+def classless_folder(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder") / "paintings"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    torch.manual_seed(0)
+    weights = tmp_path_factory.mktemp("weights") / "inception-2015-12-05.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; the real weights ship in it
+        torch.jit.script(_FakeInception()).save(str(weights))
+    return f"folder:{root}", str(weights)
+
+
+def _mean_gap(real, fake) -> float:
+    """A cheap stand-in for FID: the sqrtm of 2048 x 2048 covariances costs tens of seconds per call on a CPU."""
+    return float(((real.mean(0) - fake.mean(0)) ** 2).sum())
+
+
+def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch) -> dict:
+    from bench import imagebench
+    from bench.imagebench import run_image_dataset
+
+    monkeypatch.setattr(imagebench, "fid", _mean_gap)
+
+    cfg = dataclasses.replace(preset("smoke").images, inception_weights=weights, eval_checkpoints=2,
+                              truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0)
+    entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), tmp_path, tmp_path / "cache", progress=False)
+    return {e["model"]: e for e in entries}
+
+
+def test_data_without_classes_is_scored_on_inception_features(classless_folder, tmp_path, monkeypatch):
+    dataset, weights = classless_folder
+    for run in _classless_run(dataset, weights, tmp_path, monkeypatch).values():
+        assert run["status"] == "ok", run.get("error")
+        assert run["features"] == "inception"
+        assert {"fid", "kid", "precision", "recall", "density", "coverage", "num_samples"} <= set(run["metrics"])
+        assert not {"modes", "kl", "cond_accuracy", "judge_accuracy"} & set(run["metrics"])
+        assert run["unavailable"]["metrics"] == ["modes", "kl", "cond_accuracy"]
+        assert "no classes" in run["unavailable"]["why"]
+        assert [p["step"] for p in run["curve"]] == [2, 4] and all("fid" in p for p in run["curve"])
+        assert "steps_to_threshold" not in run["stability"]  # the threshold is a prompt accuracy
+
+
+def test_data_without_classes_or_inception_says_what_is_missing(classless_folder, tmp_path, monkeypatch):
+    dataset, _ = classless_folder
+    for run in _classless_run(dataset, "", tmp_path, monkeypatch).values():
+        assert run["status"] == "ok"
+        assert run["features"] is None and set(run["metrics"]) == {"num_samples"}
+        assert {"fid", "precision", "modes", "cond_accuracy"} <= set(run["unavailable"]["metrics"])
+        assert "no Inception weights" in run["unavailable"]["why"]
+        assert run["curve"] == [] and run["sweep"]["points"] == []
+
+
+# ---------------------------------------------------------------- the report's new sections
+
+
+def _image_entry(model: str, seed: int, fid_value: float) -> dict:
+    metrics = {"fid": fid_value, "fid_lo": fid_value - 1, "fid_hi": fid_value + 1, "kid": 0.01, "precision": 0.5,
+               "recall": 0.4, "density": 0.9, "coverage": 0.8, "modes": 900 + seed, "num_modes": 1000, "kl": 0.2,
+               "cond_accuracy": 0.3, "num_samples": 5000, "judge_accuracy": 0.97}
+    knob = ("truncation psi", [0.5, 1.0]) if model == "gan" else ("guidance scale", [1.0, 3.0])
+    return {"dataset": "stacked-digits", "model": model, "seed": seed, "status": "ok", "metrics": metrics,
+            "train": {"steps": 10, "examples_seen": 100, "seconds": 1.0, "params": {"G": 1}, "params_total": 1},
+            "throughput": {"nfe": 1, "sample_seconds": 1.0, "samples_per_s": 1.0},
+            "curve": [{"step": 5, "fid": 2 * fid_value, "modes": 500, "cond_accuracy": 0.1, "num_samples": 256},
+                      {"step": 10, "fid": fid_value, "modes": 900, "cond_accuracy": 0.6, "num_samples": 256}],
+            "sweep": {"knob": knob[0], "points": [{"value": v, "fid": fid_value * v, "precision": 0.5, "recall": 0.4,
+                                                  "cond_accuracy": 0.3, "num_samples": 256} for v in knob[1]]},
+            "stability": {"steps": 10, "loss_final": 0.1, "loss_min": 0.05, "loss_tail_var": 0.001,
+                          "grad_norm_spikes": 0, "d_loss_final": 1.0, "d_loss_min": 0.9, "d_loss_tail_var": 0.01,
+                          "g_loss_final": 2.0, "g_loss_min": 0.7, "g_loss_tail_var": 0.02, "d_grad_norm_spikes": 1,
+                          "g_grad_norm_spikes": 2, "d_gap": 0.4, "diverged_at_step": None,
+                          "threshold": "cond_accuracy >= 0.5", "steps_to_threshold": 10}}
+
+
+def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_path):
+    from bench.report import build_blocks, to_markdown
+
+    runs = [_image_entry(m, s, f) for m, s, f in [("gan", 0, 10.0), ("gan", 1, 14.0), ("diffusion", 0, 5.0),
+                                                   ("diffusion", 1, 7.0)]]
+    runs.append({"dataset": "stacked-digits", "model": "gan", "seed": 2, "status": "failed", "error": "boom",
+                 "train": {}, "metrics": {}, "throughput": {}})
+    results = {"suite": "stacked", "created": "now", "device": "cpu", "versions": {}, "config": {"seeds": [0, 1, 2]},
+               "runs": runs}
+    md = to_markdown(build_blocks(tmp_path, results))
+    assert "| gan | 2/3 | 12.00 ± 2.83 | [11.00, 13.00] |" in md  # FID mean ± sample std, then the mean CI
+    # the Stacked MNIST table: our modes/KL beside the published rows
+    assert "| model | modes (of 1000) | KL | samples |" in md
+    assert "| gan | 900 ± 1 | 0.200 ± 0.000 | 5000 ± 0 |" in md  # modes 900 and 901: 900.5 ± 0.71
+    assert "| *PacDCGAN2 (Lin et al. 2018, Table 2)* | 1000 | 0.06 | 26,000 |" in md
+    # stability: one row per network, mean ± std over the seeds that have diagnostics
+    assert "| stacked-digits | gan | D | 1 ± 0 | 0.9 ± 0 | 0.01 ± 0 | 1.0 ± 0.0 | 0.40 ± 0.00 | 0/2 | 10 ± 0 (2/2" in md
+    assert "| stacked-digits | gan | G | 2 ± 0 |" in md
+    # sweeps: a table row per knob setting, and the figures on disk
+    assert "| diffusion | guidance scale 3 | 18.00 ± 4.24 |" in md  # FID 5 x 3 and 7 x 3
+    for fig in ("stacked-digits_curve.png", "stacked-digits_sweeps.png"):
+        assert (tmp_path / "figures" / fig).stat().st_size > 1000
