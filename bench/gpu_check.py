@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.fastpaths import (
+    FastPaths,
     autocast_denoiser,
     channels_last_denoiser,
     compile_denoiser,
@@ -267,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     dcgan = [dcgan_step_check(cfg, device, amp) for amp in amps]
     print()
     thr = image_throughput(cfg, device, budget_s=args.budget, batch=max(args.batches[0], 1))
-    print(throughput_table(thr))
+    print("Throughput as `gvd run` samples (float32):\n" + throughput_table(thr))
+    if device.type == "cuda":  # the same with the sampling fast paths: bf16 autocast and the loop as one CUDA graph
+        fast = image_throughput(cfg, device, budget_s=args.budget, batch=max(args.batches[0], 1),
+                                fast=FastPaths(bf16=True, cuda_graph=True))
+        print("Throughput with bf16 autocast and CUDA-graph sampling loops:\n" + throughput_table(fast))
+        thr = {"plain": thr, "fast": fast}
     print("Targets:\n" + "\n".join(targets(step, dcgan)))
     if args.out:
         from bench.results import write_json

@@ -202,7 +202,7 @@ def _sampler_cost(sampler: str, prediction: str, x_T, alpha_bar, states, mask, u
     return {"sampler_step_s": m["median_s"] / nfe, "nfe": nfe}
 
 
-def _row(model: str, stage: str, timing: dict, *, batch: int, flops: float, peak_tflops: float, nfe=None,
+def _row(model: str, stage: str, timing: dict, *, batch: int, flops: float, nfe=None,
          guidance=None, latency=None, method: str = "measured", dtype: str = "float32", what: str = "") -> dict:
     ips = batch / timing["median_s"]
     tflops = flops * ips / 1e12
@@ -210,7 +210,7 @@ def _row(model: str, stage: str, timing: dict, *, batch: int, flops: float, peak
     return {"model": model, "stage": stage, "what": what, "nfe": nfe, "guidance": guidance, "batch": batch,
             "seconds_per_batch": timing["median_s"], "min_seconds_per_batch": timing["min_s"],
             "repeats": timing["repeats"], "images_per_s": ips, "latency_s": latency, "flops_per_image": flops,
-            "tflops": tflops, "mfu": tflops / peak_tflops, "dtype": dtype, "method": method,
+            "tflops": tflops, "mfu": None, "dtype": dtype, "method": method,
             "peak_memory_mb": None if peak_mem is None else peak_mem / 2**20}
 
 
@@ -239,8 +239,7 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     torch.manual_seed(seed)
     nets = build_image_models(cfg, channels, device)
     text, G, D, vae, unet = (nets[k] for k in ("text", "G", "D", "vae", "unet"))
-    peak = matmul_peak(device)
-    row = lambda *a, **kw: _row(*a, peak_tflops=peak["tflops"], **kw)
+    peak_start = matmul_peak(device)
 
     # --- inputs: the text encodings once (shared by both models), latents, noise
     tokens = caption_tokens(batch, cfg.text, gen).to(device)
@@ -261,11 +260,11 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     f_unet = count_flops(lambda: unet(x_T[:2], t_mid[:2], context=states[:2], context_mask=mask[:2])) / 2
     f_dec = count_flops(lambda: vae.decode(x_T[:2])) / 2
 
-    rows = [row("text", "encode", _adaptive(lambda: text(tokens), deadline, device), batch=batch, flops=f_text,
-                what="frozen text encoder, once per prompt (shared)")]
+    rows = [_row("text", "encode", _adaptive(lambda: text(tokens), deadline, device), batch=batch, flops=f_text,
+                 what="frozen text encoder, once per prompt (shared)")]
     lat = _adaptive(lambda: G(z[:1], pooled[:1]), deadline, device)["median_s"]
-    rows.append(row("gan", "sample", _adaptive(lambda: G(z, pooled), deadline, device), batch=batch, flops=f_gen, nfe=1,
-                    latency=lat, what="G(z, text)"))
+    rows.append(_row("gan", "sample", _adaptive(lambda: G(z, pooled), deadline, device), batch=batch, flops=f_gen,
+                     nfe=1, latency=lat, what="G(z, text)"))
 
     # --- diffusion: one network call, the decode and the sampler's own cost; then whole loops, cheapest first
     net = fast_denoiser(unet, fast, device)
@@ -299,19 +298,27 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
                                                            share=0.1)
             method = ("estimated" if not measured else "measured" if lat_measured
                       else "measured (batch-1 latency estimated)")
-            rows.append(row("diffusion", "sample", timing, batch=batch, nfe=nfe, guidance=1.0 if s is None else s,
+            rows.append(_row("diffusion", "sample", timing, batch=batch, nfe=nfe, guidance=1.0 if s is None else s,
                             flops=nfe * (2 if s else 1) * f_unet + f_dec, latency=latency["median_s"], method=method,
                             dtype=dtype, what=f"{sampler}:{nfe} + VAE decode"))
 
     # --- training at the preset's batch size
-    rows += _training_rows(cfg, nets, channels, device, deadline, row, pooled, states, mask, uncond, alpha_bar)
+    rows += _training_rows(cfg, nets, channels, device, deadline, pooled, states, mask, uncond, alpha_bar)
 
+    # the MFU denominator: the better of two measurements, at the start and at the end (a busy moment lowers one)
+    peak = max(peak_start, matmul_peak(device), key=lambda p: p["tflops"])
+    for r in rows:
+        r["mfu"] = r["tflops"] / peak["tflops"]
     notes = []
     if fast.cuda_graph:
         notes.append("the diffusion sampling loops replay a captured CUDA graph (bench/fastpaths.cuda_graph_sampler)")
     if any(r["method"] != "measured" for r in rows):
         notes.append("'estimated' rows did not fit the time budget: NFE x (measured network call + measured sampler "
                      "cost per step) + measured VAE decode")
+    load_end = os.getloadavg()[0]
+    if not cuda and max(load_start, load_end) >= (os.cpu_count() or 1):
+        notes.append("the machine was busy (load average >= the core count): CPU timings with several threads are "
+                     "unreliable under oversubscription (threads wait for each other); `--threads 1` is steadier")
     if not cuda:
         notes.append(f"peak memory is measured on CUDA only (max_memory_allocated); not measured on the CPU "
                      f"(this process's peak RSS: {_peak_rss_mb():.0f} MB)")
@@ -324,7 +331,7 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
         "versions": versions(device),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "load_average": {"start": load_start, "end": os.getloadavg()[0]},  # 1-minute; other processes' share
+        "load_average": {"start": load_start, "end": load_end},  # 1-minute; other processes' share
         "batch": batch,
         "train_batch": cfg.batch_size,
         "timer": "CUDA events, median of repeats" if cuda else "perf_counter, median of repeats",
@@ -343,7 +350,7 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     }
 
 
-def _training_rows(cfg, nets, channels, device, deadline, row, pooled, states, mask, uncond, alpha_bar) -> list:
+def _training_rows(cfg, nets, channels, device, deadline, pooled, states, mask, uncond, alpha_bar) -> list:
     """Training images/s at the preset's batch size: the GAN and the UNet through bench/train.py's own loops (so the
     logging and gradient-norm bookkeeping of `gvd run` are included), the VAE step as bench/imagebench.py writes it,
     under the same autocast as the harness (bf16 on CUDA when cfg.amp). Each timed call runs `k` steps; per-call
@@ -398,7 +405,7 @@ def _training_rows(cfg, nets, channels, device, deadline, row, pooled, states, m
         timing, _ = _measured_or_estimated(lambda fn=fn, n=n: lambda: fn(n), est, deadline, device, share=0.3,
                                            must=True)
         per_step = {**timing, "median_s": timing["median_s"] / k, "min_s": timing["min_s"] / k}
-        out.append(row(model, "train", per_step, batch=n, flops=flops, dtype=dtype, what=what))
+        out.append(_row(model, "train", per_step, batch=n, flops=flops, dtype=dtype, what=what))
     return out
 
 
