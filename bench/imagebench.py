@@ -80,7 +80,7 @@ class ImageBenchConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     eval_checkpoints: int = 4  # metric-over-training: score both models at this many evenly spaced steps (0 = off)
     curve_samples: int = 256  # images per checkpoint: the first of the evaluation's prompts and seeds
-    guidance_sweep: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 5.0])  # CFG scales ([] = skip)
+    guidance_sweep: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])  # CFG scales ([] = skip)
     truncation_sweep: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # GAN psi: z <- psi z ([] = skip)
     sweep_samples: int = 256  # images per sweep setting: the first of the evaluation's prompts and seeds
     fid_bootstrap: int = 100  # bootstrap resamples for a 95% interval on FID (0 = off)
