@@ -79,7 +79,8 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x, cond = real_batch(step)
         # --- discriminator step: real vs a detached fake batch
-        fake = G(latent(len(x)), *cond_args(cond)).detach()
+        with torch.no_grad():  # D's step needs no graph through G
+            fake = G(latent(len(x)), *cond_args(cond))
         real_logits, fake_logits = D(x, *cond_args(cond)), D(fake, *cond_args(cond))
         d_loss = gan_d_loss(real_logits, fake_logits, cfg.loss)
         opt_d.zero_grad(set_to_none=True)

@@ -13,8 +13,9 @@ Notation: B batch, C channels, H x W spatial size, L text tokens, D = context_di
 The last convolution of every residual branch and of the output is zero-initialised (Dhariwal & Nichol 2021, "ADM"),
 so a fresh UNet is the identity inside each block and predicts 0.
 
-The default config is the one of the later diffusers comparison: widths 64/128/128, two layers per block, attention at
-the two lower resolutions, 8x8x4 latents, 16 context tokens of width 128.
+The default config is the one of the diffusers comparison (issue: "block widths 64/128/128, two layers per block,
+cross-attention at the two higher resolutions, 8x8x4 latents, 16 context tokens of width 128", 8.75M parameters):
+diffusers' CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D.
 """
 
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class UNetConfig:
     in_channels: int = 4  # channels of x (latent channels); the output has the same shape as x
     channels: tuple[int, ...] = (64, 128, 128)  # width per resolution level; level i works at H / 2**i
     layers_per_block: int = 2  # residual blocks per level on the way down (one more on the way up)
-    attention: tuple[bool, ...] = (False, True, True)  # per level: self + cross-attention after each residual block
+    attention: tuple[bool, ...] = (True, True, False)  # per level: self + cross-attention after each residual block
     context_dim: int = 128  # width D of the text token states; 0 = no cross-attention (unconditional)
     heads: int = 4  # attention heads; must divide every attended width
     groups: int = 8  # GroupNorm groups; must divide every width

@@ -273,8 +273,9 @@ def test_clip_pretraining_steps_reduce_loss():
 def test_unet_default_is_the_diffusers_comparison_config():
     cfg = UNetConfig()
     assert (cfg.channels, cfg.layers_per_block, cfg.context_dim) == ((64, 128, 128), 2, 128)
-    assert cfg.attention == (False, True, True)
+    assert cfg.attention == (True, True, False)
     unet = UNet(cfg)
+    assert sum(p.numel() for p in unet.parameters()) == 8_752_580  # diffusers' matched UNet2DConditionModel: 8.8M
     x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 128)  # 8x8x4 latents, 16 context tokens of width 128
     mask = torch.ones(2, 16, dtype=torch.bool)
     assert unet(x, torch.tensor([0.0, 999.0]), ctx, mask).shape == x.shape
