@@ -52,6 +52,7 @@ class SuiteConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one training run per seed, per dataset, per model
     mixtures: MixtureBenchConfig | None = field(default_factory=MixtureBenchConfig)  # None = skip the 2D benchmark
     images: ImageBenchConfig | None = None  # None = skip the image benchmark
+    throughput_budget_s: float = 30.0  # seconds the report's throughput section may spend measuring (0 = skip)
 
 
 def _toy() -> SuiteConfig:
@@ -88,7 +89,7 @@ def _smoke() -> SuiteConfig:
         diffusion=DiffusionConfig(schedule="scaled_linear", num_steps=50, prediction="v"),
         judge=JudgeConfig(width=16, steps=300, batch_size=64),  # 100% held-out on shapes 16x16 in ~4 s
     )
-    return SuiteConfig(name="smoke", seeds=[0], mixtures=mix, images=img)
+    return SuiteConfig(name="smoke", seeds=[0], mixtures=mix, images=img, throughput_budget_s=3.0)
 
 
 def _quick() -> SuiteConfig:

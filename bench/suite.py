@@ -24,7 +24,8 @@ from bench.config import MixtureBenchConfig, SuiteConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
 from bench.imagebench import _failed, run_image_dataset
-from bench.images import DataError
+from bench.images import DataError, load_image_dataset
+from bench.throughput import image_throughput, run_entry_throughput
 from bench.results import metric_rows, new_results, sample_file_stem, write_csv, write_json
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
@@ -217,6 +218,16 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
                                for e in _failed(dataset, seed, f"{type(exc).__name__}: {exc}")]
                 results["runs"].extend(entries)
                 write_json(run_dir / "results.json", results)
+    if cfg.images is not None and cfg.throughput_budget_s > 0:
+        tqdm.write("throughput of the image models")
+        first = cfg.images.datasets[0]
+        channels = load_image_dataset(first, 64, cfg.images.resolution, seed=0).images.shape[1]
+        results["throughput"] = image_throughput(cfg.images, device, channels=channels,
+                                                 budget_s=cfg.throughput_budget_s)
+        for entry in results["runs"]:
+            if entry["dataset"] in cfg.images.datasets and entry.get("throughput") is not None:
+                entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
+        write_json(run_dir / "results.json", results)
     write_csv(run_dir / "metrics.csv", metric_rows(results))
     report.write_report(run_dir, results)
     return results
