@@ -160,7 +160,7 @@ PRESETS = {
     "full": (_full, "every dataset at 32x32, larger models, 3 seeds: for a GPU (--device cuda)"),
     "toy": (_toy, "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 10 minutes on 2 CPU cores)"),
     "smoke": (_smoke, "a seconds-long run of every stage on tiny models, for tests and trying the CLI"),
-    "stacked": (_stacked, "stacked digits 16x16 (1000 modes), 5,000 samples, modes/KL beside the published Stacked MNIST rows"),
+    "stacked": (_stacked, "stacked digits 16x16 (1000 modes), 5,000 samples, modes/KL vs published (about 10 min on 2 CPUs)"),
 }
 DEFAULT_PRESET = "quick"
 
