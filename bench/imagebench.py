@@ -134,6 +134,7 @@ def train_text_encoder(data: ImageData, cfg: ImageBenchConfig, device, generator
                                           "embed_dim": cfg.text.embed_dim})).to(device)
     tokens = tokenizer.encode(data.captions, cfg.text.max_len).to(device)
     groups = caption_groups(data).to(device)
+    images = data.images.to(device)  # resident on the device, like the tokens (no CPU indexing per step)
     params = list(text.parameters()) + list(tower.parameters())
     opt, sched = _cosine_opt(params, cfg.text_lr, cfg.text_steps)
     draw = _batches(len(tokens), cfg.text_batch_size, generator)
@@ -142,7 +143,7 @@ def train_text_encoder(data: ImageData, cfg: ImageBenchConfig, device, generator
         idx = draw(step).to(device)
         with _autocast(device, cfg.amp):
             _, pooled, _ = text(tokens[idx])
-            loss = clip_loss(pooled.float(), tower(data.images[idx]).float(), tower.logit_scale.exp(), groups[idx])
+            loss = clip_loss(pooled.float(), tower(images[idx]).float(), tower.logit_scale.exp(), groups[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -464,7 +464,17 @@ def build_blocks(run_dir: Path, results: dict) -> list:
                   + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "; seeds "
                   + ", ".join(str(s) for s in results["config"]["seeds"]) + ".")]
     return (head + _status_blocks(results) + _mixture_blocks(run_dir, results) + _image_blocks(run_dir, results)
-            + _stability_blocks(results))
+            + _throughput_blocks(run_dir, results) + _stability_blocks(results))
+
+
+def _throughput_blocks(run_dir: Path, results: dict) -> list:
+    """Speed of the image models (measured by `gvd run`) and the quality-vs-cost figures."""
+    from bench.throughput import quality_cost_figures, throughput_blocks
+
+    figures = quality_cost_figures(run_dir, results)
+    if "throughput" in results:
+        return throughput_blocks(results["throughput"], figures)
+    return [("h2", "Quality vs cost")] + [("img", f, f) for f in figures] if figures else []
 
 
 # ---------------------------------------------------------------- renderers

@@ -25,10 +25,10 @@ from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
 from bench.imagebench import _failed, run_image_dataset
 from bench.images import DataError, load_image_dataset
-from bench.throughput import image_throughput, run_entry_throughput
 from bench.results import metric_rows, new_results, sample_file_stem, write_csv, write_json
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
+from bench.throughput import image_throughput, run_entry_throughput
 from bench.train import checkpoint_interval, train_diffusion, train_gan
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
