@@ -80,7 +80,7 @@ def _smoke() -> SuiteConfig:
         text_batch_size=32,
         num_samples=32,
         sampler="ddim:3",
-        fid_bootstrap=10,  # 32 samples in 64 dimensions: singular covariances make each bootstrap FID slow (~60 ms)
+        fid_bootstrap=10,  # enough to exercise the interval
         vae=VAEConfig(channels=(8, 8), latent_channels=2, groups=4),
         text=TextConfig(width=16, layers=1, heads=2, embed_dim=16),
         tower=ImageTowerConfig(channels=(8, 16), embed_dim=16, groups=4),
