@@ -36,6 +36,12 @@ def _cmd_run(args) -> None:
         cfg.mixtures.steps = args.steps
     for assignment in args.set or []:
         apply_override(cfg, assignment)
+    if args.inception_weights:
+        if not Path(args.inception_weights).is_file():
+            raise UserError(f"--inception-weights {args.inception_weights}: no such file")
+        if cfg.images is None:
+            raise UserError("--inception-weights needs a preset with the image benchmark")
+        cfg.images.inception_weights = args.inception_weights
     validate(cfg)
     out = Path(args.out) if args.out else Path("reports") / cfg.name
     if out.exists() and not out.is_dir():
@@ -204,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
     run.add_argument("--steps", type=int, help="training steps of every model (overrides the preset)")
+    run.add_argument("--inception-weights", metavar="PATH",
+                     help="clean-fid's TorchScript Inception file: adds Inception FID/KID (and scores class-less folders)")
     run.add_argument("--workers", type=int, help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")

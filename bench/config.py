@@ -207,7 +207,8 @@ def apply_override(cfg, assignment: str):
     setattr(obj, last, value)
 
 
-_POSITIVE = ("steps", "batch_size", "num_samples", "lr", "width", "depth", "num_steps")
+_POSITIVE = ("steps", "batch_size", "num_samples", "lr", "width", "depth", "num_steps", "curve_samples",
+             "sweep_samples")
 
 
 def validate(cfg, where: str = "") -> None:
@@ -234,7 +235,7 @@ def validate(cfg, where: str = "") -> None:
         for name in cfg.datasets:
             if name not in MIXTURES:
                 raise ConfigError(f"unknown 2D dataset {name!r}; choose from {', '.join(MIXTURES)}")
-        for spec in cfg.samplers:
+        for spec in [*cfg.samplers, cfg.curve_sampler]:
             parse_sampler(spec)
 
 
