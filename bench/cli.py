@@ -11,7 +11,6 @@ Bad input gets one line on stderr naming the problem and exit status 2; nothing 
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -257,9 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before torch loads OpenMP: spinning worker threads on a busy 2-core machine made small convolutions 100x slower
-    # (measured: 490-1282 ms vs 6.5 ms per smoke-size UNet call); passive waiting costs little when the CPU is idle.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from bench.config import ConfigError
     from bench.images import DataError
 
