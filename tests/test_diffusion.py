@@ -31,15 +31,6 @@ from models.diffusion import (
 Z = 4.5  # tolerance in standard errors for Monte Carlo checks (two-sided p ~ 7e-6 each)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only thrash on a shared 2-core machine (10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- schedules ------------------------------------------------------------------------------
 
 

@@ -29,15 +29,6 @@ DETERMINISTIC = ("ddim", "dpmpp2m", "euler", "heun")
 Z = 4.5  # tolerance in standard errors for sampled statistics (two-sided p ~ 7e-6 each)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only thrash on a shared 2-core machine (10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _x_T(n: int, seed: int = 0, dim: int = 2, dtype=torch.float64) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
