@@ -14,6 +14,28 @@ import math
 import sys
 from pathlib import Path
 
+import torch
+
+from bench.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ConfigError,
+    apply_override,
+    preset,
+    set_steps,
+    validate,
+)
+from bench.data import list_datasets
+from bench.image_models import ImageModels
+from bench.imagebench import sample_from_checkpoint
+from bench.images import DataError, load_image_dataset
+from bench.report import write_report
+from bench.results import load_results, summarise
+from bench.rundir import RunDir, save_grid, write_json
+from bench.suite import default_workers, resolve_device, run_suite
+from bench.throughput import image_throughput, throughput_table
+from models.samplers import SAMPLERS
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
@@ -25,14 +47,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_run(args) -> None:
-    from bench.config import ConfigError, apply_override, preset, validate
-    from bench.suite import default_workers, resolve_device, run_suite
-
     cfg = preset(args.preset)
     if args.seeds is not None:
         cfg.seeds = list(args.seeds)
-    if args.steps is not None and cfg.mixtures is not None:
-        cfg.mixtures.steps = args.steps
+    if args.steps is not None:
+        set_steps(cfg, args.steps)
     for assignment in args.set or []:
         apply_override(cfg, assignment)
     if args.inception_weights:
@@ -46,8 +65,6 @@ def _cmd_run(args) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} exists and is not a folder")
     if cfg.images is not None:  # read every image dataset now, so a bad folder fails before anything is written
-        from bench.images import load_image_dataset
-
         for name in cfg.images.datasets:
             load_image_dataset(name, cfg.images.num_train, cfg.images.resolution, seed=0)
     try:
@@ -62,9 +79,6 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from bench.report import write_report
-    from bench.results import load_results
-
     run_dir = Path(args.run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
@@ -78,8 +92,6 @@ def _cmd_report(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from bench.results import load_results, summarise
-
     summaries = []
     for d in args.run_dirs:
         path = Path(d) / "results.json"
@@ -106,48 +118,44 @@ def _cmd_compare(args) -> None:
                 print(f"| {key[0]} | {key[1]} | {m} | " + " | ".join(cells + deltas) + " |")
 
 
-def _cmd_sample(args) -> None:
-    from bench.imagebench import sample_from_checkpoint, save_grid
-    from bench.suite import load_checkpoint, resolve_device
-    from models.samplers import SAMPLERS
+def _find_checkpoint(run: RunDir, dataset: str | None, seed: int | None) -> tuple[Path, dict]:
+    """The image checkpoint of a run for (dataset, seed); the first one when they are not given."""
+    found = [(p, c) for p, c in run.checkpoints() if "tokenizer" in c
+             and (dataset is None or dataset in (c.get("dataset"), p.name.partition("_seed")[0]))
+             and (seed is None or c.get("seed") == seed)]
+    if not found:
+        what = " ".join(x for x in (dataset and f"dataset {dataset}", seed is not None and f"seed {seed}") if x)
+        raise UserError(f"{run.root} has no image checkpoint{' for ' + what if what else ''} (was it an image run?)")
+    return found[0]
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a folder")
+
+def _cmd_sample(args) -> None:
+    run = RunDir(args.run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"{run.root} is not a folder")
     if args.n < 1:
         raise UserError("--n must be at least 1")
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {args.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
-    pattern = f"{args.dataset or '*'}_seed{'*' if args.seed is None else args.seed}_{args.model}.safetensors"
-    found = sorted((run_dir / "checkpoints").glob(pattern))
-    if not found:
-        raise UserError(f"{run_dir} has no image checkpoint matching checkpoints/{pattern} (was the run an image run?)")
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a .png file name")
     try:
         device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
-    states, config = load_checkpoint(found[0])
-    try:
-        images, nfe = sample_from_checkpoint(states, config, args.prompt, args.n, seed=args.sample_seed,
-                                             sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                             device=device)
-    except ValueError as exc:
+        path, _ = _find_checkpoint(run, args.dataset, args.seed)
+        models, meta = ImageModels.load(path, device)
+        images, nfe = sample_from_checkpoint(models, meta, args.prompt, args.n, model=args.model,
+                                             seed=args.sample_seed, sampler=args.sampler, steps=args.steps,
+                                             guidance=args.guidance)
+    except (RuntimeError, ValueError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
     save_grid(out, images, nrow=max(1, math.ceil(math.sqrt(args.n))))
-    print(f"wrote {out}: {args.n} images of {args.prompt!r} from {found[0].name} ({nfe} network evaluations)")
+    print(f"wrote {out}: {args.n} images of {args.prompt!r} from {path.name} ({args.model}, {nfe} network evaluations)")
 
 
 def _cmd_throughput(args) -> None:
-    from bench.config import preset
-    from bench.results import write_json
-    from bench.suite import resolve_device
-    from bench.throughput import image_throughput, throughput_table
-
     cfg = preset(args.preset).images
     if cfg is None:
         raise UserError(f"preset {args.preset!r} has no image benchmark to measure; try --preset quick")
@@ -170,8 +178,6 @@ def _cmd_throughput(args) -> None:
         raise UserError(str(exc)) from None
     channels = 1 if cfg.datasets[0] == "digits" else 3  # the first dataset's; every other built-in one is RGB
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
     result = image_throughput(cfg, device, channels=channels, nfes=tuple(nfes), batch=args.batch,
                               budget_s=args.budget)
@@ -184,22 +190,16 @@ def _cmd_throughput(args) -> None:
 
 
 def _cmd_datasets(args) -> None:
-    from bench.data import list_datasets
-
     for name, desc in list_datasets().items():
         print(f"{name:16s} {desc}")
 
 
 def _cmd_presets(args) -> None:
-    from bench.config import DEFAULT_PRESET, PRESETS
-
     for name, (_, desc) in PRESETS.items():
         print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.config import DEFAULT_PRESET
-
     parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default reports/<preset>)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
-    run.add_argument("--steps", type=int, help="training steps of every model (overrides the preset)")
+    run.add_argument("--steps", type=int,
+                     help="training steps of every model: 2D models, GAN, UNet, VAE and text encoder (overrides the preset)")
     run.add_argument("--inception-weights", metavar="PATH",
                      help="clean-fid's TorchScript Inception file: adds Inception FID/KID (and scores class-less folders)")
     run.add_argument("--workers", type=int, help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--sampler", help="diffusion sampler (default: the run's)")
     smp.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     smp.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = none (default: the run's)")
-    smp.add_argument("--dataset", help="which dataset's checkpoint, as named in checkpoints/ (default: the first)")
+    smp.add_argument("--dataset", help="which dataset's checkpoint, e.g. shapes (default: the first)")
     smp.add_argument("--seed", type=int, help="which training seed's checkpoint (default: the first)")
     smp.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default 0)")
     smp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -256,9 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.config import ConfigError
-    from bench.images import DataError
-
     try:
         args = build_parser().parse_args(argv)
         if args.command == "compare" and len(args.run_dirs) < 2:

@@ -1,20 +1,29 @@
-"""Typed configs of a benchmark run and the named presets.
+"""Typed configs of a benchmark run, the named presets, `--set` overrides and validation.
 
 A run is a `SuiteConfig`: which benchmarks, which seeds, and each benchmark's own config. The configs of the networks
-live next to the networks (models/*.py), those of the training loops next to the loops (bench/train.py); this file
-only composes them. The CLI's `--preset` choices are the keys of `PRESETS`; `--set a.b=value` edits one field.
+live next to the networks (models/*.py), those of the training loops next to the loops (bench/train.py) and of the
+judge next to the judge (bench/judge.py); this file composes them. Every field declares its valid values where it is
+declared (models.layers.setting); `validate` walks every leaf and checks it against them. Fields marked `derived` are
+shapes read from the data when the networks are built: they are recorded, never settable. The CLI's `--preset` choices
+are the keys of `PRESETS`; `--set a.b=value` edits one field.
 """
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from bench.imagebench import ImageBenchConfig
+from bench.data import MIXTURES
+from bench.images import IMAGE_DATASETS
 from bench.judge import JudgeConfig
 from bench.train import DiffusionTrainConfig, GANTrainConfig
 from models.dcgan import DCGANConfig
 from models.diffusion import DiffusionConfig
+from models.layers import setting
 from models.mlp import MLPConfig
+from models.samplers import SAMPLERS
 from models.text import ImageTowerConfig, TextConfig
 from models.unet import UNetConfig
 from models.vae import VAEConfig
@@ -24,14 +33,69 @@ class ConfigError(ValueError):
     """A bad user setting; the message is one line naming it."""
 
 
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """'ddim:50' -> ('ddim', 50)."""
+    name, _, steps = spec.partition(":")
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    try:
+        n = int(steps)
+    except ValueError:
+        raise ConfigError(f"sampler {spec!r} needs a step count, e.g. {name}:20") from None
+    if n <= 0:
+        raise ConfigError(f"sampler {spec!r} needs a positive step count")
+    return name, n
+
+
+def _nonempty(values: list) -> None:
+    if not values:
+        raise ConfigError("needs at least one entry")
+
+
+def _check_samplers(specs) -> None:
+    _nonempty([specs] if isinstance(specs, str) else specs)
+    for spec in [specs] if isinstance(specs, str) else specs:
+        parse_sampler(spec)
+
+
+def _check_mixtures(names: list[str]) -> None:
+    _nonempty(names)
+    for name in names:
+        if name not in MIXTURES:
+            raise ConfigError(f"unknown 2D dataset {name!r}; choose from {', '.join(MIXTURES)}")
+
+
+def _check_image_datasets(names: list[str]) -> None:
+    _nonempty(names)
+    prefixes = {k.partition(":")[0] + k.partition(":")[1] for k in IMAGE_DATASETS}  # "shapes", "folder:", ...
+    for name in names:
+        if name.partition(":")[0] + name.partition(":")[1] not in prefixes or name.endswith(":"):
+            raise ConfigError(f"unknown image dataset {name!r}; choose from {', '.join(IMAGE_DATASETS)}")
+
+
+def _check_power_of_two(n: int) -> None:
+    if n < 8 or n & (n - 1):
+        raise ConfigError(f"must be a power of 2 and at least 8, got {n}")
+
+
+def _check_weights_file(path: str) -> None:
+    if path and not Path(path).is_file():
+        raise ConfigError(f"no such file: {path}")
+
+
+def _check_run_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
+
+
 @dataclass
 class MixtureBenchConfig:
     """The 2D mode-collapse benchmark (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018)."""
 
-    datasets: list[str] = field(default_factory=lambda: ["ring8", "grid25"])  # built-in 2D mixtures
-    steps: int = 2000  # optimisation steps of each model (GAN: one D and one G update per step)
-    batch_size: int = 512  # real examples per step, the same for both models: equal examples seen
-    num_samples: int = 2500  # samples scored per (dataset, model, seed), as in VEEGAN/PacGAN
+    datasets: list[str] = setting(factory=lambda: ["ring8", "grid25"], check=_check_mixtures)  # built-in mixtures
+    steps: int = setting(2000, min=1)  # optimisation steps of each model (GAN: one D and one G update per step)
+    batch_size: int = setting(512, min=1)  # real examples per step, the same for both models: equal examples seen
+    num_samples: int = setting(2500, min=1)  # samples scored per (dataset, model, seed), as in VEEGAN/PacGAN
     gan_net: MLPConfig = field(default_factory=lambda: MLPConfig(width=128, depth=3))
     # lr 1e-3: in a sweep on both mixtures (2e-4 vs 1e-3, 2,000 steps) the GAN at DCGAN's 2e-4 had not yet put one
     # sample within 3 std of a ring mode; 1e-3 reached 8 modes / 74% high quality. Tuned for the GAN, not against it.
@@ -41,18 +105,60 @@ class MixtureBenchConfig:
     # which wrecks the first step of DPM-Solver++ (0 of 25 grid modes at 20 NFE, against 25 with v).
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="cosine", prediction="v"))
     diffusion_train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
-    samplers: list[str] = field(default_factory=lambda: ["ddpm:1000", "dpmpp2m:20"])  # name:steps; the first is the headline
-    eval_checkpoints: int = 10  # metric-over-training: score the models at this many evenly spaced steps (0 = off)
-    curve_sampler: str = "dpmpp2m:20"  # diffusion sampler at those checkpoints (20 NFE: the curve needs trends, cheaply)
+    # name:steps; the first is the headline
+    samplers: list[str] = setting(factory=lambda: ["ddpm:1000", "dpmpp2m:20"], check=_check_samplers)
+    eval_checkpoints: int = setting(10, min=0)  # metric-over-training: score at this many evenly spaced steps (0 = off)
+    # diffusion sampler at those checkpoints (20 NFE: the curve needs trends, cheaply)
+    curve_sampler: str = setting("dpmpp2m:20", check=_check_samplers)
+
+
+@dataclass
+class ImageBenchConfig:
+    """The image benchmark: a conditional DCGAN against a text-conditioned latent diffusion model."""
+
+    datasets: list[str] = setting(factory=lambda: ["shapes"], check=_check_image_datasets)  # see `gvd datasets`
+    resolution: int = setting(32, check=_check_power_of_two)  # image side
+    num_train: int = setting(10000, min=16)  # images drawn for generated datasets; a seeded subset for fixed ones
+    steps: int = setting(1500, min=1)  # GAN steps and UNet steps: both see steps * batch_size training images
+    batch_size: int = setting(128, min=1)  # images per GAN / UNet step
+    vae_steps: int = setting(1500, min=1)  # autoencoder steps (diffusion only; recorded as extra examples seen)
+    vae_batch_size: int = setting(64, min=1)  # images per autoencoder step
+    vae_lr: float = setting(1e-3, gt=0)  # Adam, cosine-decayed
+    text_steps: int = setting(300, min=1)  # CLIP pre-training steps of the shared text encoder
+    text_batch_size: int = setting(256, min=2)  # caption-image pairs per CLIP step (the loss needs negatives)
+    text_lr: float = setting(1e-3, gt=0)  # Adam, cosine-decayed
+    caption_dropout: float = setting(0.1, min=0, lt=1)  # share of UNet training captions replaced by "" (CFG)
+    guidance: float = setting(3.0, min=0)  # CFG scale s: eps_u + s (eps_c - eps_u); 1 = none (Ho & Salimans 2021)
+    sampler: str = setting("dpmpp2m:20", check=_check_samplers)  # diffusion sampler:steps used for the scores
+    num_samples: int = setting(1000, min=2)  # generated images scored per (dataset, model, seed); as many real ones
+    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    eval_checkpoints: int = setting(4, min=0)  # metric-over-training: score at this many evenly spaced steps (0 = off)
+    curve_samples: int = setting(256, min=2)  # images per checkpoint: the first of the evaluation's prompts and seeds
+    guidance_sweep: list[float] = setting(factory=lambda: [1.0, 2.0, 3.0, 5.0], min=0)  # CFG scales ([] = skip)
+    truncation_sweep: list[float] = setting(factory=lambda: [0.25, 0.5, 0.75, 1.0], min=0)  # GAN psi ([] = skip)
+    sweep_samples: int = setting(256, min=2)  # images per sweep setting: the first of the evaluation's prompts/seeds
+    fid_bootstrap: int = setting(100, min=0)  # resamples for the spread of FID at this sample count (0 = off)
+    fid_counts: list[int] = setting(factory=list, min=2)  # FID at these counts and FID_inf (Chong & Forsyth 2020)
+    # path to clean-fid's inception-2015-12-05.pt: adds Inception FID/KID ("" = off)
+    inception_weights: str = setting("", check=_check_weights_file)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    dcgan: DCGANConfig = field(default_factory=DCGANConfig)
+    gan: GANTrainConfig = field(default_factory=GANTrainConfig)  # the DCGAN's optimiser and loss
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
+    diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
 class SuiteConfig:
-    name: str = "toy"  # the preset it came from; also the default run-folder name
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one training run per seed, per dataset, per model
+    name: str = setting("toy", check=_check_run_name)  # the preset it came from; also the default run-folder name
+    seeds: list[int] = setting(factory=lambda: [0, 1, 2], min=0, lt=2**31, check=_nonempty)  # one training run per seed and model
     mixtures: MixtureBenchConfig | None = field(default_factory=MixtureBenchConfig)  # None = skip the 2D benchmark
     images: ImageBenchConfig | None = None  # None = skip the image benchmark
-    throughput_budget_s: float = 30.0  # seconds the report's throughput section may spend measuring (0 = skip)
+    throughput_budget_s: float = setting(30.0, min=0)  # seconds the throughput section may spend measuring (0 = skip)
 
 
 def _toy() -> SuiteConfig:
@@ -80,10 +186,10 @@ def _smoke() -> SuiteConfig:
         text_batch_size=32,
         num_samples=32,
         sampler="ddim:3",
-        fid_bootstrap=10,  # enough to exercise the interval
+        fid_bootstrap=10,  # enough to exercise the resampling
         vae=VAEConfig(channels=(8, 8), latent_channels=2, groups=4),
         text=TextConfig(width=16, layers=1, heads=2, embed_dim=16),
-        tower=ImageTowerConfig(channels=(8, 16), embed_dim=16, groups=4),
+        tower=ImageTowerConfig(channels=(8, 16), groups=4),
         unet=UNetConfig(channels=(16, 16), layers_per_block=1, attention=(False, True), heads=2, groups=4),
         dcgan=DCGANConfig(z_dim=8, width=8),
         diffusion=DiffusionConfig(schedule="scaled_linear", num_steps=50, prediction="v"),
@@ -99,7 +205,7 @@ def _quick() -> SuiteConfig:
     img = ImageBenchConfig(
         resolution=16,
         num_train=10000,
-        steps=1600,  # measured: 1,000 steps gave prompt accuracy 0.54 in a 7.6-minute quick run; spend the headroom here
+        steps=1600,  # 1,000 steps gave prompt accuracy 0.54 in a 7.6-minute quick run; the budget allows 1,600
         batch_size=128,
         vae_steps=800,
         vae_batch_size=64,
@@ -156,11 +262,11 @@ def _stacked() -> SuiteConfig:
 
 # name -> (factory, one-line description). `gvd run` without --preset runs DEFAULT_PRESET.
 PRESETS = {
-    "quick": (_quick, "2D benchmarks (1 seed) + shapes 16x16: DCGAN vs latent diffusion (about 15 minutes on 2 CPU cores)"),
+    "quick": (_quick, "2D benchmarks (1 seed) + shapes 16x16: DCGAN vs latent diffusion (about 10 min on 2 CPU cores)"),
     "full": (_full, "every dataset at 32x32, larger models, 3 seeds: for a GPU (--device cuda)"),
-    "toy": (_toy, "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 10 minutes on 2 CPU cores)"),
+    "toy": (_toy, "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 2 minutes on 2 CPU cores)"),
     "smoke": (_smoke, "a seconds-long run of every stage on tiny models, for tests and trying the CLI"),
-    "stacked": (_stacked, "stacked digits 16x16 (1000 modes), 5,000 samples, modes/KL vs published (about 10 min on 2 CPUs)"),
+    "stacked": (_stacked, "stacked digits 16x16 (1000 modes), 5,000 samples, vs published rows (~11 min on 2 CPUs)"),
 }
 DEFAULT_PRESET = "quick"
 
@@ -169,6 +275,37 @@ def preset(name: str) -> SuiteConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name][0]()
+
+
+# ---------------------------------------------------------------- the leaves of a config, `--set`, validation
+
+
+def leaves(cfg, prefix: str = ""):
+    """Yield (dotted path, owning dataclass, dataclasses.Field) for every non-dataclass field under cfg."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", cfg, f
+
+
+def _lookup(cfg, key: str):
+    """(owning dataclass, field) of a dotted path, or ConfigError naming it (with the closest known setting)."""
+    *path, last = key.split(".")
+    obj = cfg
+    for part in path:
+        obj = getattr(obj, part, None) if dataclasses.is_dataclass(obj) and part in _names(obj) else None
+    fields = {f.name: f for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+    if last not in fields:
+        similar = [p for p, _, f in leaves(cfg) if f.name == last]
+        hint = f"; did you mean {' or '.join(similar)}?" if similar else ""
+        raise ConfigError(f"unknown setting {key!r}{hint}")
+    return obj, fields[last]
+
+
+def _names(obj) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
 
 
 def _coerce(text: str, current):
@@ -184,75 +321,84 @@ def _coerce(text: str, current):
     return json.loads(text)  # lists, tuples, None
 
 
-def apply_override(cfg, assignment: str):
+def apply_override(cfg, assignment: str) -> None:
     """Apply one `a.b.c=value` edit in place; the value is parsed as the type of the field it replaces."""
     key, sep, text = assignment.partition("=")
     if not sep:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    *path, last = key.strip().split(".")
-    obj = cfg
-    for part in path:
-        if not dataclasses.is_dataclass(obj) or not hasattr(obj, part):
-            raise ConfigError(f"unknown setting {key!r}")
-        obj = getattr(obj, part)
-    if not dataclasses.is_dataclass(obj) or last not in {f.name for f in dataclasses.fields(obj)}:
-        raise ConfigError(f"unknown setting {key!r}")
-    current = getattr(obj, last)
+    key = key.strip()
+    obj, f = _lookup(cfg, key)
+    if f.metadata.get("derived"):
+        raise ConfigError(f"{key} is read from the data when the model is built; it cannot be set")
+    current = getattr(obj, f.name)
+    if current is None or dataclasses.is_dataclass(current):  # a whole benchmark: it can only be switched off
+        if text.strip() != "null":
+            raise ConfigError(f"{key} can only be set to null (skip it) or edited field by field ({key}.FIELD=...)")
+        setattr(obj, f.name, None)
+        return
     try:
         value = _coerce(text, current)
     except (ValueError, json.JSONDecodeError):
         raise ConfigError(f"bad value {text!r} for {key} (expected {type(current).__name__})") from None
     if isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
-    setattr(obj, last, value)
+    setattr(obj, f.name, value)
 
 
-_POSITIVE = ("steps", "batch_size", "num_samples", "lr", "width", "depth", "num_steps", "curve_samples",
-             "sweep_samples")
+def _check_value(key: str, value, rules: dict) -> None:
+    """Raise ConfigError if value (or any element of a list/tuple value) breaks one of the declared rules."""
+    if "check" in rules:
+        try:
+            rules["check"](value)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if "choices" in rules and v not in rules["choices"]:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, rules['choices']))}, got {v!r}")
+        if not any(k in rules for k in ("min", "gt", "max", "lt")):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, got {v!r}")
+        bad = (("min" in rules and v < rules["min"]) or ("gt" in rules and v <= rules["gt"])
+               or ("max" in rules and v > rules["max"]) or ("lt" in rules and v >= rules["lt"]))
+        if bad:
+            raise ConfigError(f"{key} must be {_describe(rules)}, got {v!r}")
 
 
-def validate(cfg, where: str = "") -> None:
-    """Raise ConfigError naming the first nonsensical field: non-positive sizes, steps and learning rates."""
-    if isinstance(cfg, SuiteConfig) and not cfg.seeds:
-        raise ConfigError("--seeds needs at least one seed")
-    for f in dataclasses.fields(cfg):
-        value, name = getattr(cfg, f.name), f"{where}{f.name}"
-        if dataclasses.is_dataclass(value):
-            validate(value, f"{name}.")
-        elif f.name in _POSITIVE and isinstance(value, (int, float)) and not value > 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    if isinstance(cfg, ImageBenchConfig):
-        from bench.images import IMAGE_DATASETS
-
-        prefixes = {k.partition(":")[0] + k.partition(":")[1] for k in IMAGE_DATASETS}  # "shapes", "folder:", ...
-        for name in cfg.datasets:
-            if name.partition(":")[0] + name.partition(":")[1] not in prefixes or name.endswith(":"):
-                raise ConfigError(f"unknown image dataset {name!r}; choose from {', '.join(IMAGE_DATASETS)}")
-        parse_sampler(cfg.sampler)
-    if isinstance(cfg, MixtureBenchConfig):
-        from bench.data import MIXTURES
-
-        for name in cfg.datasets:
-            if name not in MIXTURES:
-                raise ConfigError(f"unknown 2D dataset {name!r}; choose from {', '.join(MIXTURES)}")
-        for spec in [*cfg.samplers, cfg.curve_sampler]:
-            parse_sampler(spec)
+def _describe(rules: dict) -> str:
+    words = {"min": ">=", "gt": ">", "max": "<=", "lt": "<"}
+    return " and ".join(f"{words[k]} {rules[k]}" for k in words if k in rules)
 
 
-def parse_sampler(spec: str) -> tuple[str, int]:
-    """'ddim:50' -> ('ddim', 50)."""
-    from models.samplers import SAMPLERS
+def _check_type(key: str, value, default) -> None:
+    """A list or tuple from --set JSON must hold the kind of element its default holds (strings, booleans)."""
+    kinds = {type(v) for v in default} if isinstance(default, (list, tuple)) else set()
+    if kinds & {str, bool}:
+        for v in value:
+            if type(v) not in kinds:
+                raise ConfigError(f"{key}: unexpected element {v!r}")
 
-    name, _, steps = spec.partition(":")
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    try:
-        n = int(steps)
-    except ValueError:
-        raise ConfigError(f"sampler {spec!r} needs a step count, e.g. {name}:20") from None
-    if n <= 0:
-        raise ConfigError(f"sampler {spec!r} needs a positive step count")
-    return name, n
+
+def validate(cfg) -> None:
+    """Raise ConfigError naming the first field whose value breaks the rule declared with it."""
+    for key, owner, f in leaves(cfg):
+        value = getattr(owner, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        _check_type(key, value, default)
+        _check_value(key, value, f.metadata.get("rules", {}))
+
+
+def set_steps(cfg: SuiteConfig, steps: int) -> None:
+    """`--steps N`: the training steps of every model the suite trains (2D models, GAN, UNet, VAE, text encoder)."""
+    if steps < 1:
+        raise ConfigError(f"--steps must be positive, got {steps}")
+    if cfg.mixtures is not None:
+        cfg.mixtures.steps = steps
+    if cfg.images is not None:
+        cfg.images.steps = cfg.images.vae_steps = cfg.images.text_steps = steps
 
 
 def to_dict(cfg) -> dict:

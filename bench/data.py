@@ -8,6 +8,7 @@ Image datasets (shapes, digits, stacked digits, image folders) live in bench/ima
 
 import torch
 
+from bench.images import IMAGE_DATASETS
 from bench.metrics import mixture_modes
 
 MIXTURES = {
@@ -36,10 +37,4 @@ def mixture_scale(name: str) -> float:
 
 def list_datasets() -> dict[str, str]:
     """Every built-in dataset name -> one-line description, for `gvd datasets`."""
-    out = dict(MIXTURES)
-    try:
-        from bench.images import IMAGE_DATASETS
-    except ImportError:  # the image benchmark is optional in a partial checkout
-        return out
-    out.update(IMAGE_DATASETS)
-    return out
+    return {**MIXTURES, **IMAGE_DATASETS}

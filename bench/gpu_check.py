@@ -178,8 +178,8 @@ def dcgan_step_check(cfg, device, amp: bool) -> dict:
         with autocast():
             train_gan(G, D, lambda step: (x, cond), latent, cfg.gan, 1, progress=False)
 
-    opt_g = torch.optim.Adam(G.parameters(), lr=dcfg.lr, betas=dcfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=dcfg.lr, betas=dcfg.betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.gan.lr, betas=cfg.gan.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.gan.lr, betas=cfg.gan.betas)
     ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
 
     def reference():  # pytorch/examples dcgan/main.py, with our conditional G and D

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.images import DataError, ImageData
+from models.layers import setting
 
 JUDGE_VERSION = 1  # part of the cache key: bump when the network or training changes
 JUDGE_MIN_ACCURACY = {"shapes": 0.98, "digits": 0.95, "stacked-digits": 0.95}  # held-out floors; below = failed run
@@ -36,14 +37,14 @@ JUDGE_MIN_ACCURACY = {"shapes": 0.98, "digits": 0.95, "stacked-digits": 0.95}  #
 
 @dataclass
 class JudgeConfig:
-    width: int = 32  # channels of the first conv; the features are 4 * width wide
-    steps: int = 300  # optimiser steps
-    batch_size: int = 64  # images per step
-    lr: float = 3e-3  # Adam peak learning rate, cosine-decayed to 0
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    holdout: float = 0.2  # fraction of the real images kept out of training to measure accuracy
-    shift: float = 0.08  # random translation augmentation, as a fraction of the image side
-    seed: int = 0  # split, initialisation and batch order
+    width: int = setting(32, min=1)  # channels of the first conv; the features are 4 * width wide
+    steps: int = setting(300, min=1)  # optimiser steps
+    batch_size: int = setting(64, min=1)  # images per step
+    lr: float = setting(3e-3, gt=0)  # Adam peak learning rate, cosine-decayed to 0
+    weight_decay: float = setting(1e-4, min=0)  # AdamW decoupled weight decay
+    holdout: float = setting(0.2, gt=0, lt=1)  # fraction of the real images kept out of training to measure accuracy
+    shift: float = setting(0.08, min=0, max=0.5)  # random translation augmentation, as a fraction of the image side
+    seed: int = setting(0, min=0)  # split, initialisation and batch order
 
 
 @dataclass

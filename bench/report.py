@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench.results import atomic_write, sample_file_stem, summarise
+from bench.results import summarise
+from bench.rundir import RunDir, slug
 from bench.sweeps import summarise_sweeps
 
 # Published 2D numbers (DESIGN.md): modes captured, high-quality %, reverse KL.
@@ -53,9 +54,9 @@ def _scatter_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
             continue
         labels = list(run.get("by_sampler", {})) or [None]
         for label in labels:
-            path = run_dir / "samples" / f"{sample_file_stem(dataset, run['model'], seed, label)}.npy"
-            if path.exists():
-                panels.append((run["model"] + (f" ({label})" if label else ""), np.load(path)))
+            pts = RunDir(run_dir).load_points(dataset, seed, run["model"], label)
+            if pts is not None:
+                panels.append((run["model"] + (f" ({label})" if label else ""), pts))
     if not panels:
         return None
     real = sample_mixture(dataset, 2500, torch.Generator().manual_seed(12345)).numpy()
@@ -79,8 +80,8 @@ def _scatter_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
 def _loss_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
     """Seed-0 training curves: GAN losses and D outputs, diffusion loss."""
     seed = results["config"]["seeds"][0]
-    gan = run_dir / "history" / f"{dataset}_gan_seed{seed}.csv"
-    dif = run_dir / "history" / f"{dataset}_diffusion_seed{seed}.csv"
+    gan = RunDir(run_dir).history_path(dataset, seed, "gan")
+    dif = RunDir(run_dir).history_path(dataset, seed, "diffusion")
     if not (gan.exists() or dif.exists()):
         return None
     fig, axes = plt.subplots(1, 3, figsize=(11, 3))
@@ -111,8 +112,6 @@ MODEL_COLOURS = {"gan": "C1", "diffusion": "C0"}  # as in the scatter figures
 
 
 def _file_stem(dataset: str) -> str:
-    from bench.imagebench import slug
-
     return slug(dataset)
 
 
@@ -313,7 +312,6 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
     runs = [r for r in results["runs"] if r["dataset"] not in REFERENCE_2D]
     if not runs:
         return []
-    from bench.imagebench import slug
 
     blocks = [("h2", "Image benchmark: conditional DCGAN vs text-conditioned latent diffusion"),
               ("p", ("Both models get the same frozen CLIP-style text encoder, the same prompts (drawn from the data's "
@@ -374,15 +372,16 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
         if notes:
             blocks.append(("p", " ".join(notes)))
         seed = min(r["seed"] for r in per)
-        tag = f"{slug(dataset)}_seed{seed}"
-        prompts = run_dir / "samples" / f"{tag}_prompts.txt"
+        rd = RunDir(run_dir)
         for part in ("real", "gan", "diffusion"):
-            if (run_dir / "samples" / f"{tag}_{part}.png").exists():
-                blocks.append(("img", f"samples/{tag}_{part}.png", f"{dataset} seed {seed}: {part}"))
-        if prompts.exists():
-            first = prompts.read_text().splitlines()[:8]
+            if rd.grid_path(dataset, seed, part).exists():
+                grid = rd.relative(rd.grid_path(dataset, seed, part))
+                blocks.append(("img", grid, f"{dataset} seed {seed}: {part}"))
+        prompts = rd.read_prompts(dataset, seed)
+        if prompts is not None:
             blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
-                                + "; ".join(f"'{p}'" for p in first) + f". All 64 in samples/{tag}_prompts.txt."))
+                                + "; ".join(f"'{p}'" for p in prompts[:8])
+                                + f". All 64 in {rd.relative(rd.prompts_path(dataset, seed))}."))
         curve_panels = [("fid", "FID (judge features)", 1), ("modes", "modes", 1),
                         ("cond_accuracy", "prompt accuracy", 1), ("recall", "recall", 1)]
         fig = _curve_figure(run_dir, per, dataset, curve_panels)
@@ -522,5 +521,4 @@ def to_html(blocks: list) -> str:
 def write_report(run_dir: Path, results: dict) -> None:
     run_dir = Path(run_dir)
     blocks = build_blocks(run_dir, results)
-    atomic_write(run_dir / "report.md", to_markdown(blocks))
-    atomic_write(run_dir / "report.html", to_html(blocks))
+    RunDir(run_dir).write_report(to_markdown(blocks), to_html(blocks))

@@ -1,68 +1,22 @@
-"""The run folder's files: atomic writes, results.json (schema versioned), metrics.csv and the per-model summary.
+"""results.json's content (schema versioned), the flat rows of metrics.csv and the per-model summary over seeds.
+The files themselves are read and written by bench/rundir.py.
 
 results.json: {"schema", "suite", "created", "device", "versions", "config", "runs": [...]} with one run entry per
 (dataset, model, seed): {"dataset", "model", "seed", "status", "train": {...}, "metrics": {...}, "throughput": {...}}.
 """
 
-import csv
-import io
 import json
-import math
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import torch
 
 SCHEMA = "gan-vs-diffusion/results/v1"
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(value):
-    """NaN and inf are not JSON: store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(_json_safe(obj), indent=2) + "\n")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts -> CSV with the union of keys as columns (first-seen order)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
-
-
 def versions() -> dict:
-    import torch
-
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
 
 
@@ -76,12 +30,6 @@ def new_results(suite: str, config: dict, device: str) -> dict:
         "config": config,
         "runs": [],
     }
-
-
-def sample_file_stem(dataset: str, model: str, seed: int, label: str | None) -> str:
-    """samples/<stem>.npy holds the scored 2D samples of one run and sampler (the report redraws figures from them)."""
-    stem = f"{dataset}_{model}_seed{seed}"
-    return stem if model == "gan" else f"{stem}_{label.replace(':', '-')}"
 
 
 def load_results(path: Path) -> dict:

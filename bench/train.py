@@ -11,31 +11,31 @@ training, so the loop stays a loop and the evaluation stays out of it.
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from models.diffusion import diffusion_loss
-from models.layers import gan_d_loss, gan_g_loss
+from models.layers import GAN_LOSSES, gan_d_loss, gan_g_loss, setting
 
 
 @dataclass
 class GANTrainConfig:
-    lr: float = 2e-4  # Adam learning rate of G and D (Radford et al. 2015, sec. 4)
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (Radford et al. 2015)
-    loss: str = "nonsaturating"  # nonsaturating (Goodfellow et al. 2014) | hinge
+    lr: float = setting(2e-4, gt=0)  # Adam learning rate of G and D (Radford et al. 2015, sec. 4)
+    betas: tuple[float, float] = setting((0.5, 0.999), min=0, lt=1)  # Adam betas (Radford et al. 2015)
+    loss: str = setting("nonsaturating", choices=GAN_LOSSES)  # nonsaturating (Goodfellow et al. 2014) | hinge
 
 
 @dataclass
 class DiffusionTrainConfig:
-    lr: float = 3e-3  # peak learning rate of the one-cycle schedule (Smith & Topin 2019)
-    warmup: float = 0.1  # fraction of steps spent rising to the peak
-    weight_decay: float = 0.0  # AdamW weight decay
-    ema: float = 0.995  # EMA decay of the weights used for sampling (Ho et al. 2020, appendix B)
-    grad_clip: float = 1.0  # max global gradient norm
-    betas: tuple[float, float] = field(default=(0.9, 0.99))  # AdamW betas
+    lr: float = setting(3e-3, gt=0)  # peak learning rate of the one-cycle schedule (Smith & Topin 2019)
+    warmup: float = setting(0.1, gt=0, lt=1)  # fraction of steps spent rising to the peak
+    weight_decay: float = setting(0.0, min=0)  # AdamW weight decay
+    ema: float = setting(0.995, min=0, lt=1)  # EMA decay of the weights used for sampling (Ho et al. 2020, app. B)
+    grad_clip: float = setting(1.0, gt=0)  # max global gradient norm
+    betas: tuple[float, float] = setting((0.9, 0.99), min=0, lt=1)  # AdamW betas
 
 
 def grad_norm(module: nn.Module) -> float:

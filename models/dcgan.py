@@ -7,9 +7,9 @@ Discriminator: strided convs, each halving the size, with LeakyReLU(0.2) and Bat
     D(x, y) = psi(phi(x)) + <V y, phi(x)>,
 with V a linear map of the continuous text embedding y (their eq. 3 with an embedding matrix V applied to y).
 
-Options: the hinge loss and spectral normalisation of every discriminator layer (Miyato et al. 2018). With spectral
-norm the discriminator drops BatchNorm, as in their CNN discriminators: the two normalisations are not meant to stack.
-The losses are models/layers.py's gan_d_loss / gan_g_loss with kind = cfg.loss.
+Option: spectral normalisation of every discriminator layer (Miyato et al. 2018). With spectral norm the discriminator
+drops BatchNorm, as in their CNN discriminators: the two normalisations are not meant to stack. The losses
+(non-saturating or hinge) are models/layers.py's gan_d_loss / gan_g_loss; the training loop chooses one.
 """
 
 import math
@@ -20,27 +20,21 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from models.layers import GAN_LOSSES
+from models.layers import setting
 
 
 @dataclass
 class DCGANConfig:
-    resolution: int = 32  # image side R; a power of 2, at least 8
-    channels: int = 3  # image channels
-    z_dim: int = 64  # latent noise size
-    width: int = 64  # channels of the widest-resolution layer; doubles at each halving of the size
-    cond_dim: int = 0  # 0 = unconditional; else the size of the pooled text embedding given to G and D
-    loss: str = "nonsaturating"  # "nonsaturating" | "hinge" (models/layers.py)
-    spectral_norm: bool = False  # spectral norm on every D layer (and no BatchNorm in D)
-    lr: float = 2e-4  # Adam learning rate for G and D (Radford et al. sec. 4)
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas; beta1 = 0.5 steadies training (Radford et al. sec. 4)
+    resolution: int = setting(32, derived=True)  # image side R (from the data); a power of 2, at least 8
+    channels: int = setting(3, derived=True)  # image channels (from the data)
+    z_dim: int = setting(64, min=1)  # latent noise size
+    width: int = setting(64, min=1)  # channels of the widest-resolution layer; doubles at each halving of the size
+    cond_dim: int = setting(0, derived=True)  # 0 = unconditional; else the size of the pooled text embedding
+    spectral_norm: bool = False  # spectral norm on every D layer (and no BatchNorm in D); pairs with the hinge loss
 
     def __post_init__(self):
-        self.betas = tuple(self.betas)
         if self.resolution < 8 or self.resolution & (self.resolution - 1):
             raise ValueError(f"DCGAN resolution must be a power of 2 and at least 8, got {self.resolution}")
-        if self.loss not in GAN_LOSSES:
-            raise ValueError(f"unknown GAN loss {self.loss!r}; choose from {', '.join(GAN_LOSSES)}")
 
     @property
     def doublings(self) -> int:

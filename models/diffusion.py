@@ -24,12 +24,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.layers import setting
+
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "cosine"  # linear | cosine | scaled_linear
-    num_steps: int = 1000  # T, training timesteps
-    prediction: str = "eps"  # what the network predicts: eps | v | x0
+    schedule: str = setting("cosine", choices=("linear", "cosine", "scaled_linear"))  # noise schedule
+    num_steps: int = setting(1000, min=2)  # T, training timesteps
+    prediction: str = setting("eps", choices=("eps", "v", "x0"))  # what the network predicts
 
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")

@@ -1,12 +1,28 @@
-"""Pieces that several model files share: the sinusoidal timestep embedding and the GAN losses.
+"""Pieces that several model files share: the config-field declaration, the sinusoidal timestep embedding and the GAN
+losses.
 
 Notation: D(x) is the discriminator's logit (pre-sigmoid), so sigmoid(D(x)) is the probability that x is real.
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
+
+
+def setting(default=dataclasses.MISSING, *, factory=None, min=None, gt=None, max=None, lt=None, choices=None,
+            check=None, derived: bool = False):
+    """A config field with its valid values declared beside it: `min` / `max` inclusive bounds, `gt` / `lt` exclusive
+    ones (applied to each element of a tuple or list), `choices` the allowed values, `check` a function that raises
+    ValueError with a one-line reason. A `derived` field is a shape read from the data or another network when the
+    model is built (image channels, the text width a UNet attends to): it is stored with the checkpoint but is not a
+    user's choice, so the harness refuses to let it be set."""
+    bounds = (("min", min), ("gt", gt), ("max", max), ("lt", lt), ("choices", choices), ("check", check))
+    meta = {"rules": {k: v for k, v in bounds if v is not None}, "derived": derived}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

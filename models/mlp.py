@@ -13,18 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import timestep_embedding
+from models.layers import setting, timestep_embedding
 
 
 @dataclass
 class MLPConfig:
-    dim: int = 2  # data dimension
-    width: int = 128  # hidden units per layer
-    depth: int = 3  # hidden layers (GAN) or residual blocks (denoiser)
-    z_dim: int = 8  # generator latent size
-    time_dim: int = 64  # sinusoidal timestep embedding size (denoiser)
-    fourier: int = 0  # random Fourier features of the input (denoiser; 0 = raw coordinates only)
-    fourier_scale: float = 4.0  # std of the Fourier frequencies, in cycles per unit of (normalised) data
+    dim: int = setting(2, derived=True)  # data dimension
+    width: int = setting(128, min=1)  # hidden units per layer
+    depth: int = setting(3, min=1)  # hidden layers (GAN) or residual blocks (denoiser)
+    z_dim: int = setting(8, min=1)  # generator latent size
+    time_dim: int = setting(64, min=2)  # sinusoidal timestep embedding size (denoiser)
+    fourier: int = setting(0, min=0)  # random Fourier features of the input (denoiser; 0 = raw coordinates only)
+    fourier_scale: float = setting(4.0, gt=0)  # std of the Fourier frequencies, in cycles per unit of (normalised) data
 
 
 def _mlp(d_in: int, width: int, depth: int, d_out: int, act: nn.Module) -> nn.Sequential:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import setting
+
 # Special tokens sit at fixed indices, before the sorted words. BOS starts every caption, so the empty caption "" (the
 # unconditional prompt of classifier-free guidance) still has one real token to attend to and pool.
 PAD, UNK, BOS = 0, 1, 2
@@ -73,12 +75,12 @@ class Tokenizer:
 
 @dataclass
 class TextConfig:
-    vocab_size: int = 64  # len(tokenizer); ids at or above it are rejected
-    max_len: int = 16  # longest token sequence (BOS included); learned positions exist up to here
-    width: int = 128  # token state width W; the UNet's context_dim
-    layers: int = 2  # transformer blocks
-    heads: int = 4  # attention heads; must divide width
-    embed_dim: int = 128  # pooled output size E; the GAN's cond_dim and the CLIP embedding size
+    vocab_size: int = setting(64, derived=True)  # len(tokenizer); ids at or above it are rejected
+    max_len: int = setting(16, min=2)  # longest token sequence (BOS included); learned positions exist up to here
+    width: int = setting(128, min=1)  # token state width W; the UNet's context_dim
+    layers: int = setting(2, min=1)  # transformer blocks
+    heads: int = setting(4, min=1)  # attention heads; must divide width
+    embed_dim: int = setting(128, min=1)  # pooled output size E; the GAN's cond_dim and the CLIP embedding size
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -139,10 +141,10 @@ class TextEncoder(nn.Module):
 
 @dataclass
 class ImageTowerConfig:
-    in_channels: int = 3  # image channels
-    channels: tuple[int, ...] = (32, 64, 128)  # width after each stride-2 stage
-    embed_dim: int = 128  # output size; must equal TextConfig.embed_dim for clip_loss
-    groups: int = 8  # GroupNorm groups; must divide every width
+    in_channels: int = setting(3, derived=True)  # image channels
+    channels: tuple[int, ...] = setting((32, 64, 128), min=1)  # width after each stride-2 stage
+    embed_dim: int = setting(128, derived=True)  # output size; equals TextConfig.embed_dim for clip_loss
+    groups: int = setting(8, min=1)  # GroupNorm groups; must divide every width
 
     def __post_init__(self):
         self.channels = tuple(self.channels)

@@ -24,18 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import timestep_embedding
+from models.layers import setting, timestep_embedding
 
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 4  # channels of x (latent channels); the output has the same shape as x
-    channels: tuple[int, ...] = (64, 128, 128)  # width per resolution level; level i works at H / 2**i
-    layers_per_block: int = 2  # residual blocks per level on the way down (one more on the way up)
+    in_channels: int = setting(4, derived=True)  # channels of x (latent channels); the output has x's shape
+    channels: tuple[int, ...] = setting((64, 128, 128), min=1)  # width per resolution level; level i works at H / 2**i
+    layers_per_block: int = setting(2, min=1)  # residual blocks per level on the way down (one more on the way up)
     attention: tuple[bool, ...] = (True, True, False)  # per level: self + cross-attention after each residual block
-    context_dim: int = 128  # width D of the text token states; 0 = no cross-attention (unconditional)
-    heads: int = 4  # attention heads; must divide every attended width
-    groups: int = 8  # GroupNorm groups; must divide every width
+    context_dim: int = setting(128, derived=True)  # width D of the text token states; 0 = no cross-attention
+    heads: int = setting(4, min=1)  # attention heads; must divide every attended width
+    groups: int = setting(8, min=1)  # GroupNorm groups; must divide every width
 
     def __post_init__(self):
         self.channels, self.attention = tuple(self.channels), tuple(bool(a) for a in self.attention)

@@ -20,16 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import setting
+
 
 @dataclass
 class VAEConfig:
-    in_channels: int = 3  # image channels
-    resolution: int = 32  # image side; must be divisible by the downsampling factor
-    channels: tuple[int, ...] = (32, 64, 64)  # width per level; downsampling factor = 2 ** (len(channels) - 1)
-    latent_channels: int = 4  # channels of z
-    layers_per_level: int = 1  # residual blocks per level
-    kl_weight: float = 1e-6  # weight of KL(q(z|x) || N(0, I)) in vae_loss (Rombach et al. appendix G)
-    groups: int = 8  # GroupNorm groups; must divide every width
+    in_channels: int = setting(3, derived=True)  # image channels
+    resolution: int = setting(32, derived=True)  # image side; must be divisible by the downsampling factor
+    channels: tuple[int, ...] = setting((32, 64, 64), min=1)  # width per level; downsampling = 2 ** (len - 1)
+    latent_channels: int = setting(4, min=1)  # channels of z
+    layers_per_level: int = setting(1, min=1)  # residual blocks per level
+    kl_weight: float = setting(1e-6, min=0)  # weight of KL(q(z|x) || N(0, I)) in vae_loss (Rombach et al. app. G)
+    groups: int = setting(8, min=1)  # GroupNorm groups; must divide every width
 
     def __post_init__(self):
         self.channels = tuple(self.channels)  # asdict -> JSON turns tuples into lists

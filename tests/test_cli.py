@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bench.cli import main
+from bench.rundir import RunDir
 
 SMOKE = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1"]
 
@@ -107,8 +108,8 @@ def test_same_seed_same_metrics_in_parallel_workers(smoke_run, tmp_path):
     first = json.loads((smoke_run / "results.json").read_text())["runs"]
     second = json.loads((again / "results.json").read_text())["runs"]
     assert [r["metrics"] for r in first] == [r["metrics"] for r in second]
-    assert (smoke_run / "history" / "ring8_diffusion_seed0.csv").read_text() == (
-        again / "history" / "ring8_diffusion_seed0.csv").read_text()
+    history = lambda root: RunDir(root).history_path("ring8", 0, "diffusion").read_text()
+    assert history(smoke_run) == history(again)
 
 
 def test_report_and_compare_from_the_run_folder(smoke_run, capsys):
@@ -124,7 +125,7 @@ def test_report_and_compare_from_the_run_folder(smoke_run, capsys):
     [
         (["run", "--preset", "nope"], "unknown preset 'nope'"),
         (SMOKE + ["--steps", "0"], "steps must be positive"),
-        (SMOKE + ["--set", "mixtures.gan.lr=-1"], "mixtures.gan.lr must be positive"),
+        (SMOKE + ["--set", "mixtures.gan.lr=-1"], "mixtures.gan.lr must be > 0"),
         (SMOKE + ["--set", "mixtures.datasets=[\"ring9\"]"], "unknown 2D dataset 'ring9'"),
         (SMOKE + ["--set", "mixtures.nope=1"], "unknown setting"),
         (SMOKE + ["--set", "images.datasets=[\"cats\"]"], "unknown image dataset 'cats'"),

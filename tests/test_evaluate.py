@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from bench import imagebench
 from bench.config import preset
 from bench.images import make_shapes
 from bench.results import summarise
 from bench.stability import stability
-from bench.suite import _run_mixture
+from bench.imagebench import run_image_dataset
+from bench.mixtures import run_mixture
+from bench.rundir import RunDir
 
 
 def _same(stored: dict, expected: dict) -> bool:
@@ -59,7 +62,8 @@ def mixture_runs(tmp_path_factory):
     mix = preset("smoke").mixtures
     mix = dataclasses.replace(mix, samplers=["ddim:5", "dpmpp2m:20"], eval_checkpoints=5)
     out = tmp_path_factory.mktemp("mix")
-    runs = {m: _run_mixture("ring8", m, 0, mix, torch.device("cpu"), out, progress=False)[0] for m in ("gan", "diffusion")}
+    runs = {m: run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
+            for m in ("gan", "diffusion")}
     return mix, out, runs
 
 
@@ -85,22 +89,18 @@ def test_mixture_curve_ends_at_the_headline_scores(mixture_runs):
 def test_mixture_stability_matches_the_history_file(mixture_runs):
     _, out, runs = mixture_runs
     for model, run in runs.items():
-        history = _read_history(out / "history" / f"ring8_{model}_seed0.csv")
+        history = _read_history(RunDir(out).history_path("ring8", 0, model))
         assert _same(run["stability"], stability(history, model))
         assert run["stability"]["threshold"] == "modes == 8"
 
 
 @pytest.fixture(scope="module")
 def image_runs(tmp_path_factory):
-    from bench.imagebench import run_image_dataset
-    from bench.suite import save_checkpoint
-
     cfg = dataclasses.replace(preset("smoke").images, eval_checkpoints=2, truncation_sweep=[0.5, 1.0],
                               guidance_sweep=[1.0, 3.0], sweep_samples=16, curve_samples=24, fid_bootstrap=10,
                               fid_counts=[8, 16])
     out, cache = tmp_path_factory.mktemp("img"), tmp_path_factory.mktemp("cache")
-    entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), out, cache, save=save_checkpoint,
-                                progress=False)
+    entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, progress=False)
     return cfg, out, {e["model"]: e for e in entries}
 
 
@@ -124,7 +124,7 @@ def test_image_models_share_counts_and_are_scored_along_training(image_runs):
 def test_image_stability_matches_the_history_files(image_runs):
     _, out, runs = image_runs
     for model, run in runs.items():
-        assert _same(run["stability"], stability(_read_history(out / "history" / f"shapes_seed0_{model}.csv"), model))
+        assert _same(run["stability"], stability(_read_history(RunDir(out).history_path("shapes", 0, model)), model))
         assert run["stability"]["threshold"] == "cond_accuracy >= 0.5"
 
 
@@ -174,14 +174,12 @@ def _mean_gap(real, fake) -> float:
 
 
 def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch) -> dict:
-    from bench import imagebench
-    from bench.imagebench import run_image_dataset
-
     monkeypatch.setattr(imagebench, "fid", _mean_gap)
 
     cfg = dataclasses.replace(preset("smoke").images, inception_weights=weights, eval_checkpoints=2,
                               truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0)
-    entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), tmp_path, tmp_path / "cache", progress=False)
+    entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), RunDir(tmp_path), tmp_path / "cache",
+                                progress=False)
     return {e["model"]: e for e in entries}
 
 

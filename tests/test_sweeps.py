@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.imagebench import sample_images_diffusion, sample_images_gan
+from bench.config import preset
+from bench.image_models import ImageModels
 from bench.metrics import prdc
 from bench.seeding import sample_seeds
 from bench.sweeps import summarise_sweeps, sweep, truncate
-from models.dcgan import DCGANConfig, Generator
-from models.diffusion import alphas_cumprod
-from models.unet import UNet, UNetConfig
-from models.vae import KLAutoencoder, VAEConfig
+from models.text import Tokenizer
 
 
 def test_truncate_scales_toward_the_mean_latent():
@@ -58,44 +56,40 @@ def test_summarise_sweeps_is_mean_and_sample_std_per_value():
     assert rows[1]["fid"] == (20.0, 0.0)  # only one seed scored it
 
 
-def _tiny_generator() -> Generator:
+@pytest.fixture(scope="module")
+def models():
+    """Untrained smoke-sized image models (the UNet's zero-initialised output perturbed so text and guidance matter)."""
     torch.manual_seed(0)
-    return Generator(DCGANConfig(resolution=16, channels=3, z_dim=8, width=8, cond_dim=4)).eval()
-
-
-def test_gan_samples_are_per_sample_seeded_and_psi_zero_gives_one_image_per_prompt():
-    G = _tiny_generator()
-    seeds = sample_seeds(0, 12)
-    pooled = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
-    full = sample_images_gan(G, pooled, seeds, "cpu", batch=5)
-    # the sweeps and the last curve point reuse the first n headline images: they must be what n would give
-    assert torch.equal(sample_images_gan(G, pooled[:7], seeds[:7], "cpu"), full[:7])
-    assert torch.equal(sample_images_gan(G, pooled, seeds, "cpu", psi=1.0), full)
-    same_prompt = pooled[:1].expand(12, -1)
-    collapsed = sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.0)
-    assert torch.allclose(collapsed, collapsed[:1].expand_as(collapsed), atol=1e-6)
-    assert not torch.allclose(sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.5)[0],
-                              sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.5)[1])
-
-
-def test_diffusion_samples_are_per_sample_seeded_at_every_guidance():
-    torch.manual_seed(0)
-    vae = KLAutoencoder(VAEConfig(in_channels=3, resolution=16, channels=(8, 8), latent_channels=2, groups=4)).eval()
-    unet = UNet(UNetConfig(in_channels=2, channels=(16, 16), layers_per_block=1, attention=(False, True), heads=2,
-                           groups=4, context_dim=8)).eval()
+    tokenizer = Tokenizer.build(["a small red circle", "a large blue square"])
+    m = ImageModels.build(preset("smoke").images, tokenizer=tokenizer, channels=3, resolution=16, device="cpu")
     with torch.no_grad():
-        for p in unet.parameters():  # undo the zero-initialised output so that the text and guidance matter
+        for p in m.unet.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    alpha_bar = alphas_cumprod("scaled_linear", 50).float()
-    gen = torch.Generator().manual_seed(1)
-    n, length = 6, 3
-    states, mask = torch.randn(n, length, 8, generator=gen), torch.ones(n, length, dtype=torch.bool)
-    uncond = (torch.zeros(1, length, 8), torch.ones(1, length, dtype=torch.bool))
+    return m
+
+
+def test_gan_samples_are_per_sample_seeded_and_psi_zero_gives_one_image_per_prompt(models):
+    seeds = sample_seeds(0, 12)
+    pooled = models.encode(["a small red circle", "a large blue square"] * 6)[1]
+    full = models.sample_gan(pooled, seeds, batch=5)
+    # the sweeps and the last curve point reuse the first n headline images: they must be what n would give
+    assert torch.equal(models.sample_gan(pooled[:7], seeds[:7]), full[:7])
+    assert torch.equal(models.sample_gan(pooled, seeds, psi=1.0), full)
+    same_prompt = pooled[:1].expand(12, -1)
+    collapsed = models.sample_gan(same_prompt, seeds, psi=0.0)
+    assert torch.allclose(collapsed, collapsed[:1].expand_as(collapsed), atol=1e-6)
+    assert not torch.allclose(models.sample_gan(same_prompt, seeds, psi=0.5)[0],
+                              models.sample_gan(same_prompt, seeds, psi=0.5)[1])
+
+
+def test_diffusion_samples_are_per_sample_seeded_at_every_guidance(models):
+    n = 6
+    states, _, mask = models.encode(["a small red circle", "a large blue square"] * 3)
     seeds = sample_seeds(0, n)
 
     def draw(k, guidance, batch=256):
-        return sample_images_diffusion(unet, vae, alpha_bar, states[:k], mask[:k], uncond, seeds[:k], sampler="ddim",
-                                       steps=3, guidance=guidance, prediction="v", device="cpu", batch=batch)[0]
+        return models.sample_diffusion(states[:k], mask[:k], seeds[:k], sampler="ddim", steps=3, guidance=guidance,
+                                       batch=batch)[0]
 
     full = draw(n, 3.0, batch=4)
     torch.testing.assert_close(draw(3, 3.0), full[:3], atol=1e-5, rtol=0)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.config import preset
 from bench.gpu_check import MATCHED
-from bench.train import train_gan
+from bench.train import GANTrainConfig, train_gan
 from models.dcgan import DCGANConfig, Discriminator, Generator
 from models.diffusion import alphas_cumprod, diffusion_loss
 from models.layers import gan_d_loss, gan_g_loss
@@ -143,8 +143,9 @@ def test_dcgan_reference_train_step(benchmark):
     """The plain PyTorch reference step (pytorch/examples dcgan/main.py): BCE, one fake batch reused for the G step.
     Our step does one generator forward more (Goodfellow et al.'s algorithm 1 draws fresh z for G): compare the two."""
     cfg, G, D, x, cond = _gan_setup()
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt = GANTrainConfig()  # the harness's Adam settings, so the two steps do the same work
+    opt_g = torch.optim.Adam(G.parameters(), lr=opt.lr, betas=opt.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=opt.lr, betas=opt.betas)
     ones, zeros = torch.ones(TRAIN_BATCH, device=DEVICE), torch.zeros(TRAIN_BATCH, device=DEVICE)
 
     def step():

@@ -1,0 +1,135 @@
+"""The 2D mode-collapse benchmark as stages: train -> evaluate -> record, for one (dataset, model, seed).
+
+Both families see the same real batches (one data stream per seed), the same number of steps at the same batch size,
+and are scored on the same per-sample seeds: 2,500 samples, modes captured, high-quality fraction and reverse KL
+(VEEGAN, Srivastava et al. 2017, sec. 5.1; PacGAN, Lin et al. 2018, sec. 5; bench.metrics.mixture_stats).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.config import MixtureBenchConfig, parse_sampler, to_dict
+from bench.data import mixture_scale, sample_mixture
+from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
+from bench.rundir import RunDir
+from bench.seeding import sample_seeds
+from bench.stability import stability, steps_to_threshold
+from bench.train import checkpoint_interval, train_diffusion, train_gan
+from models.diffusion import alphas_cumprod
+from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
+
+
+@dataclass
+class MixtureTrained:
+    model: str  # "gan" | "diffusion"
+    net: nn.Module  # what samples: G, or the EMA denoiser
+    modules: dict[str, nn.Module]  # what the checkpoint keeps
+    history: list[dict]
+    status: dict  # {"status": "ok"} or {"status": "diverged", "diverged_at_step": k}
+    seconds: float
+    params: dict[str, int]
+    snapshots: list = field(default_factory=list)  # [(step, frozen copy of what samples)]
+
+
+def real_batches(dataset: str, seed: int, batch_size: int, device):
+    """The real examples of each step, scaled to unit variance: the same stream for both models of a seed."""
+    scale, data_gen = mixture_scale(dataset), torch.Generator().manual_seed(seed)
+    return lambda step: (sample_mixture(dataset, batch_size, data_gen).to(device) / scale, None)
+
+
+def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True):
+    """Train one model on one mixture from its seed. Returns a MixtureTrained."""
+    real_batch = real_batches(dataset, seed, mix.batch_size, device)
+    torch.manual_seed(seed)
+    train_gen = torch.Generator().manual_seed(seed + 7919)
+    snapshots: list = []
+    every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
+    desc = f"{dataset}_{model}_seed{seed}"
+    start = time.perf_counter()
+    if model == "gan":
+        G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
+        latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
+        history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
+                                    snapshot_every=every, snapshots=snapshots)
+        net, modules, params = G.eval(), {"G": G, "D": D}, {"G": num_params(G), "D": num_params(D)}
+    else:
+        denoiser = MLPDenoiser(mix.denoiser_net).to(device)
+        alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
+        net, history, status = train_diffusion(denoiser, lambda step: (real_batch(step)[0], {}), alpha_bar,
+                                               mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen,
+                                               desc=desc, progress=progress, snapshot_every=every,
+                                               snapshots=snapshots)
+        modules, params = {"denoiser": net}, {"denoiser": num_params(denoiser)}
+    return MixtureTrained(model, net, modules, history, status, time.perf_counter() - start, params, snapshots)
+
+
+def draw_points(net: nn.Module, model: str, spec: str | None, seeds, mix: MixtureBenchConfig, device):
+    """Samples of a 2D model on per-sample seeds, in data units. spec: the diffusion sampler ("ddpm:1000").
+    Returns (points (N, 2) on the CPU, NFE)."""
+    if model == "gan":
+        x, nfe = sample_gan(net, seeds, mix.gan_net.z_dim, device), 1
+    else:
+        alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
+        name, steps = parse_sampler(spec)
+        x, nfe = sample_diffusion(net, seeds, (2,), alpha_bar, name, steps, mix.diffusion.prediction, device)
+    return x.cpu(), nfe
+
+
+def evaluate_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: MixtureBenchConfig, device):
+    """Every sampler of the model on the same seeds (the GAN has one), then the snapshots with the curve sampler.
+    Returns ({sampler label: metrics}, {sampler label: points (N, 2)}, curve, curve seconds)."""
+    seeds, scale = sample_seeds(seed, mix.num_samples), mixture_scale(dataset)
+    by_sampler, points = {}, {}
+    for label in (["G"] if trained.model == "gan" else mix.samplers):
+        t0 = time.perf_counter()
+        x, nfe = draw_points(trained.net, trained.model, label, seeds, mix, device)
+        seconds = time.perf_counter() - t0
+        points[label] = (x * scale).numpy()
+        by_sampler[label] = {**mixture_metrics(x * scale, dataset), "nfe": nfe, "sample_seconds": seconds,
+                             "samples_per_s": len(x) / max(seconds, 1e-9)}
+    t0 = time.perf_counter()
+    curve = []
+    for step, snap in trained.snapshots:
+        x, _ = draw_points(snap, trained.model, mix.curve_sampler, seeds, mix, device)
+        m = mixture_metrics(x * scale, dataset)
+        curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")}})
+    return by_sampler, points, curve, time.perf_counter() - t0
+
+
+def record_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: MixtureBenchConfig, evaluation) -> dict:
+    """The run entry of one 2D model (results.json)."""
+    by_sampler, _, curve, curve_seconds = evaluation
+    steps = len(trained.history)
+    headline = next(iter(by_sampler))
+    entry = {"dataset": dataset, "model": trained.model, "seed": seed, **trained.status,
+             "train": {"steps": steps, "examples_seen": steps * mix.batch_size, "seconds": trained.seconds,
+                       "images_per_s": steps * mix.batch_size / max(trained.seconds, 1e-9), "params": trained.params,
+                       "params_total": sum(trained.params.values())},
+             "sampler": headline if trained.model == "diffusion" else None,
+             "metrics": {k: v for k, v in by_sampler[headline].items() if k not in ("sample_seconds", "samples_per_s")},
+             "throughput": {k: by_sampler[headline][k] for k in ("nfe", "sample_seconds", "samples_per_s")}}
+    if trained.model == "diffusion":
+        entry["by_sampler"] = by_sampler
+    entry["curve"], entry["curve_seconds"] = curve, curve_seconds
+    entry["stability"] = stability(trained.history, trained.model)
+    if curve:  # VEEGAN's notion of success on these mixtures: every mode captured
+        num_modes = entry["metrics"]["num_modes"]
+        entry["stability"].update(threshold=f"modes == {num_modes}",
+                                  steps_to_threshold=steps_to_threshold(curve, "modes", num_modes))
+    return entry
+
+
+def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, run: RunDir,
+                progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """Train, score and record one model on one mixture; writes its history and checkpoint.
+    Returns (run entry, {sampler label: samples}); the caller saves the samples."""
+    trained = train_mixture(dataset, model, seed, mix, device, progress)
+    run.write_history(dataset, seed, model, trained.history)
+    run.save_checkpoint(dataset, seed, model, trained.modules,
+                        {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})
+    evaluation = evaluate_mixture(trained, dataset, seed, mix, device)
+    return record_mixture(trained, dataset, seed, mix, evaluation), evaluation[1]
