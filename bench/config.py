@@ -22,7 +22,7 @@ from bench.train import DiffusionTrainConfig, GANTrainConfig
 from models.dcgan import DCGANConfig
 from models.diffusion import DiffusionConfig
 from models.layers import setting
-from models.mlp import MLPConfig
+from models.mlp import MLPConfig, MLPDenoiserConfig
 from models.samplers import SAMPLERS
 from models.text import ImageTowerConfig, TextConfig
 from models.unet import UNetConfig
@@ -100,7 +100,7 @@ class MixtureBenchConfig:
     # lr 1e-3: in a sweep on both mixtures (2e-4 vs 1e-3, 2,000 steps) the GAN at DCGAN's 2e-4 had not yet put one
     # sample within 3 std of a ring mode; 1e-3 reached 8 modes / 74% high quality. Tuned for the GAN, not against it.
     gan: GANTrainConfig = field(default_factory=lambda: GANTrainConfig(lr=1e-3))
-    denoiser_net: MLPConfig = field(default_factory=lambda: MLPConfig(width=64, depth=2, fourier=16))
+    denoiser_net: MLPDenoiserConfig = field(default_factory=lambda: MLPDenoiserConfig(width=64, depth=2, fourier=16))
     # v-prediction: with eps-prediction the x0 estimate at the noisiest cosine level divides by sqrt(alpha_bar_T) ~ 0,
     # which wrecks the first step of DPM-Solver++ (0 of 25 grid modes at 20 NFE, against 25 with v).
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="cosine", prediction="v"))
@@ -171,7 +171,7 @@ def _smoke() -> SuiteConfig:
         batch_size=64,
         num_samples=200,
         gan_net=MLPConfig(width=16, depth=2),
-        denoiser_net=MLPConfig(width=16, depth=1),
+        denoiser_net=MLPDenoiserConfig(width=16, depth=1),
         diffusion=DiffusionConfig(schedule="cosine", num_steps=50),
         samplers=["ddpm:50", "ddim:5"],
     )

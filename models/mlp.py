@@ -1,7 +1,8 @@
 """Small MLPs for the 2D mode-collapse benchmarks: a GAN generator and discriminator, and a diffusion denoiser.
 
-The three networks share one width/depth config so that the GAN (G + D) and the denoiser can be given about the
-same number of parameters, which the harness records beside the results.
+G and D share one width/depth config, the denoiser has its own with the same width/depth knobs, so that the GAN
+(G + D) and the denoiser can be given about the same number of parameters, which the harness records beside the
+results.
 
 Notation: x is a batch of 2D points (B, 2); z is the generator's latent (B, z_dim); t is a (B,) float tensor of
 diffusion timestep indices in [0, T-1].
@@ -18,12 +19,23 @@ from models.layers import setting, timestep_embedding
 
 @dataclass
 class MLPConfig:
+    """The 2D GAN's generator and discriminator."""
+
     dim: int = setting(2, derived=True)  # data dimension
     width: int = setting(128, min=1)  # hidden units per layer
-    depth: int = setting(3, min=1)  # hidden layers (GAN) or residual blocks (denoiser)
+    depth: int = setting(3, min=1)  # hidden layers
     z_dim: int = setting(8, min=1)  # generator latent size
-    time_dim: int = setting(64, min=2)  # sinusoidal timestep embedding size (denoiser)
-    fourier: int = setting(0, min=0)  # random Fourier features of the input (denoiser; 0 = raw coordinates only)
+
+
+@dataclass
+class MLPDenoiserConfig:
+    """The 2D diffusion model's denoiser."""
+
+    dim: int = setting(2, derived=True)  # data dimension
+    width: int = setting(128, min=1)  # hidden units per residual block
+    depth: int = setting(3, min=1)  # residual blocks
+    time_dim: int = setting(64, min=2)  # sinusoidal timestep embedding size
+    fourier: int = setting(0, min=0)  # random Fourier features of the input (0 = raw coordinates only)
     fourier_scale: float = setting(4.0, gt=0)  # std of the Fourier frequencies, in cycles per unit of (normalised) data
 
 
@@ -82,7 +94,7 @@ class MLPDenoiser(nn.Module):
     steps need the precision that residual blocks with normalisation give.
     """
 
-    def __init__(self, cfg: MLPConfig):
+    def __init__(self, cfg: MLPDenoiserConfig):
         super().__init__()
         self.cfg = cfg
         # Fixed random Fourier features [x, sin(2 pi B x), cos(2 pi B x)] (Tancik et al. 2020, eq. 5) let a small MLP

@@ -1,6 +1,7 @@
 """End-to-end: the CLI on the seconds-long `smoke` preset, its run folder, its errors, and reproducibility."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -161,3 +162,26 @@ def test_python_dash_m_bench_works():
     assert proc.returncode == 0 and "toy" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "--preset", "nope"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_the_gan_loss_setting_changes_the_loss_the_history_records(smoke_run, tmp_path):
+    """Same seed, same first batch: D's step-0 logits are the same in both runs, so the step-0 D loss must be each
+    loss's formula of them: hinge 2 - r + f (Miyato et al. 2018, eq. 16, |logits| < 1), non-saturating
+    softplus(-r) + softplus(f) (Goodfellow et al. 2014), r and f the logits of the mean sigmoid outputs."""
+    hinge = tmp_path / "hinge"
+    assert main(SMOKE + ["--out", str(hinge), "--set", "mixtures=null", "--set", "throughput_budget_s=0",
+                         "--set", "images.gan.loss=hinge"]) == 0
+    ns_row = RunDir(smoke_run).read_history("shapes", 0, "gan")[0]
+    hinge_row = RunDir(hinge).read_history("shapes", 0, "gan")[0]
+    assert hinge_row["d_real"] == pytest.approx(ns_row["d_real"], abs=1e-4)
+    r, f = _logit(ns_row["d_real"]), _logit(ns_row["d_fake"])
+    softplus = lambda x: math.log1p(math.exp(x))
+    assert ns_row["d_loss"] == pytest.approx(softplus(-r) + softplus(f), abs=0.03)
+    assert hinge_row["d_loss"] == pytest.approx(2 - r + f, abs=0.03)
+    assert abs(hinge_row["d_loss"] - ns_row["d_loss"]) > 0.3
+    config = json.loads((hinge / "config.json").read_text())
+    assert config["images"]["gan"]["loss"] == "hinge" and config["mixtures"] is None

@@ -140,11 +140,11 @@ def test_gan_snapshot_at_step_k_is_the_generator_of_a_k_step_run():
 def test_diffusion_snapshots_are_ema_copies():
     from bench.train import DiffusionTrainConfig, train_diffusion
     from models.diffusion import alphas_cumprod
-    from models.mlp import MLPDenoiser
+    from models.mlp import MLPDenoiser, MLPDenoiserConfig
 
     def run(steps, snaps=None, every=0):
         torch.manual_seed(0)
-        net = MLPDenoiser(MLPConfig(width=8, depth=1, fourier=4))
+        net = MLPDenoiser(MLPDenoiserConfig(width=8, depth=1, fourier=4))
         gen = torch.Generator().manual_seed(0)
         alpha_bar = alphas_cumprod("cosine", 50).float()
         ema, hist, _ = train_diffusion(net, lambda s: (torch.randn(8, 2, generator=gen), {}), alpha_bar, "v",
