@@ -204,15 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train + evaluate + report")
-    run.add_argument("--preset", default=DEFAULT_PRESET, help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
+    run.add_argument("--preset", default=DEFAULT_PRESET,
+                     help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
     run.add_argument("--out", help="run folder (default reports/<preset>)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
     run.add_argument("--steps", type=int,
-                     help="training steps of every model: 2D models, GAN, UNet, VAE and text encoder (overrides the preset)")
+                     help="training steps of every model: 2D models, GAN, UNet, VAE and text encoder "
+                          "(overrides the preset)")
     run.add_argument("--inception-weights", metavar="PATH",
-                     help="clean-fid's TorchScript Inception file: adds Inception FID/KID (and scores class-less folders)")
-    run.add_argument("--workers", type=int, help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
+                     help="clean-fid's TorchScript Inception file: adds Inception FID/KID "
+                          "(and scores class-less folders)")
+    run.add_argument("--workers", type=int,
+                     help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
     run.set_defaults(func=_cmd_run)
@@ -241,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.set_defaults(func=_cmd_sample)
 
     thr = sub.add_parser("throughput", help="images/s, latency, FLOPs and memory of the preset's image models")
-    thr.add_argument("--preset", default=DEFAULT_PRESET, help=f"whose image configs to measure (default {DEFAULT_PRESET})")
+    thr.add_argument("--preset", default=DEFAULT_PRESET,
+                     help=f"whose image configs to measure (default {DEFAULT_PRESET})")
     thr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     thr.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
     thr.add_argument("--nfe", type=int, nargs="+", help="diffusion NFEs (default 10 20 50 1000, up to the preset's T)")

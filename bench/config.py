@@ -147,7 +147,8 @@ class ImageBenchConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
     gan: GANTrainConfig = field(default_factory=GANTrainConfig)  # the DCGAN's optimiser and loss
-    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
     diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
@@ -155,7 +156,8 @@ class ImageBenchConfig:
 @dataclass
 class SuiteConfig:
     name: str = setting("toy", check=_check_run_name)  # the preset it came from; also the default run-folder name
-    seeds: list[int] = setting(factory=lambda: [0, 1, 2], min=0, lt=2**31, check=_nonempty)  # one training run per seed and model
+    # one training run per seed and model
+    seeds: list[int] = setting(factory=lambda: [0, 1, 2], min=0, lt=2**31, check=_nonempty)
     mixtures: MixtureBenchConfig | None = field(default_factory=MixtureBenchConfig)  # None = skip the 2D benchmark
     images: ImageBenchConfig | None = None  # None = skip the image benchmark
     throughput_budget_s: float = setting(30.0, min=0)  # seconds the throughput section may spend measuring (0 = skip)

@@ -38,6 +38,7 @@ from bench.image_models import (
 from bench.images import ImageData, load_image_dataset
 from bench.judge import Judge, inception_features, judge_failure, load_inception, load_or_train_judge
 from bench.metrics import cond_accuracy, fid, fid_bootstrap, fid_curve, fid_extrapolate, kid, mode_stats, prdc
+from bench.results import failed_entry
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
@@ -413,12 +414,6 @@ def real_for_prompts(data: ImageData, labels: torch.Tensor, generator: torch.Gen
 # ---------------------------------------------------------------- stage 4: record
 
 
-def failed_entries(dataset: str, seed: int, error: str) -> list[dict]:
-    """The two run entries of an image run that could not train or be scored."""
-    return [{"dataset": dataset, "model": m, "seed": seed, "status": "failed", "error": error,
-             "train": {}, "metrics": {}, "throughput": {}} for m in FAMILIES]
-
-
 def _train_record(family: str, trained: Trained, cfg: ImageBenchConfig, vae_info: dict) -> dict:
     """Steps, examples seen, wall time and parameters of one family; the shared text encoder on both sides."""
     m, steps = trained.models, len(trained.histories[family])
@@ -430,7 +425,8 @@ def _train_record(family: str, trained: Trained, cfg: ImageBenchConfig, vae_info
     record = {"steps": steps, "examples_seen": steps * cfg.batch_size + extra, "seconds": seconds,
               "images_per_s": steps * cfg.batch_size / own_seconds, "params": params,
               "params_total": sum(params.values()),
-              "text_encoder": {"steps": cfg.text_steps, "seconds": trained.seconds["text"], "params": num_params(m.text)}}
+              "text_encoder": {"steps": cfg.text_steps, "seconds": trained.seconds["text"],
+                               "params": num_params(m.text)}}
     return record if family == "gan" else {**record, "vae": vae_info}
 
 
@@ -492,7 +488,7 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     """Train and score both families on one image dataset for one seed. Returns the two run entries."""
     prep = prepare(dataset, cfg, device, cache_dir)
     if prep.failure is not None:
-        return failed_entries(dataset, seed, prep.failure)
+        return [failed_entry(dataset, m, seed, prep.failure) for m in FAMILIES]
     trained = train_models(prep, cfg, device, seed, progress)
     ev = eval_set(prep, trained.models, cfg, seed)
     vae_info = vae_report(prep, trained, ev, cfg)

@@ -32,6 +32,13 @@ def new_results(suite: str, config: dict, device: str) -> dict:
     }
 
 
+def failed_entry(dataset: str, model: str, seed: int, error: str, trace: str | None = None) -> dict:
+    """The run entry of a (dataset, model, seed) that raised: its error, no training record, no metrics."""
+    entry = {"dataset": dataset, "model": model, "seed": seed, "status": "failed", "error": error,
+             "train": {}, "metrics": {}, "throughput": {}}
+    return entry if trace is None else {**entry, "traceback": trace}
+
+
 def load_results(path: Path) -> dict:
     data = json.loads(Path(path).read_text())
     if data.get("schema") != SCHEMA:
@@ -51,7 +58,8 @@ def metric_rows(results: dict) -> list[dict]:
 
 
 def summarise(results: dict) -> list[dict]:
-    """Mean and sample std over seeds for each (dataset, model) and metric: {"dataset", "model", "seeds", metric: (mean, std)}."""
+    """Mean and sample std over seeds for each (dataset, model) and metric:
+    {"dataset", "model", "seeds", metric: (mean, std)}."""
     groups: dict[tuple, list[dict]] = {}
     for run in results["runs"]:
         groups.setdefault((run["dataset"], run["model"]), []).append(run)

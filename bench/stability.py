@@ -7,7 +7,8 @@ history (a diverged run stops at its first non-finite loss), so every statistic 
 What each diagnostic measures, per run:
   final / min loss       where the loss ended and the best it reached (finite values only for the minimum)
   tail variance          variance of the loss over the last 20% of steps: a GAN that oscillates rather than settles
-                         has a large one (Mescheder et al. 2018 study these oscillations), a converged denoiser a small one
+                         has a large one (Mescheder et al. 2018 study these oscillations), a converged denoiser a
+                         small one
   gradient-norm spikes   steps whose gradient norm exceeds `factor` x the median of the `window` steps before it
   D(x) - D(G(z)) gap     mean over the tail of the discriminator's sigmoid output on real minus on fake: near 0 when
                          D cannot tell them apart, near 1 when D wins outright (and G's gradient vanishes,

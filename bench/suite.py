@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 
 from bench import report
 from bench.config import SuiteConfig, to_dict
-from bench.imagebench import failed_entries, run_image_dataset
+from bench.imagebench import FAMILIES, run_image_dataset
 from bench.images import DataError, load_image_dataset
 from bench.mixtures import run_mixture
-from bench.results import metric_rows, new_results
+from bench.results import failed_entry, metric_rows, new_results
 from bench.rundir import RunDir
 from bench.throughput import image_throughput, run_entry_throughput
 
@@ -48,9 +48,7 @@ def _mixture_job(job) -> tuple[dict, dict]:
     try:
         return run_mixture(dataset, model, seed, mix, device, RunDir(root), progress=False)
     except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
-        return {"dataset": dataset, "model": model, "seed": seed, "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5),
-                "train": {}, "metrics": {}, "throughput": {}}, {}
+        return failed_entry(dataset, model, seed, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)), {}
 
 
 def _run_jobs(jobs: list, workers: int, desc: str):
@@ -99,8 +97,8 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
                 raise  # bad user input: stop with its one-line message
             except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
                 tqdm.write(f"image runs {dataset}/seed {seed} failed: {type(exc).__name__}: {exc}")
-                entries = [{**e, "traceback": traceback.format_exc(limit=5)}
-                           for e in failed_entries(dataset, seed, f"{type(exc).__name__}: {exc}")]
+                error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
+                entries = [failed_entry(dataset, m, seed, error, trace) for m in FAMILIES]
             results["runs"].extend(entries)
             run.write_results(results)
 

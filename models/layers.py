@@ -26,7 +26,8 @@ def setting(default=dataclasses.MISSING, *, factory=None, min=None, gt=None, max
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in Vaswani et al. 2017 sec. 3.5 and DDPM (Ho et al. 2020).
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in Vaswani et al. 2017 sec. 3.5 and DDPM
+    (Ho et al. 2020).
 
     t: (B,) float tensor of timestep indices. Returns (B, dim).
     """
@@ -45,7 +46,8 @@ GAN_LOSSES = ("nonsaturating", "hinge")
 def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
     """Discriminator loss.
 
-    nonsaturating: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))), the original minimax D objective (Goodfellow et al. 2014, eq. 1).
+    nonsaturating: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))), the original minimax D objective
+    (Goodfellow et al. 2014, eq. 1).
     hinge: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))] (Lim & Ye 2017; Miyato et al. 2018, eq. 16).
     """
     if kind == "nonsaturating":
@@ -58,7 +60,8 @@ def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str =
 def gan_g_loss(fake_logits: torch.Tensor, kind: str = "nonsaturating") -> torch.Tensor:
     """Generator loss.
 
-    nonsaturating: -log sigmoid(D(G(z))), the heuristic that keeps gradients alive early on (Goodfellow et al. 2014, sec. 3).
+    nonsaturating: -log sigmoid(D(G(z))), the heuristic that keeps gradients alive early on
+    (Goodfellow et al. 2014, sec. 3).
     hinge: -E[D(G(z))] (Miyato et al. 2018, eq. 17).
     """
     if kind == "nonsaturating":

@@ -43,7 +43,8 @@ def test_results_json_follows_the_schema(smoke_run):
     for key in ["schema", "suite", "created", "device", "versions", "config", "runs"]:
         assert key in results
     runs = [r for r in results["runs"] if r["dataset"] in ("ring8", "grid25")]
-    assert {(r["dataset"], r["model"]) for r in runs} == {(d, m) for d in ("ring8", "grid25") for m in ("gan", "diffusion")}
+    expected = {(d, m) for d in ("ring8", "grid25") for m in ("gan", "diffusion")}
+    assert {(r["dataset"], r["model"]) for r in runs} == expected
     for r in runs:
         assert r["status"] in ("ok", "diverged")
         assert set(r["train"]) >= {"steps", "seconds", "images_per_s", "examples_seen", "params_total"}
@@ -158,9 +159,11 @@ def test_output_folder_that_is_a_file(tmp_path, capsys):
 
 
 def test_python_dash_m_bench_works():
-    proc = subprocess.run([sys.executable, "-m", "bench", "presets"], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-m", "bench", "presets"], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0 and "toy" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--preset", "nope"], capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--preset", "nope"], capture_output=True,
+                          text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 

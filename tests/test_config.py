@@ -106,7 +106,7 @@ def _config_classes() -> set[type]:
     while todo:
         obj = todo.pop()
         found.add(type(obj))
-        todo += [getattr(obj, f.name) for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name))]
+        todo += [v for f in dataclasses.fields(obj) if dataclasses.is_dataclass(v := getattr(obj, f.name))]
     return found
 
 

@@ -12,12 +12,12 @@ import torch
 
 from bench import imagebench
 from bench.config import preset
-from bench.images import make_shapes
-from bench.results import summarise
-from bench.stability import stability
 from bench.imagebench import run_image_dataset
+from bench.images import make_shapes
 from bench.mixtures import run_mixture
+from bench.results import summarise
 from bench.rundir import RunDir
+from bench.stability import stability
 
 
 def _same(stored: dict, expected: dict) -> bool:

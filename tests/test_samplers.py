@@ -59,8 +59,8 @@ def std_error(name: str, nfe: int, n_points: int = 20000, **opts) -> float:
     """Relative error of the samples' std against the data's, worst coordinate (for stochastic samplers too)."""
     x_T = _x_T(n_points, dtype=torch.float32)
     model = gaussian_denoiser(MU, S, ALPHA_BAR)
-    out, _ = sample(name, model, x_T, ALPHA_BAR, steps_for_nfe(name, nfe), noise=_noise_fn(x_T.shape, dtype=torch.float32),
-                    **opts)
+    out, _ = sample(name, model, x_T, ALPHA_BAR, steps_for_nfe(name, nfe),
+                    noise=_noise_fn(x_T.shape, dtype=torch.float32), **opts)
     return (out.double().std(0) / S - 1).abs().max().item()
 
 
@@ -198,16 +198,18 @@ def test_ddpm_output_has_the_exact_chain_distribution(variance, steps):
     levels = ALPHA_BAR.double()[timesteps(1000, steps)].tolist() + [1.0]
     exact = [_ddpm_moments(levels, m, s, variance) for m, s in zip(MU.tolist(), S.tolist())]
     x_T = _x_T(4000, dtype=torch.float32)
-    out, _ = ddpm(gaussian_denoiser(MU, S, ALPHA_BAR), x_T, ALPHA_BAR, steps, noise=_noise_fn(x_T.shape, dtype=torch.float32),
-                  variance=variance)
+    out, _ = ddpm(gaussian_denoiser(MU, S, ALPHA_BAR), x_T, ALPHA_BAR, steps,
+                  noise=_noise_fn(x_T.shape, dtype=torch.float32), variance=variance)
     _assert_moments(out, [m for m, _ in exact], [s for _, s in exact])
     if steps == 1000:  # with all T steps the chain itself is within 2% of the data distribution
-        assert all(abs(m - mu) < 1e-3 and abs(s / sd - 1) < 0.02 for (m, s), mu, sd in zip(exact, MU.tolist(), S.tolist()))
+        assert all(abs(m - mu) < 1e-3 and abs(s / sd - 1) < 0.02
+                   for (m, s), mu, sd in zip(exact, MU.tolist(), S.tolist()))
 
 
 @pytest.mark.parametrize("name, steps", [("ddim", 200), ("dpmpp2m", 50), ("euler", 200), ("heun", 50)])
 def test_deterministic_samplers_reach_the_data_distribution(name, steps):
-    # the exact flow carries x_T ~ N(0, I) (at alpha_bar[T-1]) to N(mu - s alpha mu / sqrt(v), s^2 / v): mu and s up to 0.3%
+    # the exact flow carries x_T ~ N(0, I) (at alpha_bar[T-1]) to N(mu - s alpha mu / sqrt(v), s^2 / v): mu and s up
+    # to 0.3%
     v = A_START * S.double() ** 2 + 1 - A_START
     x_T = _x_T(4000, dtype=torch.float32)
     out, _ = sample(name, gaussian_denoiser(MU, S, ALPHA_BAR), x_T, ALPHA_BAR, steps)
@@ -221,14 +223,15 @@ def test_ddim_with_eta_one_is_ddpm_and_ddim_on_the_karras_grid_is_euler():
         b, _ = ddim(model, x_T, ALPHA_BAR, 12, spacing=spacing, noise=_noise_fn(x_T.shape), eta=1.0)
         assert torch.allclose(a, b, atol=1e-10)
     # DDIM is Euler's method in (x / alpha, sigma) (Karras et al. 2022, sec. 3)
-    assert torch.allclose(ddim(model, x_T, ALPHA_BAR, 12, spacing="karras")[0], euler(model, x_T, ALPHA_BAR, 12)[0], atol=1e-10)
+    assert torch.allclose(ddim(model, x_T, ALPHA_BAR, 12, spacing="karras")[0], euler(model, x_T, ALPHA_BAR, 12)[0],
+                          atol=1e-10)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_parameterisation_gives_the_same_samples(name):
     x_T = _x_T(32)
-    outs = [sample(name, gaussian_denoiser(MU, S, ALPHA_BAR, p), x_T, ALPHA_BAR, 8, prediction=p, noise=_noise_fn(x_T.shape))[0]
-            for p in PREDICTIONS]
+    outs = [sample(name, gaussian_denoiser(MU, S, ALPHA_BAR, p), x_T, ALPHA_BAR, 8, prediction=p,
+                   noise=_noise_fn(x_T.shape))[0] for p in PREDICTIONS]
     assert torch.allclose(outs[0], outs[1], atol=1e-8) and torch.allclose(outs[0], outs[2], atol=1e-8)
 
 
@@ -257,8 +260,8 @@ def test_second_order_solvers_beat_ddim_at_equal_nfe():
 
 def _per_sample_noise(seeds: list[int], dim: int):
     """EDM-style per-sample noise: sample i's draw depends only on (seed_i, k)."""
-    return lambda k: torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(s * 1000 + k), dtype=torch.float64)
-                                  for s in seeds])
+    return lambda k: torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(s * 1000 + k),
+                                              dtype=torch.float64) for s in seeds])
 
 
 @pytest.mark.parametrize("name, opts", [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {"eta": 0.7})])
@@ -286,7 +289,8 @@ def test_samplers_are_shape_agnostic(name):
     model = gaussian_denoiser(0.3, 0.5, ALPHA_BAR)  # scalar mu, s: acts elementwise on any shape
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(7))  # (B, C, H, W)
     img, _ = sample(name, model, x_T, ALPHA_BAR, 4, noise=_noise_fn(x_T.shape, dtype=torch.float32))
-    flat, _ = sample(name, model, x_T.reshape(3, -1), ALPHA_BAR, 4, noise=lambda k: _noise_fn(x_T.shape, dtype=torch.float32)(k).reshape(3, -1))
+    flat_noise = lambda k: _noise_fn(x_T.shape, dtype=torch.float32)(k).reshape(3, -1)
+    flat, _ = sample(name, model, x_T.reshape(3, -1), ALPHA_BAR, 4, noise=flat_noise)
     assert img.shape == x_T.shape and img.dtype == torch.float32
     assert torch.allclose(img.reshape(3, -1), flat, atol=1e-6)
 
