@@ -146,7 +146,8 @@ def _cmd_throughput(args) -> None:
     from bench.config import preset
     from bench.results import write_json
     from bench.suite import resolve_device
-    from bench.throughput import image_throughput, throughput_table
+    from bench.report_throughput import throughput_table
+    from bench.throughput import image_throughput
 
     cfg = preset(args.preset).images
     if cfg is None:

@@ -10,16 +10,10 @@ from torch import nn
 
 from bench.cli import main
 from bench.config import preset
-from bench.throughput import (
-    _plan,
-    count_flops,
-    image_throughput,
-    measure,
-    quality_cost_figures,
-    run_entry_throughput,
-    throughput_blocks,
-    throughput_table,
-)
+from bench import gpu_check
+from bench.report_throughput import quality_cost_figures, throughput_blocks, throughput_table
+from bench.throughput import _plan, image_throughput, run_entry_throughput
+from bench.timing import count_flops, measure
 from models.mlp import num_params
 from models.unet import UNet
 
@@ -210,9 +204,7 @@ def test_quality_cost_figures_skip_what_is_not_there(tmp_path):
 
 
 def test_gpu_check_matched_config_and_targets():
-    from bench import gpu_check
-
-    # the issue's diffusers config has 8.8M parameters; ours at the matched architecture must agree
+    # diffusers' UNet2DConditionModel at the comparison config has 8.8M parameters; ours at the same architecture too
     assert 8.7e6 < num_params(UNet(gpu_check.MATCHED)) < 8.8e6
     theirs = gpu_check.diffusers_unet(gpu_check.MATCHED)
     if theirs is not None:  # with the optional `peers` extra installed: the same architecture, parameter for parameter
@@ -232,8 +224,6 @@ def test_gpu_check_matched_config_and_targets():
 
 
 def test_gpu_check_runs_on_the_cpu():
-    from bench import gpu_check
-
     step = gpu_check.denoise_step_table("cpu", (2,), compile_=False, repeats=1)
     assert [r["variant"] for r in step["rows"]][:1] == ["ours eager fp32"] and step["rows"][0]["ms"] > 0
     dcgan = gpu_check.dcgan_step_check(preset("smoke").images, torch.device("cpu"), amp=False)

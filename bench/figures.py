@@ -1,0 +1,46 @@
+"""The one figure helper: a figure, its family colours, and an atomic PNG write.
+
+Every figure of the report (bench/report.py, bench/report_throughput.py) draws the GAN in one colour and the diffusion
+model in another, the same in every figure, from the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"),
+which stays distinguishable under the common colour-vision deficiencies: GAN vermillion, diffusion blue; real data in
+grey. A second line of the same family (another sampler, another loss) varies the line style or marker, never the hue.
+"""
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display: set once, before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402 -- must follow the backend choice
+
+from bench.results import atomic_write  # noqa: E402
+
+FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
+REAL_COLOUR = "#999999"  # the real data, behind the samples
+LINE_STYLES = ("-", "--", ":", "-.")  # within one family: the k-th line of the same colour
+
+
+def family_colour(model: str) -> str:
+    """The colour of a run's family: "gan", "diffusion", or a label starting with one ("gan (psi 0.5)")."""
+    for family, colour in FAMILY_COLOURS.items():
+        if model == family or model.startswith(family + " ") or model.startswith(family + ","):
+            return colour
+    raise ValueError(f"{model!r} is neither a GAN nor a diffusion model: no family colour")
+
+
+def new_figure(panels: int = 1, width: float = 3.6, height: float = 3.2):
+    """A figure with `panels` axes side by side, each width x height inches. Returns (fig, list of axes)."""
+    fig, axes = plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_figure(fig, run_dir: Path, name: str, dpi: int = 100) -> str:
+    """Lay the figure out, write it to run_dir/name as a PNG (atomically: a reader never sees half a file) and close
+    it. Returns name, the path relative to run_dir the report links to."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write(Path(run_dir) / name, buf.getvalue())
+    return name
