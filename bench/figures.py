@@ -21,14 +21,6 @@ REAL_COLOUR = "#999999"  # the real data, behind the samples
 LINE_STYLES = ("-", "--", ":", "-.")  # within one family: the k-th line of the same colour
 
 
-def family_colour(model: str) -> str:
-    """The colour of a run's family: "gan", "diffusion", or a label starting with one ("gan (psi 0.5)")."""
-    for family, colour in FAMILY_COLOURS.items():
-        if model == family or model.startswith(family + " ") or model.startswith(family + ","):
-            return colour
-    raise ValueError(f"{model!r} is neither a GAN nor a diffusion model: no family colour")
-
-
 def new_figure(panels: int = 1, width: float = 3.6, height: float = 3.2):
     """A figure with `panels` axes side by side, each width x height inches. Returns (fig, list of axes)."""
     fig, axes = plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False)

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from bench.figures import FAMILY_COLOURS, LINE_STYLES, new_figure, save_figure
+from bench.imagebench import slug  # the run folder's file names; moves with them to the run folder's owner
 
 # ---------------------------------------------------------------- tables and report blocks
 
@@ -165,7 +166,7 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.suptitle(f"{dataset}: lower is better; mean over seeds", fontsize=9)
-    return save_figure(fig, run_dir, f"figures/{_slug(dataset)}_quality_vs_sampling.png")
+    return save_figure(fig, run_dir, f"figures/{slug(dataset)}_quality_vs_sampling.png")
 
 
 def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str]) -> str | None:
@@ -183,11 +184,7 @@ def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
     ax.set(xlabel="training wall time (s; diffusion includes its VAE)", ylabel=label,
            title=f"{dataset}: quality vs training time")
     ax.legend(fontsize=7)
-    return save_figure(fig, run_dir, f"figures/{_slug(dataset)}_quality_vs_training_time.png")
-
-
-def _slug(dataset: str) -> str:
-    return dataset.replace(":", "-").replace("/", "-")
+    return save_figure(fig, run_dir, f"figures/{slug(dataset)}_quality_vs_training_time.png")
 
 
 def quality_cost_figures(run_dir, results: dict) -> list[str]:
