@@ -9,7 +9,7 @@ import torch
 
 from bench.imagebench import sample_images_diffusion, sample_images_gan
 from bench.metrics import prdc
-from bench.seeding import sample_seeds
+from bench.seeding import per_sample_randn, sample_seeds
 from bench.sweeps import summarise_sweeps, sweep, truncate
 from models.dcgan import DCGANConfig, Generator
 from models.diffusion import alphas_cumprod
@@ -70,7 +70,13 @@ def test_gan_samples_are_per_sample_seeded_and_psi_zero_gives_one_image_per_prom
     full = sample_images_gan(G, pooled, seeds, "cpu", batch=5)
     # the sweeps and the last curve point reuse the first n headline images: they must be what n would give
     assert torch.equal(sample_images_gan(G, pooled[:7], seeds[:7], "cpu"), full[:7])
-    assert torch.equal(sample_images_gan(G, pooled, seeds, "cpu", psi=1.0), full)
+    # sample i is G(z_i, prompt i), z_i drawn from seed i alone and untruncated by default; psi scales that z toward
+    # the mean latent 0 (truncate), so psi = 0.5 must give G(z_i / 2)
+    z = per_sample_randn(seeds, (G.cfg.z_dim,))
+    with torch.no_grad():
+        torch.testing.assert_close(full, G(z, pooled).clamp(-1, 1))
+        torch.testing.assert_close(sample_images_gan(G, pooled, seeds, "cpu", psi=0.5),
+                                   G(0.5 * z, pooled).clamp(-1, 1))
     same_prompt = pooled[:1].expand(12, -1)
     collapsed = sample_images_gan(G, same_prompt, seeds, "cpu", psi=0.0)
     assert torch.allclose(collapsed, collapsed[:1].expand_as(collapsed), atol=1e-6)
