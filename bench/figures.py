@@ -3,7 +3,7 @@
 Every figure of the report (bench/report.py, bench/report_throughput.py) draws the GAN in one colour and the diffusion
 model in another, the same in every figure, from the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"),
 which stays distinguishable under the common colour-vision deficiencies: GAN vermillion, diffusion blue; real data in
-grey. A second line of the same family (another sampler, another loss) varies the line style or marker, never the hue.
+grey. A second line of the same family (another sampler, another loss) varies the line style and marker, never the hue.
 """
 
 import io
@@ -18,7 +18,8 @@ from bench.results import atomic_write  # noqa: E402
 
 FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
 REAL_COLOUR = "#999999"  # the real data, behind the samples
-LINE_STYLES = ("-", "--", ":", "-.")  # within one family: the k-th line of the same colour
+LINE_STYLES = ("-", "--", ":", "-.")  # within one family: the k-th line of the same colour ...
+MARKERS = ("o", "s", "^", "D", "v", "P")  # ... and its marker (a curve of one point has no line style to show)
 
 
 def new_figure(panels: int = 1, width: float = 3.6, height: float = 3.2):

@@ -8,7 +8,7 @@ Reads what bench/throughput.py measured (its result dict, or results.json's "thr
 import statistics
 from pathlib import Path
 
-from bench.figures import FAMILY_COLOURS, LINE_STYLES, new_figure, save_figure
+from bench.figures import FAMILY_COLOURS, LINE_STYLES, MARKERS, new_figure, save_figure
 from bench.imagebench import slug  # the run folder's file names; moves with them to the run folder's owner
 
 # ---------------------------------------------------------------- tables and report blocks
@@ -139,21 +139,22 @@ def _sampling_curves(runs: list[dict], key: str) -> dict[tuple[str, str], list[t
 
 
 def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str]) -> str | None:
-    """Quality vs NFE and vs sampling ms per image: one line per diffusion sampler (blue, one style each), the GAN as
-    one vermillion star (one forward pass)."""
+    """Quality vs NFE and vs sampling ms per image: one line per diffusion sampler (blue, one line style and marker
+    each), the GAN as one vermillion star (one forward pass)."""
     key, label = quality
     curves = _sampling_curves(runs, key)
     if not curves:
         return None
     fig, axes = new_figure(2, width=4.5, height=3.4)
-    styles = iter(LINE_STYLES * len(curves))
+    k = 0
     for (model, name), pts in curves.items():
         if model == "gan":
             style = {"marker": "*", "markersize": 12, "ls": "none"}
             text = "GAN (1 forward)"
         else:
-            style = {"marker": "o", "ls": next(styles)}
+            style = {"marker": MARKERS[k % len(MARKERS)], "ls": LINE_STYLES[k % len(LINE_STYLES)]}
             text = f"diffusion, {name}"
+            k += 1
         style["color"] = FAMILY_COLOURS[model]
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=text, **style)
         timed = [(p[2] * 1e3, p[1]) for p in pts if p[2]]
