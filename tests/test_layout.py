@@ -14,8 +14,9 @@ OPTIONAL = {
     ("gpu_check.py", "diffusers"),  # the `peers` extra, only for the comparison with diffusers' UNet
 }
 
-# Files being restructured (issue 9: one model bundle, the image benchmark as stages, RunDir, configs). Each still has
-# long functions or imports inside functions; take a file out of this set once it is clean (a test says when).
+# Files being restructured (one model bundle, the image benchmark as stages, one owner of the run folder, configs that
+# hold only choices). Each still has long functions or imports inside functions; take a file out of this set once it
+# is clean (a test says when).
 PENDING = {"imagebench.py", "suite.py", "cli.py", "config.py", "data.py", "images.py", "judge.py", "metrics.py",
            "results.py"}
 

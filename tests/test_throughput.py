@@ -1,6 +1,7 @@
 """Throughput: the timer, the FLOP counts against closed forms, the fields of a tiny `gvd throughput` run, the budget
 rule, the table and report blocks, and the quality-vs-cost figures drawn from whatever results.json holds."""
 
+import dataclasses
 import json
 import time
 
@@ -12,7 +13,7 @@ from bench.cli import main
 from bench.config import preset
 from bench import gpu_check
 from bench.report_throughput import quality_cost_figures, throughput_blocks, throughput_table
-from bench.throughput import _plan, image_throughput, run_entry_throughput
+from bench.throughput import _plan, _prepare, _train_inputs, image_throughput, run_entry_throughput
 from bench.timing import count_flops, measure
 from models.mlp import num_params
 from models.unet import UNet
@@ -133,6 +134,20 @@ def test_tiny_budget_estimates_the_loops_and_says_so():
         expect = 50 * (cost["network_step_s"] + cost["sampler_step_s"]) + r["models"]["diffusion"]["decode_s"]["batch"]
         assert row["seconds_per_batch"] == pytest.approx(expect)
     assert all(row["method"] == "measured" for row in r["rows"] if row["stage"] == "train")  # always measured
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_training_rows_drop_the_configured_fraction_of_captions(p):
+    """The UNet's training batch drops cfg.caption_dropout of its captions, as the image benchmark does (and the
+    GAN's condition is never dropped)."""
+    cfg = dataclasses.replace(preset("smoke").images, caption_dropout=p, batch_size=400)
+    b = _prepare(cfg, torch.device("cpu"), 3, 4, None, seed=0)
+    inputs = _train_inputs(b, 3)
+    dropped = (inputs["ctx"] == b.uncond[0]).all(dim=(1, 2)) & (inputs["ctx_mask"] == b.uncond[1]).all(dim=1)
+    assert len(dropped) == 400 and abs(dropped.float().mean().item() - p) <= 5 * (p * (1 - p) / 400) ** 0.5
+    kept = inputs["ctx"][~dropped]
+    assert all(any(torch.equal(c, s) for s in b.states) for c in kept[:8])  # the others are the prompts' states
+    assert torch.equal(inputs["cond"], b.pooled.repeat(100, 1))
 
 
 @pytest.mark.parametrize("argv, message", [
