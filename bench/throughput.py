@@ -137,11 +137,6 @@ def _row(model: str, stage: str, timing: dict, *, batch: int, flops: float, nfe=
             "peak_memory_mb": None if peak_mem is None else peak_mem / 2**20}
 
 
-
-
-# ---------------------------------------------------------------- the measurement
-
-
 # ---------------------------------------------------------------- the measurement
 
 
