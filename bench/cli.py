@@ -30,10 +30,11 @@ from bench.image_models import ImageModels
 from bench.imagebench import sample_from_checkpoint
 from bench.images import DataError, load_image_dataset
 from bench.report import write_report
+from bench.report_throughput import throughput_table
 from bench.results import load_results, summarise
 from bench.rundir import RunDir, save_grid, write_json
 from bench.suite import default_workers, resolve_device, run_suite
-from bench.throughput import image_throughput, throughput_table
+from bench.throughput import image_throughput
 from models.samplers import SAMPLERS
 
 

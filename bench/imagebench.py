@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from bench.config import ImageBenchConfig, parse_sampler
 from bench.image_models import (
     ImageModels,
-    autocast,
     encode_captions,
     encode_latents,
     network_configs,
@@ -43,12 +42,12 @@ from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.sweeps import sweep
-from bench.train import checkpoint_interval, train_diffusion, train_gan
+from bench.train import autocast, checkpoint_interval, drop_captions, train_diffusion, train_gan, vae_step
 from models.dcgan import Discriminator, Generator
 from models.mlp import num_params
 from models.text import Tokenizer, clip_loss
 from models.unet import UNet
-from models.vae import KLAutoencoder, latent_scale_factor, psnr, vae_loss
+from models.vae import KLAutoencoder, latent_scale_factor, psnr
 
 FAMILIES = ("gan", "diffusion")
 
@@ -165,13 +164,7 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
     draw = _batches(len(images), cfg.vae_batch_size, torch.Generator().manual_seed(seed + 2))
     history = []
     for step in tqdm(range(cfg.vae_steps), desc="VAE", leave=False, disable=not progress):
-        x = images[draw(step).to(device)]
-        with autocast(device, cfg.amp):
-            recon, mean, logvar = vae(x)
-            loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), vae.cfg.kl_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, stats = vae_step(vae, opt, images[draw(step).to(device)], cfg.amp)
         sched.step()
         history.append({"step": step, "loss": loss.item(), **stats})
     vae.eval().requires_grad_(False)
@@ -191,13 +184,11 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     alpha_bar = schedule(cfg.diffusion, device)
     gen = torch.Generator().manual_seed(seed + 3)
     draw = _batches(len(latents), cfg.batch_size, gen)
-    (states, mask), (u_states, u_mask) = text, uncond
+    states, mask = text
 
     def batch(step):
         idx = draw(step).to(device)
-        drop = (torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(device)  # (B,)
-        ctx = torch.where(drop[:, None, None], u_states, states[idx])  # (B, L, W)
-        ctx_mask = torch.where(drop[:, None], u_mask, mask[idx])  # (B, L)
+        ctx, ctx_mask = drop_captions(states[idx], mask[idx], uncond, cfg.caption_dropout, gen)
         return latents[idx], {"context": ctx, "context_mask": ctx_mask}
 
     snapshots: list = []

@@ -384,7 +384,8 @@ def load_torchvision(name: str, root: str, resolution: int = 32, train: bool = T
 # ------------------------------------------------------------------------------------------------ registry
 
 IMAGE_DATASETS = {
-    "shapes": "procedurally drawn coloured shapes with captions ('a small red circle'); 4 shapes x 6 colours = 24 modes",
+    "shapes": "procedurally drawn coloured shapes with captions ('a small red circle'); 4 shapes x 6 colours = 24 "
+              "modes",
     "digits": "scikit-learn's 1,797 real 8x8 handwritten digits, resized, 1 channel; 10 modes",
     "stacked-digits": "three real digits stacked as RGB channels (Stacked MNIST protocol); 1000 modes",
     "folder:PATH": "an image folder with class sub-folders (ImageFolder), optional metadata.csv captions",

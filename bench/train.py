@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from models.diffusion import diffusion_loss
 from models.layers import GAN_LOSSES, gan_d_loss, gan_g_loss, setting
+from models.vae import vae_loss
 
 
 @dataclass
@@ -53,6 +54,35 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def autocast(device, amp: bool) -> torch.autocast:
+    """The mixed precision of every training loop and timing of one: bf16 autocast on CUDA when `amp`, plain float32
+    otherwise (on the CPU bf16 is slower, so `amp` is ignored there)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def drop_captions(states: torch.Tensor, mask: torch.Tensor, uncond: tuple, p: float, generator: torch.Generator):
+    """Classifier-free guidance training (Ho & Salimans 2021, Algorithm 1): each caption of the batch is replaced by
+    the empty caption with probability p, so one network learns the conditional and the unconditional model.
+    states (B, L, W), mask (B, L); uncond = (states (1, L, W), mask (1, L)) of "". Draws B uniforms from generator."""
+    drop = (torch.rand(len(states), generator=generator) < p).to(states.device)  # (B,)
+    return (torch.where(drop[:, None, None], uncond[0], states),  # (B, L, W)
+            torch.where(drop[:, None], uncond[1], mask))  # (B, L)
+
+
+def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, dict]:
+    """One optimiser step of the KL autoencoder on the image batch x (B, C, H, W): L1 reconstruction + KL loss
+    (Kingma & Welling 2014 eq. 10; Rombach et al. 2022 appendix G; models/vae.py vae_loss), the forward under
+    `autocast(x.device, amp)`, the loss in float32. Returns (loss, its parts); the caller steps any schedule."""
+    with autocast(x.device, amp):
+        recon, mean, logvar = vae(x)
+        loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), vae.cfg.kl_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, stats
+
+
 def checkpoint_interval(steps: int, checkpoints: int) -> int:
     """snapshot_every for about `checkpoints` evenly spaced snapshots, the last at the final step when it divides
     (0 = none)."""
@@ -62,6 +92,11 @@ def checkpoint_interval(steps: int, checkpoints: int) -> int:
 def snapshot(module: nn.Module) -> nn.Module:
     """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
     return copy.deepcopy(module).eval().requires_grad_(False)
+
+
+def _cond_args(cond) -> tuple:
+    """The extra network arguments of a batch: none for unconditional models (cond None), else (cond,)."""
+    return () if cond is None else (cond,)
 
 
 def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True,
@@ -74,21 +109,20 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
     """
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
-    cond_args = lambda cond: () if cond is None else (cond,)
     history, status = [], {"status": "ok"}
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x, cond = real_batch(step)
         # --- discriminator step: real vs a detached fake batch
         with torch.no_grad():  # D's step needs no graph through G
-            fake = G(latent(len(x)), *cond_args(cond))
-        real_logits, fake_logits = D(x, *cond_args(cond)), D(fake, *cond_args(cond))
+            fake = G(latent(len(x)), *_cond_args(cond))
+        real_logits, fake_logits = D(x, *_cond_args(cond)), D(fake, *_cond_args(cond))
         d_loss = gan_d_loss(real_logits, fake_logits, cfg.loss)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         d_grad = grad_norm(D)
         opt_d.step()
         # --- generator step: a fresh fake batch through the updated discriminator
-        g_loss = gan_g_loss(D(G(latent(len(x)), *cond_args(cond)), *cond_args(cond)), cfg.loss)
+        g_loss = gan_g_loss(D(G(latent(len(x)), *_cond_args(cond)), *_cond_args(cond)), cfg.loss)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         g_grad = grad_norm(G)

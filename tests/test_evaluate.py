@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench.mixtures
 from bench import imagebench
 from bench.config import preset
 from bench.imagebench import run_image_dataset
@@ -62,15 +63,35 @@ def mixture_runs(tmp_path_factory):
     mix = preset("smoke").mixtures
     mix = dataclasses.replace(mix, samplers=["ddim:5", "dpmpp2m:20"], eval_checkpoints=5)
     out = tmp_path_factory.mktemp("mix")
-    runs = {m: run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
-            for m in ("gan", "diffusion")}
+    runs = {}
+    for m in ("gan", "diffusion"):
+        with pytest.MonkeyPatch.context() as patch:  # count the training examples where the data is drawn
+            patch.setattr(bench.mixtures, "sample_mixture", _Counted(bench.mixtures.sample_mixture))
+            runs[m] = run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
+            runs[m]["drawn"] = bench.mixtures.sample_mixture.examples
     return mix, out, runs
 
 
+class _Counted:
+    """A data source that counts the examples it hands out."""
+
+    def __init__(self, draw):
+        self.draw, self.examples = draw, 0
+
+    def __call__(self, dataset, n, generator):
+        self.examples += n
+        return self.draw(dataset, n, generator)
+
+
 def test_mixture_models_share_sample_count_and_budget(mixture_runs):
-    mix, _, runs = mixture_runs
+    mix, out, runs = mixture_runs
     assert runs["gan"]["metrics"]["num_samples"] == runs["diffusion"]["metrics"]["num_samples"] == mix.num_samples
-    assert runs["gan"]["train"]["examples_seen"] == runs["diffusion"]["train"]["examples_seen"]
+    # matched budgets, counted independently of the harness's own bookkeeping: the examples the training loops drew
+    # from the data, and the steps in the history files x the batch size
+    for model, run in runs.items():
+        steps = len(_read_history(RunDir(out).history_path("ring8", 0, model)))
+        assert run["drawn"] == steps * mix.batch_size == run["train"]["examples_seen"], model
+    assert runs["gan"]["drawn"] == runs["diffusion"]["drawn"] == mix.steps * mix.batch_size  # neither diverged
 
 
 def test_mixture_curve_ends_at_the_headline_scores(mixture_runs):

@@ -7,8 +7,9 @@ import torch
 
 from bench.data import mixture_scale, sample_mixture
 from bench.metrics import mixture_modes
-from bench.train import GANTrainConfig, ema_update, train_gan
+from bench.train import GANTrainConfig, autocast, drop_captions, ema_update, train_gan, vae_step
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
+from models.vae import KLAutoencoder, VAEConfig, vae_loss
 
 
 def test_mixture_samples_follow_the_protocol():
@@ -42,7 +43,10 @@ def test_gan_steps_move_d_outputs_apart():
     cfg = MLPConfig(width=32, depth=2)
     G, D = MLPGenerator(cfg), MLPDiscriminator(cfg)
     gen = torch.Generator().manual_seed(0)
-    real = lambda s: (sample_mixture("ring8", 64, gen), None)
+
+    def real(step):
+        return sample_mixture("ring8", 64, gen), None
+
     history, status = train_gan(G, D, real, lambda n: torch.randn(n, cfg.z_dim, generator=gen),
                                 GANTrainConfig(lr=1e-3), steps=30)
     assert status["status"] == "ok" and len(history) == 30
@@ -56,3 +60,50 @@ def test_ema_update_is_a_convex_combination():
     expected = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
     ema_update(a, b, decay=0.9)
     assert torch.allclose(a.weight, expected)
+
+
+def test_autocast_is_bf16_on_cuda_only_when_asked():
+    with autocast("cpu", True):  # the CPU ignores amp: bf16 is slower there
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    if torch.cuda.is_available():
+        x = torch.ones(2, 2, device="cuda")
+        with autocast("cuda", True):
+            assert (x @ x).dtype == torch.bfloat16
+        with autocast("cuda", False):
+            assert (x @ x).dtype == torch.float32
+
+
+def test_drop_captions_replaces_a_fraction_p_by_the_empty_caption():
+    n, length, width = 4000, 3, 2
+    states, mask = torch.randn(n, length, width), torch.ones(n, length, dtype=torch.bool)
+    uncond = (torch.zeros(1, length, width), torch.tensor([[True, False, False]]))
+    for p in (0.0, 0.1, 1.0):
+        gen = torch.Generator().manual_seed(0)
+        ctx, ctx_mask = drop_captions(states, mask, uncond, p, gen)
+        dropped = (ctx == 0).all(dim=(1, 2))
+        assert torch.equal(ctx[~dropped], states[~dropped]) and torch.equal(ctx_mask[~dropped], mask[~dropped])
+        assert (ctx_mask[dropped] == uncond[1]).all()
+        assert abs(dropped.float().mean().item() - p) <= 5 * math.sqrt(p * (1 - p) / n)  # Binomial(n, p), 5 sd
+        # the same draws as the image benchmark's caption dropout: one uniform per caption from the generator
+        assert torch.equal(dropped, torch.rand(n, generator=torch.Generator().manual_seed(0)) < p)
+
+
+def test_vae_step_takes_one_step_on_the_published_loss():
+    torch.manual_seed(0)
+    vae = KLAutoencoder(VAEConfig(in_channels=3, resolution=8, channels=(8, 8), latent_channels=2, groups=4))
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+
+    def loss_now():  # the loss of the current weights, on the same reparameterisation noise as the step
+        torch.manual_seed(1)
+        with torch.no_grad():
+            recon, mean, logvar = vae(x)
+            return vae_loss(recon, x, mean, logvar, vae.cfg.kl_weight)[0]
+
+    expect = loss_now()
+    opt = torch.optim.SGD(vae.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in vae.parameters()]
+    torch.manual_seed(1)
+    loss, stats = vae_step(vae, opt, x, amp=True)
+    assert torch.allclose(loss, expect) and set(stats) == {"recon", "kl"}  # the loss of the weights before the step
+    assert any(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))
+    assert loss_now() < expect  # a descent step on a fixed batch
