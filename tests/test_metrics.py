@@ -262,10 +262,13 @@ def test_fid_is_exact_with_fewer_samples_than_dimensions(d, n):
     # imaginary parts of ~1e-7 and clean-fid's identical-set FID comes out at about -1e-5.
     rng = np.random.default_rng(d)
     x, y = rng.normal(size=(n, d)), 1.5 * rng.normal(size=(n, d)) + 0.2
-    value = metrics.fid(x, y)
-    assert isinstance(value, float)
-    assert value == pytest.approx(fid_from_gram(x, y), rel=1e-11)
+    (mu_x, s_x), (mu_y, s_y) = metrics.gaussian_moments(x), metrics.gaussian_moments(y)
+    from_moments = metrics.frechet_distance(mu_x, s_x, mu_y, s_y)  # square roots of (d, d) singular covariances
+    assert isinstance(from_moments, float)
+    assert from_moments == pytest.approx(fid_from_gram(x, y), rel=1e-11)
+    assert metrics.fid(x, y) == pytest.approx(from_moments, rel=1e-11)  # fid's own (n, n) route
     assert metrics.fid(x, x) == pytest.approx(0.0, abs=1e-9 * d)
+    assert metrics.frechet_distance(mu_x, s_x, mu_x, s_x) == pytest.approx(0.0, abs=1e-9 * d)
 
 
 def test_frechet_distance_closed_forms_with_non_diagonal_and_singular_covariances():

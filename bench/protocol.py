@@ -1,0 +1,86 @@
+"""The protocol record: everything a feature-based number (FID, KID, PRDC) depends on besides the two image sets.
+
+FID from different feature networks, resizing, sample counts, reference sets or library versions cannot be put side
+by side (Parmar et al. 2022 on resizing; Chong & Forsyth 2020 on the sample count). Each metric family in a run
+carries one of these records; `comparable(a, b)` names the fields on which two of them differ, so a comparison of
+two runs can flag numbers that are not comparable instead of printing a misleading delta.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+
+import numpy as np
+import torch
+
+PROTOCOL_VERSION = 1  # bump when the record's fields change
+
+
+def content_hash(array) -> str:
+    """sha256 of an array's dtype, shape and values (a torch tensor or numpy array): the identity of an image set."""
+    arr = array.detach().cpu().contiguous().numpy() if isinstance(array, torch.Tensor) else np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def module_hash(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and values in name order): the identity of trained weights
+    that are not a file, such as the judge's."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    """Versions of everything that changes the numbers: torch (the network), numpy and scipy (the maths), clean-fid
+    (the resizer and KID), Pillow (the bicubic resize itself)."""
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": version("scipy"), "clean-fid": version("clean-fid"), "pillow": version("pillow")}
+
+
+def protocol_record(*, backbone: str, weights_sha256: str, resize: str, resize_size: int | None, num_real: int,
+                    num_fake: int, reference_split: str, reference_hash: str, num_seeds: int,
+                    kid_subset_size: int | None = None) -> dict:
+    """How a set of feature-based metrics was computed.
+
+    backbone: the feature network ("judge", or an Inception file's name); weights_sha256: its weights' hash;
+    resize / resize_size: how images reach the network's input (None when fed at their own size); num_real /
+    num_fake: the sample counts FID is biased by; reference_split / reference_hash: which real images, and their
+    content hash; num_seeds: training seeds behind the number; kid_subset_size: KID's subset size as used.
+    """
+    return {"protocol": PROTOCOL_VERSION, "backbone": backbone, "weights_sha256": weights_sha256, "resize": resize,
+            "resize_size": resize_size, "num_real": int(num_real), "num_fake": int(num_fake),
+            "reference_split": reference_split, "reference_hash": reference_hash, "num_seeds": int(num_seeds),
+            "kid_subset_size": kid_subset_size, "versions": library_versions()}
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)  # 1 and 1.0, None and null compare alike
+    return out
+
+
+def comparable(rec_a: dict | None, rec_b: dict | None, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The fields (dotted, e.g. "versions.torch") on which two protocol records differ; [] means the numbers are
+    comparable. A field present in one record only counts as different; a missing record differs in everything
+    ("protocol" alone). Fields in `ignore`, or under a prefix in it ("versions"), are skipped."""
+    if rec_a is None or rec_b is None:
+        return [] if rec_a is rec_b else ["protocol"]
+    flat_a, flat_b = _flatten(rec_a), _flatten(rec_b)
+    skipped = tuple(ignore) + tuple(f"{p}." for p in ignore)
+    return sorted(k for k in flat_a.keys() | flat_b.keys()
+                  if flat_a.get(k) != flat_b.get(k) and not k.startswith(skipped))
