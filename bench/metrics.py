@@ -222,6 +222,17 @@ def fid(real_feats, fake_feats) -> float:
     return max(float(value), 0.0)
 
 
+def kid_subset_size(num_real: int, num_fake: int, max_subset_size: int = 1000) -> tuple[int, str | None]:
+    """KID's subset size m = min(N, M, max_subset_size) and, when it is smaller than asked for, why."""
+    if max_subset_size < 2:
+        raise ValueError(f"KID needs max_subset_size >= 2 (an unbiased MMD^2 needs pairs), got {max_subset_size}")
+    m = min(num_real, num_fake, max_subset_size)
+    if m == max_subset_size:
+        return m, None
+    return m, (f"subset size {max_subset_size} exceeds the sample count (real {num_real}, fake {num_fake}): "
+               f"shrunk to {m}")
+
+
 def kid_report(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: int = 1000,
                seed: int = 0) -> dict:
     """Kernel Inception Distance (Binkowski et al. 2018, sec. 2.2 / 4): the unbiased MMD^2
@@ -237,13 +248,9 @@ def kid_report(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: 
     from cleanfid.fid import kernel_distance
 
     real, fake = _feature_pair(real_feats, fake_feats)
-    if num_subsets < 1 or max_subset_size < 2:
-        raise ValueError(f"KID needs num_subsets >= 1 and max_subset_size >= 2, got {num_subsets}, {max_subset_size}")
-    m = min(len(real), len(fake), max_subset_size)
-    note = None
-    if m < max_subset_size:
-        note = (f"subset size {max_subset_size} exceeds the sample count (real {len(real)}, fake {len(fake)}): "
-                f"shrunk to {m}")
+    if num_subsets < 1:
+        raise ValueError(f"KID needs num_subsets >= 1, got {num_subsets}")
+    m, note = kid_subset_size(len(real), len(fake), max_subset_size)
     # clean-fid draws its subsets from numpy's global RNG: seed it for a reproducible value and
     # give the caller's RNG state back afterwards.
     state = np.random.get_state()

@@ -14,6 +14,8 @@ import platform
 import numpy as np
 import torch
 
+from bench.metrics import kid_subset_size
+
 PROTOCOL_VERSION = 1  # bump when the record's fields change
 
 
@@ -50,18 +52,19 @@ def library_versions() -> dict:
 
 def protocol_record(*, backbone: str, weights_sha256: str, resize: str, resize_size: int | None, num_real: int,
                     num_fake: int, reference_split: str, reference_hash: str, num_seeds: int,
-                    kid_subset_size: int | None = None) -> dict:
+                    kid_subset_size: int | None = None, kid_subset_note: str | None = None) -> dict:
     """How a set of feature-based metrics was computed.
 
     backbone: the feature network ("judge", or an Inception file's name); weights_sha256: its weights' hash;
     resize / resize_size: how images reach the network's input (None when fed at their own size); num_real /
     num_fake: the sample counts FID is biased by; reference_split / reference_hash: which real images, and their
-    content hash; num_seeds: training seeds behind the number; kid_subset_size: KID's subset size as used.
+    content hash; num_seeds: training seeds behind the number; kid_subset_size / kid_subset_note: KID's subset
+    size as used, and why it is smaller than asked for (bench.metrics.kid_subset_size).
     """
     return {"protocol": PROTOCOL_VERSION, "backbone": backbone, "weights_sha256": weights_sha256, "resize": resize,
             "resize_size": resize_size, "num_real": int(num_real), "num_fake": int(num_fake),
             "reference_split": reference_split, "reference_hash": reference_hash, "num_seeds": int(num_seeds),
-            "kid_subset_size": kid_subset_size, "versions": library_versions()}
+            "kid_subset_size": kid_subset_size, "kid_subset_note": kid_subset_note, "versions": library_versions()}
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:
@@ -84,3 +87,21 @@ def comparable(rec_a: dict | None, rec_b: dict | None, ignore: tuple[str, ...] =
     skipped = tuple(ignore) + tuple(f"{p}." for p in ignore)
     return sorted(k for k in flat_a.keys() | flat_b.keys()
                   if flat_a.get(k) != flat_b.get(k) and not k.startswith(skipped))
+
+
+def feature_protocols(real, num_fake: int, reference_split: str, *, judge_net: torch.nn.Module | None = None,
+                      inception=None, num_seeds: int = 1) -> dict:
+    """The protocol records of one run entry, by feature family: "judge" (the judge's own features, images at their
+    own size) and "inception" (a bench.inception.Backbone), each where it was used. real: the reference images."""
+    reference_hash = content_hash(real)
+    m, note = kid_subset_size(len(real), num_fake)  # KID's default subset size, as both families use it
+    common = dict(num_real=len(real), num_fake=num_fake, reference_split=reference_split,
+                  reference_hash=reference_hash, num_seeds=num_seeds, kid_subset_size=m, kid_subset_note=note)
+    out = {}
+    if judge_net is not None:
+        out["judge"] = protocol_record(backbone="judge", weights_sha256=module_hash(judge_net), resize="none",
+                                       resize_size=None, **common)
+    if inception is not None:
+        out["inception"] = protocol_record(backbone=inception.name, weights_sha256=inception.weights_sha256,
+                                           resize=inception.resize, resize_size=inception.size, **common)
+    return out
