@@ -126,6 +126,7 @@ def _full() -> SuiteConfig:
         vae=VAEConfig(channels=(64, 128, 128), latent_channels=4, layers_per_level=2),
         unet=UNetConfig(channels=(64, 128, 128), layers_per_block=2, attention=(False, True, True)),
         dcgan=DCGANConfig(width=64, z_dim=128),
+        inception=True,  # Inception FID beside the judge's (the extra; without it the run names what is missing)
     )
     mix = MixtureBenchConfig(steps=6000)
     return SuiteConfig(name="full", seeds=[0, 1, 2], mixtures=mix, images=img)

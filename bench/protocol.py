@@ -105,3 +105,33 @@ def feature_protocols(real, num_fake: int, reference_split: str, *, judge_net: t
         out["inception"] = protocol_record(backbone=inception.name, weights_sha256=inception.weights_sha256,
                                            resize=inception.resize, resize_size=inception.size, **common)
     return out
+
+
+def describe_protocol(record: dict) -> str:
+    """One line for a report, under the table whose numbers the record describes."""
+    resize = f"{record['resize']} to {record['resize_size']}" if record.get("resize_size") else "no resize"
+    versions = ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items() if k != "python" and v)
+    return (f"{record['backbone']} (weights sha256 {record['weights_sha256'][:12]}), {resize}; "
+            f"{record['num_real']:,} real vs {record['num_fake']:,} generated, reference {record['reference_split']} "
+            f"(sha256 {record['reference_hash'][:12]}); {record['num_seeds']} seed(s); KID subsets of "
+            f"{record.get('kid_subset_size')}; {versions}.")
+
+
+def compare_protocols(runs_a: list[dict], runs_b: list[dict], ignore: tuple[str, ...] = ()) -> dict:
+    """For two results.json `runs` lists: {(dataset, model, family): [differing fields]} for every feature family
+    (judge, inception) whose records differ between the two, each run's lowest-seed entry standing for it; a family
+    that one run has and the other lacks differs in "protocol"."""
+    def records(runs: list[dict]) -> dict:
+        out = {}
+        for run in sorted(runs, key=lambda r: -r.get("seed", 0)):  # the lowest seed is written last and wins
+            for family, rec in (run.get("protocol") or {}).items():
+                out[(run["dataset"], run["model"], family)] = rec
+        return out
+
+    rec_a, rec_b = records(runs_a), records(runs_b)
+    shared_pairs = {k[:2] for k in rec_a} & {k[:2] for k in rec_b}
+    out = {}
+    for key in sorted(k for k in rec_a.keys() | rec_b.keys() if k[:2] in shared_pairs):
+        if diff := comparable(rec_a.get(key), rec_b.get(key), ignore):
+            out[key] = diff
+    return out

@@ -358,3 +358,21 @@ def test_content_and_module_hashes_follow_the_content():
     with torch.no_grad():
         b.bias += 1
     assert module_hash(a) != module_hash(b)
+
+
+def test_two_runs_are_flagged_where_their_protocols_differ():
+    from bench.protocol import compare_protocols, describe_protocol
+
+    def run(model, seed, **changes):
+        return {"dataset": "shapes", "model": model, "seed": seed,
+                "protocol": {"judge": _record(backbone="judge", **changes), "inception": _record(**changes)}}
+
+    a = [run("gan", 0), run("gan", 1, num_fake=7), run("diffusion", 0)]
+    assert compare_protocols(a, [run("gan", 0), run("diffusion", 0)]) == {}  # seed 0 stands for each run
+    b = [run("gan", 0, num_fake=500), run("diffusion", 0)]
+    b[1]["protocol"].pop("inception")
+    assert compare_protocols(a, b) == {("shapes", "gan", "inception"): ["num_fake"],
+                                       ("shapes", "gan", "judge"): ["num_fake"],
+                                       ("shapes", "diffusion", "inception"): ["protocol"]}
+    line = describe_protocol(_record())
+    assert "1,000 real vs 1,000 generated" in line and "to 299" in line and "clean-fid" in line
