@@ -256,7 +256,7 @@ def test_fid_agrees_with_clean_fid_on_well_conditioned_covariances():
         assert metrics.fid(x, y) == pytest.approx(clean_fid_frechet(mu_y, s_y, mu_x, s_x), rel=1e-9)
 
 
-@pytest.mark.parametrize("d,n", [(64, 10), (256, 20), (512, 50)])
+@pytest.mark.parametrize("d,n", [(64, 10), (160, 30)])
 def test_fid_is_exact_with_fewer_samples_than_dimensions(d, n):
     # Rank-deficient covariances (rank n - 1 < d): S1 S2 is singular, scipy's sqrtm of it has
     # imaginary parts of ~1e-7 and clean-fid's identical-set FID comes out at about -1e-5.
