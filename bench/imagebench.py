@@ -542,7 +542,7 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
             entry["metrics"] = {**score(imgs, fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts), seed=seed),
                                 **common}
             if real_inception is not None and judge is not None:  # beside the judge's, comparable with papers'
-                entry["metrics"].update(inception_metrics(real_inception, inception.features(imgs), seed)[0])
+                entry["metrics"].update(inception_metrics(real_inception, inception.features(imgs))[0])
         except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
             entry["metrics"] = dict(common)
             entry["status"] = "diverged" if status["status"] == "diverged" else "failed"
