@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from tqdm.auto import tqdm
 
 from bench.config import ImageBenchConfig, parse_sampler
+from bench.featcache import cached_features
 from bench.image_models import (
     ImageModels,
     encode_captions,
@@ -35,8 +37,10 @@ from bench.image_models import (
     schedule,
 )
 from bench.images import ImageData, load_image_dataset
-from bench.judge import Judge, inception_features, judge_failure, load_inception, load_or_train_judge
+from bench.inception import Backbone, inception_backbone, inception_metrics, missing_inception
+from bench.judge import Judge, judge_failure, load_or_train_judge
 from bench.metrics import cond_accuracy, fid, fid_bootstrap, fid_curve, fid_extrapolate, kid, mode_stats, prdc
+from bench.protocol import feature_protocols
 from bench.results import failed_entry
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
@@ -70,7 +74,9 @@ class Prepared:
     dataset: str
     data: ImageData
     judge: Judge | None  # None for data without classes (no labels to train one on)
-    inception: torch.jit.ScriptModule | None  # clean-fid's Inception, when its weights were given
+    inception: Backbone | None  # Inception-v3 (the extra's file or clean-fid's), when asked for and present
+    inception_missing: str | None  # why Inception metrics were asked for and cannot be had
+    cache_dir: Path  # where judges and reference features are cached
     failure: str | None = None  # why the run cannot go on (a judge below its accuracy floor)
 
 
@@ -81,9 +87,11 @@ def prepare(dataset: str, cfg: ImageBenchConfig, device: torch.device, cache_dir
     judge = None
     if data.num_modes >= 2:
         judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
-    inception = load_inception(cfg.inception_weights, str(device)) if cfg.inception_weights else None
+    inception, inception_missing = inception_backbone(cfg.inception_weights, cfg.inception, str(device))
+    if inception_missing:
+        tqdm.write(f"{dataset}: no Inception metrics: {inception_missing}")
     failure = judge_failure(dataset, judge) if judge is not None else None
-    return Prepared(dataset, data, judge, inception, failure)
+    return Prepared(dataset, data, judge, inception, inception_missing, Path(cache_dir), failure)
 
 
 # ---------------------------------------------------------------- stage 2: training
@@ -241,6 +249,7 @@ class EvalSet:
     seeds: torch.Tensor  # (N,) per-sample seeds
     real: torch.Tensor  # (N, C, H, W) reference images
     real_feats: np.ndarray | None  # their features (judge, or Inception for data without classes)
+    real_inception: np.ndarray | None  # their Inception features, when Inception is on (cached across runs)
     generator: torch.Generator  # drew the reference set; draws the real images of the sample grids next
 
 
@@ -248,9 +257,10 @@ def eval_set(prep: Prepared, models: ImageModels, cfg: ImageBenchConfig, seed: i
     generator = torch.Generator().manual_seed(10_000 + seed)
     prompts, labels = prep.data.prompts(cfg.num_samples, seed=10_000 + seed)
     real = prep.data.images[torch.randperm(len(prep.data.images), generator=generator)[: cfg.num_samples]]
-    real_feats, _ = describe(real, prep.judge, prep.inception)
+    real_inception = cached_features(real, prep.inception, prep.cache_dir)[0] if prep.inception is not None else None
+    real_feats = describe(real, prep.judge, None)[0] if prep.judge is not None else real_inception
     return EvalSet(prompts, labels, models.encode(prompts), sample_seeds(seed, cfg.num_samples), real, real_feats,
-                   generator)
+                   real_inception, generator)
 
 
 def draw(models: ImageModels, ev: EvalSet, family: str, n: int, knob: float, sampler: str, net=None):
@@ -344,7 +354,7 @@ def describe(images: torch.Tensor, judge, inception) -> tuple[np.ndarray | None,
     if judge is not None:
         return judge.features(images), judge.labels(images).numpy()
     if inception is not None:
-        return inception_features(images, inception), None
+        return inception.features(images), None
     return None, None
 
 
@@ -373,15 +383,15 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
     return out
 
 
-def unavailable_metrics(has_judge: bool, has_inception: bool) -> dict | None:
+def unavailable_metrics(has_judge: bool, has_inception: bool, inception_missing: str | None = None) -> dict | None:
     """Which metrics a run cannot report and why (None when all are there)."""
     if has_judge:
-        return None
+        return missing_inception(inception_missing) if inception_missing else None
     missing = ["modes", "kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
                                                                           "density", "coverage"])
     why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
-           ", and no Inception weights were given (inception_weights / --inception-weights)"))
-    return {"metrics": missing, "why": why}
+           f", and {inception_missing or 'no Inception weights were given (images.inception / --inception-weights)'}"))
+    return {"metrics": missing, "why": why, **({"fix": missing_inception("")["fix"]} if inception_missing else {})}
 
 
 CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
@@ -427,9 +437,8 @@ def _metrics_record(prep: Prepared, ev: EvalSet, fam: FamilyEval, entry: dict, c
     try:
         entry["metrics"] = {**score(prep, ev, fam.images, fid_boot=cfg.fid_bootstrap,
                                     fid_counts=tuple(cfg.fid_counts), seed=seed), **common}
-        if prep.inception is not None and prep.judge is not None:  # Inception FID/KID beside the judge's
-            real, fake = inception_features(ev.real, prep.inception), inception_features(fam.images, prep.inception)
-            entry["metrics"].update(fid_inception=fid(real, fake), kid_inception=kid(real, fake))
+        if ev.real_inception is not None and prep.judge is not None:  # beside the judge's, comparable with papers'
+            entry["metrics"].update(inception_metrics(ev.real_inception, prep.inception.features(fam.images))[0])
     except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
         entry["metrics"] = dict(common)
         entry["status"] = "diverged" if entry["status"] == "diverged" else "failed"
@@ -439,6 +448,10 @@ def _metrics_record(prep: Prepared, ev: EvalSet, fam: FamilyEval, entry: dict, c
 def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: ImageBenchConfig, seed: int,
            vae_info: dict) -> list[dict]:
     """The two run entries (gan, diffusion) of results.json."""
+    description = (f"{prep.dataset}: {len(ev.real)} of the {len(prep.data.images)} images, drawn with seed "
+                   f"{10_000 + seed}")
+    protocols = feature_protocols(ev.real, cfg.num_samples, description, inception=prep.inception,
+                                  judge_net=prep.judge.net if prep.judge is not None else None)
     entries = []
     for family in FAMILIES:
         fam, status = fams[family], trained.status[family]
@@ -449,8 +462,10 @@ def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: Image
         entry["throughput"] = {"nfe": fam.nfe, "sample_seconds": fam.seconds,
                                "samples_per_s": len(fam.images) / fam.seconds}
         entry["features"] = "judge" if prep.judge else "inception" if prep.inception is not None else None
-        if (missing := unavailable_metrics(prep.judge is not None, prep.inception is not None)) is not None:
+        missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
+        if missing is not None:
             entry["unavailable"] = missing
+        entry["protocol"] = protocols  # how the feature metrics were computed, by feature family
         entry["curve"], entry["sweep"] = fam.curve, fam.sweep
         entry["stability"] = stability(trained.histories[family], family)
         if fam.curve and prep.judge is not None:

@@ -9,8 +9,7 @@ separately (Stacked MNIST protocol); its label is 100 * d_red + 10 * d_green + d
 A trained judge is cached on disk (safetensors weights + json metadata) under a sha256 of the data key and the
 judge config, so each dataset's judge trains once.
 
-Inception features (clean-fid's "clean" mode: PIL bicubic resize to 299 of the uint8 image, the TorchScript
-Inception-v3 of the 2015-12-05 TF release) are available when the user supplies that weights file.
+Standard Inception features (for data without classes, and beside the judge's numbers) live in bench/inception.py.
 """
 
 import hashlib
@@ -18,7 +17,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -140,7 +138,8 @@ def train_judge(data: ImageData, cfg: JudgeConfig, device: str = "cpu") -> Judge
     per_channel = data.channel_source is not None
     source = data.channel_source if per_channel else data
     if source.num_modes < 2:
-        raise DataError("a judge needs at least two classes; this dataset has none (use --inception-weights)")
+        raise DataError("a judge needs at least two classes; this dataset has none (Inception features score it: "
+                        "images.inception or --inception-weights)")
     start = time.perf_counter()
     net, accuracy = _fit(source.images, source.labels, source.num_modes, cfg, device)
     return Judge(net, data.num_modes, accuracy, per_channel, time.perf_counter() - start)
@@ -196,38 +195,3 @@ def load_or_train_judge(data: ImageData, data_key: dict, cfg: JudgeConfig, cache
         json.dump(meta, f, indent=1, default=str)
     os.replace(meta_path + ".tmp", meta_path)
     return judge
-
-
-# ------------------------------------------------------------------------------------------------ Inception
-
-def load_inception(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
-    """clean-fid's TorchScript Inception-v3 (inception-2015-12-05.pt, from the StyleGAN2-ADA metrics), from a
-    local file; nothing is downloaded."""
-    if not os.path.isfile(path):
-        raise DataError(f"Inception weights file {path} does not exist")
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format these weights ship in
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(path, map_location=device).eval()
-    except (RuntimeError, ValueError) as err:
-        raise DataError(f"cannot load Inception weights {path} as TorchScript: "
-                        f"{str(err).strip().splitlines()[0]}") from None
-
-
-@torch.no_grad()
-def inception_features(images: torch.Tensor, model: torch.jit.ScriptModule, batch_size: int = 50) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, 2048) float64 pool features, as clean-fid's "clean" mode computes them
-    (Parmar et al. 2022): quantise to uint8 like a saved PNG, PIL bicubic resize to 299x299 per channel in
-    float, then the network's own normalisation (x - 128) / 128 and its pool3 layers."""
-    from cleanfid.resize import build_resizer
-
-    resize = build_resizer("clean")  # clean-fid's own resizer, so the numbers match clean-fid's
-    device = next(iter(model.parameters()), torch.zeros(0)).device
-    out = []
-    for batch in images.split(batch_size):
-        rgb = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch  # greyscale -> 3 equal channels
-        uint8 = ((rgb + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        big = torch.from_numpy(np.stack([resize(img) for img in uint8])).permute(0, 3, 1, 2)  # (B, 3, 299, 299)
-        x = (big.to(device) - 128) / 128
-        out.append(model.layers.forward(x).reshape(len(batch), 2048).double().cpu())
-    return torch.cat(out).numpy()

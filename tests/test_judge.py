@@ -1,6 +1,5 @@
 """The judge: reaches its accuracy floor on held-out and on freshly drawn data, labels stacked digits per channel,
-gives batch-independent float64 features, trains once per cache key, and computes Inception features the clean-fid
-way (checked on constant images, whose resize is exact)."""
+gives batch-independent float64 features and trains once per cache key (Inception features: tests/test_inception.py)."""
 
 import os
 
@@ -22,10 +21,8 @@ from bench.judge import (
     JUDGE_MIN_ACCURACY,
     Judge,
     JudgeConfig,
-    inception_features,
     judge_failure,
     judge_key,
-    load_inception,
     load_or_train_judge,
     train_judge,
 )
@@ -122,56 +119,6 @@ def test_damaged_cache_is_retrained(tmp_path, digits):
     weights = next(p for p in tmp_path.iterdir() if p.suffix == ".safetensors")
     weights.write_bytes(b"garbage")
     assert load_or_train_judge(digits, {"n": 1}, cfg, str(tmp_path)).net is not None
-
-
-class _FakeInceptionLayers(nn.Module):
-    """Stands in for the pool3 trunk: global average, then a fixed linear map to 2048 dims."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 2048, 1)
-
-    def forward(self, x):
-        return self.proj(x.mean((2, 3), keepdim=True))  # (B, 2048, 1, 1)
-
-
-class _FakeInception(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = _FakeInceptionLayers()
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_inception_features_follow_clean_fid_on_constant_images(tmp_path):
-    torch.manual_seed(0)
-    fake = _FakeInception()
-    path = str(tmp_path / "inception-2015-12-05.pt")
-    torch.jit.script(fake).save(path)
-    model = load_inception(path)
-    colours = torch.rand(4, 3) * 2 - 1
-    images = colours[:, :, None, None].expand(4, 3, 20, 20)
-    got = inception_features(images, model, batch_size=3)
-    # a constant image stays constant under any resize: uint8 quantise, then (x - 128) / 128, then the layers
-    u8 = ((colours + 1) * 127.5).round()
-    w, b = fake.layers.proj.weight[:, :, 0, 0].double(), fake.layers.proj.bias.double()
-    expected = ((u8.double() - 128) / 128) @ w.T + b
-    assert got.shape == (4, 2048) and got.dtype == np.float64
-    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-4)
-    grey = inception_features(images[:, :1], model)  # one channel is repeated to RGB
-    np.testing.assert_allclose(grey, inception_features(images[:, :1].expand(4, 3, 20, 20), model), atol=1e-6)
-
-
-def test_inception_bad_file_is_a_one_line_error(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        load_inception(str(tmp_path / "missing.pt"))
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not torchscript")
-    with pytest.raises(DataError) as err:
-        load_inception(str(junk))
-    assert str(junk) in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ OPTIONAL = {
 }
 
 # Files with late imports still to move to the top (open work elsewhere touches them: the held-out splits in
-# images.py / judge.py, the robust FID in metrics.py); take a file out once it is clean (a test says when).
-PENDING = {"images.py", "judge.py", "metrics.py"}
+# images.py); take a file out once it is clean (a test says when).
+PENDING = {"images.py"}
 
 # Single imports waiting for the same work.
 PENDING_IMPORTS: set[tuple[str, str]] = set()

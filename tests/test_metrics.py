@@ -223,6 +223,99 @@ def test_fid_extrapolate_recovers_the_intercept_of_a_one_over_n_curve():
     assert metrics.fid_extrapolate(curve) == pytest.approx(2.0, rel=1e-9)
 
 
+# ---------------------------------------------------------------- FID's matrix square root: hard cases
+
+
+def fid_from_gram(x, y):
+    """Second implementation for N, M < D: with centred rows Xc, Yc, S1 = Xc^T Xc / (N-1) and
+    S2 = Yc^T Yc / (M-1), Tr((S1 S2)^(1/2)) is the nuclear norm of the small (N, M) matrix
+    Xc Yc^T / sqrt((N-1)(M-1)) (the eigenvalues of A A^T B B^T are the squared singular values of
+    A^T B). No D x D matrix and no square root of a singular one."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    tr_sqrt = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt((len(x) - 1) * (len(y) - 1))
+    diff = x.mean(0) - y.mean(0)
+    return diff @ diff + (xc**2).sum() / (len(x) - 1) + (yc**2).sum() / (len(y) - 1) - 2 * tr_sqrt
+
+
+def clean_fid_frechet(mu1, s1, mu2, s2):
+    import warnings
+
+    from cleanfid.fid import frechet_distance
+
+    with warnings.catch_warnings():  # clean-fid passes sqrtm's deprecated `disp`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return float(frechet_distance(mu1, s1, mu2, s2))
+
+
+def test_fid_agrees_with_clean_fid_on_well_conditioned_covariances():
+    rng = np.random.default_rng(3)
+    for d in (3, 16, 64):
+        x = rng.normal(size=(600, d))
+        y = rng.normal(size=(500, d)) @ (np.eye(d) + 0.3 * rng.normal(size=(d, d))) + 0.5
+        (mu_x, s_x), (mu_y, s_y) = metrics.gaussian_moments(x), metrics.gaussian_moments(y)
+        assert metrics.fid(x, y) == pytest.approx(clean_fid_frechet(mu_y, s_y, mu_x, s_x), rel=1e-9)
+
+
+@pytest.mark.parametrize("d,n", [(64, 10), (160, 30)])
+def test_fid_is_exact_with_fewer_samples_than_dimensions(d, n):
+    # Rank-deficient covariances (rank n - 1 < d): S1 S2 is singular, scipy's sqrtm of it has
+    # imaginary parts of ~1e-7 and clean-fid's identical-set FID comes out at about -1e-5.
+    rng = np.random.default_rng(d)
+    x, y = rng.normal(size=(n, d)), 1.5 * rng.normal(size=(n, d)) + 0.2
+    (mu_x, s_x), (mu_y, s_y) = metrics.gaussian_moments(x), metrics.gaussian_moments(y)
+    from_moments = metrics.frechet_distance(mu_x, s_x, mu_y, s_y)  # square roots of (d, d) singular covariances
+    assert isinstance(from_moments, float)
+    assert from_moments == pytest.approx(fid_from_gram(x, y), rel=1e-11)
+    assert metrics.fid(x, y) == pytest.approx(from_moments, rel=1e-11)  # fid's own (n, n) route
+    assert metrics.fid(x, x) == pytest.approx(0.0, abs=1e-9 * d)
+    assert metrics.frechet_distance(mu_x, s_x, mu_x, s_x) == pytest.approx(0.0, abs=1e-9 * d)
+
+
+def test_frechet_distance_closed_forms_with_non_diagonal_and_singular_covariances():
+    rng = np.random.default_rng(0)
+    d = 12
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))  # a random rotation: non-diagonal covariances
+    a, b = rng.uniform(0.1, 4, d), rng.uniform(0.1, 4, d)
+    a[:4] = 0.0  # singular: four zero variances
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    # S1 = Q diag(a) Q^T and S2 = Q diag(b) Q^T commute: FID = ||mu1 - mu2||^2 + sum (sqrt a - sqrt b)^2.
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    # Tr((S1 S2)^(1/2)) is not Lipschitz at a singular S1: storing S1 in float64 moves each zero eigenvalue by
+    # ~1e-16 |S|, which moves the exact answer by ~sqrt(1e-16 |S1| |S2|) ~ 4e-8 per zero direction; hence abs=1e-6.
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-6)
+    # A tiny negative eigenvalue (rounding in a computed covariance) counts as 0, not as a NaN or a complex value.
+    a_neg = a.copy()
+    a_neg[0] = -1e-13
+    s1_neg = (q * a_neg) @ q.T
+    assert metrics.frechet_distance(mu1, s1_neg, mu2, s2) == pytest.approx(expected, abs=1e-6)
+    assert metrics.frechet_distance(mu1, s1_neg, mu1, s1_neg) == pytest.approx(0.0, abs=1e-10)
+    # S1 = c I against a rank-3 S2 = G G^T: Tr((S1 S2)^(1/2)) = sqrt(c) Tr(S2^(1/2)) = sqrt(c) (sum of G's singular
+    # values), computed from G without any square root of a singular matrix.
+    c, g = 2.5, rng.normal(size=(d, 3))
+    s2 = g @ g.T
+    expected = d * c + np.sum(g**2) - 2 * np.sqrt(c) * np.linalg.svd(g, compute_uv=False).sum()
+    assert metrics.frechet_distance(np.zeros(d), c * np.eye(d), np.zeros(d), s2) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="moment shapes"):
+        metrics.frechet_distance(mu1, s1, mu2[:3], s2[:3, :3])
+
+
+def test_kid_shrinks_a_subset_larger_than_the_samples_and_says_why():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 4)), rng.normal(size=(80, 4)) + 0.3
+    report = metrics.kid_report(x, y, num_subsets=5, max_subset_size=1000)
+    assert report["kid_subset_size"] == 50 and report["kid_num_subsets"] == 5
+    assert "exceeds the sample count" in report["kid_subset_note"] and "shrunk to 50" in report["kid_subset_note"]
+    assert report["kid"] == metrics.kid(x, y, num_subsets=5, max_subset_size=50)  # the same draws
+    fits = metrics.kid_report(x, y, num_subsets=5, max_subset_size=20)
+    assert fits["kid_subset_size"] == 20 and fits["kid_subset_note"] is None
+    # With m = N = M every subset is the whole set: KID is the full-sample unbiased MMD^2.
+    full = metrics.kid_report(x, y[:50], num_subsets=2, max_subset_size=10_000)
+    assert full["kid"] == pytest.approx(unbiased_mmd2_cubic(x, y[:50]), rel=1e-9)
+    with pytest.raises(ValueError, match="max_subset_size >= 2"):
+        metrics.kid_report(x, y, max_subset_size=1)
+
+
 def test_feature_metrics_reject_bad_input():
     x = np.zeros((10, 3))
     with pytest.raises(ValueError, match="feature sizes differ"):
