@@ -49,6 +49,7 @@ from bench.train import (
     DiffusionTrainConfig,
     GANTrainConfig,
     checkpoint_interval,
+    initial_weight_share,
     train_diffusion,
     train_gan,
 )
@@ -92,7 +93,7 @@ class ImageBenchConfig:
     tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
-    gan: GANTrainConfig = field(default_factory=GANTrainConfig)
+    gan: GANTrainConfig = field(default_factory=lambda: GANTrainConfig(ema=0.999))  # EMA decay as the UNet's
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
     diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -166,8 +167,8 @@ def encode_text(text: TextEncoder, tokenizer: Tokenizer, captions: list[str], de
 
 def train_dcgan(data_dev: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, device, seed: int, progress=True,
                 snapshots: list | None = None):
-    """Conditional DCGAN on the shared frozen text embedding. Returns (G, D, dcfg, history, status); snapshots, if
-    given, receives (step, copy of G) at cfg.eval_checkpoints evenly spaced steps."""
+    """Conditional DCGAN on the shared frozen text embedding. Returns (TrainResult of G, D, dcfg); snapshots, if
+    given, receives Snapshot(step, copy of G, copy of its EMA) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     dcfg = DCGANConfig(**{**asdict(cfg.dcgan), "resolution": data_dev.shape[-1], "channels": data_dev.shape[1],
                           "cond_dim": pooled.shape[1]})
@@ -181,10 +182,10 @@ def train_dcgan(data_dev: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchCon
 
     latent = lambda n: torch.randn(n, dcfg.z_dim, generator=gen).to(device)
     with _autocast(device, cfg.amp):
-        history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
-                                    snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                    snapshots=snapshots)
-    return G.eval(), D.eval(), dcfg, history, status
+        trained = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
+                            snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints), snapshots=snapshots)
+    G.eval()
+    return trained, D.eval(), dcfg
 
 
 def train_vae(data_dev: torch.Tensor, cfg: ImageBenchConfig, device, seed: int, progress=True):
@@ -228,7 +229,8 @@ def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfi
                snapshots: list | None = None):
     """The denoiser on scaled latents, cross-attending to the frozen text states; a random caption_dropout of the
     captions is replaced by the empty caption so one network learns both halves of classifier-free guidance.
-    snapshots, if given, receives (step, copy of the EMA UNet) at cfg.eval_checkpoints evenly spaced steps."""
+    snapshots, if given, receives Snapshot(step, copy of the UNet, copy of its EMA) at cfg.eval_checkpoints evenly
+    spaced steps. Returns (TrainResult, ucfg, alpha_bar)."""
     torch.manual_seed(seed)
     ucfg = UNetConfig(**{**asdict(cfg.unet), "in_channels": latents.shape[1], "context_dim": states.shape[-1]})
     unet = UNet(ucfg).to(device)
@@ -245,11 +247,11 @@ def train_unet(latents: torch.Tensor, states, mask, uncond, cfg: ImageBenchConfi
         return latents[idx], {"context": ctx, "context_mask": ctx_mask}
 
     with _autocast(device, cfg.amp):
-        ema, history, status = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train,
-                                               cfg.steps, gen, desc="UNet", progress=progress,
-                                               snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                               snapshots=snapshots)
-    return ema, ucfg, alpha_bar, history, status
+        trained = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train, cfg.steps,
+                                  gen, desc="UNet", progress=progress,
+                                  snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
+                                  snapshots=snapshots)
+    return trained, ucfg, alpha_bar
 
 
 # ---------------------------------------------------------------- sampling (shared with `gvd sample`)
@@ -415,8 +417,10 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
 
     # --- GAN
     t0 = time.perf_counter()
-    gan_snaps, unet_snaps = [], []  # (step, frozen copy) for the metric-over-training curves
-    G, D, dcfg, gan_hist, gan_status = train_dcgan(images, pooled, cfg, device, seed, progress, gan_snaps)
+    gan_snaps, unet_snaps = [], []  # Snapshot(step, raw copy, EMA copy) for the metric-over-training curves
+    gan, D, dcfg = train_dcgan(images, pooled, cfg, device, seed, progress, gan_snaps)
+    # Both families are scored with their EMA weights (one rule); the raw G is scored too (metrics_raw).
+    G, gan_hist, gan_status = gan.ema, gan.history, gan.status
     gan_seconds = time.perf_counter() - t0
     write_csv(run_dir / "history" / f"{tag}_gan.csv", gan_hist)
 
@@ -427,13 +431,13 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     write_csv(run_dir / "history" / f"{tag}_vae.csv", vae_hist)
     latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
     t0 = time.perf_counter()
-    unet, ucfg, alpha_bar, unet_hist, unet_status = train_unet(latents, states, mask, uncond, cfg, device, seed,
-                                                               progress, unet_snaps)
+    trained_unet, ucfg, alpha_bar = train_unet(latents, states, mask, uncond, cfg, device, seed, progress, unet_snaps)
+    unet, unet_hist, unet_status = trained_unet.ema, trained_unet.history, trained_unet.status
     unet_seconds = time.perf_counter() - t0
     write_csv(run_dir / "history" / f"{tag}_diffusion.csv", unet_hist)
 
     if save is not None:
-        save(run_dir / "checkpoints" / f"{tag}_gan.safetensors", {"G": G, "D": D, "text": text},
+        save(run_dir / "checkpoints" / f"{tag}_gan.safetensors", {"G": G, "G_raw": gan.model, "D": D, "text": text},
              {"model": "gan", "dataset": dataset, "seed": seed, "dcgan": asdict(dcfg), **text_meta})
         save(run_dir / "checkpoints" / f"{tag}_diffusion.safetensors", {"vae": vae, "unet": unet, "text": text},
              {"model": "diffusion", "dataset": dataset, "seed": seed, "vae": asdict(vcfg), "unet": asdict(ucfg),
@@ -487,7 +491,7 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     else:
         sweep_knobs = (cfg.truncation_sweep, cfg.guidance_sweep)
     t0 = time.perf_counter()
-    gan_at, unet_at = dict(gan_snaps), dict(unet_snaps)  # step -> frozen copy
+    gan_at, unet_at = ({s.step: s.ema for s in snaps} for snaps in (gan_snaps, unet_snaps))  # step -> EMA copy
 
     def gan_at_step(k: int) -> torch.Tensor:
         return gan_images[:n_curve] if k == len(gan_hist) else gan_images_of(gan_at[k], n_curve)
@@ -497,6 +501,9 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
 
     curves = {"gan": _points(sweep(gan_at, gan_at_step, score, key="step")),
               "diffusion": _points(sweep(unet_at, unet_at_step, score, key="step"))}
+    for model, decay in (("gan", gan.ema_decay), ("diffusion", trained_unet.ema_decay)):
+        for point in curves[model]:
+            point["initial_weight_share"] = initial_weight_share(point["step"], decay)
     for held in (gan_snaps, unet_snaps, gan_at, unet_at):
         held.clear()  # free the copies before the sweeps
     curve_s = time.perf_counter() - t0
@@ -541,11 +548,15 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
                 fake_inception = inception_features(imgs, inception)
                 entry["metrics"].update(fid_inception=fid(real_inception, fake_inception),
                                         kid_inception=kid(real_inception, fake_inception))
+            if model == "gan":  # the raw G beside the EMA headline, on the same prompts and seeds
+                entry["metrics_raw"] = score(gan_images_of(gan.model, cfg.num_samples))
         except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
             entry["metrics"] = dict(common)
             entry["status"] = "diverged" if status["status"] == "diverged" else "failed"
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["throughput"] = {"nfe": nfe_, "sample_seconds": seconds, "samples_per_s": len(imgs) / seconds}
+        decay = gan.ema_decay if model == "gan" else trained_unet.ema_decay
+        entry["ema"] = {"decay": decay, "initial_weight_share": initial_weight_share(len(history), decay)}
         entry["features"] = "judge" if judge is not None else "inception" if inception is not None else None
         if (missing := unavailable_metrics(judge is not None, inception is not None)) is not None:
             entry["unavailable"] = missing

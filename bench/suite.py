@@ -29,7 +29,7 @@ from bench.results import metric_rows, new_results, sample_file_stem, write_csv,
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.throughput import image_throughput, run_entry_throughput
-from bench.train import checkpoint_interval, train_diffusion, train_gan
+from bench.train import checkpoint_interval, initial_weight_share, train_diffusion, train_gan
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 
@@ -72,26 +72,26 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
     entry = {"dataset": dataset, "model": model, "seed": seed}
     seeds = sample_seeds(seed, mix.num_samples)
     alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
-    snapshots: list = []  # (step, copy of G or of the EMA denoiser), for the metric-over-training curve
+    snapshots: list = []  # Snapshot(step, raw copy, EMA copy), for the metric-over-training curve
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     start = time.perf_counter()
     if model == "gan":
         G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
         train_gen = torch.Generator().manual_seed(seed + 7919)
         latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
-        history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=tag, progress=progress,
-                                    snapshot_every=every, snapshots=snapshots)
+        trained = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=tag, progress=progress,
+                            snapshot_every=every, snapshots=snapshots)
         params = {"G": num_params(G), "D": num_params(D)}
-        modules, samplers = {"G": G, "D": D}, {"G": None}
+        modules, samplers = {"G": trained.ema, "G_raw": G, "D": D}, {"G": None}  # the EMA samples (both families)
     else:
         net = MLPDenoiser(mix.denoiser_net).to(device)
         train_gen = torch.Generator().manual_seed(seed + 7919)
-        ema, history, status = train_diffusion(net, lambda step: (real_batch(step)[0], {}), alpha_bar,
-                                               mix.diffusion.prediction, mix.diffusion_train, mix.steps,
-                                               train_gen, desc=tag, progress=progress,
-                                               snapshot_every=every, snapshots=snapshots)
+        trained = train_diffusion(net, lambda step: (real_batch(step)[0], {}), alpha_bar, mix.diffusion.prediction,
+                                  mix.diffusion_train, mix.steps, train_gen, desc=tag, progress=progress,
+                                  snapshot_every=every, snapshots=snapshots)
         params = {"denoiser": num_params(net)}
-        modules, samplers = {"denoiser": ema}, {s: parse_sampler(s) for s in mix.samplers}
+        modules, samplers = {"denoiser": trained.ema}, {s: parse_sampler(s) for s in mix.samplers}
+    ema, history, status = trained.ema, trained.history, trained.status
     train_seconds = time.perf_counter() - start
     steps_done = len(history)
     entry.update(status)
@@ -112,7 +112,7 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
     for label, spec in samplers.items():
         t0 = time.perf_counter()
         if model == "gan":
-            x, nfe = sample_gan(G.eval(), seeds, mix.gan_net.z_dim, device), 1
+            x, nfe = sample_gan(ema, seeds, mix.gan_net.z_dim, device), 1
         else:
             x, nfe = sample_diffusion(ema, seeds, (2,), alpha_bar, spec[0], spec[1], mix.diffusion.prediction, device)
         seconds = time.perf_counter() - t0
@@ -126,19 +126,25 @@ def _run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, d
     entry["throughput"] = {k: by_sampler[headline][k] for k in ("nfe", "sample_seconds", "samples_per_s")}
     if model == "diffusion":
         entry["by_sampler"] = by_sampler
+    else:  # the raw generator too: the EMA is the headline for both families, the raw G stays on record
+        entry["metrics_raw"] = mixture_metrics(sample_gan(G.eval(), seeds, mix.gan_net.z_dim, device).cpu() * scale,
+                                               dataset)
+    entry["ema"] = {"decay": trained.ema_decay, "initial_weight_share": initial_weight_share(steps_done,
+                                                                                             trained.ema_decay)}
 
     # --- metric-over-training: each snapshot on the same seeds (diffusion with the cheap curve sampler)
     t0 = time.perf_counter()
     curve_name, curve_steps = parse_sampler(mix.curve_sampler)
     entry["curve"] = []
-    for step, snap in snapshots:
+    for step, _raw, snap in snapshots:  # the EMA copies, as the headline
         if model == "gan":
             x = sample_gan(snap, seeds, mix.gan_net.z_dim, device)
         else:
             x, _ = sample_diffusion(snap, seeds, (2,), alpha_bar, curve_name, curve_steps, mix.diffusion.prediction,
                                     device)
         m = mixture_metrics(x.cpu() * scale, dataset)
-        entry["curve"].append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")}})
+        entry["curve"].append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")},
+                               "initial_weight_share": initial_weight_share(step, trained.ema_decay)})
     entry["curve_seconds"] = time.perf_counter() - t0
     entry["stability"] = stability(history, model)
     if entry["curve"]:  # VEEGAN's notion of success on these mixtures: every mode captured

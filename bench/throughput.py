@@ -394,7 +394,7 @@ def _training_rows(cfg, nets, channels, device, deadline, pooled, states, mask, 
                 vae_opt.step()
 
     out = []
-    for model, fn, n, what in (("gan", gan_steps, B, "one D + one G Adam step (bench/train.py train_gan)"),
+    for model, fn, n, what in (("gan", gan_steps, B, "one D + one G Adam step + EMA (bench/train.py train_gan)"),
                                ("diffusion", unet_steps, B, "UNet AdamW step + EMA (bench/train.py train_diffusion)"),
                                ("vae", vae_steps, min(B, cfg.vae_batch_size), "VAE Adam step (diffusion stage 1)")):
         flops = count_flops(lambda fn=fn: fn(2, 1)) / 2

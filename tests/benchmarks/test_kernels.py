@@ -133,8 +133,8 @@ def test_dcgan_train_step(benchmark):
     a fresh one, gradient norms and the per-step log)."""
     cfg, G, D, x, cond = _gan_setup()
     latent = lambda n: torch.randn(n, cfg.z_dim, device=DEVICE)
-    history, status = train_gan(G, D, lambda step: (x, cond), latent, QUICK.gan, 1, progress=False)
-    assert status == {"status": "ok"} and len(history) == 1
+    res = train_gan(G, D, lambda step: (x, cond), latent, QUICK.gan, 1, progress=False)
+    assert res.status == {"status": "ok"} and len(res.history) == 1
     _run(benchmark, lambda: train_gan(G, D, lambda step: (x, cond), latent, QUICK.gan, 1, progress=False),
          batch=TRAIN_BATCH)
 
