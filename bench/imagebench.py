@@ -336,14 +336,15 @@ def unavailable_metrics(has_judge: bool, has_inception: bool) -> dict | None:
     """Which metrics a run cannot report and why (None when all are there)."""
     if has_judge:
         return None
-    missing = ["modes", "kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
+    missing = ["modes", "reverse_kl", "forward_kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
                                                                           "density", "coverage"])
     why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
            ", and no Inception weights were given (inception_weights / --inception-weights)"))
     return {"metrics": missing, "why": why}
 
 
-CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
+CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
+              "num_samples")
 COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
 
 

@@ -71,11 +71,14 @@ def mixture_stats(samples: np.ndarray, centers: np.ndarray, std: float) -> dict:
     """Mode capture on a 2D mixture (VEEGAN sec. 5.1; PacGAN sec. 5).
 
     A sample is high quality if it lies within 3 std of its nearest mode; a mode is captured if it
-    is the nearest mode of at least one high-quality sample. reverse_kl = KL(p_gen || p_data)
-    between the nearest-mode histogram of all finite samples and the uniform mode distribution
-    (log K when every sample sits at one mode). Non-finite samples (a diverged generator) belong
-    to no mode and are never high quality; they still count in num_samples and in hq_fraction's
-    denominator. reverse_kl is nan when no sample is finite.
+    is the nearest mode of at least one high-quality sample. reverse_kl = KL(p_gen || p_data), p_data
+    uniform over the K modes, p_gen the nearest-mode histogram of the high-quality samples only, as
+    PacGAN's released code counts it (fjxmlzn/PacGAN, synthetic_data_experiments/PacGAN/pacgan/
+    extensions.py, MetricLogger: only points within 3 std add to the mode histogram). It is log K when
+    every high-quality sample sits at one mode, and nan when there is no high-quality sample (no
+    histogram to compare: PacGAN's code divides 0 by 0 there too); modes = 0 and hq_fraction = 0 then
+    carry the result. Non-finite samples (a diverged generator) belong to no mode and are never high
+    quality; they still count in num_samples and in hq_fraction's denominator.
     """
     samples = np.asarray(samples, dtype=np.float64)
     centers = np.asarray(centers, dtype=np.float64)
@@ -86,9 +89,9 @@ def mixture_stats(samples: np.ndarray, centers: np.ndarray, std: float) -> dict:
     dist = np.linalg.norm(finite[:, None, :] - centers[None, :, :], axis=-1)  # (F, K)
     nearest = dist.argmin(axis=1)  # (F,)
     high_quality = dist[np.arange(len(finite)), nearest] <= 3 * std  # (F,)
-    counts = np.bincount(nearest, minlength=num_modes)  # (K,)
+    counts = np.bincount(nearest[high_quality], minlength=num_modes)  # (K,) high-quality samples per mode
     reverse_kl = (kl_divergence(counts / counts.sum(), np.full(num_modes, 1 / num_modes))
-                  if len(finite) else float("nan"))
+                  if counts.sum() else float("nan"))
     return {
         "modes": int(np.unique(nearest[high_quality]).size),
         "num_modes": num_modes,
@@ -106,11 +109,19 @@ def mode_stats(labels: np.ndarray, num_modes: int, reference_probs: np.ndarray |
                eps: float = 1e-6) -> dict:
     """Mode counting over judge labels (Stacked MNIST protocol: Metz et al. 2017, VEEGAN sec. 5.2).
 
-    modes = distinct labels seen; kl = KL(p_gen || p_data) over the labels, the number the
-    Stacked MNIST tables report; p_data is uniform unless reference_probs (e.g. the judge's label
-    histogram on real data) is given. reverse_kl = KL(p_data || p_gen) punishes missing modes,
-    which would make it infinite, so p_gen is smoothed first: p_gen <- (p_gen + eps) / (1 + K eps).
-    A missing mode then costs p_data_k * log(p_data_k / eps), e.g. 6.9e-3 for K = 1000.
+    modes = distinct labels seen. p_data = reference_probs (the test split's label histogram, see
+    label_probs; uniform when None), p_gen = the histogram of the labels. Two directions, two keys:
+
+        reverse_kl = KL(p_gen || p_data)   the number the Stacked MNIST tables report (PacGAN's code,
+                                           stacked_MNIST_experiments/.../model.py log_metrics: KLD(p, uniform)
+                                           with p the generated mode histogram); small for a generator
+                                           that puts its mass where the data are, even if it drops modes
+        forward_kl = KL(p_data || p_gen)   punishes missing modes
+
+    Each would be infinite where its second argument has a zero, so that argument is smoothed first:
+    q <- (q + eps) / (1 + K eps). A missing mode then costs p_k log(p_k / eps), e.g. 6.9e-3 for a
+    p_k of 1/1000. Smoothing leaves a uniform p_data unchanged, so reverse_kl against the uniform
+    distribution is exact.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
@@ -121,14 +132,30 @@ def mode_stats(labels: np.ndarray, num_modes: int, reference_probs: np.ndarray |
                          f"{labels.max()}]")
     p_gen = np.bincount(labels, minlength=num_modes) / len(labels)  # (K,)
     p_data = _reference(reference_probs, num_modes)  # (K,)
-    p_gen_smooth = (p_gen + eps) / (1 + num_modes * eps)
     return {
         "modes": int(np.count_nonzero(p_gen)),
         "num_modes": num_modes,
-        "kl": kl_divergence(p_gen, p_data),
-        "reverse_kl": kl_divergence(p_data, p_gen_smooth),
+        "reverse_kl": kl_divergence(p_gen, (p_data + eps) / (1 + num_modes * eps)),
+        "forward_kl": kl_divergence(p_data, (p_gen + eps) / (1 + num_modes * eps)),
         "num_samples": len(labels),
     }
+
+
+def label_probs(labels: np.ndarray, num_modes: int, channel_labels: np.ndarray | None = None) -> np.ndarray:
+    """p_data for mode_stats from a reference split: the label histogram (K,). For stacked digits, pass
+    channel_labels (N, 3): the channels are drawn independently, so p_data(r, g, b) = p(r) p(g) p(b)
+    with p the split's digit frequencies over all channels, the exact law of the construction; a plain
+    histogram of N triples would leave most of the 1000 cells empty for N of a few thousand.
+    Labels of stacked digits are 100 r + 10 g + b (bench.images.make_stacked_digits)."""
+    if channel_labels is None:
+        labels = np.asarray(labels)
+        return np.bincount(labels, minlength=num_modes) / len(labels)
+    digits = np.asarray(channel_labels)
+    p = np.bincount(digits.ravel(), minlength=10) / digits.size  # (10,)
+    joint = p[:, None, None] * p[None, :, None] * p[None, None, :]  # (10, 10, 10) indexed [r, g, b]
+    if joint.size != num_modes:
+        raise ValueError(f"channel_labels give {joint.size} modes, expected {num_modes}")
+    return joint.ravel()  # index 100 r + 10 g + b
 
 
 def _reference(reference_probs, num_modes: int) -> np.ndarray:

@@ -58,10 +58,27 @@ def test_samples_far_from_every_mode_are_not_high_quality():
     at_origin = np.zeros((50, 2))  # distance 1 = 100 std from every mode
     stats = metrics.mixture_stats(at_origin, centers, std)
     assert stats["modes"] == 0 and stats["hq_fraction"] == 0.0
+    assert np.isnan(stats["reverse_kl"])  # no high-quality sample: no histogram to compare
     # The 3-std boundary: radially out from mode 0 by 2.9 std is high quality, by 3.1 std is not.
     near, far = centers[:1] * (1 + 2.9 * std), centers[:1] * (1 + 3.1 * std)
     assert metrics.mixture_stats(near, centers, std)["hq_fraction"] == 1.0
     assert metrics.mixture_stats(far, centers, std)["hq_fraction"] == 0.0
+
+
+def test_mixture_reverse_kl_counts_high_quality_samples_only():
+    # PacGAN's released code histograms the samples within 3 std of their nearest mode. Half the samples sit on
+    # mode 0, half near mode 1 but 10 std off it: the histogram is all mode 0, KL(p_gen || uniform) = log 8.
+    # (Counting every sample, as before, gave KL((1/2, 1/2, 0, ...) || uniform) = log 4.)
+    centers, std = metrics.mixture_modes("ring8")
+    on_mode = np.repeat(centers[:1], 100, axis=0)
+    off_mode = np.repeat(centers[1:2] * (1 + 10 * std), 100, axis=0)
+    stats = metrics.mixture_stats(np.concatenate([on_mode, off_mode]), centers, std)
+    assert stats["hq_fraction"] == 0.5 and stats["modes"] == 1
+    assert stats["reverse_kl"] == pytest.approx(np.log(8), abs=1e-12)
+    # two modes, 3:1 among the high-quality samples: sum p log(p / (1/8)) with p = (3/4, 1/4)
+    three_one = np.concatenate([np.repeat(centers[:1], 75, axis=0), np.repeat(centers[2:3], 25, axis=0), off_mode])
+    expected = 0.75 * np.log(0.75 * 8) + 0.25 * np.log(0.25 * 8)
+    assert metrics.mixture_stats(three_one, centers, std)["reverse_kl"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_non_finite_samples_do_not_crash_and_are_not_high_quality():
@@ -85,21 +102,37 @@ def test_mode_stats_counts_every_mode_of_a_uniform_labelling():
     stats = metrics.mode_stats(labels, k)
     assert stats["modes"] == k and stats["num_modes"] == k and stats["num_samples"] == n
     # 2N KL(p_gen || uniform) ~ chi^2_{k-1}: mean k-1, std sqrt(2(k-1)).
-    assert abs(2 * n * stats["kl"] - (k - 1)) < 5 * np.sqrt(2 * (k - 1))
+    assert abs(2 * n * stats["reverse_kl"] - (k - 1)) < 5 * np.sqrt(2 * (k - 1))
 
 
 def test_mode_stats_kl_known_answers():
     exact = metrics.mode_stats(np.repeat(np.arange(10), 3), 10)
-    assert exact["kl"] == 0.0 and exact["reverse_kl"] == pytest.approx(0.0, abs=1e-12)
-    # Half the classes, evenly: KL(p_gen || p_data) = log 2; reverse KL is finite by smoothing.
+    assert exact["reverse_kl"] == pytest.approx(0.0, abs=1e-12) and exact["forward_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert "kl" not in exact  # one name, one meaning
+    # Half the classes, evenly: reverse KL(p_gen || p_data) = log 2; the forward KL is finite by smoothing p_gen.
     half = metrics.mode_stats(np.arange(5).repeat(2), 10, eps=1e-6)
-    assert half["modes"] == 5 and half["kl"] == pytest.approx(np.log(2), abs=1e-12)
+    assert half["modes"] == 5 and half["reverse_kl"] == pytest.approx(np.log(2), abs=1e-12)
     smooth_seen, smooth_missing = (0.2 + 1e-6) / (1 + 1e-5), 1e-6 / (1 + 1e-5)
     expected = 0.5 * np.log(0.1 / smooth_seen) + 0.5 * np.log(0.1 / smooth_missing)
-    assert half["reverse_kl"] == pytest.approx(expected, rel=1e-12)
-    # A non-uniform reference equal to the labels' own distribution gives KL 0.
+    assert half["forward_kl"] == pytest.approx(expected, rel=1e-12)
+    # A non-uniform reference equal to the labels' own distribution gives KL 0 both ways.
     skewed = metrics.mode_stats(np.array([0, 0, 0, 1]), 2, reference_probs=np.array([3.0, 1.0]))
-    assert skewed["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert skewed["reverse_kl"] == pytest.approx(0.0, abs=1e-5) and skewed["forward_kl"] == pytest.approx(0.0, abs=1e-5)
+    # The direction, on a known pair: p_gen = (0.9, 0.1), p_data = (0.5, 0.5).
+    gen = np.array([0] * 9 + [1])
+    stats = metrics.mode_stats(gen, 2, reference_probs=np.array([0.5, 0.5]), eps=0.0)
+    assert stats["reverse_kl"] == pytest.approx(0.9 * np.log(1.8) + 0.1 * np.log(0.2), rel=1e-12)
+    assert stats["forward_kl"] == pytest.approx(0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1), rel=1e-12)
+
+
+def test_label_probs_of_a_split():
+    assert np.allclose(metrics.label_probs(np.array([0, 0, 1, 3]), 4), [0.5, 0.25, 0.0, 0.25])
+    # stacked digits: the product of the per-channel digit frequencies, at index 100 r + 10 g + b
+    channels = np.array([[0, 1, 2], [0, 0, 0]])  # digit frequencies: 0 -> 4/6, 1 -> 1/6, 2 -> 1/6
+    p = metrics.label_probs(channels @ np.array([100, 10, 1]), 1000, channel_labels=channels)
+    assert p.shape == (1000,) and p.sum() == pytest.approx(1.0)
+    assert p[0] == pytest.approx((4 / 6) ** 3) and p[12] == pytest.approx((4 / 6) * (1 / 6) ** 2)
+    assert p[210] == pytest.approx((1 / 6) ** 2 * (4 / 6)) and p[999] == 0.0
 
 
 def test_mode_stats_rejects_bad_labels():
