@@ -311,8 +311,9 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
                   prompted: torch.Tensor, num_modes: int, fid_boot: int = 0, fid_counts: tuple[int, ...] = (),
                   seed: int = 0) -> dict:
     """FID/KID (clean-fid's formulas) and PRDC on features, mode statistics and prompt accuracy on judged labels,
-    each where its input exists. With fid_boot > 0 a bootstrap 95% interval fid_lo..fid_hi; with fid_counts, FID at
-    those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
+    each where its input exists. With fid_boot > 0 the basic bootstrap 95% interval fid_lo..fid_hi for the population
+    FID, its bias-corrected estimate fid_bc and FID's spread at this N fid_sd (metrics.fid_bootstrap); with
+    fid_counts, FID at those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
     out: dict = {}
     if feats is not None:
         out.update(fid=fid(real_feats, feats), kid=kid(real_feats, feats), **prdc(real_feats, feats))
@@ -320,7 +321,7 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
             with warnings.catch_warnings():  # resamples hold duplicates: sqrtm warns of singular products each time
                 warnings.simplefilter("ignore", LinAlgWarning)
                 boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
-            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"])
+            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"], fid_bc=boot["fid_bc"], fid_sd=boot["sd"])
         counts = sorted({n for n in fid_counts if 2 <= n <= len(feats)} | ({len(feats)} if fid_counts else set()))
         if len(counts) >= 2:
             out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)

@@ -229,13 +229,22 @@ def kid(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: int = 1
 
 def fid_bootstrap(real_feats, fake_feats, num_boot: int = 100, seed: int = 0,
                   level: float = 0.95) -> dict:
-    """FID with a bootstrap interval for its sampling spread (Efron & Tibshirani 1993, ch. 13).
+    """FID with a bias-corrected estimate and a basic bootstrap interval for the population FID.
 
-    Both sets are resampled with replacement. A resample holds duplicates, so it has fewer distinct
-    points and FID's small-sample bias grows: the raw bootstrap distribution sits above the point
-    estimate by about that bias (several spreads when the sets match). The interval is therefore
-    the percentile interval of the bootstrap values shifted by the bootstrap bias estimate
-    (mean of bootstrap values - point estimate), clipped at 0: it measures spread, not bias.
+    T = FID of the two sets is biased upward at finite N (Chong & Forsyth 2020). Both sets are
+    resampled with replacement num_boot times, giving T*_1..T*_B; then (Efron & Tibshirani 1993,
+    ch. 10: bias estimate mean(T*) - T; Davison & Hinkley 1997, sec. 5.2.1: the basic interval):
+
+        fid_bc = T - (mean(T*) - T) = 2T - mean(T*)            bias-corrected estimate
+        lo, hi = 2T - q_{(1+level)/2}(T*), 2T - q_{(1-level)/2}(T*)   interval for the population FID
+        sd     = std(T*)                                       the spread of FID at these N
+
+    What it covers, measured (Gaussian features, 60 data sets each, 100 resamples): the population
+    FID in 98% of runs at D = 16, N = 500; 93% at D = 64, N = 500; 82% at D = 128, N = 1000. The
+    bootstrap under-estimates the bias as D / N grows, so the interval is optimistic there; with
+    several sample counts, FID_inf (fid_curve + fid_extrapolate) is the better point estimate. lo is
+    clipped at 0. The previous version re-centred the percentile interval on T: in the same
+    simulation it covered the population FID in 25%, 0% and 0% of the runs.
     """
     real, fake = _feature_pair(real_feats, fake_feats)
     point = fid(real, fake)
@@ -244,8 +253,9 @@ def fid_bootstrap(real_feats, fake_feats, num_boot: int = 100, seed: int = 0,
         fid(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))])
         for _ in range(num_boot)
     ])  # (num_boot,)
-    lo, hi = np.quantile(boot - (boot.mean() - point), [(1 - level) / 2, (1 + level) / 2])
-    return {"fid": point, "lo": max(float(lo), 0.0), "hi": float(hi)}
+    q_lo, q_hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"fid": point, "fid_bc": max(2 * point - float(boot.mean()), 0.0), "lo": max(2 * point - float(q_hi), 0.0),
+            "hi": max(2 * point - float(q_lo), 0.0), "sd": float(boot.std(ddof=1)), "num_boot": num_boot}
 
 
 def fid_curve(real_feats, fake_feats, counts: list[int], seed: int = 0) -> list[dict]:
