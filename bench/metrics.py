@@ -341,3 +341,121 @@ def prdc(real_feats, fake_feats, k_pr: int = 3, k_dc: int = 5, chunk: int = 1024
         "density": float(balls_containing.sum() / (k_dc * len(fake))),
         "coverage": float(covered.mean()),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Memorisation: the same measures for both families, on features (judge or Inception)
+#
+# train (L, D) training-split features T, test (n, D) test-split features P_n, fake (m, D) samples Q_m.
+# d_T(x) = min_{t in T} ||x - t||, the distance of x to its nearest training point.
+
+
+def nn_distances(query, ref, chunk: int = 1024, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance (Q,) from each query row to its nearest ref row, exact, in row chunks. exclude_self: query
+    is ref, and each point's own zero distance is skipped (leave-one-out: the nearest *other* point)."""
+    query, ref = np.asarray(query, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    centre = ref.mean(axis=0)  # distances ignore translation; centring shrinks rounding error
+    query, ref = query - centre, ref - centre
+    k = 1 if exclude_self else 0
+    out = np.empty(len(query))
+    for start in range(0, len(query), chunk):
+        d = _sq_dists(query[start:start + chunk], ref)  # (c, L)
+        out[start:start + chunk] = np.partition(d, k, axis=1)[:, k]
+    return np.sqrt(out)
+
+
+def memorisation(train_feats, test_feats, fake_feats, quantile: float = 0.05, chunk: int = 1024) -> dict:
+    """Nearest-neighbour distances of the samples to the training split and to the test split, and the share of
+    near-copies of training points.
+
+    Near-copy: a sample whose distance to its nearest training point is below tau, the `quantile` of the
+    leave-one-out nearest-neighbour distances within the training split (each training point to the nearest other
+    one). A fresh draw from the data distribution is, to the training set, what a training point is to the other
+    training points (exchangeability; one point fewer), so its chance of falling below tau is about `quantile`:
+    near_copy_share well above that means samples sit closer to training points than new data do. The test split,
+    scored the same way, gives that baseline as measured (test_near_copy_share). Alaa et al. 2022 ("How faithful
+    is your synthetic data?", ICML, sec. 3: authenticity) compare the same two distances point by point.
+
+    nn_train / nn_test: median distance of a sample to its nearest training / test point; with equal-size splits a
+    generator that copies training points has nn_train far below nn_test, a fresh one about equal (the splits are
+    the same size only if the caller makes them so: ratio_median is reported, not judged).
+    """
+    train = _features(train_feats, "train_feats")
+    test, fake = _features(test_feats, "test_feats", 1), _features(fake_feats, "fake_feats", 1)
+    if not train.shape[1] == test.shape[1] == fake.shape[1]:
+        raise ValueError(f"feature sizes differ: train {train.shape[1]}, test {test.shape[1]}, fake {fake.shape[1]}")
+    tau = float(np.quantile(nn_distances(train, train, chunk, exclude_self=True), quantile))
+    d_train, d_test = nn_distances(fake, train, chunk), nn_distances(fake, test, chunk)  # (m,), (m,)
+    test_to_train = nn_distances(test, train, chunk)  # (n,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.median(d_train / d_test)
+    return {
+        "nn_train": float(np.median(d_train)),
+        "nn_test": float(np.median(d_test)),
+        "nn_ratio": float(ratio),
+        "near_copy_share": float(np.mean(d_train < tau)),
+        "test_near_copy_share": float(np.mean(test_to_train < tau)),
+        "near_copy_threshold": tau,
+        "near_copy_quantile": quantile,
+    }
+
+
+def mann_whitney_z(test_d: np.ndarray, fake_d: np.ndarray) -> float:
+    """Z-scored Mann-Whitney U of the samples' distances against the test points' (Meehan et al. 2020, sec. 3.1):
+    U = #{(i, j): d(Q_j) > d(P_i)} + #{ties} / 2 over the n test and m generated distances, then
+    Z_U = (U - m n / 2) / sqrt(m n (m + n + 1) / 12), its mean and sd under H0 (same distribution). Z_U << 0:
+    samples sit closer to the training set than test data do (data-copying); >> 0: farther (underfitting)."""
+    test_d, fake_d = np.asarray(test_d, dtype=np.float64), np.asarray(fake_d, dtype=np.float64)
+    n, m = len(test_d), len(fake_d)
+    ranks = _average_ranks(np.concatenate([fake_d, test_d]))  # (m + n,) 1-based, ties averaged
+    u = ranks[:m].sum() - m * (m + 1) / 2  # pairs with fake > test (Mann & Whitney 1947)
+    return float((u - m * n / 2) / np.sqrt(m * n * (m + n + 1) / 12))
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    if (counts > 1).any():  # average the ranks of tied values
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = sums[inverse] / counts[inverse]
+    return ranks
+
+
+def data_copying(train_feats, test_feats, fake_feats, cells: int = 10, min_fake: int = 20, seed: int = 0,
+                 chunk: int = 1024) -> dict:
+    """The data-copying statistic C_T of Meehan, Chaudhuri & Dasgupta 2020 ("A non-parametric test to detect
+    data-copying in generative models", AISTATS, sec. 3.1-3.2).
+
+    The instance space is partitioned into cells by k-means on the training split (k = cells); in each cell pi the
+    distances to the training set of its test points, L_pi(P_n), and of its samples, L_pi(Q_m), give Z_U(pi)
+    (mann_whitney_z). Cells with fewer than min_fake samples (Q_m(pi) < tau, tau = min_fake / m; the paper's
+    experiments use 20 samples) or no test point are left out (Pi_tau), and
+
+        C_T = sum_{pi in Pi_tau} P_n(pi) Z_U(pi) / sum_{pi in Pi_tau} P_n(pi),   P_n(pi) = share of test points in pi.
+
+    C_T ~ 0 for samples distributed like the test data (each Z_U ~ N(0, 1) under H0); C_T << 0 is data-copying.
+    Distances go to the whole training split (the authors' released code uses the cell's own training points; the
+    nearest training point almost always lies in the same k-means cell). Returns C_T (nan when no cell qualifies),
+    the cells used and the share of samples in cells left out.
+    """
+    train = _features(train_feats, "train_feats", cells)
+    test, fake = _features(test_feats, "test_feats", 1), _features(fake_feats, "fake_feats", 1)
+    kmeans = _kmeans(train, cells, seed)
+    test_cell, fake_cell = kmeans.predict(test), kmeans.predict(fake)  # (n,), (m,)
+    test_d, fake_d = nn_distances(test, train, chunk), nn_distances(fake, train, chunk)
+    used = [c for c in range(cells) if (fake_cell == c).sum() >= min_fake and (test_cell == c).any()]  # Pi_tau
+    weights = np.array([np.mean(test_cell == c) for c in used])  # P_n(pi)
+    scores = np.array([mann_whitney_z(test_d[test_cell == c], fake_d[fake_cell == c]) for c in used])  # Z_U(pi)
+    return {"c_t": float(weights @ scores / weights.sum()) if used else float("nan"), "cells": cells,
+            "cells_used": len(used), "fake_share_left_out": float(1 - np.isin(fake_cell, used).mean()),
+            "z_cells": scores.tolist()}
+
+
+def _kmeans(train: np.ndarray, cells: int, seed: int):
+    # scikit-learn's KMeans (Lloyd's algorithm, k-means++ seeding); imported here because sklearn.cluster takes
+    # about a second to import and only this metric needs it.
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(train)

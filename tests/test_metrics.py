@@ -346,3 +346,67 @@ def test_prdc_collapsed_generator_has_high_precision_and_low_recall():
     # Swapped arguments: the collapsed set as "real" -> precision low, recall high.
     swapped = metrics.prdc(collapsed, real)
     assert swapped["precision"] <= 1 / n and swapped["recall"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Memorisation: near-copy share and the data-copying statistic C_T (Meehan et al. 2020)
+
+
+@pytest.fixture(scope="module")
+def copy_setting():
+    """Training and test splits of one Gaussian, a generator that returns noisy copies of training points, and one
+    that draws fresh samples from the data distribution."""
+    rng = np.random.default_rng(0)
+    d = 8
+    train, test = rng.normal(size=(1000, d)), rng.normal(size=(300, d))
+    copies = train[rng.integers(0, len(train), 300)] + 0.02 * rng.normal(size=(300, d))
+    fresh = rng.normal(size=(300, d))
+    return train, test, copies, fresh
+
+
+def test_nn_distances_match_brute_force():
+    rng = np.random.default_rng(1)
+    q, r = rng.normal(size=(37, 5)), rng.normal(size=(53, 5))
+    assert np.allclose(metrics.nn_distances(q, r, chunk=10), cdist(q, r).min(axis=1))
+    loo = cdist(r, r) + np.diag(np.full(len(r), np.inf))
+    assert np.allclose(metrics.nn_distances(r, r, chunk=7, exclude_self=True), loo.min(axis=1))
+
+
+def test_near_copy_share_separates_copies_from_fresh_samples(copy_setting):
+    train, test, copies, fresh = copy_setting
+    copied = metrics.memorisation(train, test, copies, quantile=0.05)
+    new = metrics.memorisation(train, test, fresh, quantile=0.05)
+    assert copied["near_copy_share"] > 0.95 and copied["nn_train"] < 0.1 * copied["nn_test"]
+    # fresh samples fall below the 5% train-to-train quantile about 5% of the time, like the test split itself
+    assert new["near_copy_share"] < 0.12 and abs(new["test_near_copy_share"] - 0.05) < 0.04
+    assert new["near_copy_threshold"] == copied["near_copy_threshold"]  # a property of the training split alone
+    assert 0.7 < new["nn_ratio"] < 1.3
+
+
+def test_mann_whitney_z_matches_scipy():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(2)
+    test_d, fake_d = rng.normal(size=40), np.round(rng.normal(size=25) - 0.3, 1)  # rounding makes ties
+    test_d[:5] = fake_d[:5]
+    n, m = len(test_d), len(fake_d)
+    u = mannwhitneyu(fake_d, test_d).statistic  # scipy's U of the first sample: pairs fake > test, ties 1/2
+    assert metrics.mann_whitney_z(test_d, fake_d) == pytest.approx((u - m * n / 2) / np.sqrt(m * n * (m + n + 1) / 12))
+
+
+def test_data_copying_statistic_known_answers(copy_setting):
+    train, test, copies, fresh = copy_setting
+    copied = metrics.data_copying(train, test, copies, cells=4)
+    new = metrics.data_copying(train, test, fresh, cells=4)
+    assert copied["cells_used"] == new["cells_used"] == 4
+    assert copied["c_t"] < -5  # every cell's samples far closer to the training set than its test points
+    assert abs(new["c_t"]) < 2.5  # under H0 each Z_U ~ N(0, 1), and C_T is their weighted mean
+    # C_T is the test-share-weighted mean of the per-cell scores
+    kmeans = metrics._kmeans(np.asarray(train, dtype=np.float64), 4, 0)
+    share = np.bincount(kmeans.predict(test), minlength=4) / len(test)
+    assert new["c_t"] == pytest.approx(float(share @ np.array(new["z_cells"])))
+    # a generator that spreads wider than the data (underfitting) gives C_T >> 0
+    assert metrics.data_copying(train, test, 1.5 * fresh, cells=4)["c_t"] > 3
+    # cells without enough samples are left out and said so
+    sparse = metrics.data_copying(train, test, fresh[:30], cells=4, min_fake=20)
+    assert sparse["cells_used"] < 4 and sparse["fake_share_left_out"] > 0
