@@ -85,7 +85,7 @@ class ImageBenchConfig:
     guidance_sweep: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])  # CFG scales ([] = skip)
     truncation_sweep: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # GAN psi: z <- psi z ([] = skip)
     sweep_samples: int = 256  # images per sweep setting: the first of the evaluation's prompts and seeds
-    fid_bootstrap: int = 100  # bootstrap resamples for a 95% interval on FID (0 = off); ~7 ms each on judge features
+    fid_bootstrap: int = 100  # bootstrap resamples: 95% interval for the population FID (0 = off); ~7 ms each
     fid_counts: list[int] = field(default_factory=list)  # FID at these sample counts and FID_inf (Chong & Forsyth 2020)
     inception_weights: str = ""  # path to clean-fid's inception-2015-12-05.pt: adds Inception FID/KID ("" = off)
     vae: VAEConfig = field(default_factory=VAEConfig)
