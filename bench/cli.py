@@ -105,7 +105,7 @@ def _cmd_compare(args) -> None:
     keys = [k for k in summaries[0] if all(k in s for s in summaries[1:])]
     if not keys:
         raise UserError("the runs share no (dataset, model) pair to compare")
-    metrics = ["modes", "hq_fraction", "reverse_kl", "kl", "fid", "kid", "precision", "recall", "density",
+    metrics = ["modes", "hq_fraction", "reverse_kl", "forward_kl", "fid", "kid", "precision", "recall", "density",
                "coverage", "cond_accuracy"]
     names = [Path(d).name for d in args.run_dirs]
     print("| dataset | model | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |")

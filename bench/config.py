@@ -147,7 +147,8 @@ class ImageBenchConfig:
     tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
-    gan: GANTrainConfig = field(default_factory=GANTrainConfig)  # the DCGAN's optimiser and loss
+    # the DCGAN's optimiser, loss and EMA (the EMA decay the UNet's: one rule for both families)
+    gan: GANTrainConfig = field(default_factory=lambda: GANTrainConfig(ema=0.999))
     diffusion: DiffusionConfig = field(
         default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
     diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
+from torch import nn
 from tqdm.auto import tqdm
 
 from bench.config import ImageBenchConfig, parse_sampler
@@ -46,7 +47,15 @@ from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.sweeps import sweep
-from bench.train import autocast, checkpoint_interval, drop_captions, train_diffusion, train_gan, vae_step
+from bench.train import (
+    autocast,
+    checkpoint_interval,
+    drop_captions,
+    initial_weight_share,
+    train_diffusion,
+    train_gan,
+    vae_step,
+)
 from models.dcgan import Discriminator, Generator
 from models.mlp import num_params
 from models.text import Tokenizer, clip_loss
@@ -109,11 +118,13 @@ def caption_groups(data: ImageData) -> torch.Tensor:
 
 @dataclass
 class Trained:
-    models: ImageModels  # G and the UNet are the sampling weights (the UNet's EMA)
+    models: ImageModels  # G and the UNet are the sampling weights: their EMAs (one rule for both families)
+    raw: dict[str, nn.Module]  # "gan", "diffusion": the trained networks themselves, scored beside the EMAs
+    ema_decay: dict[str, float]  # "gan", "diffusion": the configured EMA decays
     histories: dict[str, list[dict]]  # "text", "gan", "vae", "diffusion": per-step rows
     status: dict[str, dict]  # "gan", "diffusion": {"status": "ok"} or {"status": "diverged", "diverged_at_step"}
     seconds: dict[str, float]  # wall time of each training: "text", "gan", "vae", "diffusion"
-    snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [(step, frozen copy)]
+    snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [Snapshot(step, raw, ema)]
 
 
 def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
@@ -143,8 +154,8 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
 
 def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
                 progress=True):
-    """Conditional DCGAN on the shared frozen text embedding. Returns (G, D, history, status, snapshots): (step,
-    copy of G) at cfg.eval_checkpoints evenly spaced steps."""
+    """Conditional DCGAN on the shared frozen text embedding. Returns (TrainResult of G, D, snapshots):
+    Snapshot(step, copy of G, copy of its EMA) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     G, D = Generator(cfgs["dcgan"]).to(device), Discriminator(cfgs["dcgan"]).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -157,10 +168,10 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfi
     latent = lambda n: torch.randn(n, G.cfg.z_dim, generator=gen).to(device)
     snapshots: list = []
     with autocast(device, cfg.amp):
-        history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
-                                    snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                    snapshots=snapshots)
-    return G.eval(), D.eval(), history, status, snapshots
+        result = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
+                           snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints), snapshots=snapshots)
+    G.eval()
+    return result, D.eval(), snapshots
 
 
 def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int, progress=True):
@@ -186,7 +197,7 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
                seed: int, progress=True):
     """The denoiser on scaled latents, cross-attending to the frozen text states (text = (states, mask) of every
     training caption); a random cfg.caption_dropout of the captions is replaced by the empty caption (uncond), so
-    one network learns both halves of classifier-free guidance. Returns (EMA UNet, history, status, snapshots)."""
+    one network learns both halves of classifier-free guidance. Returns (TrainResult, snapshots)."""
     torch.manual_seed(seed)
     unet = UNet(cfgs["unet"]).to(device)
     alpha_bar = schedule(cfg.diffusion, device)
@@ -201,11 +212,12 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
 
     snapshots: list = []
     with autocast(device, cfg.amp):
-        ema, history, status = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train,
-                                               cfg.steps, gen, desc="UNet", progress=progress,
-                                               snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                               snapshots=snapshots)
-    return ema, history, status, snapshots
+        result = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train, cfg.steps,
+                                 gen, desc="UNet", progress=progress,
+                                 snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
+                                 snapshots=snapshots)
+    unet.eval()
+    return result, snapshots
 
 
 def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progress=True) -> Trained:
@@ -213,27 +225,29 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
     data, tokenizer = prep.data, Tokenizer.build(prep.data.captions)
     cfgs = network_configs(cfg, channels=data.images.shape[1], resolution=cfg.resolution, vocab_size=len(tokenizer))
     images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
-    seconds, histories, status, snapshots = {}, {}, {}, {}
+    seconds, histories, snapshots = {}, {}, {}
     t0 = time.perf_counter()
     text, histories["text"] = train_text_encoder(data, tokenizer, cfg, cfgs, device, seed, progress)
     seconds["text"] = time.perf_counter() - t0
     states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
     empty_states, _, empty_mask = encode_captions(text, tokenizer, [""], device)  # CFG's unconditional input
     t0 = time.perf_counter()
-    G, D, histories["gan"], status["gan"], snapshots["gan"] = train_dcgan(images, pooled, cfg, cfgs, device, seed,
-                                                                          progress)
+    gan, D, snapshots["gan"] = train_dcgan(images, pooled, cfg, cfgs, device, seed, progress)
     seconds["gan"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     vae, histories["vae"] = train_vae(images, cfg, cfgs, device, seed, progress)
     seconds["vae"] = time.perf_counter() - t0
     latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
     t0 = time.perf_counter()
-    unet, histories["diffusion"], status["diffusion"], snapshots["diffusion"] = train_unet(
-        latents, (states, mask), (empty_states, empty_mask), cfg, cfgs, device, seed, progress)
+    unet, snapshots["diffusion"] = train_unet(latents, (states, mask), (empty_states, empty_mask), cfg, cfgs, device,
+                                              seed, progress)
     seconds["diffusion"] = time.perf_counter() - t0
-    models = ImageModels(tokenizer=tokenizer, text=text, G=G, D=D, vae=vae, unet=unet, diffusion=cfg.diffusion,
-                         device=torch.device(device), amp=cfg.amp)
-    return Trained(models, histories, status, seconds, snapshots)
+    models = ImageModels(tokenizer=tokenizer, text=text, G=gan.ema, D=D, vae=vae, unet=unet.ema,
+                         diffusion=cfg.diffusion, device=torch.device(device), amp=cfg.amp)
+    histories.update(gan=gan.history, diffusion=unet.history)
+    return Trained(models, {"gan": gan.model, "diffusion": unet.model},
+                   {"gan": gan.ema_decay, "diffusion": unet.ema_decay}, histories,
+                   {"gan": gan.status, "diffusion": unet.status}, seconds, snapshots)
 
 
 # ---------------------------------------------------------------- stage 3: evaluation
@@ -287,8 +301,9 @@ class FamilyEval:
     images: torch.Tensor  # the headline samples
     nfe: int  # network passes per sample of the headline sampler
     seconds: float  # wall time of drawing the headline samples
-    curve: list[dict]  # metrics of the training snapshots
+    curve: list[dict]  # metrics of the training snapshots' EMAs
     sweep: dict  # {"knob", "points"}: metrics along the family's fidelity/diversity knob
+    raw: dict  # metrics of the raw (non-EMA) network on the curve's prompts and seeds, comparable with its last point
 
 
 KNOBS = {"gan": "truncation psi", "diffusion": "guidance scale"}
@@ -318,18 +333,22 @@ def evaluate_family(prep: Prepared, trained: Trained, ev: EvalSet, cfg: ImageBen
     images, nfe = draw(models, ev, family, cfg.num_samples, knob, cfg.sampler)
     seconds = time.perf_counter() - t0
     scorable = ev.real_feats is not None  # else nothing to score checkpoints and settings with
-    at_step = dict(trained.snapshots[family]) if scorable else {}
+    at_step = {s.step: s.ema for s in trained.snapshots[family]} if scorable else {}  # the EMA copies, as headline
     trained.snapshots[family] = []  # the dict holds the copies until the curve is scored
     n_curve, n_sweep = min(cfg.curve_samples, cfg.num_samples), min(cfg.sweep_samples, cfg.num_samples)
     metrics = partial(score, prep, ev)
     snaps = partial(_snapshot_images, models, ev, family, n_curve, knob, cfg.sampler, images,
                     len(trained.histories[family]), at_step)
     curve = _points(sweep(list(at_step), snaps, metrics, key="step"))
+    for point in curve:
+        point["initial_weight_share"] = initial_weight_share(point["step"], trained.ema_decay[family])
     at_step.clear()  # free the copies before the sweep
     values = (cfg.truncation_sweep if family == "gan" else cfg.guidance_sweep) if scorable else []
     knobs = partial(_knob_images, models, ev, family, n_sweep, knob, cfg.sampler, images)
     points = _points(sweep(values, knobs, metrics))
-    return FamilyEval(images, nfe, seconds, curve, {"knob": KNOBS[family], "points": points})
+    raw = _points(sweep([n_curve], lambda n: draw(models, ev, family, n, knob, cfg.sampler, net=trained.raw[family])[0],
+                        metrics, key="num_samples"))[0] if scorable else {}
+    return FamilyEval(images, nfe, seconds, curve, {"knob": KNOBS[family], "points": points}, raw)
 
 
 def vae_report(prep: Prepared, trained: Trained, ev: EvalSet, cfg: ImageBenchConfig) -> dict:
@@ -362,8 +381,9 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
                   prompted: torch.Tensor, num_modes: int, fid_boot: int = 0, fid_counts: tuple[int, ...] = (),
                   seed: int = 0) -> dict:
     """FID/KID (clean-fid's formulas) and PRDC on features, mode statistics and prompt accuracy on judged labels,
-    each where its input exists. With fid_boot > 0 a bootstrap 95% interval fid_lo..fid_hi; with fid_counts, FID at
-    those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
+    each where its input exists. With fid_boot > 0 the basic bootstrap 95% interval fid_lo..fid_hi for the population
+    FID, its bias-corrected estimate fid_bc and FID's spread at this N fid_sd (metrics.fid_bootstrap); with
+    fid_counts, FID at those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
     out: dict = {}
     if feats is not None:
         out.update(fid=fid(real_feats, feats), kid=kid(real_feats, feats), **prdc(real_feats, feats))
@@ -371,7 +391,7 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
             with warnings.catch_warnings():  # resamples hold duplicates: sqrtm warns of singular products each time
                 warnings.simplefilter("ignore", LinAlgWarning)
                 boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
-            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"])
+            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"], fid_bc=boot["fid_bc"], fid_sd=boot["sd"])
         counts = sorted({n for n in fid_counts if 2 <= n <= len(feats)} | ({len(feats)} if fid_counts else set()))
         if len(counts) >= 2:
             out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
@@ -387,14 +407,15 @@ def unavailable_metrics(has_judge: bool, has_inception: bool, inception_missing:
     """Which metrics a run cannot report and why (None when all are there)."""
     if has_judge:
         return missing_inception(inception_missing) if inception_missing else None
-    missing = ["modes", "kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
-                                                                          "density", "coverage"])
+    missing = ["modes", "reverse_kl", "forward_kl", "cond_accuracy"] + (
+        [] if has_inception else ["fid", "kid", "precision", "recall", "density", "coverage"])
     why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
            f", and {inception_missing or 'no Inception weights were given (images.inception / --inception-weights)'}"))
     return {"metrics": missing, "why": why, **({"fix": missing_inception("")["fix"]} if inception_missing else {})}
 
 
-CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
+CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
+              "num_samples", "initial_weight_share")
 COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
 
 
@@ -459,6 +480,10 @@ def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: Image
                  **({"sampler": cfg.sampler, "guidance": cfg.guidance} if family == "diffusion" else {}),
                  "train": _train_record(family, trained, cfg, vae_info)}
         _metrics_record(prep, ev, fam, entry, cfg, seed)
+        entry["metrics_raw"] = fam.raw  # the raw network beside the EMA headline (one rule for both families)
+        decay = trained.ema_decay[family]
+        entry["ema"] = {"decay": decay, "initial_weight_share": initial_weight_share(len(trained.histories[family]),
+                                                                                     decay)}
         entry["throughput"] = {"nfe": fam.nfe, "sample_seconds": fam.seconds,
                                "samples_per_s": len(fam.images) / fam.seconds}
         entry["features"] = "judge" if prep.judge else "inception" if prep.inception is not None else None

@@ -132,7 +132,7 @@ def _curve_figure(run_dir: Path, runs: list[dict], dataset: str, panels: list[tu
     return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_curve")
 
 
-SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy")
+SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy")
 
 
 def _sweep_summaries(runs: list[dict], dataset: str) -> dict:
@@ -213,8 +213,8 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
               ("p", (f"Protocol of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin et al. 2018): {num_samples:,} "
                      "samples per run; a sample is high quality within 3 std of its nearest mode; a mode is captured "
                      "when it is the nearest mode of at least one high-quality sample; reverse KL = KL(p_gen || "
-                     "uniform) over the nearest-mode histogram. Mean ± std over seeds; published rows for reference "
-                     "(their budgets differ)."))]
+                     "uniform) over the nearest-mode histogram of the high-quality samples (as PacGAN's released "
+                     "code). Mean ± std over seeds; published rows for reference (their budgets differ)."))]
     header = ["dataset", "model", "runs ok", "modes", "high quality %", "reverse KL", "params", "examples seen",
               "train s"]
     rows = []
@@ -247,8 +247,10 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
     return blocks
 
 
-# Published Stacked MNIST numbers (the papers and tables named in each row): modes captured (of 1000),
-# KL(p_gen || p_data).
+# Published Stacked MNIST numbers (the papers and tables named in each row): modes captured (of 1000), KL(p_gen ||
+# p_data) with p_data uniform: the direction of PacGAN's released code (fjxmlzn/PacGAN, stacked_MNIST_experiments/
+# unrolled_GAN_experiment/*/model.py, log_metrics: KLD(p, q) with p the generated mode histogram, q uniform over
+# 1000), i.e. our reverse_kl.
 REFERENCE_STACKED = [
     ("DCGAN (Srivastava et al. 2017, Table 4)", 99, 3.40),
     ("VEEGAN (Srivastava et al. 2017, Table 4)", 150, 2.95),
@@ -257,8 +259,9 @@ REFERENCE_STACKED = [
 ]
 IMAGE_METRICS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3),
                  ("precision", "precision", "{:.2f}", 1), ("recall", "recall", "{:.2f}", 1),
-                 ("density", "density", "{:.2f}", 1),
-                 ("coverage", "coverage", "{:.2f}", 1), ("modes", "modes", "{:.0f}", 1), ("kl", "KL", "{:.3f}", 1),
+                 ("density", "density", "{:.2f}", 1), ("coverage", "coverage", "{:.2f}", 1),
+                 ("modes", "modes", "{:.0f}", 1), ("reverse_kl", "reverse KL", "{:.3f}", 1),
+                 ("forward_kl", "forward KL", "{:.3f}", 1),
                  ("cond_accuracy", "prompt accuracy", "{:.2f}", 1)]
 
 
@@ -270,16 +273,18 @@ def _ci(stat_lo, stat_hi) -> str:
 
 def _stacked_blocks(summary: list[dict]) -> list:
     """The Stacked MNIST mode table: our models beside the published rows (REFERENCE_STACKED)."""
-    rows = [[s["model"], _pm(s.get("modes"), "{:.0f}"), _pm(s.get("kl"), "{:.3f}"),
+    rows = [[s["model"], _pm(s.get("modes"), "{:.0f}"), _pm(s.get("reverse_kl"), "{:.3f}"),
              _pm(s.get("num_samples"), "{:.0f}")] for s in summary]
     rows += [[f"*{name}*", str(modes), str(kl), "26,000"] for name, modes, kl in REFERENCE_STACKED]
     return [("p", ("Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN): modes = distinct digit triples the "
-                   "judge reads (of 1,000), KL(p_gen || uniform). The published rows count 26,000 samples; with fewer, "
-                   "the mode count is a lower bound (N samples from the uniform distribution show 1000 (1 - "
-                   "e^(-N/1000)) modes on average). Published budgets and architectures differ from ours, and their "
-                   "GANs are unconditional while ours are prompted with the three digits (drawn uniformly, like the "
-                   "data), so here the count also measures how well each model follows its prompt.")),
-            ("table", ["model", "modes (of 1000)", "KL", "samples"], rows)]
+                   "judge reads (of 1,000); reverse KL = KL(p_gen || p_data) over the triples, p_data the test "
+                   "split's (the published rows use the same direction against the uniform distribution, as PacGAN's "
+                   "released code computes it). The published rows count 26,000 samples; with fewer, the mode count "
+                   "is a lower bound (N samples from the uniform distribution show 1000 (1 - e^(-N/1000)) modes on "
+                   "average). Published budgets and architectures differ from ours, and their GANs are unconditional "
+                   "while ours are prompted with the three digits (drawn uniformly, like the data), so here the count "
+                   "also measures how well each model follows its prompt.")),
+            ("table", ["model", "modes (of 1000)", "reverse KL", "samples"], rows)]
 
 
 def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
@@ -399,11 +404,11 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
               ("p", ("Both models get the same frozen CLIP-style text encoder, the same prompts (drawn from the data's "
                      "caption distribution) and the same per-sample seeds. Metrics on the judge's features: FID and "
                      "KID (clean-fid's formulas; biased at small N, Chong & Forsyth 2020) with a 95% bootstrap "
-                     "interval on FID (resampling both sets, bias-corrected; mean of the per-seed bounds), "
+                     "interval for the population FID (basic bootstrap, resampling both sets; metrics.fid_bootstrap), "
                      "precision/recall (Kynkaanniemi et al. 2019, k=3), density/coverage (Naeem et al. 2020, k=5); "
-                     "modes and KL(p_gen || p_data) over the judge's labels; prompt accuracy = fraction of samples "
-                     "the judge assigns to the prompted class; judge accuracy = the judge's own held-out accuracy on "
-                     "real images. Mean ± std over seeds."))]
+                     "modes, KL(p_gen || p_data) and KL(p_data || p_gen) over the judge's labels; prompt accuracy = "
+                     "fraction of samples the judge assigns to the prompted class; judge accuracy = the judge's own "
+                     "held-out accuracy on real images. Mean ± std over seeds."))]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         per = [r for r in runs if r["dataset"] == dataset]
         summary = summarise({"runs": per})

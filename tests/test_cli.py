@@ -69,8 +69,8 @@ def test_image_runs_are_scored_with_every_metric(smoke_run):
     for r in runs:
         assert r["status"] == "ok", r.get("error")
         m = r["metrics"]
-        for key in ["fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy",
-                    "num_samples", "judge_accuracy"]:
+        for key in ["fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "forward_kl",
+                    "cond_accuracy", "num_samples", "judge_accuracy"]:
             assert key in m, key
         for key in ["precision", "recall", "coverage", "cond_accuracy", "judge_accuracy"]:
             assert 0 <= m[key] <= 1

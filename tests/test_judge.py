@@ -127,3 +127,31 @@ def test_default_judge_meets_floor(name, resolution):
     data = make_shapes(5000, resolution, seed=0) if name == "shapes" else load_digits(resolution)
     j = train_judge(data, JudgeConfig())
     assert j.accuracy >= JUDGE_MIN_ACCURACY[name] and j.train_seconds < 120
+
+
+def test_judge_fits_the_training_split_and_reports_test_accuracy(monkeypatch):
+    from bench import judge as judge_mod
+    from bench.images import image_hashes, load_splits
+
+    train, test = load_splits("stacked-digits", 200, 100, 16)
+    seen = {}
+    real_fit = judge_mod._fit
+
+    def spy(train_x, train_y, test_x, test_y, *args):
+        seen["train"], seen["test"] = set(image_hashes(_as_data(train_x))), set(image_hashes(_as_data(test_x)))
+        return real_fit(train_x, train_y, test_x, test_y, *args)
+
+    monkeypatch.setattr(judge_mod, "_fit", spy)
+    j = train_judge(train, QUICK_DIGITS, test=test)
+    # fitted on every training digit and on nothing else; scored on the test split's digits only
+    assert seen["train"] == set(image_hashes(train.channel_source))
+    assert seen["test"] == set(image_hashes(test.channel_source)) and not seen["train"] & seen["test"]
+    expected = (j.labels(test.channel_source.images[:, None, 0].expand(-1, 3, -1, -1))[:, None] // 100
+                == test.channel_source.labels[:, None]).double().mean()
+    assert j.accuracy == pytest.approx(float(expected)) and j.accuracy >= 0.85
+
+
+def _as_data(images):
+    from bench.images import ImageData
+
+    return ImageData(images, torch.zeros(len(images), dtype=torch.long), [""] * len(images), ["x"], 1)

@@ -154,8 +154,9 @@ def test_dcgan_train_step(benchmark):
     cfg, G, D, x, cond = _gan_setup()
     latent = lambda n: torch.randn(n, cfg.z_dim, device=DEVICE)  # noqa: E731 -- a one-line latent source
     before = [p.detach().clone() for p in G.parameters()]
-    history, status = _run(benchmark, lambda: train_gan(G, D, lambda step: (x, cond), latent, QUICK.gan, 1,
-                                                        progress=False), batch=TRAIN_BATCH)
+    res = _run(benchmark, lambda: train_gan(G, D, lambda step: (x, cond), latent, QUICK.gan, 1, progress=False),
+               batch=TRAIN_BATCH)
+    history, status = res.history, res.status
     assert status == {"status": "ok"} and len(history) == 1
     row = history[0]
     assert all(torch.isfinite(torch.tensor(row[k])) for k in ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm"))
