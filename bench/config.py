@@ -128,15 +128,17 @@ class ImageBenchConfig:
     text_batch_size: int = setting(256, min=2)  # caption-image pairs per CLIP step (the loss needs negatives)
     text_lr: float = setting(1e-3, gt=0)  # Adam, cosine-decayed
     caption_dropout: float = setting(0.1, min=0, lt=1)  # share of UNet training captions replaced by "" (CFG)
-    guidance: float = setting(3.0, min=0)  # CFG scale s: eps_u + s (eps_c - eps_u); 1 = none (Ho & Salimans 2021)
     sampler: str = setting("dpmpp2m:20", check=_check_samplers)  # diffusion sampler:steps used for the scores
-    num_samples: int = setting(1000, min=2)  # generated images scored per (dataset, model, seed); as many real ones
+    num_samples: int = setting(1000, min=2)  # generated images scored per (dataset, model, seed); as many test ones
+    num_test: int = setting(2000, min=2)  # images of the test split (fixed datasets: at most 20% of their images)
     amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
     eval_checkpoints: int = setting(4, min=0)  # metric-over-training: score at this many evenly spaced steps (0 = off)
     curve_samples: int = setting(256, min=2)  # images per checkpoint: the first of the evaluation's prompts and seeds
-    guidance_sweep: list[float] = setting(factory=lambda: [1.0, 2.0, 3.0, 5.0], min=0)  # CFG scales ([] = skip)
-    truncation_sweep: list[float] = setting(factory=lambda: [0.25, 0.5, 0.75, 1.0], min=0)  # GAN psi ([] = skip)
-    sweep_samples: int = setting(256, min=2)  # images per sweep setting: the first of the evaluation's prompts/seeds
+    # the knob grids each family is tuned over (the lowest validation FID wins) and swept along: the CFG scale s,
+    # eps_u + s (eps_c - eps_u), 1 = none (Ho & Salimans 2021); the GAN's latent truncation psi, 1 = none ([] = neutral)
+    guidance_sweep: list[float] = setting(factory=lambda: [1.0, 2.0, 3.0, 5.0], min=0)  # diffusion's grid
+    truncation_sweep: list[float] = setting(factory=lambda: [0.25, 0.5, 0.75, 1.0], min=0)  # the GAN's grid
+    sweep_samples: int = setting(256, min=2)  # images per sweep setting, on validation prompts and seeds
     fid_bootstrap: int = setting(100, min=0)  # resamples for the spread of FID at this sample count (0 = off)
     fid_counts: list[int] = setting(factory=list, min=2)  # FID at these counts and FID_inf (Chong & Forsyth 2020)
     # path to clean-fid's inception-2015-12-05.pt: adds Inception FID/KID ("" = off)

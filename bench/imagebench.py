@@ -15,20 +15,27 @@ config and is cached), so seeds measure training variance only. The networks are
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.linalg import LinAlgWarning
-from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from torch import nn
 from tqdm.auto import tqdm
 
 from bench.config import ImageBenchConfig, parse_sampler
-from bench.featcache import cached_features
+from bench.image_eval import (
+    COND_THRESHOLD,
+    FAMILIES,
+    KNOBS,
+    NEUTRAL,
+    TUNING_RULE,
+    EvalSet,
+    FamilyEval,
+    eval_set,
+    evaluate_family,
+    score,
+    unavailable_metrics,
+)
 from bench.image_models import (
     ImageModels,
     encode_captions,
@@ -37,16 +44,14 @@ from bench.image_models import (
     new_text_encoder,
     schedule,
 )
-from bench.images import ImageData, load_image_dataset
-from bench.inception import Backbone, inception_backbone, inception_metrics, missing_inception
+from bench.images import ImageData, load_splits, split_record
+from bench.inception import Backbone, inception_backbone, inception_metrics
 from bench.judge import Judge, judge_failure, load_or_train_judge
-from bench.metrics import cond_accuracy, fid, fid_bootstrap, fid_curve, fid_extrapolate, kid, mode_stats, prdc
 from bench.protocol import feature_protocols
 from bench.results import failed_entry
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
-from bench.sweeps import sweep
 from bench.train import (
     autocast,
     checkpoint_interval,
@@ -61,8 +66,6 @@ from models.mlp import num_params
 from models.text import Tokenizer, clip_loss
 from models.unet import UNet
 from models.vae import KLAutoencoder, latent_scale_factor, psnr
-
-FAMILIES = ("gan", "diffusion")
 
 
 def _cosine_opt(params, lr: float, steps: int):
@@ -81,7 +84,8 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
 @dataclass
 class Prepared:
     dataset: str
-    data: ImageData
+    data: ImageData  # the training split: the generators, the VAE, the text encoder and the judge train on it
+    test: ImageData  # the test split: the reference of every metric and the judge's accuracy
     judge: Judge | None  # None for data without classes (no labels to train one on)
     inception: Backbone | None  # Inception-v3 (the extra's file or clean-fid's), when asked for and present
     inception_missing: str | None  # why Inception metrics were asked for and cannot be had
@@ -90,17 +94,18 @@ class Prepared:
 
 
 def prepare(dataset: str, cfg: ImageBenchConfig, device: torch.device, cache_dir) -> Prepared:
-    """The dataset (it does not vary with the seed), its judge (trained once, cached) and Inception if given."""
-    data = load_image_dataset(dataset, cfg.num_train, cfg.resolution, seed=0)
-    data_key = {"dataset": dataset, "num_train": cfg.num_train, "resolution": cfg.resolution, "seed": 0}
+    """The dataset's fixed train/test split (it does not vary with the seed), its judge (fitted on train, measured on
+    test; cached by the splits' content) and Inception if asked for."""
+    data, test = load_splits(dataset, cfg.num_train, cfg.num_test, cfg.resolution)
+    data_key = {"dataset": dataset, "num_train": cfg.num_train, "num_test": cfg.num_test, "resolution": cfg.resolution}
     judge = None
     if data.num_modes >= 2:
-        judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
+        judge = load_or_train_judge(data, test, data_key, cfg.judge, str(cache_dir), device=str(device))
     inception, inception_missing = inception_backbone(cfg.inception_weights, cfg.inception, str(device))
     if inception_missing:
         tqdm.write(f"{dataset}: no Inception metrics: {inception_missing}")
     failure = judge_failure(dataset, judge) if judge is not None else None
-    return Prepared(dataset, data, judge, inception, inception_missing, Path(cache_dir), failure)
+    return Prepared(dataset, data, test, judge, inception, inception_missing, Path(cache_dir), failure)
 
 
 # ---------------------------------------------------------------- stage 2: training
@@ -250,178 +255,17 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
                    {"gan": gan.status, "diffusion": unet.status}, seconds, snapshots)
 
 
-# ---------------------------------------------------------------- stage 3: evaluation
-
-
-@dataclass
-class EvalSet:
-    """What both families are scored on: the same prompts, per-sample seeds and reference images."""
-
-    prompts: list[str]  # drawn from the data's caption distribution
-    labels: torch.Tensor  # (N,) the mode each prompt asks for
-    text: tuple  # (states (N, L, W), pooled (N, E), mask (N, L)) of the prompts
-    seeds: torch.Tensor  # (N,) per-sample seeds
-    real: torch.Tensor  # (N, C, H, W) reference images
-    real_feats: np.ndarray | None  # their features (judge, or Inception for data without classes)
-    real_inception: np.ndarray | None  # their Inception features, when Inception is on (cached across runs)
-    generator: torch.Generator  # drew the reference set; draws the real images of the sample grids next
-
-
-def eval_set(prep: Prepared, models: ImageModels, cfg: ImageBenchConfig, seed: int) -> EvalSet:
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    prompts, labels = prep.data.prompts(cfg.num_samples, seed=10_000 + seed)
-    real = prep.data.images[torch.randperm(len(prep.data.images), generator=generator)[: cfg.num_samples]]
-    real_inception = cached_features(real, prep.inception, prep.cache_dir)[0] if prep.inception is not None else None
-    real_feats = describe(real, prep.judge, None)[0] if prep.judge is not None else real_inception
-    return EvalSet(prompts, labels, models.encode(prompts), sample_seeds(seed, cfg.num_samples), real, real_feats,
-                   real_inception, generator)
-
-
-def draw(models: ImageModels, ev: EvalSet, family: str, n: int, knob: float, sampler: str, net=None):
-    """The first n of the evaluation's images of one family at one knob setting (truncation psi for the GAN, the
-    guidance scale for diffusion), from the final networks or from a snapshot `net`. Returns (images, NFE)."""
-    states, pooled, mask = (x[:n] for x in ev.text)
-    if family == "gan":
-        return models.sample_gan(pooled, ev.seeds[:n], psi=knob, G=net), 1
-    name, steps = parse_sampler(sampler)
-    return models.sample_diffusion(states, mask, ev.seeds[:n], sampler=name, steps=steps, guidance=knob, unet=net)
-
-
-def score(prep: Prepared, ev: EvalSet, images: torch.Tensor, **extra) -> dict:
-    """image_metrics of generated images against the reference set; raises FloatingPointError on NaN images."""
-    feats, judged = describe(images, prep.judge, prep.inception)
-    # One BLAS thread: the metrics' matrices are small (128 features), and OpenBLAS threads spinning against
-    # torch's on a busy 2-core machine made each FID's sqrtm 250x slower (1.2 s instead of 5 ms).
-    with threadpool_limits(limits=1, user_api="blas"):
-        return image_metrics(ev.real_feats, feats, judged, ev.labels[: len(images)], prep.data.num_modes, **extra)
-
-
-@dataclass
-class FamilyEval:
-    images: torch.Tensor  # the headline samples
-    nfe: int  # network passes per sample of the headline sampler
-    seconds: float  # wall time of drawing the headline samples
-    curve: list[dict]  # metrics of the training snapshots' EMAs
-    sweep: dict  # {"knob", "points"}: metrics along the family's fidelity/diversity knob
-    raw: dict  # metrics of the raw (non-EMA) network on the curve's prompts and seeds, comparable with its last point
-
-
-KNOBS = {"gan": "truncation psi", "diffusion": "guidance scale"}
-
-
-def headline_knob(cfg: ImageBenchConfig, family: str) -> float:
-    return 1.0 if family == "gan" else cfg.guidance
-
-
-def _snapshot_images(models, ev, family, n, knob, sampler, headline, final, at_step, step) -> torch.Tensor:
-    """The curve's images at one training step: the headline's first n at the final step (the same network)."""
-    if step == final:
-        return headline[:n]
-    return draw(models, ev, family, n, knob, sampler, net=at_step[step])[0]
-
-
-def _knob_images(models, ev, family, n, knob, sampler, headline, value) -> torch.Tensor:
-    """The sweep's images at one knob value: the headline's first n at the headline setting (the same images)."""
-    return headline[:n] if value == knob else draw(models, ev, family, n, value, sampler)[0]
-
-
-def evaluate_family(prep: Prepared, trained: Trained, ev: EvalSet, cfg: ImageBenchConfig, family: str) -> FamilyEval:
-    """Headline samples, then the metric-over-training curve and the knob sweep on the first curve_samples and
-    sweep_samples of the same prompts and seeds."""
-    knob, models = headline_knob(cfg, family), trained.models
-    t0 = time.perf_counter()
-    images, nfe = draw(models, ev, family, cfg.num_samples, knob, cfg.sampler)
-    seconds = time.perf_counter() - t0
-    scorable = ev.real_feats is not None  # else nothing to score checkpoints and settings with
-    at_step = {s.step: s.ema for s in trained.snapshots[family]} if scorable else {}  # the EMA copies, as headline
-    trained.snapshots[family] = []  # the dict holds the copies until the curve is scored
-    n_curve, n_sweep = min(cfg.curve_samples, cfg.num_samples), min(cfg.sweep_samples, cfg.num_samples)
-    metrics = partial(score, prep, ev)
-    snaps = partial(_snapshot_images, models, ev, family, n_curve, knob, cfg.sampler, images,
-                    len(trained.histories[family]), at_step)
-    curve = _points(sweep(list(at_step), snaps, metrics, key="step"))
-    for point in curve:
-        point["initial_weight_share"] = initial_weight_share(point["step"], trained.ema_decay[family])
-    at_step.clear()  # free the copies before the sweep
-    values = (cfg.truncation_sweep if family == "gan" else cfg.guidance_sweep) if scorable else []
-    knobs = partial(_knob_images, models, ev, family, n_sweep, knob, cfg.sampler, images)
-    points = _points(sweep(values, knobs, metrics))
-    raw = _points(sweep([n_curve], lambda n: draw(models, ev, family, n, knob, cfg.sampler, net=trained.raw[family])[0],
-                        metrics, key="num_samples"))[0] if scorable else {}
-    return FamilyEval(images, nfe, seconds, curve, {"knob": KNOBS[family], "points": points}, raw)
+# ---------------------------------------------------------------- stage 3: evaluation (bench/image_eval.py)
 
 
 def vae_report(prep: Prepared, trained: Trained, ev: EvalSet, cfg: ImageBenchConfig) -> dict:
-    """Reconstruction quality of the reference images: PSNR and the share the judge still labels the same."""
+    """Reconstruction quality of the reference (test) images: PSNR and the share the judge still labels the same."""
     models = trained.models
     recon = models.decode_latents(models.encode_latents(ev.real.to(models.device)) * models.vae.scale_factor).cpu()
     judge = prep.judge
     same = float((judge.labels(recon) == judge.labels(ev.real)).float().mean()) if judge is not None else None
     return {"steps": cfg.vae_steps, "seconds": trained.seconds["vae"], "psnr": psnr(recon, ev.real),
             "recon_accuracy": same, "scale_factor": float(models.vae.scale_factor)}
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def describe(images: torch.Tensor, judge, inception) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(features (N, F), mode labels (N,)) of images for the metrics: the judge's features and labels; for data
-    without classes (no judge), Inception features (clean-fid's "clean" mode) and no labels; (None, None) without
-    either. Raises FloatingPointError on non-finite images (a diverged model's)."""
-    if not torch.isfinite(images).all():
-        raise FloatingPointError("generated images contain NaN or inf")
-    if judge is not None:
-        return judge.features(images), judge.labels(images).numpy()
-    if inception is not None:
-        return inception.features(images), None
-    return None, None
-
-
-def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judged: np.ndarray | None,
-                  prompted: torch.Tensor, num_modes: int, fid_boot: int = 0, fid_counts: tuple[int, ...] = (),
-                  seed: int = 0) -> dict:
-    """FID/KID (clean-fid's formulas) and PRDC on features, mode statistics and prompt accuracy on judged labels,
-    each where its input exists. With fid_boot > 0 the basic bootstrap 95% interval fid_lo..fid_hi for the population
-    FID, its bias-corrected estimate fid_bc and FID's spread at this N fid_sd (metrics.fid_bootstrap); with
-    fid_counts, FID at those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
-    out: dict = {}
-    if feats is not None:
-        out.update(fid=fid(real_feats, feats), kid=kid(real_feats, feats), **prdc(real_feats, feats))
-        if fid_boot > 0:
-            with warnings.catch_warnings():  # resamples hold duplicates: sqrtm warns of singular products each time
-                warnings.simplefilter("ignore", LinAlgWarning)
-                boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
-            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"], fid_bc=boot["fid_bc"], fid_sd=boot["sd"])
-        counts = sorted({n for n in fid_counts if 2 <= n <= len(feats)} | ({len(feats)} if fid_counts else set()))
-        if len(counts) >= 2:
-            out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
-            out["fid_inf"] = fid_extrapolate(out["fid_curve"])
-    if judged is not None:
-        out.update(mode_stats(judged, num_modes))
-        out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
-    out["num_samples"] = len(prompted)
-    return out
-
-
-def unavailable_metrics(has_judge: bool, has_inception: bool, inception_missing: str | None = None) -> dict | None:
-    """Which metrics a run cannot report and why (None when all are there)."""
-    if has_judge:
-        return missing_inception(inception_missing) if inception_missing else None
-    missing = ["modes", "reverse_kl", "forward_kl", "cond_accuracy"] + (
-        [] if has_inception else ["fid", "kid", "precision", "recall", "density", "coverage"])
-    why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
-           f", and {inception_missing or 'no Inception weights were given (images.inception / --inception-weights)'}"))
-    return {"metrics": missing, "why": why, **({"fix": missing_inception("")["fix"]} if inception_missing else {})}
-
-
-CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
-              "num_samples", "initial_weight_share")
-COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
-
-
-def _points(points: list[dict]) -> list[dict]:
-    """Curve and sweep points keep the headline metrics only (no bootstrap, no nested lists)."""
-    return [{k: v for k, v in p.items() if k in CURVE_KEYS or k in ("step", "value", "error")} for p in points]
 
 
 def real_for_prompts(data: ImageData, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -437,81 +281,105 @@ def real_for_prompts(data: ImageData, labels: torch.Tensor, generator: torch.Gen
 
 
 def _train_record(family: str, trained: Trained, cfg: ImageBenchConfig, vae_info: dict) -> dict:
-    """Steps, examples seen, wall time and parameters of one family; the shared text encoder on both sides."""
+    """Steps, examples seen, wall time and parameters of one family. The shared, frozen text encoder is counted on
+    neither side (both families read it the same way); its own cost is recorded once, under text_encoder."""
     m, steps = trained.models, len(trained.histories[family])
     seconds = trained.seconds["gan"] if family == "gan" else trained.seconds["vae"] + trained.seconds["diffusion"]
     params = ({"G": num_params(m.G), "D": num_params(m.D)} if family == "gan"
-              else {"vae": num_params(m.vae), "text": num_params(m.text), "unet": num_params(m.unet)})
+              else {"vae": num_params(m.vae), "unet": num_params(m.unet)})
     extra = cfg.vae_steps * cfg.vae_batch_size if family == "diffusion" else 0  # the VAE's images, on top
-    own_seconds = trained.seconds[family]
     record = {"steps": steps, "examples_seen": steps * cfg.batch_size + extra, "seconds": seconds,
-              "images_per_s": steps * cfg.batch_size / own_seconds, "params": params,
+              "images_per_s": steps * cfg.batch_size / trained.seconds[family], "params": params,
               "params_total": sum(params.values()),
               "text_encoder": {"steps": cfg.text_steps, "seconds": trained.seconds["text"],
-                               "params": num_params(m.text)}}
+                               "params": num_params(m.text), "counted": "on neither side (shared, frozen)"}}
     return record if family == "gan" else {**record, "vae": vae_info}
 
 
+def _setting_metrics(prep: Prepared, ev: EvalSet, setting, cfg: ImageBenchConfig, seed: int) -> dict:
+    """Every metric of one knob setting's images (raises FloatingPointError on non-finite images)."""
+    out = score(prep, ev, ev.scored, setting.images, fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts),
+                seed=seed)
+    if prep.judge is not None:
+        out["judge_accuracy"] = prep.judge.accuracy
+    if ev.real_inception is not None and prep.judge is not None:  # beside the judge's, comparable with papers'
+        out.update(inception_metrics(ev.real_inception, prep.inception.features(setting.images))[0])
+    return out
+
+
 def _metrics_record(prep: Prepared, ev: EvalSet, fam: FamilyEval, entry: dict, cfg: ImageBenchConfig, seed: int):
-    """The headline metrics into entry["metrics"]; unscorable (non-finite) samples make the entry diverged/failed."""
-    common = {"judge_accuracy": prep.judge.accuracy} if prep.judge is not None else {}
+    """The neutral setting's metrics into entry["metrics"], the tuned one's into entry["tuned"]; unscorable
+    (non-finite) samples make the entry diverged (or failed)."""
     try:
-        entry["metrics"] = {**score(prep, ev, fam.images, fid_boot=cfg.fid_bootstrap,
-                                    fid_counts=tuple(cfg.fid_counts), seed=seed), **common}
-        if ev.real_inception is not None and prep.judge is not None:  # beside the judge's, comparable with papers'
-            entry["metrics"].update(inception_metrics(ev.real_inception, prep.inception.features(fam.images))[0])
+        entry["metrics"] = _setting_metrics(prep, ev, fam.neutral, cfg, seed)
+        entry["metrics"].update({k: fam.memorisation[k] for k in ("near_copy_share", "c_t") if k in fam.memorisation})
+        tuned = entry["metrics"] if fam.tuned is fam.neutral else _setting_metrics(prep, ev, fam.tuned, cfg, seed)
+        entry["tuned"] = {"knob": KNOBS[entry["model"]], "value": fam.tuned.value, "rule": TUNING_RULE,
+                          "nfe": fam.tuned.nfe, "metrics": {k: v for k, v in tuned.items() if k != "fid_curve"}}
     except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
-        entry["metrics"] = dict(common)
+        entry["metrics"] = {"judge_accuracy": prep.judge.accuracy} if prep.judge is not None else {}
         entry["status"] = "diverged" if entry["status"] == "diverged" else "failed"
         entry["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _entry(prep: Prepared, trained: Trained, fam: FamilyEval, family: str, cfg: ImageBenchConfig, seed: int,
+           vae_info: dict) -> dict:
+    entry = {"dataset": prep.dataset, "model": family, "seed": seed, **trained.status[family],
+             "knob": {"name": KNOBS[family], "neutral": NEUTRAL[family]},
+             **({"sampler": cfg.sampler} if family == "diffusion" else {}),
+             "train": _train_record(family, trained, cfg, vae_info)}
+    entry["metrics_raw"] = fam.raw  # the raw network beside the EMA headline (one rule for both families)
+    decay = trained.ema_decay[family]
+    entry["ema"] = {"decay": decay, "initial_weight_share": initial_weight_share(len(trained.histories[family]),
+                                                                                 decay)}
+    entry["throughput"] = {"nfe": fam.neutral.nfe, "nfe_tuned": fam.tuned.nfe, "sample_seconds": fam.neutral.seconds,
+                           "samples_per_s": len(fam.neutral.images) / fam.neutral.seconds}
+    entry["memorisation"] = fam.memorisation
+    entry["curve"] = fam.curve
+    entry["sweep"] = {"knob": KNOBS[family], "prompts": "validation", "points": fam.validation}
+    entry["stability"] = stability(trained.histories[family], family)
+    if fam.curve and prep.judge is not None:
+        entry["stability"].update(threshold=f"cond_accuracy >= {COND_THRESHOLD}",
+                                  steps_to_threshold=steps_to_threshold(fam.curve, "cond_accuracy", COND_THRESHOLD))
+    return entry
 
 
 def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: ImageBenchConfig, seed: int,
            vae_info: dict) -> list[dict]:
     """The two run entries (gan, diffusion) of results.json."""
-    description = (f"{prep.dataset}: {len(ev.real)} of the {len(prep.data.images)} images, drawn with seed "
-                   f"{10_000 + seed}")
+    description = f"{prep.dataset}: test split, {ev.reference['given']} of {len(prep.test.labels)} images"
     protocols = feature_protocols(ev.real, cfg.num_samples, description, inception=prep.inception,
                                   judge_net=prep.judge.net if prep.judge is not None else None)
+    missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
     entries = []
     for family in FAMILIES:
-        fam, status = fams[family], trained.status[family]
-        entry = {"dataset": prep.dataset, "model": family, "seed": seed, **status,
-                 **({"sampler": cfg.sampler, "guidance": cfg.guidance} if family == "diffusion" else {}),
-                 "train": _train_record(family, trained, cfg, vae_info)}
-        _metrics_record(prep, ev, fam, entry, cfg, seed)
-        entry["metrics_raw"] = fam.raw  # the raw network beside the EMA headline (one rule for both families)
-        decay = trained.ema_decay[family]
-        entry["ema"] = {"decay": decay, "initial_weight_share": initial_weight_share(len(trained.histories[family]),
-                                                                                     decay)}
-        entry["throughput"] = {"nfe": fam.nfe, "sample_seconds": fam.seconds,
-                               "samples_per_s": len(fam.images) / fam.seconds}
+        entry = _entry(prep, trained, fams[family], family, cfg, seed, vae_info)
+        _metrics_record(prep, ev, fams[family], entry, cfg, seed)
         entry["features"] = "judge" if prep.judge else "inception" if prep.inception is not None else None
-        missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
+        entry["splits"], entry["reference"] = split_record(prep.data, prep.test), ev.reference
         if missing is not None:
             entry["unavailable"] = missing
         entry["protocol"] = protocols  # how the feature metrics were computed, by feature family
-        entry["curve"], entry["sweep"] = fam.curve, fam.sweep
-        entry["stability"] = stability(trained.histories[family], family)
-        if fam.curve and prep.judge is not None:
-            entry["stability"].update(threshold=f"cond_accuracy >= {COND_THRESHOLD}",
-                                      steps_to_threshold=steps_to_threshold(fam.curve, "cond_accuracy",
-                                                                            COND_THRESHOLD))
         entries.append(entry)
     return entries
 
 
 def write_outputs(run: RunDir, prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: ImageBenchConfig,
                   seed: int) -> None:
-    """Histories, the checkpoint of every network and the sample grids (real / GAN / diffusion, same prompts)."""
+    """Histories, the checkpoint of every network and the sample grids (real test images / GAN / diffusion, the
+    same prompts; each family at its neutral and, when it differs, its tuned knob)."""
     for part, rows in trained.histories.items():
         run.write_history(prep.dataset, seed, part, rows)
     trained.models.save(run.checkpoint_path(prep.dataset, seed, "models"),
-                        {"dataset": prep.dataset, "seed": seed, "sampler": cfg.sampler, "guidance": cfg.guidance})
-    run.save_grid(prep.dataset, seed, "real", real_for_prompts(prep.data, ev.labels[:64], ev.generator))
+                        {"dataset": prep.dataset, "seed": seed, "sampler": cfg.sampler,
+                         "guidance": fams["diffusion"].tuned.value})
+    generator = torch.Generator().manual_seed(30_000 + seed)
+    run.save_grid(prep.dataset, seed, "real", real_for_prompts(prep.test, ev.scored.labels[:64], generator))
     for family in FAMILIES:
-        run.save_grid(prep.dataset, seed, family, fams[family].images)
-    run.write_prompts(prep.dataset, seed, ev.prompts[:64])
+        run.save_grid(prep.dataset, seed, family, fams[family].neutral.images)
+        if fams[family].tuned is not fams[family].neutral:
+            run.save_grid(prep.dataset, seed, f"{family}_tuned", fams[family].tuned.images)
+    run.write_prompts(prep.dataset, seed, ev.scored.captions[:64])
 
 
 def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: torch.device, run: RunDir, cache_dir,

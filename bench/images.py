@@ -13,6 +13,7 @@ all-greyscale folders keep their single channel (C=1). Models read C from the da
 import csv
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -455,10 +456,14 @@ def _dedupe(data: ImageData) -> tuple[ImageData, int]:
     return _subset(data, torch.tensor(sorted(first.values()))), len(data.labels) - len(first)
 
 
+TEST_SHARE = 0.2  # the largest share of a fixed dataset's images its test split takes
+
+
 def _seeded_split(data: ImageData, n_train: int, n_test: int, seed: int) -> tuple[ImageData, ImageData]:
-    """A fixed dataset split by a seeded permutation: the first n_test images are the test split, the next n_train
-    (all the rest when n_train <= 0 or more than remain) the training split."""
+    """A fixed dataset split by a seeded permutation: the first n_test images (at most TEST_SHARE of them) are the
+    test split, the next n_train (all the rest when n_train <= 0 or more than remain) the training split."""
     data, dropped = _dedupe(data)
+    n_test = min(n_test, math.ceil(TEST_SHARE * len(data.labels)))
     if not 0 < n_test < len(data.labels):
         raise DataError(f"a test split of {n_test} images needs a dataset of more; this one has {len(data.labels)}")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(data.labels)))

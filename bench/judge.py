@@ -40,8 +40,6 @@ class JudgeConfig:
     batch_size: int = setting(64, min=1)  # images per step
     lr: float = setting(3e-3, gt=0)  # Adam peak learning rate, cosine-decayed to 0
     weight_decay: float = setting(1e-4, min=0)  # AdamW decoupled weight decay
-    # without a test split: fraction of the real images kept out of training for accuracy
-    holdout: float = setting(0.2, gt=0, lt=1)
     shift: float = setting(0.08, min=0, max=0.5)  # random translation augmentation, as a fraction of the image side
     seed: int = setting(0, min=0)  # split, initialisation and batch order
 
@@ -130,11 +128,10 @@ def _fit(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, tes
     return judge.net, accuracy
 
 
-def train_judge(data: ImageData, cfg: JudgeConfig, device: str = "cpu", test: ImageData | None = None) -> Judge:
-    """A frozen classifier of data's mode labels. With a test split (bench.images.load_splits), it is fitted on all
-    of data (the training split) and its accuracy measured on test; without one (older callers), on a random
-    (1 - cfg.holdout) of data and measured on the rest. Stacked digits (channel_source set) train a digit
-    classifier on the source digits of each split, applied per channel."""
+def train_judge(data: ImageData, test: ImageData, cfg: JudgeConfig, device: str = "cpu") -> Judge:
+    """A frozen classifier of data's mode labels, fitted on data (the training split, bench.images.load_splits)
+    and its accuracy measured on test. Stacked digits (channel_source set) train a digit classifier on the source
+    digits of each split, applied per channel."""
     per_channel = data.channel_source is not None
     source = data.channel_source if per_channel else data
     if source.num_modes < 2:
@@ -142,14 +139,8 @@ def train_judge(data: ImageData, cfg: JudgeConfig, device: str = "cpu", test: Im
                         "images.inception or --inception-weights)")
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    if test is None:
-        order = torch.randperm(len(source.labels), generator=gen)
-        n_test = max(1, round(cfg.holdout * len(source.labels)))
-        held, kept = order[:n_test], order[n_test:]
-        parts = (source.images[kept], source.labels[kept], source.images[held], source.labels[held])
-    else:
-        test_source = test.channel_source if per_channel else test
-        parts = (source.images, source.labels, test_source.images, test_source.labels)
+    test_source = test.channel_source if per_channel else test
+    parts = (source.images, source.labels, test_source.images, test_source.labels)
     net, accuracy = _fit(*parts, source.num_modes, cfg, device, gen)
     return Judge(net, data.num_modes, accuracy, per_channel, time.perf_counter() - start)
 
@@ -162,14 +153,13 @@ def judge_failure(dataset: str, judge: Judge) -> str | None:
     return f"judge for {dataset} reached {judge.accuracy:.1%} held-out accuracy, below the {floor:.0%} floor"
 
 
-def judge_key(data: ImageData, data_key: dict, cfg: JudgeConfig, test: ImageData | None = None) -> str:
-    """sha256 of everything the trained judge depends on (data_key should name the dataset and its config; with a
-    test split, the content hashes of both splits are part of it)."""
+def judge_key(data: ImageData, test: ImageData, data_key: dict, cfg: JudgeConfig) -> str:
+    """sha256 of everything the trained judge depends on: data_key (the dataset and its config), the judge config
+    and the content hashes of both splits (a changed image means a new judge)."""
     blob = {"version": JUDGE_VERSION, "data": data_key, "judge": asdict(cfg),
             "shape": list(data.images.shape[1:]), "num_modes": data.num_modes,
             "per_channel": data.channel_source is not None}
-    if test is not None:
-        blob["splits"] = [content_hash(d.channel_source or d) for d in (data, test)]
+    blob["splits"] = [content_hash(d.channel_source or d) for d in (data, test)]
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -186,17 +176,17 @@ def _load_cached(weights: str, meta_path: str, device: str) -> Judge | None:
                  meta["per_channel"], meta["train_seconds"])
 
 
-def load_or_train_judge(data: ImageData, data_key: dict, cfg: JudgeConfig, cache_dir: str,
-                        device: str = "cpu", test: ImageData | None = None) -> Judge:
-    """The cached judge for (data_key, cfg, splits) if there is one, else train one and cache it (atomic writes).
-    Pass the test split to fit on data (the training split) and measure accuracy on test."""
-    key = judge_key(data, data_key, cfg, test)
+def load_or_train_judge(data: ImageData, test: ImageData, data_key: dict, cfg: JudgeConfig, cache_dir: str,
+                        device: str = "cpu") -> Judge:
+    """The cached judge for (splits, data_key, cfg) if there is one, else train one on data, measure it on test and
+    cache it (atomic writes)."""
+    key = judge_key(data, test, data_key, cfg)
     weights = os.path.join(cache_dir, f"judge-{key[:20]}.safetensors")
     meta_path = weights.replace(".safetensors", ".json")
     judge = _load_cached(weights, meta_path, device)
     if judge is not None:
         return judge
-    judge = train_judge(data, cfg, device, test)
+    judge = train_judge(data, test, cfg, device)
     os.makedirs(cache_dir, exist_ok=True)
     meta = {"key": key, "data_key": data_key, "config": asdict(cfg), "in_channels": judge.net[0][0].in_channels,
             "net_classes": judge.net[1].out_features, "num_modes": judge.num_modes, "accuracy": judge.accuracy,

@@ -13,6 +13,7 @@ import torch
 
 from bench.data import sample_mixture
 from bench.figures import FAMILY_COLOURS, LINE_STYLES, REAL_COLOUR, new_figure
+from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks
 from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
 from bench.rundir import RunDir, slug
@@ -265,12 +266,6 @@ IMAGE_METRICS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3)
                  ("cond_accuracy", "prompt accuracy", "{:.2f}", 1)]
 
 
-def _ci(stat_lo, stat_hi) -> str:
-    if stat_lo is None or stat_hi is None:
-        return "n/a"
-    return f"[{stat_lo[0]:.2f}, {stat_hi[0]:.2f}]"
-
-
 def _stacked_blocks(summary: list[dict]) -> list:
     """The Stacked MNIST mode table: our models beside the published rows (REFERENCE_STACKED)."""
     rows = [[s["model"], _pm(s.get("modes"), "{:.0f}"), _pm(s.get("reverse_kl"), "{:.3f}"),
@@ -311,27 +306,6 @@ def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
     return blocks
 
 
-def _image_table(per: list[dict], summary: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One dataset's headline table: one row per model, mean ± std over its seeds."""
-    header = (["model", "runs ok", "FID", "FID 95% CI"] + [h for _, h, _, _ in IMAGE_METRICS[1:]]
-              + ["judge accuracy", "samples", "params", "examples seen", "train s", "NFE", "sampling s"])
-    rows = []
-    for s in summary:
-        mine = [r for r in per if r["model"] == s["model"]]
-        train = next((r["train"] for r in mine if r.get("train")), None)
-        thr = next((r["throughput"] for r in mine if r.get("throughput")), {})
-        name = s["model"] + (f" ({mine[0]['sampler']}, guidance {mine[0]['guidance']})"
-                             if mine[0].get("sampler") else "")
-        rows.append([name, f"{s['ok']}/{s['seeds']}", _pm(s.get("fid")), _ci(s.get("fid_lo"), s.get("fid_hi"))]
-                    + [_pm(s.get(k), fmt, scale) for k, _, fmt, scale in IMAGE_METRICS[1:]]
-                    + [_pm(s.get("judge_accuracy"), "{:.3f}"), _pm(s.get("num_samples"), "{:.0f}"),
-                       " + ".join(f"{k} {v:,}" for k, v in train["params"].items()) if train else "n/a",
-                       f"{train['examples_seen']:,}" if train else "n/a",
-                       f"{np.mean([r['train']['seconds'] for r in mine if r.get('train')]):.0f}" if train else "n/a",
-                       str(thr.get("nfe", "n/a")), f"{thr['sample_seconds']:.1f}" if thr else "n/a"])
-    return header, rows
-
-
 def _fid_notes(per: list[dict], summary: list[dict]) -> list[str]:
     """FID by sample count with its extrapolation, and the Inception-feature scores, where the runs have them."""
     notes = []
@@ -352,15 +326,11 @@ def _fid_notes(per: list[dict], summary: list[dict]) -> list[str]:
 def _image_notes(per: list[dict], summary: list[dict]) -> list[str]:
     """The VAE's and the text encoder's own numbers, the FID notes, and what could not be measured."""
     vae = [r["train"]["vae"] for r in per if r.get("train", {}).get("vae")]
-    text = [r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")]
     notes = []
     if vae:
         notes.append(f"VAE reconstructions: PSNR {np.mean([v['psnr'] for v in vae]):.1f} dB, judge keeps the class "
                      f"of {np.mean([v['recon_accuracy'] for v in vae]):.1%} of them (the ceiling of the diffusion "
                      "model's prompt accuracy).")
-    if text:
-        notes.append(f"Text encoder (shared): {text[0]['params']:,} parameters, {text[0]['steps']} CLIP steps, "
-                     f"{np.mean([t['seconds'] for t in text]):.0f} s.")
     notes += _fid_notes(per, summary)
     if any(r.get("features") == "inception" for r in per):
         notes.append("This dataset has no classes for a judge: FID, KID, precision/recall and density/coverage "
@@ -375,7 +345,8 @@ def _grid_blocks(run_dir: Path, per: list[dict], dataset: str) -> list:
     """The first seed's sample grids (real, GAN, diffusion) and the first row of their shared prompts."""
     seed, rd = min(r["seed"] for r in per), RunDir(run_dir)
     blocks = [("img", rd.relative(rd.grid_path(dataset, seed, part)), f"{dataset} seed {seed}: {part}")
-              for part in ("real", "gan", "diffusion") if rd.grid_path(dataset, seed, part).exists()]
+              for part in ("real", "gan", "diffusion", "gan_tuned", "diffusion_tuned")
+              if rd.grid_path(dataset, seed, part).exists()]
     prompts = rd.read_prompts(dataset, seed)
     if prompts is not None:
         blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
@@ -402,21 +373,25 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
         return []
     blocks = [("h2", "Image benchmark: conditional DCGAN vs text-conditioned latent diffusion"),
               ("p", ("Both models get the same frozen CLIP-style text encoder, the same prompts (drawn from the data's "
-                     "caption distribution) and the same per-sample seeds. Metrics on the judge's features: FID and "
-                     "KID (clean-fid's formulas; biased at small N, Chong & Forsyth 2020) with a 95% bootstrap "
-                     "interval for the population FID (basic bootstrap, resampling both sets; metrics.fid_bootstrap), "
-                     "precision/recall (Kynkaanniemi et al. 2019, k=3), density/coverage (Naeem et al. 2020, k=5); "
-                     "modes, KL(p_gen || p_data) and KL(p_data || p_gen) over the judge's labels; prompt accuracy = "
-                     "fraction of samples the judge assigns to the prompted class; judge accuracy = the judge's own "
-                     "held-out accuracy on real images. Mean ± std over seeds."))]
+                     "caption distribution) and the same per-sample seeds, and both sample from an EMA of their "
+                     "weights. The reference is the test split, never a training image. Each family is scored at its "
+                     "neutral knob (GAN truncation psi = 1, diffusion guidance s = 1) and at its tuned knob: the "
+                     "lowest FID over its sweep grid on validation prompts and seeds disjoint from the scored ones. "
+                     "NFE counts network passes per sample, both halves of guidance included. Metrics on the judge's "
+                     "features: FID and KID (biased at small N, Chong & Forsyth 2020), precision/recall "
+                     "(Kynkaanniemi et al. 2019, k=3), density/coverage (Naeem et al. 2020, k=5); modes, reverse "
+                     "KL(p_gen || p_test) and forward KL(p_test || p_gen) over the judge's labels; prompt accuracy = "
+                     "share of samples the judge assigns to the prompted class; near-copies and C_T measure "
+                     "memorisation. Mean [95% t interval] over seeds."))]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         per = [r for r in runs if r["dataset"] == dataset]
         summary = summarise({"runs": per})
-        header, rows = _image_table(per, summary)
-        blocks += [("h3", dataset), ("table", header, rows)]
+        header, rows = image_table(per)
+        blocks += [("h3", dataset), ("table", header, rows)] + difference_blocks(per)
+        blocks += recipe_blocks(per, results.get("config", {}))
         if dataset == "stacked-digits":
             blocks += _stacked_blocks(summary)
-        notes = _image_notes(per, summary)
+        notes = _image_notes(per, summary) + [n for n in [memorisation_note(per)] if n]
         if notes:
             blocks.append(("p", " ".join(notes)))
         blocks += _grid_blocks(run_dir, per, dataset) + _image_curve_blocks(run_dir, per, dataset)

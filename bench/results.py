@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SCHEMA = "gan-vs-diffusion/results/v1"
+# v2 (fair protocol): reverse_kl = KL(p_gen || p_data) everywhere and forward_kl apart (v1's image "kl" was the
+# forward direction), EMA headlines with raw metrics beside them, neutral and tuned settings, test-split references.
+SCHEMA = "gan-vs-diffusion/results/v2"
 
 
 def versions() -> dict:
@@ -40,9 +42,17 @@ def failed_entry(dataset: str, model: str, seed: int, error: str, trace: str | N
 
 
 def load_results(path: Path) -> dict:
-    data = json.loads(Path(path).read_text())
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a gan-vs-diffusion results file (schema {data.get('schema')!r})")
+    """results.json of this schema version; ValueError (one line naming the file) for anything else."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable as JSON ({type(exc).__name__})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if isinstance(schema, str) and schema.startswith("gan-vs-diffusion/results/") and schema != SCHEMA:
+        raise ValueError(f"{path}: results schema {schema.rsplit('/', 1)[-1]}, this gvd reads "
+                         f"{SCHEMA.rsplit('/', 1)[-1]} (its metrics differ: rerun the suite with this version)")
+    if schema != SCHEMA or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{path}: not a gan-vs-diffusion results file (schema {schema!r})")
     return data
 
 

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 import bench.mixtures
@@ -326,7 +327,9 @@ def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_pat
     results = {"suite": "stacked", "created": "now", "device": "cpu", "versions": {}, "config": {"seeds": [0, 1, 2]},
                "runs": runs}
     md = to_markdown(build_blocks(tmp_path, results))
-    assert "| gan | 2/3 | 12.00 ± 2.83 | [11.00, 13.00] |" in md  # FID mean ± sample std, then the mean CI
+    # FID: mean [95% t interval over the seeds] (scipy as the second implementation), failed seed left out
+    lo, hi = scipy.stats.t.interval(0.95, 1, loc=12.0, scale=np.std([10.0, 14.0], ddof=1) / np.sqrt(2))
+    assert f"| gan | neutral (psi = 1) | 2/3 | over seeds | 12.00 [{lo:.2f}, {hi:.2f}] |" in md
     # the Stacked MNIST table: our modes/KL beside the published rows
     assert "| model | modes (of 1000) | reverse KL | samples |" in md
     assert "| gan | 900 ± 1 | 0.200 ± 0.000 | 5000 ± 0 |" in md  # modes 900 and 901: 900.5 ± 0.71

@@ -274,8 +274,8 @@ def test_folder_split_drops_duplicates_before_splitting(tmp_path):
     train, test = load_splits(f"folder:{tmp_path}", 0, 2, 8)
     assert train.split["duplicates_dropped"] == 6 and len(train.labels) + len(test.labels) == 6
     assert not set(image_hashes(train)) & set(image_hashes(test))
-    with pytest.raises(DataError, match="test split"):
-        load_splits(f"folder:{tmp_path}", 0, 6, 8)
+    _, capped = load_splits(f"folder:{tmp_path}", 0, 6, 8)  # a fixed dataset gives at most 20% to its test split
+    assert len(capped.labels) == 2
 
 
 def test_reference_set_never_repeats_and_says_when_it_is_short():

@@ -13,6 +13,7 @@ from bench.images import (
     COLOURS,
     DataError,
     ImageData,
+    _subset,
     load_digits,
     make_shapes,
     make_stacked_digits,
@@ -31,9 +32,15 @@ QUICK_SHAPES = JudgeConfig(width=16, steps=250)  # ~3 s on one core
 QUICK_DIGITS = JudgeConfig(width=8, steps=100)  # ~1 s
 
 
+def _halves(data: ImageData) -> tuple[ImageData, ImageData]:
+    """A training and a test part of data: a seeded 80% and the rest (disjoint)."""
+    order, cut = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(0)), int(0.8 * len(data.labels))
+    return _subset(data, order[:cut]), _subset(data, order[cut:])
+
+
 @pytest.fixture(scope="module")
 def shapes_judge():
-    return train_judge(make_shapes(1500, 16, seed=0), QUICK_SHAPES)
+    return train_judge(*_halves(make_shapes(1500, 16, seed=0)), QUICK_SHAPES)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +56,11 @@ def test_quick_shapes_judge_meets_floor_on_fresh_images(shapes_judge):
 
 
 def test_quick_digits_judge_and_stacked_digits_per_channel(digits):
-    j = train_judge(digits, QUICK_DIGITS)
+    j = train_judge(*_halves(digits), QUICK_DIGITS)
     assert j.accuracy >= JUDGE_MIN_ACCURACY["digits"] and not j.per_channel and j.num_modes == 10
     stacked = make_stacked_digits(300, 16, seed=1)
-    sj = train_judge(stacked, QUICK_DIGITS)  # trains on stacked.channel_source, i.e. the same digits
+    sj = train_judge(stacked, stacked, QUICK_DIGITS)  # fits and scores stacked.channel_source: all the digits
+    j = train_judge(digits, digits, QUICK_DIGITS)  # the same digits, the same seed: the same network
     assert sj.per_channel and sj.num_modes == 1000 and sj.accuracy == pytest.approx(j.accuracy)
     labels = sj.labels(stacked.images)
     # each channel is labelled by the digit classifier: the triple is right about acc^3 of the time
@@ -87,45 +95,45 @@ def test_judge_failure_message():
 def test_one_class_folder_has_no_judge():
     one = ImageData(torch.zeros(4, 3, 16, 16), torch.zeros(4, dtype=torch.long), ["x"] * 4, ["only"], 1)
     with pytest.raises(DataError, match="at least two classes"):
-        train_judge(one, QUICK_DIGITS)
+        train_judge(one, one, QUICK_DIGITS)
 
 
 def test_cache_trains_once_and_returns_the_same_judge(tmp_path, digits, monkeypatch):
     cfg = JudgeConfig(width=8, steps=20)
     key = {"name": "digits", "resolution": 16}
-    first = load_or_train_judge(digits, key, cfg, str(tmp_path))
+    first = load_or_train_judge(*_halves(digits), key, cfg, str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == sorted(
-        f"judge-{judge_key(digits, key, cfg)[:20]}{ext}" for ext in (".json", ".safetensors"))
+        f"judge-{judge_key(*_halves(digits), key, cfg)[:20]}{ext}" for ext in (".json", ".safetensors"))
 
     def no_training(*args, **kwargs):
         raise AssertionError("retrained on a cache hit")
 
     monkeypatch.setattr(judge_mod, "train_judge", no_training)
-    second = load_or_train_judge(digits, key, cfg, str(tmp_path))
+    second = load_or_train_judge(*_halves(digits), key, cfg, str(tmp_path))
     x = digits.images[:200]
     assert torch.equal(first.labels(x), second.labels(x))
     np.testing.assert_allclose(first.features(x), second.features(x), rtol=1e-6, atol=1e-6)
     assert second.accuracy == first.accuracy and second.train_seconds == first.train_seconds
     # a different config or data key is a different judge
-    assert judge_key(digits, key, JudgeConfig(width=8, steps=21)) != judge_key(digits, key, cfg)
-    assert judge_key(digits, {**key, "resolution": 32}, cfg) != judge_key(digits, key, cfg)
+    assert judge_key(*_halves(digits), key, JudgeConfig(width=8, steps=21)) != judge_key(*_halves(digits), key, cfg)
+    assert judge_key(*_halves(digits), {**key, "resolution": 32}, cfg) != judge_key(*_halves(digits), key, cfg)
     with pytest.raises(AssertionError, match="retrained"):
-        load_or_train_judge(digits, {"name": "other"}, cfg, str(tmp_path))
+        load_or_train_judge(*_halves(digits), {"name": "other"}, cfg, str(tmp_path))
 
 
 def test_damaged_cache_is_retrained(tmp_path, digits):
     cfg = JudgeConfig(width=8, steps=5)
-    load_or_train_judge(digits, {"n": 1}, cfg, str(tmp_path))
+    load_or_train_judge(*_halves(digits), {"n": 1}, cfg, str(tmp_path))
     weights = next(p for p in tmp_path.iterdir() if p.suffix == ".safetensors")
     weights.write_bytes(b"garbage")
-    assert load_or_train_judge(digits, {"n": 1}, cfg, str(tmp_path)).net is not None
+    assert load_or_train_judge(*_halves(digits), {"n": 1}, cfg, str(tmp_path)).net is not None
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,resolution", [("shapes", 16), ("shapes", 32), ("digits", 32)])
 def test_default_judge_meets_floor(name, resolution):
     data = make_shapes(5000, resolution, seed=0) if name == "shapes" else load_digits(resolution)
-    j = train_judge(data, JudgeConfig())
+    j = train_judge(*_halves(data), JudgeConfig())
     assert j.accuracy >= JUDGE_MIN_ACCURACY[name] and j.train_seconds < 120
 
 
@@ -142,7 +150,7 @@ def test_judge_fits_the_training_split_and_reports_test_accuracy(monkeypatch):
         return real_fit(train_x, train_y, test_x, test_y, *args)
 
     monkeypatch.setattr(judge_mod, "_fit", spy)
-    j = train_judge(train, QUICK_DIGITS, test=test)
+    j = train_judge(train, test, QUICK_DIGITS)
     # fitted on every training digit and on nothing else; scored on the test split's digits only
     assert seen["train"] == set(image_hashes(train.channel_source))
     assert seen["test"] == set(image_hashes(test.channel_source)) and not seen["train"] & seen["test"]
