@@ -34,7 +34,8 @@ QUICK_DIGITS = JudgeConfig(width=8, steps=100)  # ~1 s
 
 def _halves(data: ImageData) -> tuple[ImageData, ImageData]:
     """A training and a test part of data: a seeded 80% and the rest (disjoint)."""
-    order, cut = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(0)), int(0.8 * len(data.labels))
+    order = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(data.labels))
     return _subset(data, order[:cut]), _subset(data, order[cut:])
 
 
