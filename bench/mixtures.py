@@ -15,6 +15,7 @@ from torch import nn
 from bench.config import MixtureBenchConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
+from bench.guard import error_text
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
@@ -94,9 +95,12 @@ def evaluate_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixt
     t0 = time.perf_counter()
     curve = []
     for step, snap in trained.snapshots:
-        x, _ = draw_points(snap, trained.model, mix.curve_sampler, seeds, mix, device)
-        m = mixture_metrics(x * scale, dataset)
-        curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")}})
+        try:
+            x, _ = draw_points(snap, trained.model, mix.curve_sampler, seeds, mix, device)
+            m = mixture_metrics(x * scale, dataset)
+            curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")}})
+        except Exception as exc:  # noqa: BLE001 -- a curve point that cannot be drawn is recorded, not raised
+            curve.append({"step": step, "error": error_text(exc)})
     return by_sampler, points, curve, time.perf_counter() - t0
 
 
@@ -114,6 +118,10 @@ def record_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixtur
              "throughput": {k: by_sampler[headline][k] for k in ("nfe", "sample_seconds", "samples_per_s")}}
     if trained.model == "diffusion":
         entry["by_sampler"] = by_sampler
+    bad = {label: float(1 - np.isfinite(x).all(axis=1).mean()) for label, x in evaluation[1].items()}
+    if entry["status"] == "ok" and any(bad.values()):  # a finite loss but NaN/inf samples: diverged all the same
+        entry.update(status="diverged", diverged_at_step=None, diverged_in="sampling",
+                     nonfinite_fraction={k: v for k, v in bad.items() if v})
     entry["curve"], entry["curve_seconds"] = curve, curve_seconds
     entry["stability"] = stability(trained.history, trained.model)
     if curve:  # VEEGAN's notion of success on these mixtures: every mode captured

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.results import summarise
+from bench.guard import error_text
 from bench.rundir import RunDir, slug
 from bench.sweeps import summarise_sweeps
 
@@ -330,7 +331,7 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
         for s in summary:
             mine = [r for r in per if r["model"] == s["model"]]
             train = next((r["train"] for r in mine if r.get("train")), None)
-            thr = next((r["throughput"] for r in mine if r.get("throughput")), {})
+            thr = next((r["throughput"] for r in mine if (r.get("throughput") or {}).get("nfe") is not None), {})
             name = s["model"] + (f" ({mine[0]['sampler']}, guidance {mine[0]['guidance']})" if mine[0].get("sampler") else "")
             rows.append([name, f"{s['ok']}/{s['seeds']}", _pm(s.get("fid")), _ci(s.get("fid_lo"), s.get("fid_hi"))]
                         + [_pm(s.get(k), fmt, scale) for k, _, fmt, scale in IMAGE_METRICS[1:]]
@@ -338,17 +339,19 @@ def _image_blocks(run_dir: Path, results: dict) -> list:
                            " + ".join(f"{k} {v:,}" for k, v in train["params"].items()) if train else "n/a",
                            f"{train['examples_seen']:,}" if train else "n/a",
                            f"{np.mean([r['train']['seconds'] for r in mine if r.get('train')]):.0f}" if train else "n/a",
-                           str(thr.get("nfe", "n/a")), f"{thr['sample_seconds']:.1f}" if thr else "n/a"])
+                           str(thr.get("nfe", "n/a")),
+                           f"{thr['sample_seconds']:.1f}" if thr.get("sample_seconds") is not None else "n/a"])
         blocks += [("h3", dataset), ("table", header, rows)]
         if dataset == "stacked-digits":
             blocks += _stacked_blocks(summary)
-        vae = [r["train"]["vae"] for r in per if r.get("train", {}).get("vae")]
-        text = [r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")]
+        vae = [r["train"]["vae"] for r in per if (r.get("train") or {}).get("vae")]
+        text = [r["train"]["text_encoder"] for r in per if (r.get("train") or {}).get("text_encoder")]
         notes = []
-        if vae:
-            notes.append(f"VAE reconstructions: PSNR {np.mean([v['psnr'] for v in vae]):.1f} dB, judge keeps the class of "
-                         f"{np.mean([v['recon_accuracy'] for v in vae]):.1%} of them (the ceiling of the diffusion model's "
-                         "prompt accuracy).")
+        psnr, kept = _mean_std([v.get("psnr") for v in vae]), _mean_std([v.get("recon_accuracy") for v in vae])
+        if psnr is not None:
+            notes.append(f"VAE reconstructions: PSNR {psnr[0]:.1f} dB"
+                         + (f", judge keeps the class of {kept[0]:.1%} of them (the ceiling of the diffusion model's "
+                            "prompt accuracy)." if kept is not None else " (no judge to read their classes)."))
         if text:
             notes.append(f"Text encoder (shared): {text[0]['params']:,} parameters, {text[0]['steps']} CLIP steps, "
                          f"{np.mean([t['seconds'] for t in text]):.0f} s.")
@@ -448,22 +451,48 @@ def _stability_blocks(results: dict) -> list:
                        "D(x) - D(G(z))", "diverged", "steps to threshold"], rows)]
 
 
+def _detail(r: dict) -> str:
+    """What went wrong with a run entry, in one line."""
+    if r.get("status") == "diverged":
+        where = r.get("diverged_in") or (f"step {r['diverged_at_step']}" if r.get("diverged_at_step") is not None
+                                        else "")
+        return f"non-finite at {where}" if where else "non-finite"
+    if r.get("status") == "interrupted":
+        return "stopped before it finished; `gvd run --resume` reruns it"
+    return str(r.get("error", ""))
+
+
 def _status_blocks(results: dict) -> list:
-    bad = [r for r in results["runs"] if r["status"] != "ok"]
+    bad = [r for r in results["runs"] if r.get("status") != "ok"]
     if not bad:
         return []
-    rows = [[r["dataset"], r["model"], str(r["seed"]), r["status"],
-             str(r.get("diverged_at_step", "")) if r["status"] == "diverged" else r.get("error", "")] for r in bad]
+    rows = [[str(r.get("dataset")), str(r.get("model")), str(r.get("seed")), str(r.get("status")), _detail(r)]
+            for r in bad]
     return [("h2", "Runs that did not finish cleanly"), ("table", ["dataset", "model", "seed", "status", "detail"], rows)]
 
 
+def _head_blocks(results: dict) -> list:
+    return [("h1", f"gan-vs-diffusion: {results.get('suite', '?')}"),
+            ("p", f"Created {results.get('created', '?')} on {results.get('device', '?')}; "
+                  + ", ".join(f"{k} {v}" for k, v in (results.get("versions") or {}).items()) + "; seeds "
+                  + ", ".join(str(s) for s in (results.get("config") or {}).get("seeds", [])) + ".")]
+
+
 def build_blocks(run_dir: Path, results: dict) -> list:
-    head = [("h1", f"gan-vs-diffusion: {results['suite']}"),
-            ("p", f"Created {results['created']} on {results['device']}; "
-                  + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "; seeds "
-                  + ", ".join(str(s) for s in results["config"]["seeds"]) + ".")]
-    return (head + _status_blocks(results) + _mixture_blocks(run_dir, results) + _image_blocks(run_dir, results)
-            + _throughput_blocks(run_dir, results) + _stability_blocks(results))
+    """Every section of the report; a section that cannot be built from these results says so in one line and the
+    rest of the report is still written (entries may be ok, diverged, failed or interrupted, metrics may be missing)."""
+    results = {**results, "runs": [r for r in results.get("runs", []) if isinstance(r, dict)]}
+    results.setdefault("config", {}).setdefault("seeds", sorted({r.get("seed", 0) for r in results["runs"]}) or [0])
+    sections = [lambda: _head_blocks(results), lambda: _status_blocks(results),
+                lambda: _mixture_blocks(run_dir, results), lambda: _image_blocks(run_dir, results),
+                lambda: _throughput_blocks(run_dir, results), lambda: _stability_blocks(results)]
+    blocks = []
+    for section in sections:
+        try:
+            blocks += section()
+        except Exception as exc:  # noqa: BLE001 -- one section's gap is not a lost report
+            blocks.append(("p", f"(A section of this report could not be built: {error_text(exc)})"))
+    return blocks
 
 
 def _throughput_blocks(run_dir: Path, results: dict) -> list:
@@ -471,6 +500,8 @@ def _throughput_blocks(run_dir: Path, results: dict) -> list:
     from bench.throughput import quality_cost_figures, throughput_blocks
 
     figures = quality_cost_figures(run_dir, results)
+    if "error" in (results.get("throughput") or {}):
+        return [("h2", "Throughput"), ("p", f"The throughput measurement failed: {results['throughput']['error']}")]
     if "throughput" in results:
         return throughput_blocks(results["throughput"], figures)
     return [("h2", "Quality vs cost")] + [("img", f, f) for f in figures] if figures else []

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from bench import report
 from bench.config import SuiteConfig, to_dict
+from bench.guard import error_text
 from bench.imagebench import FAMILIES, run_image_dataset
 from bench.images import DataError, load_image_dataset
 from bench.mixtures import run_mixture
@@ -104,14 +105,29 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
 
 
 def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:
-    """The image models' speed (fresh networks of this run's configs) into results.json and each image entry."""
+    """The image models' speed (fresh networks of this run's configs) into results.json and each scored image entry.
+    A measurement that raises is recorded as {"error"} and changes no entry."""
     tqdm.write("throughput of the image models")
-    channels = load_image_dataset(cfg.images.datasets[0], 64, cfg.images.resolution, seed=0).images.shape[1]
-    results["throughput"] = image_throughput(cfg.images, device, channels=channels, budget_s=cfg.throughput_budget_s)
-    for entry in results["runs"]:
-        if entry["dataset"] in cfg.images.datasets and entry.get("throughput") is not None:
-            entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
+    try:
+        channels = load_image_dataset(cfg.images.datasets[0], 64, cfg.images.resolution, seed=0).images.shape[1]
+        results["throughput"] = image_throughput(cfg.images, device, channels=channels,
+                                                 budget_s=cfg.throughput_budget_s)
+        for entry in results["runs"]:
+            if entry["dataset"] in cfg.images.datasets and "nfe" in (entry.get("throughput") or {}):
+                entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
+    except Exception as exc:  # noqa: BLE001 -- a speed measurement that fails is a result, not a lost run
+        tqdm.write(f"throughput failed: {error_text(exc)}")
+        results["throughput"] = {"error": error_text(exc)}
     run.write_results(results)
+
+
+def finish(run: RunDir, results: dict) -> None:
+    """metrics.csv and the report; a report that cannot be built is one line on stderr, the results stay."""
+    run.write_metrics(metric_rows(results))
+    try:
+        report.write_report(run.root, results)
+    except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
+        tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`")
 
 
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1) -> dict:
@@ -128,6 +144,5 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
         run_images(cfg, run, results, device)
         if cfg.throughput_budget_s > 0:
             measure_throughput(cfg, run, results, device)
-    run.write_metrics(metric_rows(results))
-    report.write_report(run.root, results)
+    finish(run, results)
     return results
