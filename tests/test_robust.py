@@ -2,12 +2,20 @@
 resume, content-keyed caches."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from bench import imagebench
+from bench.cli import main
 from bench.config import preset
 from bench.mixtures import MixtureTrained, record_mixture
 from bench.report import write_report
@@ -104,3 +112,193 @@ def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch):
     gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
                                                   tmp_path / "cache", progress=False)
     assert gan["status"] == "ok" and diffusion["status"] == "diverged" and diffusion["diverged_in"] == "sampling"
+
+
+# ---------------------------------------------------------------- every input checked before work starts
+
+TINY = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1", "--seeds", "0", "--steps", "5",
+        "--set", "images=null", "--set", 'mixtures.datasets=["ring8"]', "--set", "mixtures.num_samples=50",
+        "--set", "mixtures.eval_checkpoints=0"]
+
+
+def _one_line_exit_2(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--seeds", "-1"], "seeds must be >= 0"),
+    (["--seeds", "99999999999999999999"], "seeds must be >= 0 and < 2147483648"),
+    (["--set", "mixtures.samplers=[]"], "mixtures.samplers: needs at least one entry"),
+    (["--set", "mixtures.datasets=[]"], "mixtures.datasets: needs at least one entry"),
+    (["--set", "mixtures.diffusion_train.ema=5"], "ema must be >= 0 and < 1"),
+    (["--set", "throughput_budget_s=nan"], "must be a finite number"),
+])
+def test_bad_run_settings(extra, needle, tmp_path, capsys):
+    _one_line_exit_2(TINY + extra + ["--out", str(tmp_path / "out")], needle, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--set", "images.datasets=[]"], "images.datasets: needs at least one entry"),
+    (["--set", "images.caption_dropout=2"], "caption_dropout must be >= 0 and < 1"),
+])
+def test_bad_image_settings(extra, needle, tmp_path, capsys):
+    _one_line_exit_2(["run", "--preset", "smoke", "--out", str(tmp_path / "out")] + extra, needle, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_under_a_file_and_bad_inception_weights(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep")
+    _one_line_exit_2(TINY + ["--out", str(tmp_path / "file" / "run")], "is a file, not a folder", capsys)
+    (tmp_path / "weights.pt").write_text("not torchscript")
+    _one_line_exit_2(["run", "--preset", "smoke", "--out", str(tmp_path / "o"), "--inception-weights",
+                      str(tmp_path / "weights.pt")], "cannot load Inception weights", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "weights.pt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_a_read_only_folder(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    _one_line_exit_2(TINY + ["--out", str(tmp_path / "ro" / "run")], "is not writable", capsys)
+
+
+def _checkpoint_dir(tmp_path, kind: str):
+    run = tmp_path / kind
+    (run / "checkpoints").mkdir(parents=True)
+    path = run / "checkpoints" / "shapes_seed0_models.safetensors"
+    if kind == "damaged":
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    elif kind == "no-metadata":
+        save_file({"G.w": torch.zeros(2)}, str(path))
+    else:  # an image checkpoint's keys, configs that do not build the networks
+        save_file({"G.w": torch.zeros(2)}, str(path), metadata={"config": json.dumps(
+            {"tokenizer": {"words": []}, "dcgan": {"bogus": 1}, "unet": {}, "text": {}, "vae": {}, "diffusion": {}})})
+    return run
+
+
+@pytest.mark.parametrize("kind, needle", [("damaged", "not a readable gan-vs-diffusion checkpoint"),
+                                          ("no-metadata", "not a readable gan-vs-diffusion checkpoint"),
+                                          ("foreign", "not an image-model checkpoint")])
+def test_sample_refuses_damaged_checkpoints(kind, needle, tmp_path, capsys):
+    run = _checkpoint_dir(tmp_path, kind)
+    _one_line_exit_2(["sample", str(run), "--prompt", "a", "--device", "cpu", "--out", str(tmp_path / "s.png")],
+                     needle, capsys)
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--out", "x.txt"], "give a .png file name"),
+    (["--n", "10000000"], "--n must be between 1 and 4096"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "-1"], "--guidance must be >= 0"),
+])
+def test_sample_bad_arguments_before_sampling(extra, needle, tmp_path, capsys):
+    run = _checkpoint_dir(tmp_path, "foreign")
+    _one_line_exit_2(["sample", str(run), "--prompt", "a", "--device", "cpu"] + extra, needle, capsys)
+
+
+def test_throughput_budget_nan(capsys):
+    _one_line_exit_2(["throughput", "--preset", "smoke", "--budget", "nan"], "--budget must be a finite number",
+                     capsys)
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_on_json_of_the_wrong_shape(command, tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"schema": "gan-vs-diffusion/results/v1", "runs": [1], "config": {}}')
+    args = [command, str(tmp_path)] + ([str(tmp_path)] if command == "compare" else [])
+    _one_line_exit_2(args, "runs[0] is not an object", capsys)
+    (tmp_path / "results.json").write_text('{"schema": ')
+    _one_line_exit_2(args, f"{tmp_path / 'results.json'}: cannot read it as JSON", capsys)
+    assert not (tmp_path / "report.md").exists()
+
+
+# ---------------------------------------------------------------- no clobbering
+
+
+def test_a_second_run_into_a_run_folder_is_refused_then_forced(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("the first run's")
+    _one_line_exit_2(TINY + ["--out", str(out)], "--resume", capsys)
+    assert (out / "results.json").read_text() == "the first run's"
+    assert main(TINY + ["--out", str(out), "--force"]) == 0
+    capsys.readouterr()
+    archived = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(archived) == 1 and (archived[0] / "results.json").read_text() == "the first run's"
+    assert [r["status"] for r in load_results(out / "results.json")["runs"]] == ["ok", "ok"]
+    _one_line_exit_2(["run", "--resume", str(out), "--preset", "smoke"], "drop --preset", capsys)
+    _one_line_exit_2(["run", "--resume", str(tmp_path / "nope")], "no config.json", capsys)
+
+
+# ---------------------------------------------------------------- interruption and resume
+
+RESUMABLE = ["--preset", "smoke", "--device", "cpu", "--seeds", "0", "1", "--steps", "400", "--set", "images=null",
+             "--set", 'mixtures.datasets=["ring8"]', "--set", "mixtures.num_samples=100"]
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is pid (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
+    """`gvd run` with two worker processes, stopped by sig once its first entry is in results.json."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *RESUMABLE, "--workers", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (out / "results.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - t0
+    assert stopped_in < 15, f"took {stopped_in:.1f} s to stop"
+    time.sleep(0.5)
+    assert workers and not [p for p in workers if _alive(p)], "worker processes left behind"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow  # two CLI subprocesses, worker spawns and three 2D runs: ~50 s on a busy 2-core machine
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_then_resume_gives_the_uninterrupted_metrics(sig, tmp_path):
+    """SIGTERM / SIGINT mid-run: exit 143 / 130 within seconds, no worker left, results.json with the finished
+    entries and the rest 'interrupted'; `--resume` then completes it with exactly the metrics of one unbroken run
+    (which uses one process instead of two: the numbers do not depend on --workers)."""
+    out = tmp_path / "stopped"
+    proc = _interrupt(out, sig)
+    assert proc.returncode == 128 + sig, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "--resume" in proc.stderr
+    statuses = [r["status"] for r in load_results(out / "results.json")["runs"]]
+    assert len(statuses) == 4 and "ok" in statuses and "interrupted" in statuses, statuses
+    assert "interrupted" in (out / "report.md").read_text()
+    assert main(["run", "--resume", str(out), "--workers", "2"]) == 0
+    assert main(["run", *RESUMABLE, "--workers", "1", "--out", str(tmp_path / "unbroken")]) == 0
+    resumed = load_results(out / "results.json")["runs"]
+    unbroken = load_results(tmp_path / "unbroken" / "results.json")["runs"]
+    assert [(r["model"], r["seed"], r["status"]) for r in resumed] == [(r["model"], r["seed"], "ok") for r in unbroken]
+    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in unbroken]
+    scores = lambda runs: [{label: {k: v for k, v in m.items() if "sample" not in k}  # noqa: E731 -- timings differ
+                            for label, m in r["by_sampler"].items()} for r in runs if "by_sampler" in r]
+    assert scores(resumed) == scores(unbroken)
+    curve = lambda runs: [r["curve"] for r in runs]  # noqa: E731
+    assert curve(resumed) == curve(unbroken)
