@@ -40,7 +40,7 @@ from bench.images import ImageData, load_image_dataset
 from bench.judge import Judge, inception_features, judge_failure, load_inception, load_or_train_judge
 from bench.metrics import cond_accuracy, fid, fid_bootstrap, fid_curve, fid_extrapolate, kid, mode_stats, prdc
 from bench.results import failed_entry
-from bench.rundir import RunDir
+from bench.rundir import RunDir, content_hash
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.sweeps import sweep
@@ -79,7 +79,8 @@ class Prepared:
 def prepare(dataset: str, cfg: ImageBenchConfig, device: torch.device, cache_dir) -> Prepared:
     """The dataset (it does not vary with the seed), its judge (trained once, cached) and Inception if given."""
     data = load_image_dataset(dataset, cfg.num_train, cfg.resolution, seed=0)
-    data_key = {"dataset": dataset, "num_train": cfg.num_train, "resolution": cfg.resolution, "seed": 0}
+    data_key = {"dataset": dataset, "num_train": cfg.num_train, "resolution": cfg.resolution, "seed": 0,
+                "content": content_hash(data.images, data.labels)}  # edited images -> a new judge
     judge = None
     if data.num_modes >= 2:
         judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))

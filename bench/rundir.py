@@ -84,6 +84,17 @@ def slug(dataset: str) -> str:
     return f"{kind}-{name}-{hashlib.sha256(dataset.encode()).hexdigest()[:6]}"
 
 
+def content_hash(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes: a cache key that changes whenever the data does (a folder
+    whose images were edited, not only renamed or resized)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
     """safetensors file with every module's state under '<name>.<key>' and the config as JSON metadata, so the
     networks can be rebuilt from the checkpoint alone (no pickle)."""

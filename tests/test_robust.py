@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from bench import imagebench
@@ -302,3 +303,30 @@ def test_interrupt_then_resume_gives_the_uninterrupted_metrics(sig, tmp_path):
     assert scores(resumed) == scores(unbroken)
     curve = lambda runs: [r["curve"] for r in runs]  # noqa: E731
     assert curve(resumed) == curve(unbroken)
+
+
+# ---------------------------------------------------------------- caches keyed by content
+
+
+def _write_folder(root: Path, colours: dict[str, tuple]) -> None:
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            shade = tuple(min(255, c + 3 * i) for c in colour)
+            Image.new("RGB", (8, 8), shade).save(root / name / f"{i}.png")
+
+
+def test_judge_cache_is_invalidated_when_the_images_change(tmp_path):
+    """Same folder name, same sizes, edited images: the issue's stale judge (accuracy 1.0 where a fresh one scores
+    0.5). The cached judge must be reused for the same images and retrained for changed ones."""
+    cfg = _tiny_images()
+    cfg.resolution, cfg.num_train, cfg.judge.steps = 8, 16, 30
+    folder, cache = tmp_path / "pets", tmp_path / "cache"
+    _write_folder(folder, {"cats": (200, 0, 0), "dogs": (0, 0, 200)})
+    prep = lambda: imagebench.prepare(f"folder:{folder}", cfg, torch.device("cpu"), cache)  # noqa: E731
+    first = prep().judge
+    assert len(list(cache.glob("judge-*.safetensors"))) == 1
+    assert prep().judge.accuracy == first.accuracy and len(list(cache.glob("judge-*.safetensors"))) == 1
+    _write_folder(folder, {"cats": (90, 90, 90), "dogs": (90, 90, 90)})  # now the classes look alike
+    prep()
+    assert len(list(cache.glob("judge-*.safetensors"))) == 2
