@@ -20,6 +20,7 @@ from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.train import checkpoint_interval, train_diffusion, train_gan
+from bench.train_state import TrainState
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 
@@ -36,17 +37,26 @@ class MixtureTrained:
     snapshots: list = field(default_factory=list)  # [(step, frozen copy of what samples)]
 
 
-def real_batches(dataset: str, seed: int, batch_size: int, device):
-    """The real examples of each step, scaled to unit variance: the same stream for both models of a seed."""
-    scale, data_gen = mixture_scale(dataset), torch.Generator().manual_seed(seed)
+def real_batches(dataset: str, seed: int, batch_size: int, device, data_gen: torch.Generator | None = None):
+    """The real examples of each step, scaled to unit variance: the same stream for both models of a seed (data_gen:
+    the stream's generator, seeded from `seed` when not given)."""
+    scale, data_gen = mixture_scale(dataset), data_gen or torch.Generator().manual_seed(seed)
     return lambda step: (sample_mixture(dataset, batch_size, data_gen).to(device) / scale, None)
 
 
-def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True):
-    """Train one model on one mixture from its seed. Returns a MixtureTrained."""
-    real_batch = real_batches(dataset, seed, mix.batch_size, device)
+STATE_SAVES = 10  # a resumable training state is saved this many times per training (bench/train_state.py)
+
+
+def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True,
+                  state_path=None):
+    """Train one model on one mixture from its seed; with state_path, resume from the state saved there (if any)
+    and save it every steps / STATE_SAVES steps. Returns a MixtureTrained."""
+    data_gen = torch.Generator().manual_seed(seed)
+    real_batch = real_batches(dataset, seed, mix.batch_size, device, data_gen)
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(seed + 7919)
+    state = (TrainState(state_path, max(1, mix.steps // STATE_SAVES), {"data": data_gen, "train": train_gen})
+             if state_path is not None else None)
     snapshots: list = []
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     desc = f"{dataset}_{model}_seed{seed}"
@@ -55,7 +65,7 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
         G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
         latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
         history, status = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
-                                    snapshot_every=every, snapshots=snapshots)
+                                    snapshot_every=every, snapshots=snapshots, state=state)
         net, modules, params = G.eval(), {"G": G, "D": D}, {"G": num_params(G), "D": num_params(D)}
     else:
         denoiser = MLPDenoiser(mix.denoiser_net).to(device)
@@ -63,7 +73,7 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
         net, history, status = train_diffusion(denoiser, lambda step: (real_batch(step)[0], {}), alpha_bar,
                                                mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen,
                                                desc=desc, progress=progress, snapshot_every=every,
-                                               snapshots=snapshots)
+                                               snapshots=snapshots, state=state)
         modules, params = {"denoiser": net}, {"denoiser": num_params(denoiser)}
     return MixtureTrained(model, net, modules, history, status, time.perf_counter() - start, params, snapshots)
 
@@ -135,9 +145,11 @@ def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, de
                 progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, score and record one model on one mixture; writes its history and checkpoint.
     Returns (run entry, {sampler label: samples}); the caller saves the samples."""
-    trained = train_mixture(dataset, model, seed, mix, device, progress)
+    state_path = run.state_path(dataset, seed, model)
+    trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=state_path)
     run.write_history(dataset, seed, model, trained.history)
     run.save_checkpoint(dataset, seed, model, trained.modules,
                         {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})
+    state_path.unlink(missing_ok=True)  # finished: the checkpoint above replaces the resumable state
     evaluation = evaluate_mixture(trained, dataset, seed, mix, device)
     return record_mixture(trained, dataset, seed, mix, evaluation), evaluation[1]

@@ -1,9 +1,9 @@
 """`gvd run --resume RUN_DIR`: continue a stopped run from its own config.json and results.json.
 
 What is kept: every run entry that finished ("ok" or "diverged": a result, not a fault) and the throughput section
-when it was measured. Everything else ("failed", "interrupted", missing) is run again from its start; every training
-seeds itself from (dataset, model, seed) alone, so a rerun entry gets the numbers it would have had in one unbroken
-run. Training state is not checkpointed mid-way: a stopped training restarts at step 0.
+when it was measured. Everything else ("failed", "interrupted", missing) is run again: a 2D training from the state it
+last saved (bench/train_state.py), an image training from its first step. Every training seeds itself from
+(dataset, model, seed) alone, so a rerun entry gets the numbers it would have had in one unbroken run.
 """
 
 import dataclasses

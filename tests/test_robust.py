@@ -18,11 +18,12 @@ from safetensors.torch import save_file
 from bench import imagebench
 from bench.cli import main
 from bench.config import preset
-from bench.mixtures import MixtureTrained, record_mixture
+from bench.mixtures import MixtureTrained, record_mixture, run_mixture
 from bench.report import write_report
 from bench.results import SCHEMA, failed_entry, load_results
-from bench.guard import interrupted_entry
+from bench.guard import Interrupted, interrupted_entry
 from bench.rundir import RunDir
+from bench.train_state import TrainState
 
 
 def _results(runs: list[dict], **extra) -> dict:
@@ -330,3 +331,34 @@ def test_judge_cache_is_invalidated_when_the_images_change(tmp_path):
     _write_folder(folder, {"cats": (90, 90, 90), "dogs": (90, 90, 90)})  # now the classes look alike
     prep()
     assert len(list(cache.glob("judge-*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("model", ["gan", "diffusion"])
+def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monkeypatch):
+    """Stopped after 15 of 30 steps (its state saved every 3), then run again: the training continues from step 15
+    with its weights, EMA, optimisers, schedule, random generators, history and snapshots, and ends exactly where
+    one unbroken training ends (the same history, metrics and curve)."""
+    mix = preset("smoke").mixtures
+    mix.num_samples, mix.samplers, mix.eval_checkpoints = 100, ["ddim:5"], 5
+    unbroken, _ = run_mixture("ring8", model, 0, mix, "cpu", RunDir(tmp_path / "a"), progress=False)
+    run = RunDir(tmp_path / "b")
+    original = TrainState.step_done
+
+    def stop_at_15(self, steps_done, *args):
+        original(self, steps_done, *args)
+        if steps_done == 15:
+            raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(TrainState, "step_done", stop_at_15)
+    with pytest.raises(Interrupted):
+        run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
+    assert run.state_path("ring8", 0, model).is_file()
+    monkeypatch.undo()
+    resumed_steps = []
+    monkeypatch.setattr(TrainState, "step_done", lambda self, n, *a: (resumed_steps.append(n), original(self, n, *a)))
+    resumed, _ = run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
+    assert resumed_steps[0] == 16, "the resumed training starts after the 15 saved steps"
+    assert not run.state_path("ring8", 0, model).exists()
+    assert run.history_path("ring8", 0, model).read_text() == RunDir(tmp_path / "a").history_path(
+        "ring8", 0, model).read_text()
+    assert resumed["metrics"] == unbroken["metrics"] and resumed["curve"] == unbroken["curve"]
