@@ -362,3 +362,10 @@ def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monke
     assert run.history_path("ring8", 0, model).read_text() == RunDir(tmp_path / "a").history_path(
         "ring8", 0, model).read_text()
     assert resumed["metrics"] == unbroken["metrics"] and resumed["curve"] == unbroken["curve"]
+
+
+def test_sample_refuses_a_family_that_failed_to_train():
+    """The checkpoint of a run whose GAN failed holds an untrained G; `gvd sample --model gan` must say so."""
+    with pytest.raises(ValueError, match="failed to train"):
+        imagebench.sample_from_checkpoint(None, {"failed": ["gan"]}, "a", 4, model="gan", seed=0, sampler=None,
+                                          steps=None, guidance=None)
