@@ -1,6 +1,8 @@
 """The `gvd` command (also `python -m bench`).
 
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
+          [--force]               --out holds another run: move it to <out>.old-<timestamp> first
+  gvd run --resume RUN_DIR      continue a stopped run (its finished entries kept, the rest rerun)
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
   gvd compare RUN_DIR RUN_DIR+  summary metrics of several runs side by side, with deltas against the first
   gvd datasets                  list the built-in datasets
@@ -26,12 +28,23 @@ from bench.config import (
     validate,
 )
 from bench.data import list_datasets
+from bench.guard import Interrupted
 from bench.image_models import ImageModels
 from bench.imagebench import sample_from_checkpoint
 from bench.images import DataError, load_image_dataset
+from bench.inception import load_cleanfid_backbone
+from bench.preflight import (
+    PreflightError,
+    check_finite,
+    check_output_file,
+    check_sample_count,
+    check_writable_dir,
+    claim_run_dir,
+)
 from bench.report import write_report
 from bench.report_throughput import throughput_table
 from bench.results import load_results, summarise
+from bench.resume import load_run
 from bench.rundir import RunDir, save_grid, write_json
 from bench.suite import default_workers, resolve_device, run_suite
 from bench.throughput import image_throughput
@@ -47,34 +60,47 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _cmd_run(args) -> None:
-    cfg = preset(args.preset)
+def _run_config(args) -> tuple:
+    """(config, run folder, previous results or None) from the flags, or from the run folder under --resume."""
+    if args.resume:
+        given = [f for f, v in (("--preset", args.preset), ("--seeds", args.seeds), ("--steps", args.steps),
+                                ("--set", args.set), ("--out", args.out), ("--force", args.force)) if v]
+        if given:
+            raise UserError(f"--resume continues a run with its own config.json; drop {', '.join(given)}")
+        cfg, previous = load_run(Path(args.resume))
+        return cfg, Path(args.resume), previous
+    cfg = preset(args.preset or DEFAULT_PRESET)
     if args.seeds is not None:
         cfg.seeds = list(args.seeds)
     if args.steps is not None:
         set_steps(cfg, args.steps)
     for assignment in args.set or []:
         apply_override(cfg, assignment)
+    return cfg, Path(args.out) if args.out else Path("reports") / cfg.name, None
+
+
+def _cmd_run(args) -> None:
+    cfg, out, previous = _run_config(args)
     if args.inception_weights:
-        if not Path(args.inception_weights).is_file():
-            raise UserError(f"--inception-weights {args.inception_weights}: no such file")
         if cfg.images is None:
             raise UserError("--inception-weights needs a preset with the image benchmark")
         cfg.images.inception_weights = args.inception_weights
     validate(cfg)
-    out = Path(args.out) if args.out else Path("reports") / cfg.name
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {out} exists and is not a folder")
+    check_writable_dir(out)
     if cfg.images is not None:  # read every image dataset now, so a bad folder fails before anything is written
         for name in cfg.images.datasets:
             load_image_dataset(name, cfg.images.num_train, cfg.images.resolution, seed=0)
+        if cfg.images.inception_weights:  # a bad file fails now, not after the 2D training
+            load_cleanfid_backbone(cfg.images.inception_weights)
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
-    results = run_suite(cfg, out, device, workers=args.workers or default_workers(device))
+    if previous is None and (archive := claim_run_dir(out, args.force)) is not None:
+        print(f"moved the run that was in {out} to {archive}")
+    results = run_suite(cfg, out, device, workers=args.workers or default_workers(device), previous=previous)
     bad = [r for r in results["runs"] if r["status"] != "ok"]
     print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
 
@@ -130,23 +156,32 @@ def _find_checkpoint(run: RunDir, dataset: str | None, seed: int | None) -> tupl
     return found[0]
 
 
+def _load_models(path: Path, device) -> tuple:
+    """ImageModels.load, with any way a damaged or foreign checkpoint can fail as one line naming the file."""
+    try:
+        return ImageModels.load(path, device)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError, TypeError, KeyError, shape mismatches ...
+        raise UserError(f"{path}: not a readable image checkpoint ({type(exc).__name__})") from None
+
+
 def _cmd_sample(args) -> None:
     run = RunDir(args.run_dir)
     if not run.root.is_dir():
         raise UserError(f"{run.root} is not a folder")
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
+    check_sample_count(args.n)
+    check_finite(args.guidance, "--guidance", low=0)
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {args.sampler!r}; choose from {', '.join(SAMPLERS)}")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
     out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a .png file name")
+    check_output_file(out, ".png")
     try:
         device = resolve_device(args.device)
         path, _ = _find_checkpoint(run, args.dataset, args.seed)
-        models, meta = ImageModels.load(path, device)
+        models, meta = _load_models(path, device)
         images, nfe = sample_from_checkpoint(models, meta, args.prompt, args.n, model=args.model,
                                              seed=args.sample_seed, sampler=args.sampler, steps=args.steps,
                                              guidance=args.guidance)
@@ -162,8 +197,7 @@ def _cmd_throughput(args) -> None:
         raise UserError(f"preset {args.preset!r} has no image benchmark to measure; try --preset quick")
     if args.batch < 1:
         raise UserError("--batch must be at least 1")
-    if args.budget <= 0:
-        raise UserError("--budget must be positive (seconds)")
+    check_finite(args.budget, "--budget", low=0, strict=True)
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     T = cfg.diffusion.num_steps
@@ -171,8 +205,8 @@ def _cmd_throughput(args) -> None:
     if nfes[0] < 1 or nfes[-1] > T:
         raise UserError(f"--nfe values must be in 1..{T} (the preset's diffusion steps)")
     out = Path(args.out) if args.out else None
-    if out is not None and (out.is_dir() or not out.parent.is_dir()):
-        raise UserError(f"--out {out}: give a .json file name in an existing folder")
+    if out is not None:
+        check_output_file(out, ".json")
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
@@ -200,13 +234,9 @@ def _cmd_presets(args) -> None:
         print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train + evaluate + report")
-    run.add_argument("--preset", default=DEFAULT_PRESET,
-                     help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
+    run.add_argument("--preset", help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
     run.add_argument("--out", help="run folder (default reports/<preset>)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
@@ -220,16 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue a stopped run: keep its finished entries, rerun the rest from their start")
+    run.add_argument("--force", action="store_true",
+                     help="--out holds another run: move it to <out>.old-<timestamp> and start afresh")
     run.set_defaults(func=_cmd_run)
 
-    rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
-    rep.add_argument("run_dir")
-    rep.set_defaults(func=_cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="two or more runs side by side, with deltas against the first")
-    cmp_.add_argument("run_dirs", nargs="+")
-    cmp_.set_defaults(func=_cmd_compare)
-
+def _add_sample(sub) -> None:
     smp = sub.add_parser("sample", help="images for a prompt from a trained image run")
     smp.add_argument("run_dir")
     smp.add_argument("--model", choices=["diffusion", "gan"], default="diffusion")
@@ -245,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
     smp.set_defaults(func=_cmd_sample)
 
+
+def _add_throughput(sub) -> None:
     thr = sub.add_parser("throughput", help="images/s, latency, FLOPs and memory of the preset's image models")
     thr.add_argument("--preset", default=DEFAULT_PRESET,
                      help=f"whose image configs to measure (default {DEFAULT_PRESET})")
@@ -257,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--out", help="also write the full result as JSON to this file")
     thr.set_defaults(func=_cmd_throughput)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_cmd_report)
+    cmp_ = sub.add_parser("compare", help="two or more runs side by side, with deltas against the first")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.set_defaults(func=_cmd_compare)
+    _add_sample(sub)
+    _add_throughput(sub)
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)
     return parser
@@ -268,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare" and len(args.run_dirs) < 2:
             raise UserError("compare needs at least two run folders")
         args.func(args)
-    except (UserError, ConfigError, DataError) as exc:
+    except (UserError, ConfigError, DataError, PreflightError) as exc:
         print(f"gvd: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"gvd: interrupted ({stop}); finished runs are in results.json, `gvd run --resume` continues",
+              file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("gvd: interrupted", file=sys.stderr)
         return 130

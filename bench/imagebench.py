@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.config import ImageBenchConfig, parse_sampler
+from bench.guard import error_text, failed_status
 from bench.image_eval import (
     COND_THRESHOLD,
     FAMILIES,
@@ -53,6 +54,7 @@ from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.train import (
+    TrainResult,
     autocast,
     checkpoint_interval,
     drop_captions,
@@ -225,8 +227,36 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     return result, snapshots
 
 
+def _gan_part(images, pooled, cfg, cfgs, device, seed, progress):
+    """(TrainResult of G, D, snapshots, seconds) of the GAN; a GAN that raises is a failed GAN (untrained networks
+    kept so the bundle can still be saved; the checkpoint lists the family as failed), never a failed diffusion run."""
+    t0 = time.perf_counter()
+    try:
+        return (*train_dcgan(images, pooled, cfg, cfgs, device, seed, progress), time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
+        G, D = Generator(cfgs["dcgan"]).to(device).eval(), Discriminator(cfgs["dcgan"]).to(device).eval()
+        return TrainResult(G, G, [], failed_status(exc), cfg.gan.ema), D, [], time.perf_counter() - t0
+
+
+def _diffusion_part(images, text, uncond, cfg, cfgs, device, seed, progress):
+    """(vae, vae history, vae seconds, TrainResult of the UNet, snapshots, seconds) of the diffusion side; a VAE or
+    UNet that raises fails the diffusion entry only."""
+    t0, vae, vae_history, vae_seconds = time.perf_counter(), None, [], 0.0
+    try:
+        vae, vae_history = train_vae(images, cfg, cfgs, device, seed, progress)
+        vae_seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+        latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
+        unet, snaps = train_unet(latents, text, uncond, cfg, cfgs, device, seed, progress)
+    except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
+        vae = vae if vae is not None else KLAutoencoder(cfgs["vae"]).to(device).eval()
+        net = UNet(cfgs["unet"]).to(device).eval()
+        unet, snaps = TrainResult(net, net, [], failed_status(exc), cfg.diffusion_train.ema), []
+    return vae, vae_history, vae_seconds, unet, snaps, time.perf_counter() - t0
+
+
 def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progress=True) -> Trained:
-    """The shared text encoder, then the GAN, then the VAE and the UNet; every training seeds itself."""
+    """The shared text encoder, then the GAN, then the VAE and the UNet; every training seeds itself. A family whose
+    training raises is recorded as failed in Trained.status; the other goes on."""
     data, tokenizer = prep.data, Tokenizer.build(prep.data.captions)
     cfgs = network_configs(cfg, channels=data.images.shape[1], resolution=cfg.resolution, vocab_size=len(tokenizer))
     images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
@@ -236,23 +266,15 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
     seconds["text"] = time.perf_counter() - t0
     states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
     empty_states, _, empty_mask = encode_captions(text, tokenizer, [""], device)  # CFG's unconditional input
-    t0 = time.perf_counter()
-    gan, D, snapshots["gan"] = train_dcgan(images, pooled, cfg, cfgs, device, seed, progress)
-    seconds["gan"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    vae, histories["vae"] = train_vae(images, cfg, cfgs, device, seed, progress)
-    seconds["vae"] = time.perf_counter() - t0
-    latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
-    t0 = time.perf_counter()
-    unet, snapshots["diffusion"] = train_unet(latents, (states, mask), (empty_states, empty_mask), cfg, cfgs, device,
-                                              seed, progress)
-    seconds["diffusion"] = time.perf_counter() - t0
-    models = ImageModels(tokenizer=tokenizer, text=text, G=gan.ema, D=D, vae=vae, unet=unet.ema,
+    G, D, snapshots["gan"], seconds["gan"] = _gan_part(images, pooled, cfg, cfgs, device, seed, progress)
+    vae, histories["vae"], seconds["vae"], unet, snapshots["diffusion"], seconds["diffusion"] = _diffusion_part(
+        images, (states, mask), (empty_states, empty_mask), cfg, cfgs, device, seed, progress)
+    models = ImageModels(tokenizer=tokenizer, text=text, G=G.ema, D=D, vae=vae, unet=unet.ema,
                          diffusion=cfg.diffusion, device=torch.device(device), amp=cfg.amp)
-    histories.update(gan=gan.history, diffusion=unet.history)
-    return Trained(models, {"gan": gan.model, "diffusion": unet.model},
-                   {"gan": gan.ema_decay, "diffusion": unet.ema_decay}, histories,
-                   {"gan": gan.status, "diffusion": unet.status}, seconds, snapshots)
+    histories.update(gan=G.history, diffusion=unet.history)
+    return Trained(models, {"gan": G.model, "diffusion": unet.model},
+                   {"gan": G.ema_decay, "diffusion": unet.ema_decay}, histories,
+                   {"gan": G.status, "diffusion": unet.status}, seconds, snapshots)
 
 
 # ---------------------------------------------------------------- stage 3: evaluation (bench/image_eval.py)
@@ -318,8 +340,12 @@ def _metrics_record(prep: Prepared, ev: EvalSet, fam: FamilyEval, entry: dict, c
                           "nfe": fam.tuned.nfe, "metrics": {k: v for k, v in tuned.items() if k != "fid_curve"}}
     except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
         entry["metrics"] = {"judge_accuracy": prep.judge.accuracy} if prep.judge is not None else {}
-        entry["status"] = "diverged" if entry["status"] == "diverged" else "failed"
-        entry["error"] = f"{type(exc).__name__}: {exc}"
+        nonfinite = isinstance(exc, FloatingPointError)  # describe(): the samples hold NaN or inf
+        if nonfinite and entry["status"] == "ok":
+            entry.update(status="diverged", diverged_at_step=None, diverged_in="sampling")
+        elif not nonfinite:
+            entry["status"] = "failed"
+        entry["error"] = error_text(exc)
 
 
 def _entry(prep: Prepared, trained: Trained, fam: FamilyEval, family: str, cfg: ImageBenchConfig, seed: int,
@@ -353,6 +379,10 @@ def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: Image
     missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
     entries = []
     for family in FAMILIES:
+        status = trained.status[family]
+        if family not in fams:  # its training or evaluation raised
+            entries.append(failed_entry(prep.dataset, family, seed, status["error"], status.get("traceback")))
+            continue
         entry = _entry(prep, trained, fams[family], family, cfg, seed, vae_info)
         _metrics_record(prep, ev, fams[family], entry, cfg, seed)
         entry["features"] = "judge" if prep.judge else "inception" if prep.inception is not None else None
@@ -370,29 +400,52 @@ def write_outputs(run: RunDir, prep: Prepared, trained: Trained, ev: EvalSet, fa
     same prompts; each family at its neutral and, when it differs, its tuned knob)."""
     for part, rows in trained.histories.items():
         run.write_history(prep.dataset, seed, part, rows)
+    failed = [f for f in FAMILIES if trained.status[f]["status"] == "failed"]  # `gvd sample` refuses these
     trained.models.save(run.checkpoint_path(prep.dataset, seed, "models"),
                         {"dataset": prep.dataset, "seed": seed, "sampler": cfg.sampler,
-                         "guidance": fams["diffusion"].tuned.value})
+                         "guidance": fams["diffusion"].tuned.value if "diffusion" in fams else 1.0, "failed": failed})
     generator = torch.Generator().manual_seed(30_000 + seed)
     run.save_grid(prep.dataset, seed, "real", real_for_prompts(prep.test, ev.scored.labels[:64], generator))
-    for family in FAMILIES:
+    for family in fams:
         run.save_grid(prep.dataset, seed, family, fams[family].neutral.images)
         if fams[family].tuned is not fams[family].neutral:
             run.save_grid(prep.dataset, seed, f"{family}_tuned", fams[family].tuned.images)
     run.write_prompts(prep.dataset, seed, ev.scored.captions[:64])
 
 
+def _evaluate_families(prep, trained, ev, cfg) -> dict:
+    """FamilyEval of every family that trained; a family whose evaluation raises is marked failed in trained.status
+    (the other family's entry is untouched)."""
+    fams = {}
+    for family in FAMILIES:
+        if trained.status[family]["status"] == "failed":
+            continue
+        try:
+            fams[family] = evaluate_family(prep, trained, ev, cfg, family)
+        except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
+            trained.status[family] = failed_status(exc)
+    return fams
+
+
 def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: torch.device, run: RunDir, cache_dir,
                       progress: bool = True) -> list[dict]:
-    """Train and score both families on one image dataset for one seed. Returns the two run entries."""
+    """Train and score both families on one image dataset for one seed. Returns the two run entries. A stage both
+    families share (data, judge, text encoder, evaluation set) raises to the caller; a family's own training,
+    evaluation or record failing marks that family's entry failed only."""
     prep = prepare(dataset, cfg, device, cache_dir)
     if prep.failure is not None:
         return [failed_entry(dataset, m, seed, prep.failure) for m in FAMILIES]
     trained = train_models(prep, cfg, device, seed, progress)
     ev = eval_set(prep, trained.models, cfg, seed)
-    vae_info = vae_report(prep, trained, ev, cfg)
-    fams = {family: evaluate_family(prep, trained, ev, cfg, family) for family in FAMILIES}
-    write_outputs(run, prep, trained, ev, fams, cfg, seed)
+    try:
+        vae_info = vae_report(prep, trained, ev, cfg)
+    except Exception as exc:  # noqa: BLE001 -- a report of the VAE, not a reason to lose the run
+        vae_info = {"steps": cfg.vae_steps, "seconds": trained.seconds["vae"], "error": error_text(exc)}
+    fams = _evaluate_families(prep, trained, ev, cfg)
+    try:
+        write_outputs(run, prep, trained, ev, fams, cfg, seed)
+    except Exception as exc:  # noqa: BLE001 -- the entries below still carry the numbers
+        tqdm.write(f"{dataset} seed {seed}: writing checkpoints or grids failed: {error_text(exc)}")
     return record(prep, trained, ev, fams, cfg, seed, vae_info)
 
 
@@ -402,6 +455,8 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
 def sample_from_checkpoint(models: ImageModels, meta: dict, prompt: str, n: int, *, model: str, seed: int,
                            sampler: str | None, steps: int | None, guidance: float | None) -> tuple[torch.Tensor, int]:
     """n images for one prompt from a saved run's models. Unknown prompt words raise ValueError naming them."""
+    if model in meta.get("failed", []):
+        raise ValueError(f"the {model} model of this run failed to train; its checkpoint holds untrained weights")
     states, pooled, mask = models.encode([prompt] * n, strict=True)
     seeds = sample_seeds(seed, n)
     if model == "gan":

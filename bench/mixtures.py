@@ -15,10 +15,12 @@ from torch import nn
 from bench.config import MixtureBenchConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
+from bench.guard import error_text
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.train import checkpoint_interval, initial_weight_share, train_diffusion, train_gan
+from bench.train_state import TrainState
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 
@@ -37,17 +39,26 @@ class MixtureTrained:
     snapshots: list = field(default_factory=list)  # [Snapshot(step, raw copy, EMA copy)]
 
 
-def real_batches(dataset: str, seed: int, batch_size: int, device):
-    """The real examples of each step, scaled to unit variance: the same stream for both models of a seed."""
-    scale, data_gen = mixture_scale(dataset), torch.Generator().manual_seed(seed)
+def real_batches(dataset: str, seed: int, batch_size: int, device, data_gen: torch.Generator | None = None):
+    """The real examples of each step, scaled to unit variance: the same stream for both models of a seed (data_gen:
+    the stream's generator, seeded from `seed` when not given)."""
+    scale, data_gen = mixture_scale(dataset), data_gen or torch.Generator().manual_seed(seed)
     return lambda step: (sample_mixture(dataset, batch_size, data_gen).to(device) / scale, None)
 
 
-def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True):
-    """Train one model on one mixture from its seed. Returns a MixtureTrained."""
-    real_batch = real_batches(dataset, seed, mix.batch_size, device)
+STATE_SAVES = 10  # a resumable training state is saved this many times per training (bench/train_state.py)
+
+
+def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True,
+                  state_path=None):
+    """Train one model on one mixture from its seed; with state_path, resume from the state saved there (if any)
+    and save it every steps / STATE_SAVES steps. Returns a MixtureTrained."""
+    data_gen = torch.Generator().manual_seed(seed)
+    real_batch = real_batches(dataset, seed, mix.batch_size, device, data_gen)
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(seed + 7919)
+    state = (TrainState(state_path, max(1, mix.steps // STATE_SAVES), {"data": data_gen, "train": train_gen})
+             if state_path is not None else None)
     snapshots: list = []
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     desc = f"{dataset}_{model}_seed{seed}"
@@ -56,14 +67,14 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
         G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
         latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
         result = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
-                           snapshot_every=every, snapshots=snapshots)
+                           snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"G": result.ema, "G_raw": G, "D": D}, {"G": num_params(G), "D": num_params(D)}
     else:
         denoiser = MLPDenoiser(mix.denoiser_net).to(device)
         alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
         result = train_diffusion(denoiser, lambda step: (real_batch(step)[0], {}), alpha_bar,
                                  mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen, desc=desc,
-                                 progress=progress, snapshot_every=every, snapshots=snapshots)
+                                 progress=progress, snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"denoiser": result.ema, "denoiser_raw": denoiser}, {"denoiser": num_params(denoiser)}
     return MixtureTrained(model, result.ema, result.model.eval(), result.ema_decay, modules, result.history,
                           result.status, time.perf_counter() - start, params, snapshots)
@@ -99,10 +110,13 @@ def evaluate_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixt
     t0 = time.perf_counter()
     curve = []
     for step, _raw, ema in trained.snapshots:  # the EMA copies, as the headline
-        x, _ = draw_points(ema, trained.model, mix.curve_sampler, seeds, mix, device)
-        m = mixture_metrics(x * scale, dataset)
-        curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")},
-                      "initial_weight_share": initial_weight_share(step, trained.ema_decay)})
+        try:
+            x, _ = draw_points(ema, trained.model, mix.curve_sampler, seeds, mix, device)
+            m = mixture_metrics(x * scale, dataset)
+            curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")},
+                          "initial_weight_share": initial_weight_share(step, trained.ema_decay)})
+        except Exception as exc:  # noqa: BLE001 -- a curve point that cannot be drawn is recorded, not raised
+            curve.append({"step": step, "error": error_text(exc)})
     return by_sampler, points, raw, curve, time.perf_counter() - t0
 
 
@@ -122,6 +136,10 @@ def record_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixtur
         entry["by_sampler"] = by_sampler
     entry["metrics_raw"] = raw  # the raw network on the same seeds (the headline is its EMA, for both families)
     entry["ema"] = {"decay": trained.ema_decay, "initial_weight_share": initial_weight_share(steps, trained.ema_decay)}
+    bad = {label: float(1 - np.isfinite(x).all(axis=1).mean()) for label, x in evaluation[1].items()}
+    if entry["status"] == "ok" and any(bad.values()):  # a finite loss but NaN/inf samples: diverged all the same
+        entry.update(status="diverged", diverged_at_step=None, diverged_in="sampling",
+                     nonfinite_fraction={k: v for k, v in bad.items() if v})
     entry["curve"], entry["curve_seconds"] = curve, curve_seconds
     entry["stability"] = stability(trained.history, trained.model)
     if curve:  # VEEGAN's notion of success on these mixtures: every mode captured
@@ -135,9 +153,11 @@ def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, de
                 progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, score and record one model on one mixture; writes its history and checkpoint.
     Returns (run entry, {sampler label: samples}); the caller saves the samples."""
-    trained = train_mixture(dataset, model, seed, mix, device, progress)
+    state_path = run.state_path(dataset, seed, model)
+    trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=state_path)
     run.write_history(dataset, seed, model, trained.history)
     run.save_checkpoint(dataset, seed, model, trained.modules,
                         {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})
+    state_path.unlink(missing_ok=True)  # finished: the checkpoint above replaces the resumable state
     evaluation = evaluate_mixture(trained, dataset, seed, mix, device)
     return record_mixture(trained, dataset, seed, mix, evaluation), evaluation[1]

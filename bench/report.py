@@ -13,6 +13,7 @@ import torch
 
 from bench.data import sample_mixture
 from bench.figures import FAMILY_COLOURS, LINE_STYLES, REAL_COLOUR, new_figure
+from bench.guard import error_text
 from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks
 from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
@@ -325,12 +326,13 @@ def _fid_notes(per: list[dict], summary: list[dict]) -> list[str]:
 
 def _image_notes(per: list[dict], summary: list[dict]) -> list[str]:
     """The VAE's and the text encoder's own numbers, the FID notes, and what could not be measured."""
-    vae = [r["train"]["vae"] for r in per if r.get("train", {}).get("vae")]
+    vae = [r["train"]["vae"] for r in per if (r.get("train") or {}).get("vae")]
     notes = []
-    if vae:
-        notes.append(f"VAE reconstructions: PSNR {np.mean([v['psnr'] for v in vae]):.1f} dB, judge keeps the class "
-                     f"of {np.mean([v['recon_accuracy'] for v in vae]):.1%} of them (the ceiling of the diffusion "
-                     "model's prompt accuracy).")
+    psnr, kept = _mean_std([v.get("psnr") for v in vae]), _mean_std([v.get("recon_accuracy") for v in vae])
+    if psnr is not None:
+        notes.append(f"VAE reconstructions of test images: PSNR {psnr[0]:.1f} dB"
+                     + (f", judge keeps the class of {kept[0]:.1%} of them (the ceiling of the diffusion model's "
+                        "prompt accuracy)." if kept is not None else " (no judge to read their classes)."))
     notes += _fid_notes(per, summary)
     if any(r.get("features") == "inception" for r in per):
         notes.append("This dataset has no classes for a judge: FID, KID, precision/recall and density/coverage "
@@ -453,28 +455,56 @@ def _stability_blocks(results: dict) -> list:
                        "D(x) - D(G(z))", "diverged", "steps to threshold"], rows)]
 
 
+def _detail(r: dict) -> str:
+    """What went wrong with a run entry, in one line."""
+    if r.get("status") == "diverged":
+        where = r.get("diverged_in") or (f"step {r['diverged_at_step']}" if r.get("diverged_at_step") is not None
+                                        else "")
+        return f"non-finite at {where}" if where else "non-finite"
+    if r.get("status") == "interrupted":
+        return "stopped before it finished; `gvd run --resume` reruns it"
+    return str(r.get("error", ""))
+
+
 def _status_blocks(results: dict) -> list:
-    bad = [r for r in results["runs"] if r["status"] != "ok"]
+    bad = [r for r in results["runs"] if r.get("status") != "ok"]
     if not bad:
         return []
-    rows = [[r["dataset"], r["model"], str(r["seed"]), r["status"],
-             str(r.get("diverged_at_step", "")) if r["status"] == "diverged" else r.get("error", "")] for r in bad]
+    rows = [[str(r.get("dataset")), str(r.get("model")), str(r.get("seed")), str(r.get("status")), _detail(r)]
+            for r in bad]
     return [("h2", "Runs that did not finish cleanly"),
             ("table", ["dataset", "model", "seed", "status", "detail"], rows)]
 
 
+def _head_blocks(results: dict) -> list:
+    return [("h1", f"gan-vs-diffusion: {results.get('suite', '?')}"),
+            ("p", f"Created {results.get('created', '?')} on {results.get('device', '?')}; "
+                  + ", ".join(f"{k} {v}" for k, v in (results.get("versions") or {}).items()) + "; seeds "
+                  + ", ".join(str(s) for s in (results.get("config") or {}).get("seeds", [])) + ".")]
+
+
 def build_blocks(run_dir: Path, results: dict) -> list:
-    head = [("h1", f"gan-vs-diffusion: {results['suite']}"),
-            ("p", f"Created {results['created']} on {results['device']}; "
-                  + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "; seeds "
-                  + ", ".join(str(s) for s in results["config"]["seeds"]) + ".")]
-    return (head + _status_blocks(results) + _mixture_blocks(run_dir, results) + _image_blocks(run_dir, results)
-            + _throughput_blocks(run_dir, results) + _stability_blocks(results))
+    """Every section of the report; a section that cannot be built from these results says so in one line and the
+    rest of the report is still written (entries may be ok, diverged, failed or interrupted, metrics may be missing)."""
+    results = {**results, "runs": [r for r in results.get("runs", []) if isinstance(r, dict)]}
+    results.setdefault("config", {}).setdefault("seeds", sorted({r.get("seed", 0) for r in results["runs"]}) or [0])
+    sections = [lambda: _head_blocks(results), lambda: _status_blocks(results),
+                lambda: _mixture_blocks(run_dir, results), lambda: _image_blocks(run_dir, results),
+                lambda: _throughput_blocks(run_dir, results), lambda: _stability_blocks(results)]
+    blocks = []
+    for section in sections:
+        try:
+            blocks += section()
+        except Exception as exc:  # noqa: BLE001 -- one section's gap is not a lost report
+            blocks.append(("p", f"(A section of this report could not be built: {error_text(exc)})"))
+    return blocks
 
 
 def _throughput_blocks(run_dir: Path, results: dict) -> list:
     """Speed of the image models (measured by `gvd run`) and the quality-vs-cost figures."""
     figures = quality_cost_figures(run_dir, results)
+    if "error" in (results.get("throughput") or {}):
+        return [("h2", "Throughput"), ("p", f"The throughput measurement failed: {results['throughput']['error']}")]
     if "throughput" in results:
         return throughput_blocks(results["throughput"], figures)
     return [("h2", "Quality vs cost")] + [("img", f, f) for f in figures] if figures else []

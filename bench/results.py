@@ -41,19 +41,45 @@ def failed_entry(dataset: str, model: str, seed: int, error: str, trace: str | N
     return entry if trace is None else {**entry, "traceback": trace}
 
 
+STATUSES = ("ok", "diverged", "failed", "interrupted")
+
+
 def load_results(path: Path) -> dict:
-    """results.json of this schema version; ValueError (one line naming the file) for anything else."""
+    """results.json of this schema version, checked for the shape every reader relies on; ValueError (one line naming
+    the file and what is wrong) for anything else."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable as JSON ({type(exc).__name__})") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
+        raise ValueError(f"{path}: cannot read it as JSON ({type(exc).__name__})") from None
+    schema = data.get("schema") if isinstance(data, dict) else type(data).__name__
     if isinstance(schema, str) and schema.startswith("gan-vs-diffusion/results/") and schema != SCHEMA:
         raise ValueError(f"{path}: results schema {schema.rsplit('/', 1)[-1]}, this gvd reads "
                          f"{SCHEMA.rsplit('/', 1)[-1]} (its metrics differ: rerun the suite with this version)")
-    if schema != SCHEMA or not isinstance(data.get("runs"), list):
+    if schema != SCHEMA:
         raise ValueError(f"{path}: not a gan-vs-diffusion results file (schema {schema!r})")
+    if not isinstance(data.get("runs"), list) or not isinstance(data.get("config"), dict):
+        raise ValueError(f"{path}: 'runs' must be a list and 'config' an object")
+    for i, run in enumerate(data["runs"]):
+        problem = _entry_problem(run)
+        if problem:
+            raise ValueError(f"{path}: runs[{i}] {problem}")
     return data
+
+
+def _entry_problem(run) -> str | None:
+    """What is wrong with one run entry's shape, or None."""
+    if not isinstance(run, dict):
+        return "is not an object"
+    if not isinstance(run.get("dataset"), str) or run.get("model") not in ("gan", "diffusion"):
+        return "needs a 'dataset' string and a 'model' of gan or diffusion"
+    if isinstance(run.get("seed"), bool) or not isinstance(run.get("seed"), int):
+        return "needs an integer 'seed'"
+    if run.get("status") not in STATUSES:
+        return f"has status {run.get('status')!r}, not one of {', '.join(STATUSES)}"
+    for key in ("train", "metrics", "throughput"):
+        if not isinstance(run.get(key, {}), dict):
+            return f"'{key}' must be an object"
+    return None
 
 
 def metric_rows(results: dict) -> list[dict]:
@@ -79,7 +105,7 @@ def summarise(results: dict) -> list[dict]:
                "ok": sum(r["status"] == "ok" for r in runs)}
         keys = dict.fromkeys(k for r in runs for k, v in r.get("metrics", {}).items() if isinstance(v, (int, float)))
         for key in keys:
-            vals = np.array([r["metrics"].get(key, np.nan) for r in runs], dtype=float)
+            vals = np.array([(r.get("metrics") or {}).get(key, np.nan) for r in runs], dtype=float)
             vals = vals[np.isfinite(vals)]
             if len(vals):
                 row[key] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)

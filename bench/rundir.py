@@ -5,6 +5,7 @@
                   metrics.csv       one flat row per run entry
                   history/<id>_<part>.csv          per-step training logs
                   checkpoints/<id>_<part>.safetensors  weights, with the config that rebuilds them as metadata
+                  state/<id>_<part>.safetensors        an unfinished training's resumable state (2D models)
                   samples/<id>_<part>.png | .npy | _prompts.txt   sample grids, 2D samples, the grids' prompts
                   figures/<name>.png                 report figures
                   report.md, report.html
@@ -137,6 +138,10 @@ class RunDir:
 
     def checkpoint_path(self, dataset: str, seed: int, part: str) -> Path:
         return self.root / "checkpoints" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
+
+    def state_path(self, dataset: str, seed: int, part: str) -> Path:
+        """A training's resumable mid-training state (bench/train_state.py); removed when the training finishes."""
+        return self.root / "state" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
 
     def grid_path(self, dataset: str, seed: int, part: str) -> Path:
         return self.root / "samples" / f"{self.run_id(dataset, seed)}_{part}.png"

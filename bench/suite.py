@@ -8,7 +8,6 @@ the suite goes on.
 import multiprocessing
 import os
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -16,10 +15,12 @@ from tqdm.auto import tqdm
 
 from bench import report
 from bench.config import SuiteConfig, to_dict
+from bench.guard import Interrupted, error_text, ignore_sigint, interrupted_entry, stop_on_signals
 from bench.imagebench import FAMILIES, run_image_dataset
 from bench.images import DataError, load_image_dataset
 from bench.mixtures import run_mixture
 from bench.results import failed_entry, metric_rows, new_results
+from bench.resume import finished
 from bench.rundir import RunDir
 from bench.throughput import image_throughput, run_entry_throughput
 
@@ -42,54 +43,98 @@ def default_workers(device: torch.device) -> int:
 
 
 def _mixture_job(job) -> tuple[dict, dict]:
-    """One 2D run in a worker process (one thread each: these MLPs are too small to gain from more)."""
-    dataset, model, seed, mix, device, root, threads = job
-    torch.set_num_threads(threads)
+    """One 2D run, in a worker process or in the main one, on one thread: these MLPs are too small to gain from
+    more, and one thread everywhere keeps the numbers independent of --workers."""
+    dataset, model, seed, mix, device, root = job
+    torch.set_num_threads(1)
     try:
         return run_mixture(dataset, model, seed, mix, device, RunDir(root), progress=False)
     except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
         return failed_entry(dataset, model, seed, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)), {}
 
 
-def _run_jobs(jobs: list, workers: int, desc: str):
-    """Yield (job, (entry, points)) in job order, running up to `workers` jobs at once in separate processes.
-
-    Every job seeds itself, so its result does not depend on how many run beside it."""
-    bar = tqdm(total=len(jobs), desc=desc, unit="run")
-    if workers <= 1:
-        for job in jobs:
-            yield job, _mixture_job(job)
-            bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_mixture_job, job) for job in jobs]
-            for f in futures:
-                f.add_done_callback(lambda _: bar.update())
-            for job, f in zip(jobs, futures):
-                yield job, f.result()
-    bar.close()
+def planned(cfg: SuiteConfig) -> list[tuple]:
+    """Every (dataset, model, seed) the suite runs, in the order results.json lists them."""
+    keys = [(d, m, s) for d in cfg.mixtures.datasets for s in cfg.seeds for m in FAMILIES] if cfg.mixtures else []
+    if cfg.images is not None:
+        keys += [(d, m, s) for d in cfg.images.datasets for s in cfg.seeds for m in FAMILIES]
+    return keys
 
 
-def run_mixtures(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, workers: int) -> None:
-    """Every 2D (dataset, seed, model), `workers` at a time; results.json rewritten after each."""
-    threads = 1 if workers > 1 else torch.get_num_threads()
-    jobs = [(d, m, s, cfg.mixtures, device, run.root, threads)
-            for d in cfg.mixtures.datasets for s in cfg.seeds for m in ("gan", "diffusion")]
-    for (dataset, model, seed, *_), (entry, points) in _run_jobs(jobs, min(workers, len(jobs)),
-                                                                 f"2D runs ({cfg.name})"):
-        if entry["status"] == "failed":
-            tqdm.write(f"run {dataset}/{model}/seed {seed} failed: {entry['error']}")
-        for label, x in points.items():
-            run.save_points(dataset, seed, model, None if model == "gan" else label, x)
-        results["runs"].append(entry)
-        run.write_results(results)
+def _key(entry: dict) -> tuple:
+    return entry["dataset"], entry["model"], entry["seed"]
 
 
-def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:
-    """Every image (dataset, seed): both families; results.json rewritten after each pair."""
+def _add(run: RunDir, results: dict, entries: list[dict], order: list[tuple]) -> None:
+    """Put entries into results (replacing any of the same key), in planned order, and rewrite results.json."""
+    new = {_key(e) for e in entries}
+    results["runs"] = [r for r in results["runs"] if _key(r) not in new] + entries
+    results["runs"].sort(key=lambda r: order.index(_key(r)) if _key(r) in order else len(order))
+    run.write_results(results)
+
+
+def _record_mixture(run: RunDir, results: dict, order: list, job: tuple, outcome: tuple) -> None:
+    (dataset, model, seed, *_), (entry, points) = job, outcome
+    if entry["status"] == "failed":
+        tqdm.write(f"run {dataset}/{model}/seed {seed} failed: {entry['error']}")
+    for label, x in points.items():
+        run.save_points(dataset, seed, model, None if model == "gan" else label, x)
+    _add(run, results, [entry], order)
+
+
+def _run_pool(jobs: list, workers: int, record) -> None:
+    """Run jobs `workers` at a time in spawned processes, record(job, outcome) in job order. On Interrupted, record
+    the jobs that had finished, terminate every worker (none is left behind) and re-raise."""
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=ignore_sigint)  # fork after torch has
+    try:                                                                                  # started threads can hang
+        pending = [(job, pool.apply_async(_mixture_job, (job,))) for job in jobs]
+        recorded = 0
+        try:
+            for job, res in pending:
+                while not res.ready():
+                    res.wait(0.2)  # short waits: the signal handler runs between them
+                record(job, res.get())
+                recorded += 1
+        except Interrupted:
+            for job, res in pending[recorded:]:
+                if res.ready() and res.successful():
+                    record(job, res.get())
+            raise
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def run_mixtures(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, workers: int,
+                 done: dict | None = None) -> None:
+    """Every 2D (dataset, seed, model) not already in `done`, `workers` at a time; results.json rewritten after each."""
+    order, done = planned(cfg), done or {}
+    jobs = [(d, m, s, cfg.mixtures, device, run.root) for d in cfg.mixtures.datasets for s in cfg.seeds
+            for m in FAMILIES if (d, m, s) not in done]
+    bar = tqdm(total=len(jobs), desc=f"2D runs ({cfg.name})", unit="run")
+
+    def record(job, outcome):
+        _record_mixture(run, results, order, job, outcome)
+        bar.update()
+
+    try:
+        if min(workers, len(jobs)) <= 1:
+            for job in jobs:
+                record(job, _mixture_job(job))
+        else:
+            _run_pool(jobs, min(workers, len(jobs)), record)
+    finally:
+        bar.close()
+
+
+def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, done: dict | None = None) -> None:
+    """Every image (dataset, seed) whose two entries are not both in `done`: both families; results.json rewritten
+    after each pair."""
+    order, done = planned(cfg), done or {}
     for dataset in cfg.images.datasets:
         for seed in cfg.seeds:
+            if all((dataset, m, seed) in done for m in FAMILIES):
+                continue
             tqdm.write(f"image benchmark: {dataset}, seed {seed}")
             try:
                 entries = run_image_dataset(dataset, seed, cfg.images, device, run, cache_dir())
@@ -99,35 +144,64 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
                 tqdm.write(f"image runs {dataset}/seed {seed} failed: {type(exc).__name__}: {exc}")
                 error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
                 entries = [failed_entry(dataset, m, seed, error, trace) for m in FAMILIES]
-            results["runs"].extend(entries)
-            run.write_results(results)
+            _add(run, results, entries, order)
 
 
 def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:
-    """The image models' speed (fresh networks of this run's configs) into results.json and each image entry."""
+    """The image models' speed (fresh networks of this run's configs) into results.json and each scored image entry.
+    A measurement that raises is recorded as {"error"} and changes no entry."""
     tqdm.write("throughput of the image models")
-    channels = load_image_dataset(cfg.images.datasets[0], 64, cfg.images.resolution, seed=0).images.shape[1]
-    results["throughput"] = image_throughput(cfg.images, device, channels=channels, budget_s=cfg.throughput_budget_s)
-    for entry in results["runs"]:
-        if entry["dataset"] in cfg.images.datasets and entry.get("throughput") is not None:
-            entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
+    try:
+        channels = load_image_dataset(cfg.images.datasets[0], 64, cfg.images.resolution, seed=0).images.shape[1]
+        results["throughput"] = image_throughput(cfg.images, device, channels=channels,
+                                                 budget_s=cfg.throughput_budget_s)
+        for entry in results["runs"]:
+            if entry["dataset"] in cfg.images.datasets and "nfe" in (entry.get("throughput") or {}):
+                entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
+    except Exception as exc:  # noqa: BLE001 -- a speed measurement that fails is a result, not a lost run
+        tqdm.write(f"throughput failed: {error_text(exc)}")
+        results["throughput"] = {"error": error_text(exc)}
     run.write_results(results)
 
 
-def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1) -> dict:
-    """Run every benchmark of the suite; the 2D runs go `workers` at a time in separate processes."""
+def finish(run: RunDir, results: dict) -> None:
+    """metrics.csv and the report; a report that cannot be built is one line on stderr, the results stay."""
+    run.write_metrics(metric_rows(results))
+    try:
+        report.write_report(run.root, results)
+    except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
+        tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`")
+
+
+def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1,
+              previous: dict | None = None) -> dict:
+    """Run every benchmark of the suite; the 2D runs go `workers` at a time in separate processes. previous: the
+    results.json of the run being resumed (its finished entries are kept, not rerun). SIGINT / SIGTERM raise
+    Interrupted after results.json, metrics.csv and the report have recorded what finished and marked the rest
+    "interrupted"."""
     run = RunDir(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
     run.write_config(config)
     name = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
     results = new_results(cfg.name, config, name)
-    if cfg.mixtures is not None:
-        run_mixtures(cfg, run, results, device, workers)
-    if cfg.images is not None:
-        run_images(cfg, run, results, device)
-        if cfg.throughput_budget_s > 0:
-            measure_throughput(cfg, run, results, device)
-    run.write_metrics(metric_rows(results))
-    report.write_report(run.root, results)
+    done = finished(previous or {})
+    results["runs"] = list(done.values())
+    if "error" not in (previous or {}).get("throughput", {"error": None}):
+        results["throughput"] = previous["throughput"]  # measured already
+    with stop_on_signals():
+        try:
+            if cfg.mixtures is not None:
+                run_mixtures(cfg, run, results, device, workers, done)
+            if cfg.images is not None:
+                run_images(cfg, run, results, device, done)
+                if cfg.throughput_budget_s > 0 and "throughput" not in results:
+                    measure_throughput(cfg, run, results, device)
+        except Interrupted as stop:
+            tqdm.write(f"{stop}: recording what finished in {run.results_path}")
+            have = {_key(r) for r in results["runs"]}
+            _add(run, results, [interrupted_entry(*k) for k in planned(cfg) if k not in have], planned(cfg))
+            finish(run, results)
+            raise
+        finish(run, results)
     return results

@@ -27,14 +27,14 @@ def truncate(z: torch.Tensor, psi: float) -> torch.Tensor:
 def sweep(values: Iterable, generate: Callable[..., torch.Tensor], score: Callable[[torch.Tensor], dict],
           key: str = "value") -> list[dict]:
     """[{key: v, **score(generate(v))}] for each knob value v. generate must use the same prompts and seeds at every
-    v, so the points differ only by the knob. A setting whose samples cannot be scored (non-finite images of a
-    diverged model) is recorded with its error, not raised. The metric-over-training curve is the same loop with
-    key="step" over training checkpoints."""
+    v, so the points differ only by the knob. A setting whose samples cannot be drawn or scored (non-finite images of
+    a diverged model, or any other fault) is recorded with its error, not raised. The metric-over-training curve is
+    the same loop with key="step" over training checkpoints."""
     points = []
     for v in values:
         try:
             points.append({key: v, **score(generate(v))})
-        except (FloatingPointError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- one bad setting is a recorded point, not a lost sweep
             points.append({key: v, "error": f"{type(exc).__name__}: {exc}"})
     return points
 

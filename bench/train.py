@@ -155,19 +155,22 @@ def _after_step(model, ema, decay: float, step: int, snapshot_every: int, snapsh
 
 
 def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True,
-              snapshot_every: int = 0, snapshots: list | None = None) -> TrainResult:
+              snapshot_every: int = 0, snapshots: list | None = None, state=None) -> TrainResult:
     """Alternate one discriminator and one generator Adam step (Goodfellow et al. 2014, Algorithm 1 with k = 1), and
     keep an EMA of G (cfg.ema, warm-up rule of the module docstring).
 
     real_batch(step) -> (x, cond) gives the real examples of a step (cond is None for unconditional models);
     latent(n) -> z gives n latent vectors. History: losses, gradient norms, mean sigmoid D(x) and D(G(z)).
     snapshots, if given, receives Snapshot(steps done, copy of G, copy of its EMA) every snapshot_every steps.
+    state: a bench.train_state.TrainState to resume from and save to (None = neither).
     """
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
     ema = snapshot(G)  # the EMA starts as a frozen copy of the initial weights
     history, status = [], {"status": "ok"}
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
+    parts = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "ema": ema}  # what a resumed loop needs back
+    start = state.restore(parts, history, snapshots, raw="G", ema="ema") if state is not None else 0
+    for step in tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x, cond = real_batch(step)
         # --- discriminator step: real vs a detached fake batch
         with torch.no_grad():  # D's step needs no graph through G
@@ -198,24 +201,29 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
             status = {"status": "diverged", "diverged_at_step": step}
             break
         _after_step(G, ema, cfg.ema, step, snapshot_every, snapshots)
+        if state is not None:
+            state.step_done(step + 1, parts, history, snapshots)
     return TrainResult(G, ema, history, status, cfg.ema)
 
 
 def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionTrainConfig, steps: int,
                     generator: torch.Generator, desc: str = "diffusion", progress: bool = True,
-                    snapshot_every: int = 0, snapshots: list | None = None) -> TrainResult:
+                    snapshot_every: int = 0, snapshots: list | None = None, state=None) -> TrainResult:
     """Minimise the DDPM simple loss (Ho et al. 2020, eq. 14; or its v / x0 analogue) with AdamW, a one-cycle
     learning rate and an EMA of the weights (cfg.ema, warm-up rule of the module docstring).
 
     x0_batch(step) -> (x0, kwargs): clean examples and the extra network inputs (text context, ...).
     snapshots, if given, receives Snapshot(steps done, copy of the model, copy of its EMA) every snapshot_every steps.
+    state: a bench.train_state.TrainState to resume from and save to (None = neither).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 2), pct_start=cfg.warmup)
     ema = snapshot(model)  # the EMA starts as a frozen copy of the initial weights
     T = len(alpha_bar)
     history, status = [], {"status": "ok"}
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
+    parts = {"model": model, "ema": ema, "opt": opt, "sched": sched}  # what a resumed loop needs back
+    start = state.restore(parts, history, snapshots, raw="model", ema="ema") if state is not None else 0
+    for step in tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x0, kwargs = x0_batch(step)
         t = torch.randint(0, T, (len(x0),), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -231,4 +239,6 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
             status = {"status": "diverged", "diverged_at_step": step}
             break
         _after_step(model, ema, cfg.ema, step, snapshot_every, snapshots)
+        if state is not None:
+            state.step_done(step + 1, parts, history, snapshots)
     return TrainResult(model, ema, history, status, cfg.ema)

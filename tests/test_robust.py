@@ -1,0 +1,372 @@
+"""Runs that survive (issue 13): faults are results, bad input is one line, no clobbering, clean interruption,
+resume, content-keyed caches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from bench import imagebench
+from bench.cli import main
+from bench.config import preset
+from bench.guard import Interrupted, interrupted_entry
+from bench.mixtures import MixtureTrained, record_mixture, run_mixture
+from bench.report import write_report
+from bench.results import SCHEMA, failed_entry, load_results
+from bench.rundir import RunDir
+from bench.train_state import TrainState
+
+
+def _results(runs: list[dict], **extra) -> dict:
+    return {"schema": SCHEMA, "suite": "mix", "created": "now", "device": "cpu", "versions": {"torch": "x"},
+            "config": {"seeds": [0, 1], "mixtures": {"num_samples": 200}}, "runs": runs, **extra}
+
+
+def _mixed_runs() -> list[dict]:
+    ok = {"dataset": "ring8", "model": "gan", "seed": 0, "status": "ok",
+          "train": {"steps": 3, "examples_seen": 30, "seconds": 1.0, "params_total": 10},
+          "metrics": {"modes": 8, "num_modes": 8, "hq_fraction": 0.9, "reverse_kl": 0.01, "num_samples": 200},
+          "throughput": {"nfe": 1, "sample_seconds": 0.1, "samples_per_s": 2000.0}, "curve": [{"step": 1, "modes": 2}]}
+    diverged = {"dataset": "ring8", "model": "diffusion", "seed": 0, "status": "diverged", "diverged_at_step": None,
+                "diverged_in": "sampling", "train": {}, "metrics": {"hq_fraction": 0.0}, "throughput": {},
+                "by_sampler": {"ddpm:50": {"hq_fraction": 0.0, "nfe": 50}}}
+    image_ok = {"dataset": "folder:/x/cats", "model": "diffusion", "seed": 0, "status": "ok",
+                "train": {"steps": 2, "examples_seen": 4, "seconds": 1.0, "params": {"unet": 5}, "params_total": 5,
+                          "vae": {"psnr": 20.0, "recon_accuracy": None}},  # a folder without classes: no judge
+                "metrics": {"num_samples": 4}, "throughput": {}, "sweep": {"knob": "guidance scale", "points": []}}
+    return [ok, diverged, failed_entry("ring8", "gan", 1, "RuntimeError: boom"),
+            interrupted_entry("ring8", "diffusion", 1), failed_entry("folder:/x/cats", "gan", 0, "ValueError: bad"),
+            image_ok]
+
+
+def test_report_renders_every_status_and_missing_metrics(tmp_path):
+    """The issue's report crashes: a failed image entry with throughput {} (KeyError 'sample_seconds'), a VAE without
+    a judge (recon_accuracy None), a failed throughput measurement; every section must still be built."""
+    write_report(tmp_path, _results(_mixed_runs(), throughput={"error": "RuntimeError: no"}))
+    md = (tmp_path / "report.md").read_text()
+    assert "could not be built" not in md, md
+    for word in ("interrupted", "diverged", "failed", "RuntimeError: boom", "non-finite at sampling",
+                 "no judge to read their classes", "throughput measurement failed"):
+        assert word in md, word
+
+
+def test_results_of_the_wrong_shape_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "results.json"
+    for text, needle in [("{", "cannot read it as JSON"), ("[]", "not a gan-vs-diffusion results file"),
+                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}), "'runs' must be a list"),
+                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])), "status None")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=needle) as info:
+            load_results(path)
+        assert str(path) in str(info.value)
+
+
+def test_nonfinite_2d_samples_make_the_entry_diverged():
+    """A finite training loss with NaN samples (the issue's NaN diffusion run recorded ok) is diverged."""
+    mix = preset("smoke").mixtures
+    trained = MixtureTrained("diffusion", None, None, 0.995, {}, [{"step": 0, "loss": 1.0, "grad_norm": 1.0,
+                                                                   "lr": 1e-3}], {"status": "ok"}, 1.0, {"denoiser": 1})
+    pts = np.zeros((4, 2))
+    pts[1] = np.nan
+    by_sampler = {"ddpm:50": {"modes": 1, "num_modes": 8, "hq_fraction": 0.75, "reverse_kl": 1.0, "nfe": 50,
+                              "sample_seconds": 0.1, "samples_per_s": 40.0}}
+    entry = record_mixture(trained, "ring8", 0, mix, (by_sampler, {"ddpm:50": pts}, {}, [], 0.0))
+    assert entry["status"] == "diverged" and entry["diverged_in"] == "sampling"
+    assert entry["nonfinite_fraction"] == {"ddpm:50": 0.25}
+    pts[1] = 0.0
+    assert record_mixture(trained, "ring8", 0, mix, (by_sampler, {"ddpm:50": pts}, {}, [], 0.0))["status"] == "ok"
+
+
+def _tiny_images():
+    cfg = preset("smoke").images
+    cfg.num_samples = cfg.curve_samples = cfg.sweep_samples = 8
+    cfg.fid_bootstrap, cfg.eval_checkpoints, cfg.guidance_sweep, cfg.truncation_sweep = 0, 1, [1.0, 2.0], [0.5]
+    return cfg
+
+
+def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch):
+    """The GAN raising in training fails the GAN entry alone; the diffusion entry is scored as usual; NaN diffusion
+    samples make the diffusion entry diverged, and the GAN entry stays ok."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the GAN broke")
+
+    monkeypatch.setattr(imagebench, "train_dcgan", broken)
+    run = RunDir(tmp_path / "run")
+    gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
+                                                  tmp_path / "cache", progress=False)
+    assert gan["status"] == "failed" and "the GAN broke" in gan["error"]
+    assert diffusion["status"] == "ok" and "fid" in diffusion["metrics"], diffusion.get("error")
+    assert not run.grid_path("shapes", 0, "gan").exists() and run.grid_path("shapes", 0, "diffusion").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(imagebench.ImageModels, "sample_diffusion",
+                        lambda self, states, *a, **k: (torch.full((len(states), 3, 16, 16), float("nan")), 3))
+    gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
+                                                  tmp_path / "cache", progress=False)
+    assert gan["status"] == "ok" and diffusion["status"] == "diverged" and diffusion["diverged_in"] == "sampling"
+
+
+# ---------------------------------------------------------------- every input checked before work starts
+
+TINY = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1", "--seeds", "0", "--steps", "5",
+        "--set", "images=null", "--set", 'mixtures.datasets=["ring8"]', "--set", "mixtures.num_samples=50",
+        "--set", "mixtures.eval_checkpoints=0"]
+
+
+def _one_line_exit_2(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--seeds", "-1"], "seeds must be >= 0"),
+    (["--seeds", "99999999999999999999"], "seeds must be >= 0 and < 2147483648"),
+    (["--set", "mixtures.samplers=[]"], "mixtures.samplers: needs at least one entry"),
+    (["--set", "mixtures.datasets=[]"], "mixtures.datasets: needs at least one entry"),
+    (["--set", "mixtures.diffusion_train.ema=5"], "ema must be >= 0 and < 1"),
+    (["--set", "throughput_budget_s=nan"], "must be a finite number"),
+])
+def test_bad_run_settings(extra, needle, tmp_path, capsys):
+    _one_line_exit_2(TINY + extra + ["--out", str(tmp_path / "out")], needle, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--set", "images.datasets=[]"], "images.datasets: needs at least one entry"),
+    (["--set", "images.caption_dropout=2"], "caption_dropout must be >= 0 and < 1"),
+])
+def test_bad_image_settings(extra, needle, tmp_path, capsys):
+    _one_line_exit_2(["run", "--preset", "smoke", "--out", str(tmp_path / "out")] + extra, needle, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_under_a_file_and_bad_inception_weights(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep")
+    _one_line_exit_2(TINY + ["--out", str(tmp_path / "file" / "run")], "is a file, not a folder", capsys)
+    (tmp_path / "weights.pt").write_text("not torchscript")
+    _one_line_exit_2(["run", "--preset", "smoke", "--out", str(tmp_path / "o"), "--inception-weights",
+                      str(tmp_path / "weights.pt")], "cannot load Inception weights", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "weights.pt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_a_read_only_folder(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    _one_line_exit_2(TINY + ["--out", str(tmp_path / "ro" / "run")], "is not writable", capsys)
+
+
+def _checkpoint_dir(tmp_path, kind: str):
+    run = tmp_path / kind
+    (run / "checkpoints").mkdir(parents=True)
+    path = run / "checkpoints" / "shapes_seed0_models.safetensors"
+    if kind == "damaged":
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    elif kind == "no-metadata":
+        save_file({"G.w": torch.zeros(2)}, str(path))
+    else:  # an image checkpoint's keys, configs that do not build the networks
+        save_file({"G.w": torch.zeros(2)}, str(path), metadata={"config": json.dumps(
+            {"tokenizer": {"words": []}, "dcgan": {"bogus": 1}, "unet": {}, "text": {}, "vae": {}, "diffusion": {}})})
+    return run
+
+
+@pytest.mark.parametrize("kind, needle", [("damaged", "not a readable gan-vs-diffusion checkpoint"),
+                                          ("no-metadata", "not a readable gan-vs-diffusion checkpoint"),
+                                          ("foreign", "not an image-model checkpoint")])
+def test_sample_refuses_damaged_checkpoints(kind, needle, tmp_path, capsys):
+    run = _checkpoint_dir(tmp_path, kind)
+    _one_line_exit_2(["sample", str(run), "--prompt", "a", "--device", "cpu", "--out", str(tmp_path / "s.png")],
+                     needle, capsys)
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--out", "x.txt"], "give a .png file name"),
+    (["--n", "10000000"], "--n must be between 1 and 4096"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "-1"], "--guidance must be >= 0"),
+])
+def test_sample_bad_arguments_before_sampling(extra, needle, tmp_path, capsys):
+    run = _checkpoint_dir(tmp_path, "foreign")
+    _one_line_exit_2(["sample", str(run), "--prompt", "a", "--device", "cpu"] + extra, needle, capsys)
+
+
+def test_throughput_budget_nan(capsys):
+    _one_line_exit_2(["throughput", "--preset", "smoke", "--budget", "nan"], "--budget must be a finite number",
+                     capsys)
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_on_json_of_the_wrong_shape(command, tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"schema": SCHEMA, "runs": [1], "config": {}}))
+    args = [command, str(tmp_path)] + ([str(tmp_path)] if command == "compare" else [])
+    _one_line_exit_2(args, "runs[0] is not an object", capsys)
+    (tmp_path / "results.json").write_text('{"schema": ')
+    _one_line_exit_2(args, f"{tmp_path / 'results.json'}: cannot read it as JSON", capsys)
+    assert not (tmp_path / "report.md").exists()
+
+
+# ---------------------------------------------------------------- no clobbering
+
+
+def test_a_second_run_into_a_run_folder_is_refused_then_forced(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("the first run's")
+    _one_line_exit_2(TINY + ["--out", str(out)], "--resume", capsys)
+    assert (out / "results.json").read_text() == "the first run's"
+    assert main(TINY + ["--out", str(out), "--force"]) == 0
+    capsys.readouterr()
+    archived = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(archived) == 1 and (archived[0] / "results.json").read_text() == "the first run's"
+    assert [r["status"] for r in load_results(out / "results.json")["runs"]] == ["ok", "ok"]
+    _one_line_exit_2(["run", "--resume", str(out), "--preset", "smoke"], "drop --preset", capsys)
+    _one_line_exit_2(["run", "--resume", str(tmp_path / "nope")], "no config.json", capsys)
+
+
+# ---------------------------------------------------------------- interruption and resume
+
+RESUMABLE = ["--preset", "smoke", "--device", "cpu", "--seeds", "0", "1", "--steps", "400", "--set", "images=null",
+             "--set", 'mixtures.datasets=["ring8"]', "--set", "mixtures.num_samples=100"]
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is pid (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
+    """`gvd run` with two worker processes, stopped by sig once its first entry is in results.json."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *RESUMABLE, "--workers", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (out / "results.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    stopped_in = time.monotonic() - t0
+    assert stopped_in < 15, f"took {stopped_in:.1f} s to stop"
+    time.sleep(0.5)
+    assert workers and not [p for p in workers if _alive(p)], "worker processes left behind"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.slow  # two CLI subprocesses, worker spawns and three 2D runs: ~50 s on a busy 2-core machine
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupt_then_resume_gives_the_uninterrupted_metrics(sig, tmp_path):
+    """SIGTERM / SIGINT mid-run: exit 143 / 130 within seconds, no worker left, results.json with the finished
+    entries and the rest 'interrupted'; `--resume` then completes it with exactly the metrics of one unbroken run
+    (which uses one process instead of two: the numbers do not depend on --workers)."""
+    out = tmp_path / "stopped"
+    proc = _interrupt(out, sig)
+    assert proc.returncode == 128 + sig, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "--resume" in proc.stderr
+    statuses = [r["status"] for r in load_results(out / "results.json")["runs"]]
+    assert len(statuses) == 4 and "ok" in statuses and "interrupted" in statuses, statuses
+    assert "interrupted" in (out / "report.md").read_text()
+    assert main(["run", "--resume", str(out), "--workers", "2"]) == 0
+    assert main(["run", *RESUMABLE, "--workers", "1", "--out", str(tmp_path / "unbroken")]) == 0
+    resumed = load_results(out / "results.json")["runs"]
+    unbroken = load_results(tmp_path / "unbroken" / "results.json")["runs"]
+    assert [(r["model"], r["seed"], r["status"]) for r in resumed] == [(r["model"], r["seed"], "ok") for r in unbroken]
+    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in unbroken]
+    scores = lambda runs: [{label: {k: v for k, v in m.items() if "sample" not in k}  # noqa: E731 -- timings differ
+                            for label, m in r["by_sampler"].items()} for r in runs if "by_sampler" in r]
+    assert scores(resumed) == scores(unbroken)
+    curve = lambda runs: [r["curve"] for r in runs]  # noqa: E731
+    assert curve(resumed) == curve(unbroken)
+
+
+# ---------------------------------------------------------------- caches keyed by content
+
+
+def _write_folder(root: Path, colours: dict[str, tuple]) -> None:
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            shade = tuple(min(255, c + 3 * i) for c in colour)
+            Image.new("RGB", (8, 8), shade).save(root / name / f"{i}.png")
+
+
+def test_judge_cache_is_invalidated_when_the_images_change(tmp_path):
+    """Same folder name, same sizes, edited images: the issue's stale judge (accuracy 1.0 where a fresh one scores
+    0.5). The cached judge must be reused for the same images and retrained for changed ones."""
+    cfg = _tiny_images()
+    cfg.resolution, cfg.num_train, cfg.judge.steps = 8, 16, 30
+    folder, cache = tmp_path / "pets", tmp_path / "cache"
+    _write_folder(folder, {"cats": (200, 0, 0), "dogs": (0, 0, 200)})
+    prep = lambda: imagebench.prepare(f"folder:{folder}", cfg, torch.device("cpu"), cache)  # noqa: E731
+    first = prep().judge
+    assert len(list(cache.glob("judge-*.safetensors"))) == 1
+    assert prep().judge.accuracy == first.accuracy and len(list(cache.glob("judge-*.safetensors"))) == 1
+    _write_folder(folder, {"cats": (90, 90, 90), "dogs": (90, 90, 90)})  # now the classes look alike
+    prep()
+    assert len(list(cache.glob("judge-*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("model", ["gan", "diffusion"])
+def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monkeypatch):
+    """Stopped after 15 of 30 steps (its state saved every 3), then run again: the training continues from step 15
+    with its weights, EMA, optimisers, schedule, random generators, history and snapshots, and ends exactly where
+    one unbroken training ends (the same history, metrics and curve)."""
+    mix = preset("smoke").mixtures
+    mix.num_samples, mix.samplers, mix.eval_checkpoints = 100, ["ddim:5"], 5
+    unbroken, _ = run_mixture("ring8", model, 0, mix, "cpu", RunDir(tmp_path / "a"), progress=False)
+    run = RunDir(tmp_path / "b")
+    original = TrainState.step_done
+
+    def stop_at_15(self, steps_done, *args):
+        original(self, steps_done, *args)
+        if steps_done == 15:
+            raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(TrainState, "step_done", stop_at_15)
+    with pytest.raises(Interrupted):
+        run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
+    assert run.state_path("ring8", 0, model).is_file()
+    monkeypatch.undo()
+    resumed_steps = []
+    monkeypatch.setattr(TrainState, "step_done", lambda self, n, *a: (resumed_steps.append(n), original(self, n, *a)))
+    resumed, _ = run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
+    assert resumed_steps[0] == 16, "the resumed training starts after the 15 saved steps"
+    assert not run.state_path("ring8", 0, model).exists()
+    assert run.history_path("ring8", 0, model).read_text() == RunDir(tmp_path / "a").history_path(
+        "ring8", 0, model).read_text()
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN (no HQ sample) == NaN
+    assert same(resumed["metrics"], unbroken["metrics"]) and same(resumed["curve"], unbroken["curve"])
+
+
+def test_sample_refuses_a_family_that_failed_to_train():
+    """The checkpoint of a run whose GAN failed holds an untrained G; `gvd sample --model gan` must say so."""
+    with pytest.raises(ValueError, match="failed to train"):
+        imagebench.sample_from_checkpoint(None, {"failed": ["gan"]}, "a", 4, model="gan", seed=0, sampler=None,
+                                          steps=None, guidance=None)
