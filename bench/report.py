@@ -259,12 +259,6 @@ REFERENCE_STACKED = [
     ("PacDCGAN2 (Lin et al. 2018, Table 2)", 1000, 0.06),
     ("DDGAN, a diffusion-GAN hybrid (Xiao et al. 2022, Table 3)", 1000, 0.071),
 ]
-IMAGE_METRICS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3),
-                 ("precision", "precision", "{:.2f}", 1), ("recall", "recall", "{:.2f}", 1),
-                 ("density", "density", "{:.2f}", 1), ("coverage", "coverage", "{:.2f}", 1),
-                 ("modes", "modes", "{:.0f}", 1), ("reverse_kl", "reverse KL", "{:.3f}", 1),
-                 ("forward_kl", "forward KL", "{:.3f}", 1),
-                 ("cond_accuracy", "prompt accuracy", "{:.2f}", 1)]
 
 
 def _stacked_blocks(summary: list[dict]) -> list:
