@@ -147,6 +147,17 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
             _add(run, results, entries, order)
 
 
+def training_flops(entry: dict, per_image: dict, images) -> float:
+    """Training FLOPs of one image run entry, counted the same way for both families (forward + backward of every
+    network pass, bench/timing.count_flops): the GAN's D and G steps; the UNet's steps plus the VAE's. The shared,
+    frozen text encoder is counted on neither side."""
+    steps = entry["train"]["steps"]
+    if entry["model"] == "gan":
+        return per_image["gan"] * steps * images.batch_size
+    vae = per_image["vae"] * images.vae_steps * images.vae_batch_size
+    return per_image["diffusion"] * steps * images.batch_size + vae
+
+
 def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:
     """The image models' speed (fresh networks of this run's configs) into results.json and each scored image entry.
     A measurement that raises is recorded as {"error"} and changes no entry."""
@@ -155,9 +166,11 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
         channels = load_image_dataset(cfg.images.datasets[0], 64, cfg.images.resolution, seed=0).images.shape[1]
         results["throughput"] = image_throughput(cfg.images, device, channels=channels,
                                                  budget_s=cfg.throughput_budget_s)
+        per_image = {r["model"]: r["flops_per_image"] for r in results["throughput"]["rows"] if r["stage"] == "train"}
         for entry in results["runs"]:
             if entry["dataset"] in cfg.images.datasets and "nfe" in (entry.get("throughput") or {}):
                 entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
+                entry["train"]["flops"] = training_flops(entry, per_image, cfg.images)
     except Exception as exc:  # noqa: BLE001 -- a speed measurement that fails is a result, not a lost run
         tqdm.write(f"throughput failed: {error_text(exc)}")
         results["throughput"] = {"error": error_text(exc)}

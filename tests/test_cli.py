@@ -105,6 +105,12 @@ def test_image_runs_follow_the_fair_protocol(smoke_run):
     tuned = runs["diffusion"]["tuned"]
     assert tuned["nfe"] == steps * (1 if tuned["value"] == 1.0 else 2)  # guided: both halves counted
     assert runs["gan"]["throughput"]["nfe"] == 1
+    # training FLOPs counted the same way for both: per-image FLOPs of each training step (throughput rows) x images
+    per_image = {r["model"]: r["flops_per_image"] for r in results["throughput"]["rows"] if r["stage"] == "train"}
+    gan, dif = runs["gan"]["train"], runs["diffusion"]["train"]
+    assert gan["flops"] == pytest.approx(per_image["gan"] * gan["steps"] * cfg["batch_size"])
+    assert dif["flops"] == pytest.approx(per_image["diffusion"] * dif["steps"] * cfg["batch_size"]
+                                         + per_image["vae"] * cfg["vae_steps"] * cfg["vae_batch_size"])
 
 
 @pytest.mark.parametrize("model, extra", [("diffusion", ["--sampler", "ddim", "--steps", "2", "--guidance", "2"]),
