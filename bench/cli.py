@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench import distributed
 from bench.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -73,9 +74,27 @@ def _cmd_run(args) -> None:
         raise UserError(str(exc)) from None
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
-    results = run_suite(cfg, out, device, workers=args.workers or default_workers(device))
+    _check_batches(cfg)
+    with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave it cleanly
+        results = run_suite(cfg, out, device, workers=args.workers or default_workers(device))
+        main = distributed.is_main()
     bad = [r for r in results["runs"] if r["status"] != "ok"]
-    print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+    if main:
+        print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+
+
+def _check_batches(cfg) -> None:
+    """[ddp] Under torchrun every global batch must split evenly over the processes (checked before anything runs)."""
+    sizes = {}
+    if cfg.mixtures is not None:
+        sizes["mixtures.batch_size"] = cfg.mixtures.batch_size
+    if cfg.images is not None:
+        sizes.update({f"images.{k}": getattr(cfg.images, k) for k in ("batch_size", "vae_batch_size",
+                                                                       "text_batch_size")})
+    try:
+        distributed.check_batches(sizes, distributed.planned_world())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _cmd_report(args) -> None:

@@ -25,6 +25,7 @@ from scipy.linalg import LinAlgWarning
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from tqdm.auto import tqdm
 
+from bench import distributed
 from bench.config import ImageBenchConfig, parse_sampler
 from bench.image_models import (
     ImageModels,
@@ -81,7 +82,8 @@ def prepare(dataset: str, cfg: ImageBenchConfig, device: torch.device, cache_dir
     data_key = {"dataset": dataset, "num_train": cfg.num_train, "resolution": cfg.resolution, "seed": 0}
     judge = None
     if data.num_modes >= 2:
-        judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
+        with distributed.main_first():  # [ddp] rank 0 trains and caches the judge; the others read the cache
+            judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
     inception = load_inception(cfg.inception_weights, str(device)) if cfg.inception_weights else None
     failure = judge_failure(dataset, judge) if judge is not None else None
     return Prepared(dataset, data, judge, inception, failure)
@@ -114,7 +116,7 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
     """CLIP pre-training (Radford et al. 2021): a text transformer and an image tower pulled together on matching
     (caption, image) pairs. Returns (frozen encoder, history); the tower is dropped."""
     torch.manual_seed(seed)
-    text, tower = (m.to(device) for m in new_text_encoder(cfgs))
+    text, tower = (distributed.wrap(m.to(device), device) for m in new_text_encoder(cfgs))  # [ddp]
     tokens = tokenizer.encode(data.captions, cfg.text.max_len).to(device)
     groups = caption_groups(data).to(device)
     images = data.images.to(device)  # resident on the device, like the tokens (no CPU indexing per step)
@@ -123,15 +125,17 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
     history = []
     for step in tqdm(range(cfg.text_steps), desc="text encoder (CLIP)", leave=False, disable=not progress):
         idx = draw(step).to(device)
+        mine = distributed.local_rows(idx)  # [ddp] this rank's rows; the loss contrasts the whole global batch
         with autocast(device, cfg.amp):
-            _, pooled, _ = text(tokens[idx])
-            loss = clip_loss(pooled.float(), tower(images[idx]).float(), tower.logit_scale.exp(), groups[idx])
+            _, pooled, _ = text(tokens[mine])
+            pooled, image_emb = (distributed.gather_batch(e.float()) for e in (pooled, tower(images[mine])))
+            loss = clip_loss(pooled, image_emb, distributed.unwrap(tower).logit_scale.exp(), groups[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         history.append({"step": step, "loss": loss.item()})
-    return text.eval().requires_grad_(False), history
+    return distributed.unwrap(text).eval().requires_grad_(False), history
 
 
 def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
@@ -140,20 +144,25 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfi
     copy of G) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     G, D = Generator(cfgs["dcgan"]).to(device), Discriminator(cfgs["dcgan"]).to(device)
+    # [ddp] BatchNorm over the global batch, then DDP (both no-ops in one process; bench/distributed.py)
+    G, D = (distributed.wrap(distributed.sync_batchnorm(m), device) for m in (G, D))
     gen = torch.Generator().manual_seed(seed + 1)
     draw = _batches(len(images), cfg.batch_size, gen)
 
     def real_batch(step):
-        idx = draw(step).to(device)
+        idx = distributed.local_rows(draw(step)).to(device)  # [ddp] this rank's rows of the global batch
         return images[idx], pooled[idx]
 
-    latent = lambda n: torch.randn(n, G.cfg.z_dim, generator=gen).to(device)
+    def latent(n):  # [ddp] n is this rank's share: draw the global batch's latents, keep its rows
+        z = torch.randn(distributed.global_size(n), cfgs["dcgan"].z_dim, generator=gen)
+        return distributed.local_rows(z).to(device)
+
     snapshots: list = []
     with autocast(device, cfg.amp):
         history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
                                     snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
                                     snapshots=snapshots)
-    return G.eval(), D.eval(), history, status, snapshots
+    return distributed.unwrap(G).eval(), distributed.unwrap(D).eval(), history, status, snapshots
 
 
 def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int, progress=True):
@@ -161,19 +170,24 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
     Returns (frozen VAE, history)."""
     torch.manual_seed(seed)
     vae = KLAutoencoder(cfgs["vae"]).to(device)
+    net = distributed.wrap(vae, device)  # [ddp] what trains; vae stays the network itself
+    side = vae.cfg.resolution // vae.cfg.factor
+    latent_shape = (vae.cfg.latent_channels, side, side)  # of one posterior sample
     opt, sched = _cosine_opt(vae.parameters(), cfg.vae_lr, cfg.vae_steps)
     draw = _batches(len(images), cfg.vae_batch_size, torch.Generator().manual_seed(seed + 2))
     history = []
     for step in tqdm(range(cfg.vae_steps), desc="VAE", leave=False, disable=not progress):
-        x = images[draw(step).to(device)]
+        x = images[distributed.local_rows(draw(step)).to(device)]  # [ddp] this rank's rows of the global batch
+        # [ddp] the posterior sample's noise, drawn for the global batch as vae(x) would draw it in one process
+        noise = distributed.local_rows(torch.randn((cfg.vae_batch_size, *latent_shape), device=device))
         with autocast(device, cfg.amp):
-            recon, mean, logvar = vae(x)
+            recon, mean, logvar = net(x, noise)
             loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), vae.cfg.kl_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        history.append({"step": step, "loss": loss.item(), **stats})
+        history.append(distributed.average({"step": step, "loss": loss.item(), **stats}))  # [ddp] global means
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat([vae.encode(b)[0] for b in images[:2048].split(512)])
@@ -187,7 +201,7 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     training caption); a random cfg.caption_dropout of the captions is replaced by the empty caption (uncond), so
     one network learns both halves of classifier-free guidance. Returns (EMA UNet, history, status, snapshots)."""
     torch.manual_seed(seed)
-    unet = UNet(cfgs["unet"]).to(device)
+    unet = distributed.wrap(UNet(cfgs["unet"]).to(device), device)  # [ddp]
     alpha_bar = schedule(cfg.diffusion, device)
     gen = torch.Generator().manual_seed(seed + 3)
     draw = _batches(len(latents), cfg.batch_size, gen)
@@ -198,7 +212,8 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
         drop = (torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(device)  # (B,)
         ctx = torch.where(drop[:, None, None], u_states, states[idx])  # (B, L, W)
         ctx_mask = torch.where(drop[:, None], u_mask, mask[idx])  # (B, L)
-        return latents[idx], {"context": ctx, "context_mask": ctx_mask}
+        rows = distributed.local_rows  # [ddp] this rank's rows of the global batch
+        return rows(latents[idx]), {"context": rows(ctx), "context_mask": rows(ctx_mask)}
 
     snapshots: list = []
     with autocast(device, cfg.amp):
@@ -264,16 +279,26 @@ def eval_set(prep: Prepared, models: ImageModels, cfg: ImageBenchConfig, seed: i
 
 def draw(models: ImageModels, ev: EvalSet, family: str, n: int, knob: float, sampler: str, net=None):
     """The first n of the evaluation's images of one family at one knob setting (truncation psi for the GAN, the
-    guidance scale for diffusion), from the final networks or from a snapshot `net`. Returns (images, NFE)."""
-    states, pooled, mask = (x[:n] for x in ev.text)
+    guidance scale for diffusion), from the final networks or from a snapshot `net`. Returns (images, NFE).
+    [ddp] Each rank draws its block of the n per-sample seeds; the blocks are gathered back to all n, in order."""
+    return distributed.sample_sharded(partial(_draw_rows, models, ev, family, knob, sampler, net), n)
+
+
+def _draw_rows(models: ImageModels, ev: EvalSet, family: str, knob: float, sampler: str, net, rows: slice):
+    """draw() for the evaluation rows `rows` (one rank's block)."""
+    states, pooled, mask = (x[rows] for x in ev.text)
     if family == "gan":
-        return models.sample_gan(pooled, ev.seeds[:n], psi=knob, G=net), 1
+        return models.sample_gan(pooled, ev.seeds[rows], psi=knob, G=net), 1
     name, steps = parse_sampler(sampler)
-    return models.sample_diffusion(states, mask, ev.seeds[:n], sampler=name, steps=steps, guidance=knob, unet=net)
+    return models.sample_diffusion(states, mask, ev.seeds[rows], sampler=name, steps=steps, guidance=knob, unet=net)
 
 
 def score(prep: Prepared, ev: EvalSet, images: torch.Tensor, **extra) -> dict:
     """image_metrics of generated images against the reference set; raises FloatingPointError on NaN images."""
+    return distributed.on_main(partial(_score, prep, ev, images, **extra))  # [ddp] once, on rank 0
+
+
+def _score(prep: Prepared, ev: EvalSet, images: torch.Tensor, **extra) -> dict:
     feats, judged = describe(images, prep.judge, prep.inception)
     # One BLAS thread: the metrics' matrices are small (128 features), and OpenBLAS threads spinning against
     # torch's on a busy 2-core machine made each FID's sqrtm 250x slower (1.2 s instead of 5 ms).
@@ -424,7 +449,7 @@ def _train_record(family: str, trained: Trained, cfg: ImageBenchConfig, vae_info
     own_seconds = trained.seconds[family]
     record = {"steps": steps, "examples_seen": steps * cfg.batch_size + extra, "seconds": seconds,
               "images_per_s": steps * cfg.batch_size / own_seconds, "params": params,
-              "params_total": sum(params.values()),
+              "params_total": sum(params.values()), **distributed.batch_record(cfg.batch_size),  # [ddp]
               "text_encoder": {"steps": cfg.text_steps, "seconds": trained.seconds["text"],
                                "params": num_params(m.text)}}
     return record if family == "gan" else {**record, "vae": vae_info}

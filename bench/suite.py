@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench import report
+from bench import distributed, report
 from bench.config import SuiteConfig, to_dict
 from bench.imagebench import FAMILIES, run_image_dataset
 from bench.images import DataError, load_image_dataset
@@ -48,6 +48,8 @@ def _mixture_job(job) -> tuple[dict, dict]:
     try:
         return run_mixture(dataset, model, seed, mix, device, RunDir(root), progress=False)
     except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+        if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop (distributed.session)
+            raise
         return failed_entry(dataset, model, seed, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)), {}
 
 
@@ -96,6 +98,8 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
             except DataError:
                 raise  # bad user input: stop with its one-line message
             except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+                if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
+                    raise
                 tqdm.write(f"image runs {dataset}/seed {seed} failed: {type(exc).__name__}: {exc}")
                 error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
                 entries = [failed_entry(dataset, m, seed, error, trace) for m in FAMILIES]
@@ -117,17 +121,24 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1) -> dict:
     """Run every benchmark of the suite; the 2D runs go `workers` at a time in separate processes."""
     run = RunDir(run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # [ddp] rank 0 alone writes
+        run.root.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
     run.write_config(config)
     name = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
     results = new_results(cfg.name, config, name)
+    results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
+    workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the 2D jobs together, one at a time
     if cfg.mixtures is not None:
         run_mixtures(cfg, run, results, device, workers)
     if cfg.images is not None:
         run_images(cfg, run, results, device)
         if cfg.throughput_budget_s > 0:
-            measure_throughput(cfg, run, results, device)
+            with distributed.alone() as mine:  # [ddp] one process's speed: rank 0 measures, the others wait
+                if mine:
+                    measure_throughput(cfg, run, results, device)
     run.write_metrics(metric_rows(results))
-    report.write_report(run.root, results)
+    if distributed.is_main():  # [ddp] rank 0 alone writes
+        report.write_report(run.root, results)
+    distributed.barrier()  # [ddp] the others wait for rank 0's files
     return results

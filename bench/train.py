@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import distributed
 from models.diffusion import diffusion_loss
 from models.layers import GAN_LOSSES, gan_d_loss, gan_g_loss, setting
 
@@ -61,7 +62,7 @@ def checkpoint_interval(steps: int, checkpoints: int) -> int:
 
 def snapshot(module: nn.Module) -> nn.Module:
     """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
-    return copy.deepcopy(module).eval().requires_grad_(False)
+    return copy.deepcopy(distributed.unwrap(module)).eval().requires_grad_(False)  # [ddp] the network, not DDP
 
 
 def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True,
@@ -102,6 +103,7 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
             "d_real": torch.sigmoid(real_logits).mean().item(),
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
         }
+        row = distributed.average(row)  # [ddp] every rank logs (and judges divergence by) the global batch's numbers
         history.append(row)
         if not (math.isfinite(row["g_loss"]) and math.isfinite(row["d_loss"])):
             status = {"status": "diverged", "diverged_at_step": step}
@@ -122,13 +124,15 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 2), pct_start=cfg.warmup)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = copy.deepcopy(distributed.unwrap(model)).eval().requires_grad_(False)  # [ddp] the network, not DDP
     T = len(alpha_bar)
     history, status = [], {"status": "ok"}
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x0, kwargs = x0_batch(step)
-        t = torch.randint(0, T, (len(x0),), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        # [ddp] draw for the global batch, keep this rank's rows: the generator stays in step with one process
+        n = distributed.global_size(len(x0))
+        t = distributed.local_rows(torch.randint(0, T, (n,), generator=generator)).to(x0.device)
+        noise = distributed.local_rows(torch.randn((n, *x0.shape[1:]), generator=generator)).to(x0.device)
         loss = diffusion_loss(model, x0, alpha_bar, prediction, t=t, noise=noise, **kwargs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -137,6 +141,7 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
         sched.step()
         ema_update(ema, model, cfg.ema)
         row = {"step": step, "loss": loss.item(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
+        row = distributed.average(row)  # [ddp] every rank logs (and judges divergence by) the global batch's numbers
         history.append(row)
         if not math.isfinite(row["loss"]):
             status = {"status": "diverged", "diverged_at_step": step}
