@@ -26,6 +26,7 @@ Under torchrun (NCCL on CUDA, gloo on CPU, a process-group timeout of $GVD_DIST_
 import contextlib
 import os
 import sys
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -34,6 +35,10 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+# torch.distributed.nn's differentiable collectives warn that they will move to a private module; they are the public,
+# documented autograd-aware all_reduce / all_gather until then.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional", category=FutureWarning)
 
 TIMEOUT_ENV = "GVD_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks
 _solo = [0]  # depth of solo() blocks: inside one, this process computes as if it were alone
@@ -215,9 +220,11 @@ def gather_rows(x, n: int):
 
 
 def sample_sharded(draw, n: int):
-    """draw(rows: slice) -> (samples of those rows, extra) on this rank's shard of n; returns (all n samples, extra)."""
-    samples, extra = draw(shard(n))
-    return gather_rows(samples, n), extra
+    """draw(rows: slice) -> (samples of those rows, extra) on this rank's shard of n; returns (all n samples, extra).
+    A rank whose block is empty (n < world) draws row 0 and keeps none of it, so `extra` (the NFE) is still known."""
+    rows = shard(n)
+    samples, extra = draw(rows if rows.stop > rows.start else slice(0, 1))
+    return gather_rows(samples[: rows.stop - rows.start], n), extra
 
 
 def on_main(fn):
