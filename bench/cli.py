@@ -33,6 +33,7 @@ from bench.images import DataError, load_image_dataset
 from bench.report import write_report
 from bench.results import load_results, summarise
 from bench.rundir import RunDir, save_grid, write_json
+from bench.scaling import ddp_throughput, scaling_table
 from bench.suite import default_workers, resolve_device, run_suite
 from bench.throughput import image_throughput, throughput_table
 from models.samplers import SAMPLERS
@@ -198,6 +199,8 @@ def _cmd_throughput(args) -> None:
     channels = 1 if cfg.datasets[0] == "digits" else 3  # the first dataset's; every other built-in one is RGB
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if distributed.launched():  # [ddp] under torchrun: images/s per GPU and in total, scaling efficiency
+        return _throughput_ddp(args, cfg, device, channels, out)
     result = image_throughput(cfg, device, channels=channels, nfes=tuple(nfes), batch=args.batch,
                               budget_s=args.budget)
     result["preset"] = args.preset
@@ -206,6 +209,21 @@ def _cmd_throughput(args) -> None:
     if out is not None:
         write_json(out, result)
         print(f"wrote {out}")
+
+
+def _throughput_ddp(args, cfg, device, channels: int, out: Path | None) -> None:
+    """[ddp] `gvd throughput` under torchrun (bench/scaling.py): per-GPU batch = the preset's batch size."""
+    with distributed.session(device) as device:
+        samples = max(args.batch, distributed.world())
+        result = ddp_throughput(cfg, device, channels=channels, batch=cfg.batch_size, samples=samples)
+        main = distributed.is_main()
+    if main:
+        result["preset"] = args.preset
+        print(f"gvd throughput: preset {args.preset}, {result['world_size']} processes, {result['device']}\n")
+        print(scaling_table(result))
+        if out is not None:
+            write_json(out, result)
+            print(f"wrote {out}")
 
 
 def _cmd_datasets(args) -> None:

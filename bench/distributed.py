@@ -227,6 +227,13 @@ def sample_sharded(draw, n: int):
     return gather_rows(samples[: rows.stop - rows.start], n), extra
 
 
+def per_rank(value: float) -> list[float]:
+    """A number of every rank, in rank order (a per-GPU timing)."""
+    if world() == 1:
+        return [float(value)]
+    return gather_rows(torch.tensor([float(value)], dtype=torch.float64), world()).tolist()
+
+
 def on_main(fn):
     """fn() computed once, on rank 0; every rank returns its result (or raises its exception)."""
     if world() == 1:

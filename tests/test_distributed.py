@@ -17,6 +17,7 @@ import torch
 
 from bench import distributed
 from bench.cli import main
+from bench.scaling import scaling_row
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -169,3 +170,31 @@ sys.addaudithook(_hook)
 atexit.register(lambda: open(os.path.join({log!r}, "rank" + os.environ.get("RANK", "?") + ".txt"), "w").write(
     "\\n".join(_seen)))
 '''
+
+
+# ---------------------------------------------------------------- `gvd throughput` under torchrun
+
+
+def test_scaling_row_arithmetic():
+    """Training: 2 processes each train 32 images; alone 32 images take 2 s, together 1 s and 2 s (the step ends
+    with the slowest): total 64 / 2 = 32 img/s, efficiency 32 / (2 x 16) = 1. Sampling: 32 images split in two."""
+    train = scaling_row("gan", "train", 32, 2.0, [1.0, 2.0])
+    assert train["total_images_per_s"] == 32 and train["per_gpu_images_per_s"] == [32, 16]
+    assert train["scaling_efficiency"] == 1.0
+    sample = scaling_row("gan", "sample", 32, 2.0, [2.0, 2.0])  # each draws 16 in the time one process drew 32
+    assert sample["total_images_per_s"] == 16 and sample["scaling_efficiency"] == 0.5
+
+
+@pytest.mark.slow
+def test_throughput_under_torchrun(tmp_path):
+    out = tmp_path / "thr.json"
+    proc = torchrun(["-m", "bench", "throughput", "--preset", "smoke", "--device", "cpu", "--out", str(out)],
+                    timeout=300, GVD_DIST_TIMEOUT="200")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2 and len(result["rows"]) == 4
+    for row in result["rows"]:
+        assert len(row["per_gpu_images_per_s"]) == 2 and row["total_images_per_s"] > 0
+        assert row["scaling_efficiency"] == pytest.approx(
+            row["total_images_per_s"] / (2 * row["one_process_images_per_s"]))
+    assert proc.stdout.count("scaling efficiency") == 1  # rank 0 alone prints
