@@ -81,6 +81,7 @@ def test_logged_numbers_are_averaged_over_ranks(checks):
     assert checks["average"] == {"step": 3, "loss": 0.5}  # ranks logged 0 and 1; the step is not averaged
 
 
+@pytest.mark.slow  # a second launch (~10 s); the checks above are the default suite's real 2-process run
 def test_failure_on_one_rank_ends_the_run_naming_it(tmp_path):
     """Rank 1 raises while rank 0 waits in an all-reduce: the job ends in seconds (not at the 120 s timeout)."""
     proc = torchrun(["tests/ddp_worker.py", "fail", str(tmp_path)], timeout=100, GVD_DIST_TIMEOUT="120")
