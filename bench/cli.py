@@ -31,11 +31,12 @@ from bench.image_models import ImageModels
 from bench.imagebench import sample_from_checkpoint
 from bench.images import DataError, load_image_dataset
 from bench.report import write_report
+from bench.report_throughput import throughput_table
 from bench.results import load_results, summarise
 from bench.rundir import RunDir, save_grid, write_json
 from bench.scaling import ddp_throughput, scaling_table
 from bench.suite import default_workers, resolve_device, run_suite
-from bench.throughput import image_throughput, throughput_table
+from bench.throughput import image_throughput
 from models.samplers import SAMPLERS
 
 
@@ -124,7 +125,7 @@ def _cmd_compare(args) -> None:
     keys = [k for k in summaries[0] if all(k in s for s in summaries[1:])]
     if not keys:
         raise UserError("the runs share no (dataset, model) pair to compare")
-    metrics = ["modes", "hq_fraction", "reverse_kl", "kl", "fid", "kid", "precision", "recall", "density",
+    metrics = ["modes", "hq_fraction", "reverse_kl", "forward_kl", "fid", "kid", "precision", "recall", "density",
                "coverage", "cond_accuracy"]
     names = [Path(d).name for d in args.run_dirs]
     print("| dataset | model | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |")

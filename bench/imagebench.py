@@ -18,18 +18,20 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
+from torch import nn
 from tqdm.auto import tqdm
 
 from bench import distributed
 from bench.config import ImageBenchConfig, parse_sampler
+from bench.featcache import cached_features
 from bench.image_models import (
     ImageModels,
-    autocast,
     encode_captions,
     encode_latents,
     network_configs,
@@ -37,19 +39,29 @@ from bench.image_models import (
     schedule,
 )
 from bench.images import ImageData, load_image_dataset
-from bench.judge import Judge, inception_features, judge_failure, load_inception, load_or_train_judge
+from bench.inception import Backbone, inception_backbone, inception_metrics, missing_inception
+from bench.judge import Judge, judge_failure, load_or_train_judge
 from bench.metrics import cond_accuracy, fid, fid_bootstrap, fid_curve, fid_extrapolate, kid, mode_stats, prdc
+from bench.protocol import feature_protocols
 from bench.results import failed_entry
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.sweeps import sweep
-from bench.train import checkpoint_interval, train_diffusion, train_gan
+from bench.train import (
+    autocast,
+    checkpoint_interval,
+    drop_captions,
+    initial_weight_share,
+    train_diffusion,
+    train_gan,
+    vae_step,
+)
 from models.dcgan import Discriminator, Generator
 from models.mlp import num_params
 from models.text import Tokenizer, clip_loss
 from models.unet import UNet
-from models.vae import KLAutoencoder, latent_scale_factor, psnr, vae_loss
+from models.vae import KLAutoencoder, latent_scale_factor, psnr
 
 FAMILIES = ("gan", "diffusion")
 
@@ -72,7 +84,9 @@ class Prepared:
     dataset: str
     data: ImageData
     judge: Judge | None  # None for data without classes (no labels to train one on)
-    inception: torch.jit.ScriptModule | None  # clean-fid's Inception, when its weights were given
+    inception: Backbone | None  # Inception-v3 (the extra's file or clean-fid's), when asked for and present
+    inception_missing: str | None  # why Inception metrics were asked for and cannot be had
+    cache_dir: Path  # where judges and reference features are cached
     failure: str | None = None  # why the run cannot go on (a judge below its accuracy floor)
 
 
@@ -84,9 +98,11 @@ def prepare(dataset: str, cfg: ImageBenchConfig, device: torch.device, cache_dir
     if data.num_modes >= 2:
         with distributed.main_first():  # [ddp] rank 0 trains and caches the judge; the others read the cache
             judge = load_or_train_judge(data, data_key, cfg.judge, str(cache_dir), device=str(device))
-    inception = load_inception(cfg.inception_weights, str(device)) if cfg.inception_weights else None
+    inception, inception_missing = inception_backbone(cfg.inception_weights, cfg.inception, str(device))
+    if inception_missing:
+        tqdm.write(f"{dataset}: no Inception metrics: {inception_missing}")
     failure = judge_failure(dataset, judge) if judge is not None else None
-    return Prepared(dataset, data, judge, inception, failure)
+    return Prepared(dataset, data, judge, inception, inception_missing, Path(cache_dir), failure)
 
 
 # ---------------------------------------------------------------- stage 2: training
@@ -104,11 +120,13 @@ def caption_groups(data: ImageData) -> torch.Tensor:
 
 @dataclass
 class Trained:
-    models: ImageModels  # G and the UNet are the sampling weights (the UNet's EMA)
+    models: ImageModels  # G and the UNet are the sampling weights: their EMAs (one rule for both families)
+    raw: dict[str, nn.Module]  # "gan", "diffusion": the trained networks themselves, scored beside the EMAs
+    ema_decay: dict[str, float]  # "gan", "diffusion": the configured EMA decays
     histories: dict[str, list[dict]]  # "text", "gan", "vae", "diffusion": per-step rows
     status: dict[str, dict]  # "gan", "diffusion": {"status": "ok"} or {"status": "diverged", "diverged_at_step"}
     seconds: dict[str, float]  # wall time of each training: "text", "gan", "vae", "diffusion"
-    snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [(step, frozen copy)]
+    snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [Snapshot(step, raw, ema)]
 
 
 def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
@@ -140,8 +158,8 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
 
 def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
                 progress=True):
-    """Conditional DCGAN on the shared frozen text embedding. Returns (G, D, history, status, snapshots): (step,
-    copy of G) at cfg.eval_checkpoints evenly spaced steps."""
+    """Conditional DCGAN on the shared frozen text embedding. Returns (TrainResult of G, D, snapshots):
+    Snapshot(step, copy of G, copy of its EMA) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     G, D = Generator(cfgs["dcgan"]).to(device), Discriminator(cfgs["dcgan"]).to(device)
     # [ddp] BatchNorm over the global batch, then DDP (both no-ops in one process; bench/distributed.py)
@@ -159,10 +177,10 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfi
 
     snapshots: list = []
     with autocast(device, cfg.amp):
-        history, status = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
-                                    snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                    snapshots=snapshots)
-    return distributed.unwrap(G).eval(), distributed.unwrap(D).eval(), history, status, snapshots
+        result = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
+                           snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints), snapshots=snapshots)
+    result.model.eval()
+    return result, distributed.unwrap(D).eval(), snapshots  # [ddp] the networks, not their DDP wrappers
 
 
 def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int, progress=True):
@@ -180,12 +198,7 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
         x = images[distributed.local_rows(draw(step)).to(device)]  # [ddp] this rank's rows of the global batch
         # [ddp] the posterior sample's noise, drawn for the global batch as vae(x) would draw it in one process
         noise = distributed.local_rows(torch.randn((cfg.vae_batch_size, *latent_shape), device=device))
-        with autocast(device, cfg.amp):
-            recon, mean, logvar = net(x, noise)
-            loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), vae.cfg.kl_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, stats = vae_step(net, opt, x, cfg.amp, noise=noise)
         sched.step()
         history.append(distributed.average({"step": step, "loss": loss.item(), **stats}))  # [ddp] global means
     vae.eval().requires_grad_(False)
@@ -199,29 +212,28 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
                seed: int, progress=True):
     """The denoiser on scaled latents, cross-attending to the frozen text states (text = (states, mask) of every
     training caption); a random cfg.caption_dropout of the captions is replaced by the empty caption (uncond), so
-    one network learns both halves of classifier-free guidance. Returns (EMA UNet, history, status, snapshots)."""
+    one network learns both halves of classifier-free guidance. Returns (TrainResult, snapshots)."""
     torch.manual_seed(seed)
     unet = distributed.wrap(UNet(cfgs["unet"]).to(device), device)  # [ddp]
     alpha_bar = schedule(cfg.diffusion, device)
     gen = torch.Generator().manual_seed(seed + 3)
     draw = _batches(len(latents), cfg.batch_size, gen)
-    (states, mask), (u_states, u_mask) = text, uncond
+    states, mask = text
 
     def batch(step):
         idx = draw(step).to(device)
-        drop = (torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(device)  # (B,)
-        ctx = torch.where(drop[:, None, None], u_states, states[idx])  # (B, L, W)
-        ctx_mask = torch.where(drop[:, None], u_mask, mask[idx])  # (B, L)
+        ctx, ctx_mask = drop_captions(states[idx], mask[idx], uncond, cfg.caption_dropout, gen)
         rows = distributed.local_rows  # [ddp] this rank's rows of the global batch
         return rows(latents[idx]), {"context": rows(ctx), "context_mask": rows(ctx_mask)}
 
     snapshots: list = []
     with autocast(device, cfg.amp):
-        ema, history, status = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train,
-                                               cfg.steps, gen, desc="UNet", progress=progress,
-                                               snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                               snapshots=snapshots)
-    return ema, history, status, snapshots
+        result = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train, cfg.steps,
+                                 gen, desc="UNet", progress=progress,
+                                 snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
+                                 snapshots=snapshots)
+    unet.eval()
+    return result, snapshots
 
 
 def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progress=True) -> Trained:
@@ -229,27 +241,29 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
     data, tokenizer = prep.data, Tokenizer.build(prep.data.captions)
     cfgs = network_configs(cfg, channels=data.images.shape[1], resolution=cfg.resolution, vocab_size=len(tokenizer))
     images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
-    seconds, histories, status, snapshots = {}, {}, {}, {}
+    seconds, histories, snapshots = {}, {}, {}
     t0 = time.perf_counter()
     text, histories["text"] = train_text_encoder(data, tokenizer, cfg, cfgs, device, seed, progress)
     seconds["text"] = time.perf_counter() - t0
     states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
     empty_states, _, empty_mask = encode_captions(text, tokenizer, [""], device)  # CFG's unconditional input
     t0 = time.perf_counter()
-    G, D, histories["gan"], status["gan"], snapshots["gan"] = train_dcgan(images, pooled, cfg, cfgs, device, seed,
-                                                                          progress)
+    gan, D, snapshots["gan"] = train_dcgan(images, pooled, cfg, cfgs, device, seed, progress)
     seconds["gan"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     vae, histories["vae"] = train_vae(images, cfg, cfgs, device, seed, progress)
     seconds["vae"] = time.perf_counter() - t0
     latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
     t0 = time.perf_counter()
-    unet, histories["diffusion"], status["diffusion"], snapshots["diffusion"] = train_unet(
-        latents, (states, mask), (empty_states, empty_mask), cfg, cfgs, device, seed, progress)
+    unet, snapshots["diffusion"] = train_unet(latents, (states, mask), (empty_states, empty_mask), cfg, cfgs, device,
+                                              seed, progress)
     seconds["diffusion"] = time.perf_counter() - t0
-    models = ImageModels(tokenizer=tokenizer, text=text, G=G, D=D, vae=vae, unet=unet, diffusion=cfg.diffusion,
-                         device=torch.device(device), amp=cfg.amp)
-    return Trained(models, histories, status, seconds, snapshots)
+    models = ImageModels(tokenizer=tokenizer, text=text, G=gan.ema, D=D, vae=vae, unet=unet.ema,
+                         diffusion=cfg.diffusion, device=torch.device(device), amp=cfg.amp)
+    histories.update(gan=gan.history, diffusion=unet.history)
+    return Trained(models, {"gan": gan.model, "diffusion": unet.model},
+                   {"gan": gan.ema_decay, "diffusion": unet.ema_decay}, histories,
+                   {"gan": gan.status, "diffusion": unet.status}, seconds, snapshots)
 
 
 # ---------------------------------------------------------------- stage 3: evaluation
@@ -265,6 +279,7 @@ class EvalSet:
     seeds: torch.Tensor  # (N,) per-sample seeds
     real: torch.Tensor  # (N, C, H, W) reference images
     real_feats: np.ndarray | None  # their features (judge, or Inception for data without classes)
+    real_inception: np.ndarray | None  # their Inception features, when Inception is on (cached across runs)
     generator: torch.Generator  # drew the reference set; draws the real images of the sample grids next
 
 
@@ -272,9 +287,10 @@ def eval_set(prep: Prepared, models: ImageModels, cfg: ImageBenchConfig, seed: i
     generator = torch.Generator().manual_seed(10_000 + seed)
     prompts, labels = prep.data.prompts(cfg.num_samples, seed=10_000 + seed)
     real = prep.data.images[torch.randperm(len(prep.data.images), generator=generator)[: cfg.num_samples]]
-    real_feats, _ = describe(real, prep.judge, prep.inception)
+    real_inception = cached_features(real, prep.inception, prep.cache_dir)[0] if prep.inception is not None else None
+    real_feats = describe(real, prep.judge, None)[0] if prep.judge is not None else real_inception
     return EvalSet(prompts, labels, models.encode(prompts), sample_seeds(seed, cfg.num_samples), real, real_feats,
-                   generator)
+                   real_inception, generator)
 
 
 def draw(models: ImageModels, ev: EvalSet, family: str, n: int, knob: float, sampler: str, net=None):
@@ -311,8 +327,9 @@ class FamilyEval:
     images: torch.Tensor  # the headline samples
     nfe: int  # network passes per sample of the headline sampler
     seconds: float  # wall time of drawing the headline samples
-    curve: list[dict]  # metrics of the training snapshots
+    curve: list[dict]  # metrics of the training snapshots' EMAs
     sweep: dict  # {"knob", "points"}: metrics along the family's fidelity/diversity knob
+    raw: dict  # metrics of the raw (non-EMA) network on the curve's prompts and seeds, comparable with its last point
 
 
 KNOBS = {"gan": "truncation psi", "diffusion": "guidance scale"}
@@ -342,18 +359,22 @@ def evaluate_family(prep: Prepared, trained: Trained, ev: EvalSet, cfg: ImageBen
     images, nfe = draw(models, ev, family, cfg.num_samples, knob, cfg.sampler)
     seconds = time.perf_counter() - t0
     scorable = ev.real_feats is not None  # else nothing to score checkpoints and settings with
-    at_step = dict(trained.snapshots[family]) if scorable else {}
+    at_step = {s.step: s.ema for s in trained.snapshots[family]} if scorable else {}  # the EMA copies, as headline
     trained.snapshots[family] = []  # the dict holds the copies until the curve is scored
     n_curve, n_sweep = min(cfg.curve_samples, cfg.num_samples), min(cfg.sweep_samples, cfg.num_samples)
     metrics = partial(score, prep, ev)
     snaps = partial(_snapshot_images, models, ev, family, n_curve, knob, cfg.sampler, images,
                     len(trained.histories[family]), at_step)
     curve = _points(sweep(list(at_step), snaps, metrics, key="step"))
+    for point in curve:
+        point["initial_weight_share"] = initial_weight_share(point["step"], trained.ema_decay[family])
     at_step.clear()  # free the copies before the sweep
     values = (cfg.truncation_sweep if family == "gan" else cfg.guidance_sweep) if scorable else []
     knobs = partial(_knob_images, models, ev, family, n_sweep, knob, cfg.sampler, images)
     points = _points(sweep(values, knobs, metrics))
-    return FamilyEval(images, nfe, seconds, curve, {"knob": KNOBS[family], "points": points})
+    raw = _points(sweep([n_curve], lambda n: draw(models, ev, family, n, knob, cfg.sampler, net=trained.raw[family])[0],
+                        metrics, key="num_samples"))[0] if scorable else {}
+    return FamilyEval(images, nfe, seconds, curve, {"knob": KNOBS[family], "points": points}, raw)
 
 
 def vae_report(prep: Prepared, trained: Trained, ev: EvalSet, cfg: ImageBenchConfig) -> dict:
@@ -378,7 +399,7 @@ def describe(images: torch.Tensor, judge, inception) -> tuple[np.ndarray | None,
     if judge is not None:
         return judge.features(images), judge.labels(images).numpy()
     if inception is not None:
-        return inception_features(images, inception), None
+        return inception.features(images), None
     return None, None
 
 
@@ -386,8 +407,9 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
                   prompted: torch.Tensor, num_modes: int, fid_boot: int = 0, fid_counts: tuple[int, ...] = (),
                   seed: int = 0) -> dict:
     """FID/KID (clean-fid's formulas) and PRDC on features, mode statistics and prompt accuracy on judged labels,
-    each where its input exists. With fid_boot > 0 a bootstrap 95% interval fid_lo..fid_hi; with fid_counts, FID at
-    those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
+    each where its input exists. With fid_boot > 0 the basic bootstrap 95% interval fid_lo..fid_hi for the population
+    FID, its bias-corrected estimate fid_bc and FID's spread at this N fid_sd (metrics.fid_bootstrap); with
+    fid_counts, FID at those sample counts and its 1/n extrapolation fid_inf (Chong & Forsyth 2020)."""
     out: dict = {}
     if feats is not None:
         out.update(fid=fid(real_feats, feats), kid=kid(real_feats, feats), **prdc(real_feats, feats))
@@ -395,7 +417,7 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
             with warnings.catch_warnings():  # resamples hold duplicates: sqrtm warns of singular products each time
                 warnings.simplefilter("ignore", LinAlgWarning)
                 boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
-            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"])
+            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"], fid_bc=boot["fid_bc"], fid_sd=boot["sd"])
         counts = sorted({n for n in fid_counts if 2 <= n <= len(feats)} | ({len(feats)} if fid_counts else set()))
         if len(counts) >= 2:
             out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
@@ -407,18 +429,19 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
     return out
 
 
-def unavailable_metrics(has_judge: bool, has_inception: bool) -> dict | None:
+def unavailable_metrics(has_judge: bool, has_inception: bool, inception_missing: str | None = None) -> dict | None:
     """Which metrics a run cannot report and why (None when all are there)."""
     if has_judge:
-        return None
-    missing = ["modes", "kl", "cond_accuracy"] + ([] if has_inception else ["fid", "kid", "precision", "recall",
-                                                                          "density", "coverage"])
+        return missing_inception(inception_missing) if inception_missing else None
+    missing = ["modes", "reverse_kl", "forward_kl", "cond_accuracy"] + (
+        [] if has_inception else ["fid", "kid", "precision", "recall", "density", "coverage"])
     why = ("the dataset has no classes to train a judge on" + ("" if has_inception else
-           ", and no Inception weights were given (inception_weights / --inception-weights)"))
-    return {"metrics": missing, "why": why}
+           f", and {inception_missing or 'no Inception weights were given (images.inception / --inception-weights)'}"))
+    return {"metrics": missing, "why": why, **({"fix": missing_inception("")["fix"]} if inception_missing else {})}
 
 
-CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy", "num_samples")
+CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
+              "num_samples", "initial_weight_share")
 COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
 
 
@@ -461,9 +484,8 @@ def _metrics_record(prep: Prepared, ev: EvalSet, fam: FamilyEval, entry: dict, c
     try:
         entry["metrics"] = {**score(prep, ev, fam.images, fid_boot=cfg.fid_bootstrap,
                                     fid_counts=tuple(cfg.fid_counts), seed=seed), **common}
-        if prep.inception is not None and prep.judge is not None:  # Inception FID/KID beside the judge's
-            real, fake = inception_features(ev.real, prep.inception), inception_features(fam.images, prep.inception)
-            entry["metrics"].update(fid_inception=fid(real, fake), kid_inception=kid(real, fake))
+        if ev.real_inception is not None and prep.judge is not None:  # beside the judge's, comparable with papers'
+            entry["metrics"].update(inception_metrics(ev.real_inception, prep.inception.features(fam.images))[0])
     except (FloatingPointError, ValueError) as exc:  # a diverged model's NaN images cannot be scored
         entry["metrics"] = dict(common)
         entry["status"] = "diverged" if entry["status"] == "diverged" else "failed"
@@ -473,6 +495,10 @@ def _metrics_record(prep: Prepared, ev: EvalSet, fam: FamilyEval, entry: dict, c
 def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: ImageBenchConfig, seed: int,
            vae_info: dict) -> list[dict]:
     """The two run entries (gan, diffusion) of results.json."""
+    description = (f"{prep.dataset}: {len(ev.real)} of the {len(prep.data.images)} images, drawn with seed "
+                   f"{10_000 + seed}")
+    protocols = feature_protocols(ev.real, cfg.num_samples, description, inception=prep.inception,
+                                  judge_net=prep.judge.net if prep.judge is not None else None)
     entries = []
     for family in FAMILIES:
         fam, status = fams[family], trained.status[family]
@@ -480,11 +506,17 @@ def record(prep: Prepared, trained: Trained, ev: EvalSet, fams: dict, cfg: Image
                  **({"sampler": cfg.sampler, "guidance": cfg.guidance} if family == "diffusion" else {}),
                  "train": _train_record(family, trained, cfg, vae_info)}
         _metrics_record(prep, ev, fam, entry, cfg, seed)
+        entry["metrics_raw"] = fam.raw  # the raw network beside the EMA headline (one rule for both families)
+        decay = trained.ema_decay[family]
+        entry["ema"] = {"decay": decay, "initial_weight_share": initial_weight_share(len(trained.histories[family]),
+                                                                                     decay)}
         entry["throughput"] = {"nfe": fam.nfe, "sample_seconds": fam.seconds,
                                "samples_per_s": len(fam.images) / fam.seconds}
         entry["features"] = "judge" if prep.judge else "inception" if prep.inception is not None else None
-        if (missing := unavailable_metrics(prep.judge is not None, prep.inception is not None)) is not None:
+        missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
+        if missing is not None:
             entry["unavailable"] = missing
+        entry["protocol"] = protocols  # how the feature metrics were computed, by feature family
         entry["curve"], entry["sweep"] = fam.curve, fam.sweep
         entry["stability"] = stability(trained.histories[family], family)
         if fam.curve and prep.judge is not None:

@@ -11,6 +11,7 @@ all-greyscale folders keep their single channel (C=1). Models read C from the da
 """
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class ImageData:
     templates: tuple[str, ...] = ("{caption}",)  # caption templates; fields[i] fills them
     fields: list[dict[str, str]] | None = None  # per image, the words the templates take
     channel_source: "ImageData | None" = None  # stacked digits: the single-channel digits each channel comes from
+    split: dict | None = None  # from load_splits: which part ("train" / "test") and how it was drawn (split_record)
 
     def prompts(self, n: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
         """n prompts from the caption distribution: data indices drawn with a seeded generator, each given a freshly
@@ -61,6 +63,7 @@ def _subset(data: ImageData, idx: torch.Tensor) -> ImageData:
         templates=data.templates,
         fields=None if data.fields is None else [data.fields[i] for i in keep],
         channel_source=data.channel_source,
+        split=data.split,
     )
 
 
@@ -211,7 +214,12 @@ def make_stacked_digits(n: int, resolution: int = 32, seed: int = 0) -> ImageDat
     """Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN) on real handwriting: each of n images stacks
     three digits drawn uniformly from load_digits as its R, G and B channels, so there are 10^3 = 1000 modes.
     Mode label = 100 * d_red + 10 * d_green + d_blue; channel_labels holds (d_red, d_green, d_blue)."""
-    digits = load_digits(resolution)
+    return stack_digits(load_digits(resolution), n, seed)
+
+
+def stack_digits(digits: ImageData, n: int, seed: int) -> ImageData:
+    """n stacked-digit images whose channels are drawn uniformly (with replacement) from the given digits."""
+    resolution = digits.images.shape[-1]
     rng = np.random.default_rng(seed)
     pick = torch.from_numpy(rng.integers(0, len(digits.labels), size=(n, 3)))  # (n, 3) indices into digits
     images = digits.images[pick.reshape(-1), 0].reshape(n, 3, resolution, resolution)  # channel c = digit pick[:, c]
@@ -384,7 +392,8 @@ def load_torchvision(name: str, root: str, resolution: int = 32, train: bool = T
 # ------------------------------------------------------------------------------------------------ registry
 
 IMAGE_DATASETS = {
-    "shapes": "procedurally drawn coloured shapes with captions ('a small red circle'); 4 shapes x 6 colours = 24 modes",
+    "shapes": "procedurally drawn coloured shapes with captions ('a small red circle'); 4 shapes x 6 colours = 24 "
+              "modes",
     "digits": "scikit-learn's 1,797 real 8x8 handwritten digits, resized, 1 channel; 10 modes",
     "stacked-digits": "three real digits stacked as RGB channels (Stacked MNIST protocol); 1000 modes",
     "folder:PATH": "an image folder with class sub-folders (ImageFolder), optional metadata.csv captions",
@@ -414,3 +423,120 @@ def load_image_dataset(name: str, n: int, resolution: int, seed: int) -> ImageDa
         order = torch.from_numpy(np.random.default_rng(seed).permutation(len(data.labels))[:n])
         data = _subset(data, order)
     return data
+
+
+# ------------------------------------------------------------------------------------------------ train / test
+
+STACKED_TEST_DIGITS = 0.2  # stacked digits: fraction of the source digits kept for the test split's channels
+
+
+def image_hashes(data: ImageData) -> list[str]:
+    """sha256 of each image's float32 bytes: equal hashes = identical images."""
+    x = data.images.detach().cpu().float().contiguous().numpy()
+    return [hashlib.sha256(img.tobytes()).hexdigest() for img in x]
+
+
+def content_hash(data: ImageData) -> str:
+    """sha256 of a split's content: image shape, image bytes (float32) and labels (int64), in order."""
+    h = hashlib.sha256(json.dumps(list(data.images.shape)).encode())
+    h.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
+    h.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _dedupe(data: ImageData) -> tuple[ImageData, int]:
+    """data without exact duplicate images (first occurrence kept), and how many were dropped: an image present
+    twice could otherwise land in both splits."""
+    first = {}
+    for i, key in enumerate(image_hashes(data)):
+        first.setdefault(key, i)
+    if len(first) == len(data.labels):
+        return data, 0
+    return _subset(data, torch.tensor(sorted(first.values()))), len(data.labels) - len(first)
+
+
+def _seeded_split(data: ImageData, n_train: int, n_test: int, seed: int) -> tuple[ImageData, ImageData]:
+    """A fixed dataset split by a seeded permutation: the first n_test images are the test split, the next n_train
+    (all the rest when n_train <= 0 or more than remain) the training split."""
+    data, dropped = _dedupe(data)
+    if not 0 < n_test < len(data.labels):
+        raise DataError(f"a test split of {n_test} images needs a dataset of more; this one has {len(data.labels)}")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(data.labels)))
+    rest = order[n_test:]
+    train = _subset(data, rest if n_train <= 0 else rest[:n_train])
+    test = _subset(data, order[:n_test])
+    how = {"how": "seeded permutation of the deduplicated images", "seed": seed, "source_size": len(data.labels),
+           "duplicates_dropped": dropped}
+    return _mark(train, "train", how), _mark(test, "test", how)
+
+
+def _mark(data: ImageData, part: str, how: dict) -> ImageData:
+    data.split = {"part": part, **how}
+    return data
+
+
+def load_splits(name: str, n_train: int, n_test: int, resolution: int, seed: int = 0) -> tuple[ImageData, ImageData]:
+    """The fixed train/test split of a dataset: (train, test), disjoint image for image.
+
+    Generated datasets draw each split from its own seed (train 2 seed, test 2 seed + 1; seed 0 keeps the data
+    load_image_dataset gave). Stacked digits first split the source digits (STACKED_TEST_DIGITS of them for test,
+    seeded), then stack each split from its own digits. digits and folder: a seeded permutation of the
+    deduplicated images (test first). mnist / fashion-mnist / cifar10: torchvision's own train and test files,
+    seeded subsets of n_train / n_test, test images identical to a training image dropped."""
+    kind, _, where = name.partition(":")
+    if n_test < 1:
+        raise DataError(f"the test split needs at least one image, got n_test={n_test}")
+    if kind == "shapes" and not where:
+        how = {"how": "separate generator seeds", "seed": seed, "train_seed": 2 * seed, "test_seed": 2 * seed + 1}
+        return (_mark(make_shapes(n_train, resolution, 2 * seed), "train", how),
+                _mark(make_shapes(n_test, resolution, 2 * seed + 1), "test", how))
+    if kind == "stacked-digits" and not where:
+        digits = load_digits(resolution)
+        n_digits_test = round(STACKED_TEST_DIGITS * len(digits.labels))
+        train_digits, test_digits = _seeded_split(digits, 0, n_digits_test, seed)
+        how = {"how": "each split stacks its own digits (seeded digit split), separate generator seeds", "seed": seed,
+               "digits": {"train": len(train_digits.labels), "test": len(test_digits.labels)}}
+        return (_mark(stack_digits(train_digits, n_train, 2 * seed), "train", how),
+                _mark(stack_digits(test_digits, n_test, 2 * seed + 1), "test", how))
+    if kind == "digits" and not where:
+        return _seeded_split(load_digits(resolution), n_train, n_test, seed)
+    if kind == "folder" and where:
+        return _seeded_split(load_folder(where, resolution), n_train, n_test, seed)
+    if kind in TORCHVISION_DATASETS and where:
+        return _official_split(kind, where, n_train, n_test, resolution, seed)
+    raise DataError(f"unknown image dataset {name!r}; choose from {', '.join(IMAGE_DATASETS)}")
+
+
+def _official_split(kind: str, root: str, n_train: int, n_test: int, resolution: int,
+                    seed: int) -> tuple[ImageData, ImageData]:
+    train, test = (load_torchvision(kind, root, resolution, train=t) for t in (True, False))
+    seen = set(image_hashes(train))
+    keep = [i for i, key in enumerate(image_hashes(test)) if key not in seen]
+    dropped = len(test.labels) - len(keep)
+    test = _subset(test, torch.tensor(keep, dtype=torch.long))
+    rng = np.random.default_rng(seed)
+
+    def pick(d: ImageData, n: int) -> ImageData:
+        return d if n <= 0 or n >= len(d.labels) else _subset(d, torch.from_numpy(np.sort(rng.permutation(
+            len(d.labels))[:n])))
+
+    how = {"how": "torchvision's train and test files, seeded subsets", "seed": seed,
+           "test_duplicates_of_train_dropped": dropped}
+    return _mark(pick(train, n_train), "train", how), _mark(pick(test, n_test), "test", how)
+
+
+def split_record(train: ImageData, test: ImageData) -> dict:
+    """What results.json should record about a split: sizes, content hashes and how it was drawn."""
+    return {part: {"size": len(d.labels), "hash": content_hash(d), **(d.split or {})}
+            for part, d in (("train", train), ("test", test))}
+
+
+def reference_set(test: ImageData, n: int, seed: int = 0) -> tuple[ImageData, dict]:
+    """The real images a metric compares against: n distinct test images (a seeded draw, no repeats), or all of
+    them when the test split has fewer. The record says how many were asked for and how many could be given, so a
+    run with too small a test split says so in its entry instead of silently repeating images."""
+    given = min(n, len(test.labels))
+    idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(test.labels))[:given]))
+    ref = _subset(test, idx)
+    record = {"split": "test", "asked": n, "given": given, "short": given < n, "hash": content_hash(ref)}
+    return ref, record

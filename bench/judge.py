@@ -9,8 +9,7 @@ separately (Stacked MNIST protocol); its label is 100 * d_red + 10 * d_green + d
 A trained judge is cached on disk (safetensors weights + json metadata) under a sha256 of the data key and the
 judge config, so each dataset's judge trains once.
 
-Inception features (clean-fid's "clean" mode: PIL bicubic resize to 299 of the uint8 image, the TorchScript
-Inception-v3 of the 2015-12-05 TF release) are available when the user supplies that weights file.
+Standard Inception features (for data without classes, and beside the judge's numbers) live in bench/inception.py.
 """
 
 import hashlib
@@ -18,7 +17,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bench.images import DataError, ImageData
+from bench.images import DataError, ImageData, content_hash
 from models.layers import setting
 
 JUDGE_VERSION = 1  # part of the cache key: bump when the network or training changes
@@ -42,7 +40,8 @@ class JudgeConfig:
     batch_size: int = setting(64, min=1)  # images per step
     lr: float = setting(3e-3, gt=0)  # Adam peak learning rate, cosine-decayed to 0
     weight_decay: float = setting(1e-4, min=0)  # AdamW decoupled weight decay
-    holdout: float = setting(0.2, gt=0, lt=1)  # fraction of the real images kept out of training to measure accuracy
+    # without a test split: fraction of the real images kept out of training for accuracy
+    holdout: float = setting(0.2, gt=0, lt=1)
     shift: float = setting(0.08, min=0, max=0.5)  # random translation augmentation, as a fraction of the image side
     seed: int = setting(0, min=0)  # split, initialisation and batch order
 
@@ -51,7 +50,7 @@ class JudgeConfig:
 class Judge:
     net: nn.Sequential  # net[0]: image -> features (B, 4 * width); net[1]: features -> class logits
     num_modes: int  # modes of the dataset (1000 for stacked digits, whose net has 10 classes)
-    accuracy: float  # held-out accuracy of the net (per channel digit accuracy for stacked digits)
+    accuracy: float  # accuracy on the test split (else on a held-out part); per channel digit for stacked digits
     per_channel: bool = False  # stacked digits: classify each channel as a one-channel digit image
     train_seconds: float = 0.0  # wall time of the training run (also when loaded from the cache)
 
@@ -106,43 +105,52 @@ def _shift(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def _fit(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: JudgeConfig,
-         device: str) -> tuple[nn.Sequential, float]:
-    """Train judge_net on a random (1 - holdout) of the images; return it frozen and its held-out accuracy."""
-    gen = torch.Generator().manual_seed(cfg.seed)
+def _fit(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int,
+         cfg: JudgeConfig, device: str, gen: torch.Generator) -> tuple[nn.Sequential, float]:
+    """Train judge_net on (train_x, train_y) with batches drawn from gen; return it frozen and its accuracy on
+    (test_x, test_y)."""
     torch.manual_seed(cfg.seed)  # initialisation
-    order = torch.randperm(len(labels), generator=gen)
-    n_test = max(1, round(cfg.holdout * len(labels)))
-    test, train = order[:n_test], order[n_test:]
     # channels_last: about 2x faster on CPU (oneDNN's native layout; NCHW max pooling is slow), same numbers
-    net = judge_net(images.shape[1], num_classes, cfg.width).to(device, memory_format=torch.channels_last)
+    net = judge_net(train_x.shape[1], num_classes, cfg.width).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     net.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:  # cosine decay to 0 (Loshchilov & Hutter 2017, without restarts)
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        idx = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-        x = images[idx].to(device)
+        idx = torch.randint(len(train_y), (cfg.batch_size,), generator=gen)
+        x = train_x[idx].to(device)
         x = _shift(x, cfg.shift, gen) if cfg.shift > 0 else x
         x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), labels[idx].to(device))
+        loss = F.cross_entropy(net(x), train_y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     judge = Judge(net.eval().requires_grad_(False), num_classes, 0.0)
-    accuracy = (judge.labels(images[test]) == labels[test]).double().mean().item()
+    accuracy = (judge.labels(test_x) == test_y).double().mean().item()
     return judge.net, accuracy
 
 
-def train_judge(data: ImageData, cfg: JudgeConfig, device: str = "cpu") -> Judge:
-    """A frozen classifier of data's mode labels, with its held-out accuracy. Stacked digits (data.channel_source
-    set) train a digit classifier on the source digits, applied per channel."""
+def train_judge(data: ImageData, cfg: JudgeConfig, device: str = "cpu", test: ImageData | None = None) -> Judge:
+    """A frozen classifier of data's mode labels. With a test split (bench.images.load_splits), it is fitted on all
+    of data (the training split) and its accuracy measured on test; without one (older callers), on a random
+    (1 - cfg.holdout) of data and measured on the rest. Stacked digits (channel_source set) train a digit
+    classifier on the source digits of each split, applied per channel."""
     per_channel = data.channel_source is not None
     source = data.channel_source if per_channel else data
     if source.num_modes < 2:
-        raise DataError("a judge needs at least two classes; this dataset has none (use --inception-weights)")
+        raise DataError("a judge needs at least two classes; this dataset has none (Inception features score it: "
+                        "images.inception or --inception-weights)")
     start = time.perf_counter()
-    net, accuracy = _fit(source.images, source.labels, source.num_modes, cfg, device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if test is None:
+        order = torch.randperm(len(source.labels), generator=gen)
+        n_test = max(1, round(cfg.holdout * len(source.labels)))
+        held, kept = order[:n_test], order[n_test:]
+        parts = (source.images[kept], source.labels[kept], source.images[held], source.labels[held])
+    else:
+        test_source = test.channel_source if per_channel else test
+        parts = (source.images, source.labels, test_source.images, test_source.labels)
+    net, accuracy = _fit(*parts, source.num_modes, cfg, device, gen)
     return Judge(net, data.num_modes, accuracy, per_channel, time.perf_counter() - start)
 
 
@@ -154,11 +162,14 @@ def judge_failure(dataset: str, judge: Judge) -> str | None:
     return f"judge for {dataset} reached {judge.accuracy:.1%} held-out accuracy, below the {floor:.0%} floor"
 
 
-def judge_key(data: ImageData, data_key: dict, cfg: JudgeConfig) -> str:
-    """sha256 of everything the trained judge depends on (data_key should name the dataset and its config)."""
+def judge_key(data: ImageData, data_key: dict, cfg: JudgeConfig, test: ImageData | None = None) -> str:
+    """sha256 of everything the trained judge depends on (data_key should name the dataset and its config; with a
+    test split, the content hashes of both splits are part of it)."""
     blob = {"version": JUDGE_VERSION, "data": data_key, "judge": asdict(cfg),
             "shape": list(data.images.shape[1:]), "num_modes": data.num_modes,
             "per_channel": data.channel_source is not None}
+    if test is not None:
+        blob["splits"] = [content_hash(d.channel_source or d) for d in (data, test)]
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -176,15 +187,16 @@ def _load_cached(weights: str, meta_path: str, device: str) -> Judge | None:
 
 
 def load_or_train_judge(data: ImageData, data_key: dict, cfg: JudgeConfig, cache_dir: str,
-                        device: str = "cpu") -> Judge:
-    """The cached judge for (data_key, cfg) if there is one, else train one and cache it (atomic writes)."""
-    key = judge_key(data, data_key, cfg)
+                        device: str = "cpu", test: ImageData | None = None) -> Judge:
+    """The cached judge for (data_key, cfg, splits) if there is one, else train one and cache it (atomic writes).
+    Pass the test split to fit on data (the training split) and measure accuracy on test."""
+    key = judge_key(data, data_key, cfg, test)
     weights = os.path.join(cache_dir, f"judge-{key[:20]}.safetensors")
     meta_path = weights.replace(".safetensors", ".json")
     judge = _load_cached(weights, meta_path, device)
     if judge is not None:
         return judge
-    judge = train_judge(data, cfg, device)
+    judge = train_judge(data, cfg, device, test)
     os.makedirs(cache_dir, exist_ok=True)
     meta = {"key": key, "data_key": data_key, "config": asdict(cfg), "in_channels": judge.net[0][0].in_channels,
             "net_classes": judge.net[1].out_features, "num_modes": judge.num_modes, "accuracy": judge.accuracy,
@@ -196,38 +208,3 @@ def load_or_train_judge(data: ImageData, data_key: dict, cfg: JudgeConfig, cache
         json.dump(meta, f, indent=1, default=str)
     os.replace(meta_path + ".tmp", meta_path)
     return judge
-
-
-# ------------------------------------------------------------------------------------------------ Inception
-
-def load_inception(path: str, device: str = "cpu") -> torch.jit.ScriptModule:
-    """clean-fid's TorchScript Inception-v3 (inception-2015-12-05.pt, from the StyleGAN2-ADA metrics), from a
-    local file; nothing is downloaded."""
-    if not os.path.isfile(path):
-        raise DataError(f"Inception weights file {path} does not exist")
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format these weights ship in
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(path, map_location=device).eval()
-    except (RuntimeError, ValueError) as err:
-        raise DataError(f"cannot load Inception weights {path} as TorchScript: "
-                        f"{str(err).strip().splitlines()[0]}") from None
-
-
-@torch.no_grad()
-def inception_features(images: torch.Tensor, model: torch.jit.ScriptModule, batch_size: int = 50) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, 2048) float64 pool features, as clean-fid's "clean" mode computes them
-    (Parmar et al. 2022): quantise to uint8 like a saved PNG, PIL bicubic resize to 299x299 per channel in
-    float, then the network's own normalisation (x - 128) / 128 and its pool3 layers."""
-    from cleanfid.resize import build_resizer
-
-    resize = build_resizer("clean")  # clean-fid's own resizer, so the numbers match clean-fid's
-    device = next(iter(model.parameters()), torch.zeros(0)).device
-    out = []
-    for batch in images.split(batch_size):
-        rgb = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch  # greyscale -> 3 equal channels
-        uint8 = ((rgb + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        big = torch.from_numpy(np.stack([resize(img) for img in uint8])).permute(0, 3, 1, 2)  # (B, 3, 299, 299)
-        x = (big.to(device) - 128) / 128
-        out.append(model.layers.forward(x).reshape(len(batch), 2048).double().cpu())
-    return torch.cat(out).numpy()

@@ -19,7 +19,7 @@ from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
-from bench.train import checkpoint_interval, train_diffusion, train_gan
+from bench.train import checkpoint_interval, initial_weight_share, train_diffusion, train_gan
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 
@@ -27,13 +27,15 @@ from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 @dataclass
 class MixtureTrained:
     model: str  # "gan" | "diffusion"
-    net: nn.Module  # what samples: G, or the EMA denoiser
+    net: nn.Module  # what samples for the headline: the EMA of G or of the denoiser (one rule for both families)
+    raw: nn.Module  # the trained network itself, scored beside the EMA
+    ema_decay: float
     modules: dict[str, nn.Module]  # what the checkpoint keeps
     history: list[dict]
     status: dict  # {"status": "ok"} or {"status": "diverged", "diverged_at_step": k}
     seconds: float
     params: dict[str, int]
-    snapshots: list = field(default_factory=list)  # [(step, frozen copy of what samples)]
+    snapshots: list = field(default_factory=list)  # [Snapshot(step, raw copy, EMA copy)]
 
 
 def real_batches(dataset: str, seed: int, batch_size: int, device):
@@ -60,19 +62,19 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
             return distributed.local_rows(z).to(device)
 
         nets = distributed.wrap(G, device), distributed.wrap(D, device)  # [ddp] DDP under torchrun
-        history, status = train_gan(*nets, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
-                                    snapshot_every=every, snapshots=snapshots)
-        net, modules, params = G.eval(), {"G": G, "D": D}, {"G": num_params(G), "D": num_params(D)}
+        result = train_gan(*nets, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
+                           snapshot_every=every, snapshots=snapshots)
+        modules, params = {"G": result.ema, "G_raw": G, "D": D}, {"G": num_params(G), "D": num_params(D)}
     else:
         denoiser = MLPDenoiser(mix.denoiser_net).to(device)
         alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
         wrapped = distributed.wrap(denoiser, device)  # [ddp] DDP under torchrun
-        net, history, status = train_diffusion(wrapped, lambda step: (real_batch(step)[0], {}), alpha_bar,
-                                               mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen,
-                                               desc=desc, progress=progress, snapshot_every=every,
-                                               snapshots=snapshots)
-        modules, params = {"denoiser": net}, {"denoiser": num_params(denoiser)}
-    return MixtureTrained(model, net, modules, history, status, time.perf_counter() - start, params, snapshots)
+        result = train_diffusion(wrapped, lambda step: (real_batch(step)[0], {}), alpha_bar,
+                                 mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen, desc=desc,
+                                 progress=progress, snapshot_every=every, snapshots=snapshots)
+        modules, params = {"denoiser": result.ema, "denoiser_raw": denoiser}, {"denoiser": num_params(denoiser)}
+    return MixtureTrained(model, result.ema, result.model.eval(), result.ema_decay, modules, result.history,
+                          result.status, time.perf_counter() - start, params, snapshots)
 
 
 def draw_points(net: nn.Module, model: str, spec: str | None, seeds, mix: MixtureBenchConfig, device):
@@ -92,8 +94,9 @@ def _draw_rows(net: nn.Module, model: str, spec: str | None, seeds, mix: Mixture
 
 
 def evaluate_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: MixtureBenchConfig, device):
-    """Every sampler of the model on the same seeds (the GAN has one), then the snapshots with the curve sampler.
-    Returns ({sampler label: metrics}, {sampler label: points (N, 2)}, curve, curve seconds)."""
+    """Every sampler of the EMA model on the same seeds (the GAN has one), the raw network with the headline sampler,
+    then the snapshots' EMA copies with the curve sampler.
+    Returns ({sampler label: metrics}, {sampler label: points (N, 2)}, raw metrics, curve, curve seconds)."""
     seeds, scale = sample_seeds(seed, mix.num_samples), mixture_scale(dataset)
     by_sampler, points = {}, {}
     for label in (["G"] if trained.model == "gan" else mix.samplers):
@@ -103,18 +106,21 @@ def evaluate_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixt
         points[label] = (x * scale).numpy()
         by_sampler[label] = {**mixture_metrics(x * scale, dataset), "nfe": nfe, "sample_seconds": seconds,
                              "samples_per_s": len(x) / max(seconds, 1e-9)}
+    headline = "G" if trained.model == "gan" else mix.samplers[0]
+    raw = mixture_metrics(draw_points(trained.raw, trained.model, headline, seeds, mix, device)[0] * scale, dataset)
     t0 = time.perf_counter()
     curve = []
-    for step, snap in trained.snapshots:
-        x, _ = draw_points(snap, trained.model, mix.curve_sampler, seeds, mix, device)
+    for step, _raw, ema in trained.snapshots:  # the EMA copies, as the headline
+        x, _ = draw_points(ema, trained.model, mix.curve_sampler, seeds, mix, device)
         m = mixture_metrics(x * scale, dataset)
-        curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")}})
-    return by_sampler, points, curve, time.perf_counter() - t0
+        curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")},
+                      "initial_weight_share": initial_weight_share(step, trained.ema_decay)})
+    return by_sampler, points, raw, curve, time.perf_counter() - t0
 
 
 def record_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: MixtureBenchConfig, evaluation) -> dict:
     """The run entry of one 2D model (results.json)."""
-    by_sampler, _, curve, curve_seconds = evaluation
+    by_sampler, _, raw, curve, curve_seconds = evaluation
     steps = len(trained.history)
     headline = next(iter(by_sampler))
     entry = {"dataset": dataset, "model": trained.model, "seed": seed, **trained.status,
@@ -127,6 +133,8 @@ def record_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixtur
              "throughput": {k: by_sampler[headline][k] for k in ("nfe", "sample_seconds", "samples_per_s")}}
     if trained.model == "diffusion":
         entry["by_sampler"] = by_sampler
+    entry["metrics_raw"] = raw  # the raw network on the same seeds (the headline is its EMA, for both families)
+    entry["ema"] = {"decay": trained.ema_decay, "initial_weight_share": initial_weight_share(steps, trained.ema_decay)}
     entry["curve"], entry["curve_seconds"] = curve, curve_seconds
     entry["stability"] = stability(trained.history, trained.model)
     if curve:  # VEEGAN's notion of success on these mixtures: every mode captured

@@ -7,18 +7,20 @@ self-contained HTML page, so the two never disagree. `gvd report RUN_DIR` rebuil
 import html
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
+from bench.data import sample_mixture
+from bench.figures import FAMILY_COLOURS, LINE_STYLES, REAL_COLOUR, new_figure
+from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
 from bench.rundir import RunDir, slug
+from bench.stability import GRAD_KEYS, LOSS_KEYS
 from bench.sweeps import summarise_sweeps
 
-# Published 2D numbers (DESIGN.md): modes captured, high-quality %, reverse KL.
+# Published 2D numbers (VEEGAN: Srivastava et al. 2017, Table 1; PacGAN: Lin et al. 2018, Table 1): modes captured,
+# high-quality %, reverse KL.
 REFERENCE_2D = {
     "ring8": [
         ("GAN (VEEGAN, Srivastava et al. 2017, Table 1)", 1, 99.3, None),
@@ -41,78 +43,68 @@ def _pm(stat, fmt="{:.2f}", scale=1.0) -> str:
 # ---------------------------------------------------------------- figures
 
 
-def _scatter_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
-    """Seed-0 samples of every model over the real data, one panel per model (and diffusion sampler)."""
-    import torch
-
-    from bench.data import sample_mixture
-
+def _scatter_panels(run_dir: Path, results: dict, dataset: str) -> list[tuple[str, str, np.ndarray]]:
+    """(model, panel title, seed-0 samples (N, 2)) for every model and diffusion sampler with a samples file."""
     seed = results["config"]["seeds"][0]
     panels = []
     for run in results["runs"]:
         if run["dataset"] != dataset or run["seed"] != seed or run["status"] == "failed":
             continue
-        labels = list(run.get("by_sampler", {})) or [None]
-        for label in labels:
+        for label in list(run.get("by_sampler", {})) or [None]:
             pts = RunDir(run_dir).load_points(dataset, seed, run["model"], label)
             if pts is not None:
-                panels.append((run["model"] + (f" ({label})" if label else ""), pts))
+                panels.append((run["model"], run["model"] + (f" ({label})" if label else ""), pts))
+    return panels
+
+
+def _scatter_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
+    """Seed-0 samples of every model over the real data, one panel per model (and diffusion sampler)."""
+    panels = _scatter_panels(run_dir, results, dataset)
     if not panels:
         return None
     real = sample_mixture(dataset, 2500, torch.Generator().manual_seed(12345)).numpy()
     lim = np.abs(real).max() * 1.4
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
-    for ax, (title, pts) in zip(axes[0], panels):
-        ax.scatter(real[:, 0], real[:, 1], s=2, c="0.75", label="data")
+    fig, axes = new_figure(len(panels), width=3.2, height=3.3)
+    for ax, (model, title, pts) in zip(axes, panels):
+        ax.scatter(real[:, 0], real[:, 1], s=2, c=REAL_COLOUR, label="data")
         finite = pts[np.isfinite(pts).all(axis=1)]
-        ax.scatter(finite[:, 0], finite[:, 1], s=2, c="C1" if title.startswith("gan") else "C0", alpha=0.5, label="samples")
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title, aspect="equal")
+        ax.scatter(finite[:, 0], finite[:, 1], s=2, c=FAMILY_COLOURS[model], alpha=0.5, label="samples")
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title, aspect="equal", xlabel="x1 (data units)",
+               ylabel="x2 (data units)")
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{dataset}, seed {seed}: samples (colour) over the data (grey)", fontsize=9)
-    fig.tight_layout()
-    name = f"figures/{dataset}_samples.png"
-    (run_dir / "figures").mkdir(exist_ok=True)
-    fig.savefig(run_dir / name, dpi=110)
-    plt.close(fig)
-    return name
+    fig.suptitle(f"{dataset}, seed {results['config']['seeds'][0]}: samples (colour) over the data (grey)",
+                 fontsize=9)
+    return RunDir(run_dir).save_figure(fig, f"{dataset}_samples", dpi=110)
 
 
 def _loss_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
-    """Seed-0 training curves: GAN losses and D outputs, diffusion loss."""
+    """Seed-0 training curves: GAN losses and D outputs (the GAN's colour; D solid, G dashed), diffusion loss."""
     seed = results["config"]["seeds"][0]
     gan = RunDir(run_dir).history_path(dataset, seed, "gan")
     dif = RunDir(run_dir).history_path(dataset, seed, "diffusion")
     if not (gan.exists() or dif.exists()):
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    fig, axes = new_figure(3, width=3.7, height=3)
+    red, blue = FAMILY_COLOURS["gan"], FAMILY_COLOURS["diffusion"]
     if gan.exists():
         h = pd.read_csv(gan)
-        axes[0].plot(h["step"], h["d_loss"], lw=0.8, label="D loss")
-        axes[0].plot(h["step"], h["g_loss"], lw=0.8, label="G loss")
-        axes[1].plot(h["step"], h["d_real"], lw=0.8, label="D(x)")
-        axes[1].plot(h["step"], h["d_fake"], lw=0.8, label="D(G(z))")
+        axes[0].plot(h["step"], h["d_loss"], lw=0.8, c=red, ls=LINE_STYLES[0], label="D loss")
+        axes[0].plot(h["step"], h["g_loss"], lw=0.8, c=red, ls=LINE_STYLES[1], label="G loss")
+        axes[1].plot(h["step"], h["d_real"], lw=0.8, c=red, ls=LINE_STYLES[0], label="D(x)")
+        axes[1].plot(h["step"], h["d_fake"], lw=0.8, c=red, ls=LINE_STYLES[1], label="D(G(z))")
     if dif.exists():
         h = pd.read_csv(dif)
-        axes[2].plot(h["step"], h["loss"], lw=0.6, c="C0", alpha=0.4)
-        axes[2].plot(h["step"], h["loss"].rolling(50, min_periods=1).mean(), c="C0", label="loss (50-step mean)")
+        axes[2].plot(h["step"], h["loss"], lw=0.6, c=blue, alpha=0.4)
+        axes[2].plot(h["step"], h["loss"].rolling(50, min_periods=1).mean(), c=blue, label="loss (50-step mean)")
         axes[2].set_yscale("log")
-    for ax, title in zip(axes, ["GAN losses", "GAN discriminator (sigmoid)", "diffusion loss"]):
-        ax.set(title=title, xlabel="step")
+    titles = ["GAN losses", "GAN discriminator (sigmoid)", "diffusion loss"]
+    ylabels = ["loss", "mean D output (probability)", "denoising loss (MSE, log scale)"]
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set(title=title, xlabel="training step", ylabel=ylabel)
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.suptitle(f"{dataset}, seed {seed}", fontsize=9)
-    fig.tight_layout()
-    name = f"figures/{dataset}_training.png"
-    fig.savefig(run_dir / name, dpi=100)
-    plt.close(fig)
-    return name
-
-
-MODEL_COLOURS = {"gan": "C1", "diffusion": "C0"}  # as in the scatter figures
-
-
-def _file_stem(dataset: str) -> str:
-    return slug(dataset)
+    return RunDir(run_dir).save_figure(fig, f"{dataset}_training")
 
 
 def _curve_figure(run_dir: Path, runs: list[dict], dataset: str, panels: list[tuple[str, str, float]]) -> str | None:
@@ -120,8 +112,8 @@ def _curve_figure(run_dir: Path, runs: list[dict], dataset: str, panels: list[tu
     runs = [r for r in runs if r["dataset"] == dataset and r.get("curve")]
     if not runs:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
-    for ax, (key, title, scale) in zip(axes[0], panels):
+    fig, axes = new_figure(len(panels), width=3.6, height=3)
+    for ax, (key, title, scale) in zip(axes, panels):
         labelled = set()
         for r in runs:
             pts = [(p["step"], p[key] * scale) for p in r["curve"] if p.get(key) is not None]
@@ -129,22 +121,18 @@ def _curve_figure(run_dir: Path, runs: list[dict], dataset: str, panels: list[tu
                 continue
             label = None if r["model"] in labelled else r["model"]
             labelled.add(r["model"])
-            ax.plot(*zip(*pts), marker="o", ms=3, lw=1, c=MODEL_COLOURS[r["model"]], alpha=0.8, label=label)
+            ax.plot(*zip(*pts), marker="o", ms=3, lw=1, c=FAMILY_COLOURS[r["model"]], alpha=0.8, label=label)
         ax.set_xlabel("training step")
+        ax.set_ylabel(title)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.suptitle(f"{dataset}: metrics over training (every seed)", fontsize=9)
-    fig.tight_layout()
-    name = f"figures/{_file_stem(dataset)}_curve.png"
-    (run_dir / "figures").mkdir(exist_ok=True)
-    fig.savefig(run_dir / name, dpi=100)
-    plt.close(fig)
-    return name
+    return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_curve")
 
 
-SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy")
+SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy")
 
 
 def _sweep_summaries(runs: list[dict], dataset: str) -> dict:
@@ -158,41 +146,61 @@ def _sweep_summaries(runs: list[dict], dataset: str) -> dict:
     return out
 
 
+def _sweep_mean(row: dict, key: str) -> float:
+    """The mean over seeds of one sweep setting's metric (NaN where no seed scored it)."""
+    return row[key][0] if key in row else np.nan
+
+
 def _sweep_figure(run_dir: Path, dataset: str, summaries: dict) -> str | None:
     """Both families on the same axes: precision vs recall (the fidelity/diversity trade-off), then FID and prompt
     accuracy against each family's knob (GAN psi on the top axis, diffusion guidance on the bottom one)."""
     if not summaries:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    mean = lambda row, key: row[key][0] if key in row else np.nan
+    fig, axes = new_figure(3, width=4, height=3.6)
     for model, (knob, rows) in summaries.items():
-        c = MODEL_COLOURS[model]
-        rec, prec = [mean(r, "recall") for r in rows], [mean(r, "precision") for r in rows]
-        axes[0].plot(rec, prec, marker="o", c=c, label=f"{model} ({knob})")
+        rec, prec = [_sweep_mean(r, "recall") for r in rows], [_sweep_mean(r, "precision") for r in rows]
+        axes[0].plot(rec, prec, marker="o", c=FAMILY_COLOURS[model], label=f"{model} ({knob})")
         for r, x, y in zip(rows, rec, prec):
             axes[0].annotate(f"{r['value']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes[0].set(xlabel="recall (diversity)", ylabel="precision (fidelity)")
+    axes[0].set(xlabel="recall (diversity, fraction)", ylabel="precision (fidelity, fraction)")
     axes[0].set_title("precision vs recall", fontsize=9)
     axes[0].legend(fontsize=7)
-    for ax, key, title in ((axes[1], "fid", "FID (judge features)"), (axes[2], "cond_accuracy", "prompt accuracy")):
+    for ax, key, title in ((axes[1], "fid", "FID (judge features)"), (axes[2], "cond_accuracy",
+                                                                    "prompt accuracy (fraction)")):
         ax.set_title(title, fontsize=9)
+        ax.set_ylabel(title)
         for model, (knob, rows) in summaries.items():
-            axis = ax if model == "diffusion" else ax.twiny()
+            c = FAMILY_COLOURS[model]
+            axis = ax.twiny() if model == "gan" and "diffusion" in summaries else ax  # GAN psi on top
             vals = [r["value"] for r in rows]
-            axis.errorbar(vals, [mean(r, key) for r in rows], yerr=[r[key][1] if key in r else 0 for r in rows],
-                          marker="o", ms=4, c=MODEL_COLOURS[model], capsize=2, label=model)
-            axis.set_xlabel(knob, color=MODEL_COLOURS[model], fontsize=8)
-            axis.tick_params(axis="x", colors=MODEL_COLOURS[model], labelsize=7)
+            axis.errorbar(vals, [_sweep_mean(r, key) for r in rows], yerr=[r[key][1] if key in r else 0 for r in rows],
+                          marker="o", ms=4, c=c, capsize=2, label=model)
+            axis.set_xlabel(knob, color=c, fontsize=8)
+            axis.tick_params(axis="x", colors=c, labelsize=7)
     fig.suptitle(f"{dataset}: guidance (diffusion) and truncation (GAN) sweeps, same prompts and seeds", fontsize=9)
-    fig.tight_layout()
-    name = f"figures/{_file_stem(dataset)}_sweeps.png"
-    (run_dir / "figures").mkdir(exist_ok=True)
-    fig.savefig(run_dir / name, dpi=100)
-    plt.close(fig)
-    return name
+    return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_sweeps")
 
 
 # ---------------------------------------------------------------- blocks
+
+
+def _mixture_sampler_blocks(mix_runs: list[dict], num_samples: int) -> list:
+    """Every diffusion sampler on the same trained 2D denoisers: mean ± std over seeds."""
+    diff_runs = [r for r in mix_runs if r.get("by_sampler")]
+    if not diff_runs:
+        return []
+    rows = []
+    for dataset in dict.fromkeys(r["dataset"] for r in diff_runs):
+        for label in diff_runs[0]["by_sampler"]:
+            per = [{"dataset": dataset, "model": label, "status": r["status"], "metrics": r["by_sampler"][label]}
+                   for r in diff_runs if r["dataset"] == dataset and label in r["by_sampler"]]
+            s = summarise({"runs": per})[0]
+            rows.append([dataset, label, _pm(s.get("nfe"), "{:.0f}"), _pm(s.get("modes"), "{:.1f}"),
+                         _pm(s.get("hq_fraction"), "{:.1f}", 100), _pm(s.get("reverse_kl"), "{:.3f}"),
+                         _pm(s.get("sample_seconds"), "{:.2f}")])
+    return [("h3", "Diffusion samplers on the same trained denoisers"),
+            ("table", ["dataset", "sampler:steps", "NFE", "modes", "high quality %", "reverse KL",
+                       f"sampling s ({num_samples:,} samples)"], rows)]
 
 
 def _mixture_blocks(run_dir: Path, results: dict) -> list:
@@ -202,11 +210,13 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
     summary = summarise({"runs": mix_runs})
     num_samples = (results["config"].get("mixtures") or {}).get("num_samples", 2500)
     blocks = [("h2", "2D mode-collapse mixtures"),
-              ("p", (f"Protocol of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin et al. 2018): {num_samples:,} samples per run; "
-                    "a sample is high quality within 3 std of its nearest mode; a mode is captured when it is the nearest "
-                    "mode of at least one high-quality sample; reverse KL = KL(p_gen || uniform) over the nearest-mode "
-                    "histogram. Mean ± std over seeds; published rows for reference (their budgets differ)."))]
-    header = ["dataset", "model", "runs ok", "modes", "high quality %", "reverse KL", "params", "examples seen", "train s"]
+              ("p", (f"Protocol of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin et al. 2018): {num_samples:,} "
+                     "samples per run; a sample is high quality within 3 std of its nearest mode; a mode is captured "
+                     "when it is the nearest mode of at least one high-quality sample; reverse KL = KL(p_gen || "
+                     "uniform) over the nearest-mode histogram of the high-quality samples (as PacGAN's released "
+                     "code). Mean ± std over seeds; published rows for reference (their budgets differ)."))]
+    header = ["dataset", "model", "runs ok", "modes", "high quality %", "reverse KL", "params", "examples seen",
+              "train s"]
     rows = []
     for s in summary:
         runs = [r for r in mix_runs if r["dataset"] == s["dataset"] and r["model"] == s["model"]]
@@ -221,26 +231,12 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
         for name, modes, hq, rkl in REFERENCE_2D[dataset]:
             rows.append([dataset, f"*{name}*", "", f"{modes}", f"{hq}", "" if rkl is None else f"{rkl}", "", "", ""])
     blocks.append(("table", header, rows))
-
-    diff_runs = [r for r in mix_runs if r.get("by_sampler")]
-    if diff_runs:
-        blocks.append(("h3", "Diffusion samplers on the same trained denoisers"))
-        rows = []
-        for dataset in dict.fromkeys(r["dataset"] for r in diff_runs):
-            for label in diff_runs[0]["by_sampler"]:
-                per = [{"dataset": dataset, "model": label, "status": r["status"], "metrics": r["by_sampler"][label]}
-                       for r in diff_runs if r["dataset"] == dataset and label in r["by_sampler"]]
-                s = summarise({"runs": per})[0]
-                rows.append([dataset, label, _pm(s.get("nfe"), "{:.0f}"), _pm(s.get("modes"), "{:.1f}"),
-                             _pm(s.get("hq_fraction"), "{:.1f}", 100), _pm(s.get("reverse_kl"), "{:.3f}"),
-                             _pm(s.get("sample_seconds"), "{:.2f}")])
-        blocks.append(("table", ["dataset", "sampler:steps", "NFE", "modes", "high quality %", "reverse KL",
-                                 f"sampling s ({num_samples:,} samples)"], rows))
+    blocks += _mixture_sampler_blocks(mix_runs, num_samples)
     if any(r.get("curve") for r in mix_runs):
         sampler = (results["config"].get("mixtures") or {}).get("curve_sampler", "dpmpp2m:20")
-        blocks.append(("p", (f"Figures: seed-{results['config']['seeds'][0]} samples, training curves, and metrics over "
-                             f"training (each model scored at evenly spaced steps on the same {num_samples:,} per-sample "
-                             f"seeds; diffusion with {sampler} on the EMA weights of that step).")))
+        blocks.append(("p", (f"Figures: seed-{results['config']['seeds'][0]} samples, training curves, and metrics "
+                             f"over training (each model scored at evenly spaced steps on the same {num_samples:,} "
+                             f"per-sample seeds; diffusion with {sampler} on the EMA weights of that step).")))
     curve_panels = [("modes", "modes captured", 1), ("hq_fraction", "high quality %", 100),
                     ("reverse_kl", "reverse KL", 1)]
     for dataset in dict.fromkeys(r["dataset"] for r in mix_runs):
@@ -251,16 +247,21 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
     return blocks
 
 
-# Published Stacked MNIST numbers (DESIGN.md): modes captured (of 1000), KL(p_gen || p_data).
+# Published Stacked MNIST numbers (the papers and tables named in each row): modes captured (of 1000), KL(p_gen ||
+# p_data) with p_data uniform: the direction of PacGAN's released code (fjxmlzn/PacGAN, stacked_MNIST_experiments/
+# unrolled_GAN_experiment/*/model.py, log_metrics: KLD(p, q) with p the generated mode histogram, q uniform over
+# 1000), i.e. our reverse_kl.
 REFERENCE_STACKED = [
     ("DCGAN (Srivastava et al. 2017, Table 4)", 99, 3.40),
     ("VEEGAN (Srivastava et al. 2017, Table 4)", 150, 2.95),
     ("PacDCGAN2 (Lin et al. 2018, Table 2)", 1000, 0.06),
     ("DDGAN, a diffusion-GAN hybrid (Xiao et al. 2022, Table 3)", 1000, 0.071),
 ]
-IMAGE_METRICS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3), ("precision", "precision", "{:.2f}", 1),
-                 ("recall", "recall", "{:.2f}", 1), ("density", "density", "{:.2f}", 1),
-                 ("coverage", "coverage", "{:.2f}", 1), ("modes", "modes", "{:.0f}", 1), ("kl", "KL", "{:.3f}", 1),
+IMAGE_METRICS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3),
+                 ("precision", "precision", "{:.2f}", 1), ("recall", "recall", "{:.2f}", 1),
+                 ("density", "density", "{:.2f}", 1), ("coverage", "coverage", "{:.2f}", 1),
+                 ("modes", "modes", "{:.0f}", 1), ("reverse_kl", "reverse KL", "{:.3f}", 1),
+                 ("forward_kl", "forward KL", "{:.3f}", 1),
                  ("cond_accuracy", "prompt accuracy", "{:.2f}", 1)]
 
 
@@ -271,17 +272,19 @@ def _ci(stat_lo, stat_hi) -> str:
 
 
 def _stacked_blocks(summary: list[dict]) -> list:
-    """The Stacked MNIST mode table: our models beside the published rows (DESIGN.md)."""
-    rows = [[s["model"], _pm(s.get("modes"), "{:.0f}"), _pm(s.get("kl"), "{:.3f}"), _pm(s.get("num_samples"), "{:.0f}")]
-            for s in summary]
+    """The Stacked MNIST mode table: our models beside the published rows (REFERENCE_STACKED)."""
+    rows = [[s["model"], _pm(s.get("modes"), "{:.0f}"), _pm(s.get("reverse_kl"), "{:.3f}"),
+             _pm(s.get("num_samples"), "{:.0f}")] for s in summary]
     rows += [[f"*{name}*", str(modes), str(kl), "26,000"] for name, modes, kl in REFERENCE_STACKED]
-    return [("p", ("Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN): modes = distinct digit triples the judge "
-                  "reads (of 1,000), KL(p_gen || uniform). The published rows count 26,000 samples; with fewer, the mode "
-                  "count is a lower bound (N samples from the uniform distribution show 1000 (1 - e^(-N/1000)) modes on "
-                  "average). Published budgets and architectures differ from ours, and their GANs are unconditional while ours are "
-                   "prompted with the three digits (drawn uniformly, like the data), so here the count also measures how "
-                   "well each model follows its prompt.")),
-            ("table", ["model", "modes (of 1000)", "KL", "samples"], rows)]
+    return [("p", ("Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN): modes = distinct digit triples the "
+                   "judge reads (of 1,000); reverse KL = KL(p_gen || p_data) over the triples, p_data the test "
+                   "split's (the published rows use the same direction against the uniform distribution, as PacGAN's "
+                   "released code computes it). The published rows count 26,000 samples; with fewer, the mode count "
+                   "is a lower bound (N samples from the uniform distribution show 1000 (1 - e^(-N/1000)) modes on "
+                   "average). Published budgets and architectures differ from ours, and their GANs are unconditional "
+                   "while ours are prompted with the three digits (drawn uniformly, like the data), so here the count "
+                   "also measures how well each model follows its prompt.")),
+            ("table", ["model", "modes (of 1000)", "reverse KL", "samples"], rows)]
 
 
 def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
@@ -308,96 +311,121 @@ def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
     return blocks
 
 
+def _image_table(per: list[dict], summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One dataset's headline table: one row per model, mean ± std over its seeds."""
+    header = (["model", "runs ok", "FID", "FID 95% CI"] + [h for _, h, _, _ in IMAGE_METRICS[1:]]
+              + ["judge accuracy", "samples", "params", "examples seen", "train s", "NFE", "sampling s"])
+    rows = []
+    for s in summary:
+        mine = [r for r in per if r["model"] == s["model"]]
+        train = next((r["train"] for r in mine if r.get("train")), None)
+        thr = next((r["throughput"] for r in mine if r.get("throughput")), {})
+        name = s["model"] + (f" ({mine[0]['sampler']}, guidance {mine[0]['guidance']})"
+                             if mine[0].get("sampler") else "")
+        rows.append([name, f"{s['ok']}/{s['seeds']}", _pm(s.get("fid")), _ci(s.get("fid_lo"), s.get("fid_hi"))]
+                    + [_pm(s.get(k), fmt, scale) for k, _, fmt, scale in IMAGE_METRICS[1:]]
+                    + [_pm(s.get("judge_accuracy"), "{:.3f}"), _pm(s.get("num_samples"), "{:.0f}"),
+                       " + ".join(f"{k} {v:,}" for k, v in train["params"].items()) if train else "n/a",
+                       f"{train['examples_seen']:,}" if train else "n/a",
+                       f"{np.mean([r['train']['seconds'] for r in mine if r.get('train')]):.0f}" if train else "n/a",
+                       str(thr.get("nfe", "n/a")), f"{thr['sample_seconds']:.1f}" if thr else "n/a"])
+    return header, rows
+
+
+def _fid_notes(per: list[dict], summary: list[dict]) -> list[str]:
+    """FID by sample count with its extrapolation, and the Inception-feature scores, where the runs have them."""
+    notes = []
+    for s in summary:
+        if "fid_inf" in s:
+            curve = next(r["metrics"]["fid_curve"] for r in per if r["model"] == s["model"]
+                         and r.get("metrics", {}).get("fid_curve"))
+            notes.append(f"{s['model']} FID by sample count (seed {per[0]['seed']}): "
+                         + ", ".join(f"{p['fid']:.2f} at {p['n']:,}" for p in curve)
+                         + f"; extrapolated to infinitely many samples (Chong & Forsyth 2020): {_pm(s['fid_inf'])}.")
+    for s in summary:
+        if "fid_inception" in s:
+            notes.append(f"{s['model']} on Inception features (clean-fid's 'clean' mode): FID "
+                         f"{_pm(s['fid_inception'])}, KID x1e3 {_pm(s.get('kid_inception'), scale=1e3)}.")
+    return notes
+
+
+def _image_notes(per: list[dict], summary: list[dict]) -> list[str]:
+    """The VAE's and the text encoder's own numbers, the FID notes, and what could not be measured."""
+    vae = [r["train"]["vae"] for r in per if r.get("train", {}).get("vae")]
+    text = [r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")]
+    notes = []
+    if vae:
+        notes.append(f"VAE reconstructions: PSNR {np.mean([v['psnr'] for v in vae]):.1f} dB, judge keeps the class "
+                     f"of {np.mean([v['recon_accuracy'] for v in vae]):.1%} of them (the ceiling of the diffusion "
+                     "model's prompt accuracy).")
+    if text:
+        notes.append(f"Text encoder (shared): {text[0]['params']:,} parameters, {text[0]['steps']} CLIP steps, "
+                     f"{np.mean([t['seconds'] for t in text]):.0f} s.")
+    notes += _fid_notes(per, summary)
+    if any(r.get("features") == "inception" for r in per):
+        notes.append("This dataset has no classes for a judge: FID, KID, precision/recall and density/coverage "
+                     "are on Inception features.")
+    missing = next((r["unavailable"] for r in per if r.get("unavailable")), None)
+    if missing:
+        notes.append(f"Unavailable here: {', '.join(missing['metrics'])} ({missing['why']}).")
+    return notes
+
+
+def _grid_blocks(run_dir: Path, per: list[dict], dataset: str) -> list:
+    """The first seed's sample grids (real, GAN, diffusion) and the first row of their shared prompts."""
+    seed, rd = min(r["seed"] for r in per), RunDir(run_dir)
+    blocks = [("img", rd.relative(rd.grid_path(dataset, seed, part)), f"{dataset} seed {seed}: {part}")
+              for part in ("real", "gan", "diffusion") if rd.grid_path(dataset, seed, part).exists()]
+    prompts = rd.read_prompts(dataset, seed)
+    if prompts is not None:
+        blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
+                            + "; ".join(f"'{p}'" for p in prompts[:8])
+                            + f". All 64 in {rd.relative(rd.prompts_path(dataset, seed))}."))
+    return blocks
+
+
+def _image_curve_blocks(run_dir: Path, per: list[dict], dataset: str) -> list:
+    curve_panels = [("fid", "FID (judge features)", 1), ("modes", "modes", 1),
+                    ("cond_accuracy", "prompt accuracy", 1), ("recall", "recall", 1)]
+    fig = _curve_figure(run_dir, per, dataset, curve_panels)
+    if not fig:
+        return []
+    n = next((p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p), 0)
+    return [("p", (f"Metrics over training: both models scored at evenly spaced training steps on the first "
+                   f"{n:,} evaluation prompts and seeds (GAN: G of that step; diffusion: the EMA UNet of that "
+                   "step with the headline sampler and guidance).")), ("img", fig, fig)]
+
+
 def _image_blocks(run_dir: Path, results: dict) -> list:
     runs = [r for r in results["runs"] if r["dataset"] not in REFERENCE_2D]
     if not runs:
         return []
-
     blocks = [("h2", "Image benchmark: conditional DCGAN vs text-conditioned latent diffusion"),
               ("p", ("Both models get the same frozen CLIP-style text encoder, the same prompts (drawn from the data's "
-                    "caption distribution) and the same per-sample seeds. Metrics on the judge's features: FID and KID "
-                    "(clean-fid's formulas; biased at small N, Chong & Forsyth 2020) with a 95% bootstrap interval on FID "
-                    "(resampling both sets, bias-corrected; mean of the per-seed bounds), precision/recall (Kynkaanniemi "
-                    "et al. 2019, k=3), density/coverage (Naeem et al. 2020, k=5); modes and KL(p_gen || p_data) over the "
-                    "judge's labels; prompt accuracy = fraction of samples the judge assigns to the prompted class; judge "
-                    "accuracy = the judge's own held-out accuracy on real images. Mean ± std over seeds."))]
+                     "caption distribution) and the same per-sample seeds. Metrics on the judge's features: FID and "
+                     "KID (clean-fid's formulas; biased at small N, Chong & Forsyth 2020) with a 95% bootstrap "
+                     "interval for the population FID (basic bootstrap, resampling both sets; metrics.fid_bootstrap), "
+                     "precision/recall (Kynkaanniemi et al. 2019, k=3), density/coverage (Naeem et al. 2020, k=5); "
+                     "modes, KL(p_gen || p_data) and KL(p_data || p_gen) over the judge's labels; prompt accuracy = "
+                     "fraction of samples the judge assigns to the prompted class; judge accuracy = the judge's own "
+                     "held-out accuracy on real images. Mean ± std over seeds."))]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         per = [r for r in runs if r["dataset"] == dataset]
         summary = summarise({"runs": per})
-        header = (["model", "runs ok", "FID", "FID 95% CI"] + [h for _, h, _, _ in IMAGE_METRICS[1:]]
-                  + ["judge accuracy", "samples", "params", "examples seen", "train s", "NFE", "sampling s"])
-        rows = []
-        for s in summary:
-            mine = [r for r in per if r["model"] == s["model"]]
-            train = next((r["train"] for r in mine if r.get("train")), None)
-            thr = next((r["throughput"] for r in mine if r.get("throughput")), {})
-            name = s["model"] + (f" ({mine[0]['sampler']}, guidance {mine[0]['guidance']})" if mine[0].get("sampler") else "")
-            rows.append([name, f"{s['ok']}/{s['seeds']}", _pm(s.get("fid")), _ci(s.get("fid_lo"), s.get("fid_hi"))]
-                        + [_pm(s.get(k), fmt, scale) for k, _, fmt, scale in IMAGE_METRICS[1:]]
-                        + [_pm(s.get("judge_accuracy"), "{:.3f}"), _pm(s.get("num_samples"), "{:.0f}"),
-                           " + ".join(f"{k} {v:,}" for k, v in train["params"].items()) if train else "n/a",
-                           f"{train['examples_seen']:,}" if train else "n/a",
-                           f"{np.mean([r['train']['seconds'] for r in mine if r.get('train')]):.0f}" if train else "n/a",
-                           str(thr.get("nfe", "n/a")), f"{thr['sample_seconds']:.1f}" if thr else "n/a"])
+        header, rows = _image_table(per, summary)
         blocks += [("h3", dataset), ("table", header, rows)]
         if dataset == "stacked-digits":
             blocks += _stacked_blocks(summary)
-        vae = [r["train"]["vae"] for r in per if r.get("train", {}).get("vae")]
-        text = [r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")]
-        notes = []
-        if vae:
-            notes.append(f"VAE reconstructions: PSNR {np.mean([v['psnr'] for v in vae]):.1f} dB, judge keeps the class of "
-                         f"{np.mean([v['recon_accuracy'] for v in vae]):.1%} of them (the ceiling of the diffusion model's "
-                         "prompt accuracy).")
-        if text:
-            notes.append(f"Text encoder (shared): {text[0]['params']:,} parameters, {text[0]['steps']} CLIP steps, "
-                         f"{np.mean([t['seconds'] for t in text]):.0f} s.")
-        for s in summary:
-            if "fid_inf" in s:
-                curve = next(r["metrics"]["fid_curve"] for r in per if r["model"] == s["model"]
-                             and r.get("metrics", {}).get("fid_curve"))
-                notes.append(f"{s['model']} FID by sample count (seed {per[0]['seed']}): "
-                             + ", ".join(f"{p['fid']:.2f} at {p['n']:,}" for p in curve)
-                             + f"; extrapolated to infinitely many samples (Chong & Forsyth 2020): {_pm(s['fid_inf'])}.")
-        for s in summary:
-            if "fid_inception" in s:
-                notes.append(f"{s['model']} on Inception features (clean-fid's 'clean' mode): FID "
-                             f"{_pm(s['fid_inception'])}, KID x1e3 {_pm(s.get('kid_inception'), scale=1e3)}.")
-        if any(r.get("features") == "inception" for r in per):
-            notes.append("This dataset has no classes for a judge: FID, KID, precision/recall and density/coverage "
-                         "are on Inception features.")
-        missing = next((r["unavailable"] for r in per if r.get("unavailable")), None)
-        if missing:
-            notes.append(f"Unavailable here: {', '.join(missing['metrics'])} ({missing['why']}).")
+        notes = _image_notes(per, summary)
         if notes:
             blocks.append(("p", " ".join(notes)))
-        seed = min(r["seed"] for r in per)
-        rd = RunDir(run_dir)
-        for part in ("real", "gan", "diffusion"):
-            if rd.grid_path(dataset, seed, part).exists():
-                grid = rd.relative(rd.grid_path(dataset, seed, part))
-                blocks.append(("img", grid, f"{dataset} seed {seed}: {part}"))
-        prompts = rd.read_prompts(dataset, seed)
-        if prompts is not None:
-            blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
-                                + "; ".join(f"'{p}'" for p in prompts[:8])
-                                + f". All 64 in {rd.relative(rd.prompts_path(dataset, seed))}."))
-        curve_panels = [("fid", "FID (judge features)", 1), ("modes", "modes", 1),
-                        ("cond_accuracy", "prompt accuracy", 1), ("recall", "recall", 1)]
-        fig = _curve_figure(run_dir, per, dataset, curve_panels)
-        if fig:
-            n = next((p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p), 0)
-            blocks += [("p", (f"Metrics over training: both models scored at evenly spaced training steps on the first "
-                             f"{n:,} evaluation prompts and seeds (GAN: G of that step; diffusion: the EMA UNet of that "
-                             "step with the headline sampler and guidance).")), ("img", fig, fig)]
+        blocks += _grid_blocks(run_dir, per, dataset) + _image_curve_blocks(run_dir, per, dataset)
         blocks += _sweep_blocks(run_dir, per, dataset)
     return blocks
 
 
 def _stability_rows(runs: list[dict]) -> list[list[str]]:
     """One row per (dataset, model, network): loss statistics, gradient spikes, D gap, divergence, time to threshold."""
-    from bench.stability import GRAD_KEYS, LOSS_KEYS
-
     rows = []
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -415,7 +443,8 @@ def _stability_rows(runs: list[dict]) -> list[list[str]]:
                          _pm(_over(st, f"{loss}_min"), "{:.3g}"), _pm(_over(st, f"{loss}_tail_var"), "{:.2g}"),
                          _pm(_over(st, f"{grad}_spikes"), "{:.1f}"),
                          _pm(_over(st, "d_gap"), "{:.2f}") if model == "gan" and first else "",
-                         (f"{len(diverged)}/{len(st)}" + (f" (step {min(diverged)})" if diverged else "")) if first else "",
+                         (f"{len(diverged)}/{len(st)}" + (f" (step {min(diverged)})" if diverged else ""))
+                         if first else "",
                          (f"{_pm(_mean_std(reached), '{:.0f}')} ({len(reached)}/{len(st)} reached {threshold})"
                           if threshold and first else "")])
     return rows
@@ -439,11 +468,12 @@ def _stability_blocks(results: dict) -> list:
     if not rows:
         return []
     return [("h2", "Training stability"),
-            ("p", ("From the per-step histories (history/*.csv), mean ± std over seeds: the loss at the end and at its "
-                  "lowest, its variance over the last 20% of steps (oscillation), gradient-norm spikes (steps above 10x "
-                  "the median of the 50 before), the discriminator's mean sigmoid gap D(x) - D(G(z)) over the last 20% "
-                  "(near 1: D wins and G's gradient fades), divergence (a non-finite loss: runs and first step) and the "
-                  "first metric-over-training checkpoint that meets the quality threshold (runs that reached it).")),
+            ("p", ("From the per-step histories (history/*.csv), mean ± std over seeds: the loss at the end and at "
+                   "its lowest, its variance over the last 20% of steps (oscillation), gradient-norm spikes (steps "
+                   "above 10x the median of the 50 before), the discriminator's mean sigmoid gap D(x) - D(G(z)) over "
+                   "the last 20% (near 1: D wins and G's gradient fades), divergence (a non-finite loss: runs and "
+                   "first step) and the first metric-over-training checkpoint that meets the quality threshold (runs "
+                   "that reached it).")),
             ("table", ["dataset", "model", "network", "final loss", "min loss", "loss var (last 20%)", "grad spikes",
                        "D(x) - D(G(z))", "diverged", "steps to threshold"], rows)]
 
@@ -454,7 +484,8 @@ def _status_blocks(results: dict) -> list:
         return []
     rows = [[r["dataset"], r["model"], str(r["seed"]), r["status"],
              str(r.get("diverged_at_step", "")) if r["status"] == "diverged" else r.get("error", "")] for r in bad]
-    return [("h2", "Runs that did not finish cleanly"), ("table", ["dataset", "model", "seed", "status", "detail"], rows)]
+    return [("h2", "Runs that did not finish cleanly"),
+            ("table", ["dataset", "model", "seed", "status", "detail"], rows)]
 
 
 def build_blocks(run_dir: Path, results: dict) -> list:
@@ -468,8 +499,6 @@ def build_blocks(run_dir: Path, results: dict) -> list:
 
 def _throughput_blocks(run_dir: Path, results: dict) -> list:
     """Speed of the image models (measured by `gvd run`) and the quality-vs-cost figures."""
-    from bench.throughput import quality_cost_figures, throughput_blocks
-
     figures = quality_cost_figures(run_dir, results)
     if "throughput" in results:
         return throughput_blocks(results["throughput"], figures)
@@ -496,6 +525,11 @@ def to_markdown(blocks: list) -> str:
     return "\n\n".join(out) + "\n"
 
 
+def _cells(row: list[str], tag: str) -> str:
+    """One HTML table row's cells; the Markdown emphasis stars of the published rows dropped."""
+    return "".join(f"<{tag}>{html.escape(c).replace('*', '')}</{tag}>" for c in row)
+
+
 def to_html(blocks: list) -> str:
     body = []
     for block in blocks:
@@ -505,9 +539,8 @@ def to_html(blocks: list) -> str:
         elif kind == "p":
             body.append(f"<p>{html.escape(block[1])}</p>")
         elif kind == "table":
-            cells = lambda row, tag: "".join(f"<{tag}>{html.escape(c).replace('*', '')}</{tag}>" for c in row)
-            body.append("<table><tr>" + cells(block[1], "th") + "</tr>"
-                        + "".join("<tr>" + cells(r, "td") + "</tr>" for r in block[2]) + "</table>")
+            body.append("<table><tr>" + _cells(block[1], "th") + "</tr>"
+                        + "".join("<tr>" + _cells(r, "td") + "</tr>" for r in block[2]) + "</table>")
         elif kind == "img":
             body.append(f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></figure>')
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"

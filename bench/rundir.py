@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torchvision.utils import save_image
 
 from bench import distributed
+from bench.figures import png_bytes
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -217,6 +218,12 @@ class RunDir:
     def load_points(self, dataset: str, seed: int, model: str, label: str | None = None) -> np.ndarray | None:
         path = self.points_path(dataset, seed, model, label)
         return np.load(path) if path.is_file() else None
+
+    def save_figure(self, fig, name: str, dpi: int = 100) -> str:
+        """A matplotlib figure as figures/<name>.png; returns the path the report links."""
+        path = self.figure_path(name)
+        atomic_write(path, png_bytes(fig, dpi))
+        return self.relative(path)
 
     def write_report(self, markdown: str, html_text: str) -> None:
         atomic_write(self.root / "report.md", markdown)

@@ -5,16 +5,16 @@ under classifier-free guidance) and a VAE decode. `image_throughput` builds fres
 (speed does not depend on trained weights) and measures, per model:
 
   - training images/s at the preset's batch size, through the harness's own loops (bench/train.py: one D and one G
-    Adam step for the GAN; one AdamW step plus EMA for the UNet; the VAE step as in bench/imagebench.py);
+    Adam step for the GAN; one AdamW step plus EMA for the UNet; bench/train.py's vae_step for the VAE);
   - sampling images/s at a batch, and the latency of one image alone (batch 1), at NFE 1 (GAN) and at each NFE of
     `nfes` for the diffusion model, with and without guidance, VAE decode included;
   - FLOPs per image (torch.utils.flop_counter: matmuls, convolutions and attention, the usual convention; elementwise
     ops are not counted), parameters, achieved TFLOP/s and MFU against a matrix-product peak measured in the same
     process (bf16 on CUDA, float32 on the CPU), and on CUDA the peak memory (max_memory_allocated).
 
-Method (`measure`): warm-up calls first, then repeats; on CUDA each repeat is timed with CUDA events after the device
-is idle, on the CPU with perf_counter; the median is reported (and the minimum kept). Text encodings are computed once
-before timing: both models read the same frozen encoder, whose cost per caption is its own row.
+Timing, FLOP counting and the matmul peak are bench/timing.py's (warm-up first, the median of the repeats, CUDA events
+on a GPU). Text encodings are computed once before timing: both models read the same frozen encoder, whose cost per
+caption is its own row. The table and report blocks of the result are bench/report_throughput.py's.
 
 With a time budget (`budget_s`), a sampling loop that would not fit is not run: its time is estimated as
 NFE x (one measured network call + the sampler's own per-step cost) + one VAE decode, and its row says "estimated".
@@ -24,119 +24,38 @@ The sampler's own per-step cost is measured exactly by running the loop with the
 
 import copy
 import os
-import resource
-import statistics
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench.config import parse_sampler
 from bench.fastpaths import FastPaths, fast_denoiser, fast_sampler
-from models.dcgan import DCGANConfig, Discriminator, Generator
+from bench.image_models import ImageModels
+from bench.timing import count_flops, matmul_peak, measure, peak_rss_mb, sync, versions
+from bench.train import autocast, drop_captions, train_diffusion, train_gan, vae_step
 from models.diffusion import alphas_cumprod
 from models.mlp import num_params
 from models.samplers import guided, sample
-from models.text import BOS, PAD, TextConfig, TextEncoder
-from models.unet import UNet, UNetConfig
-from models.vae import KLAutoencoder, VAEConfig, vae_loss
+from models.text import BOS, PAD, SPECIALS, TextConfig, Tokenizer
 
 SCHEMA = "gan-vs-diffusion/throughput/v1"
-
-
-# ---------------------------------------------------------------- timing
-
-
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 5, device) -> dict:
-    """Time fn(): `warmup` untimed calls, then `repeats` timed ones. Returns {"median_s", "min_s", "repeats",
-    "timer", "peak_memory_bytes"}; peak memory is CUDA's max_memory_allocated over the timed calls (None on the CPU).
-
-    CUDA work is asynchronous: each timed call starts on an idle device and is bracketed by CUDA events, so the
-    time is the device's wall time from the first kernel to the last (launch gaps included)."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    times = []
-    if cuda:
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)  # ms -> s
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats,
-            "timer": "cuda events" if cuda else "perf_counter",
-            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of fn (forward and, if fn runs it, backward), as torch.utils.flop_counter counts them."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def matmul_peak(device, dtype: torch.dtype | None = None, n: int | None = None) -> dict:
-    """The achieved FLOP/s of a large square matrix product, the denominator of MFU: bf16 8192^2 on CUDA, float32
-    1024^2 on the CPU (big enough to saturate the cores, small enough to take a second)."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-    n = n or (8192 if cuda else 1024)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    m = measure(lambda: a @ b, warmup=3, repeats=10, device=device)
-    return {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": 2 * n**3 / m["min_s"] / 1e12}
-
-
-def versions(device) -> dict:
-    from bench.results import versions as base
-
-    out = base()
-    device = torch.device(device)
-    if device.type == "cuda":
-        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   device_name=torch.cuda.get_device_name(device))
-    return out
-
-
-def _peak_rss_mb() -> float:
-    """The process's peak resident set so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 # ---------------------------------------------------------------- models and inputs, as the harness builds them
 
 
+VOCAB_SIZE = 64  # placeholder words of the timed text encoder: more than the built-in captions use (about 20)
+
+
 def build_image_models(cfg, channels: int, device) -> dict:
-    """Fresh text encoder, DCGAN, VAE and UNet wired as bench/imagebench.py wires them (GAN conditioned on the pooled
-    text embedding, UNet cross-attending to the token states on the VAE's latents)."""
-    text = TextEncoder(TextConfig(**asdict(cfg.text)))
-    dcfg = DCGANConfig(**{**asdict(cfg.dcgan), "resolution": cfg.resolution, "channels": channels,
-                          "cond_dim": cfg.text.embed_dim})
-    vcfg = VAEConfig(**{**asdict(cfg.vae), "in_channels": channels, "resolution": cfg.resolution})
-    ucfg = UNetConfig(**{**asdict(cfg.unet), "in_channels": vcfg.latent_channels, "context_dim": cfg.text.width})
-    nets = {"text": text, "G": Generator(dcfg), "D": Discriminator(dcfg), "vae": KLAutoencoder(vcfg),
-            "unet": UNet(ucfg)}
-    return {k: m.to(device).eval().requires_grad_(False) for k, m in nets.items()}
+    """Fresh networks of an ImageBenchConfig through the one wiring (bench/image_models.py), frozen, by name: text,
+    G, D, vae, unet. Speed does not depend on trained weights or on which words the vocabulary holds."""
+    tokenizer = Tokenizer(list(SPECIALS) + [f"w{i}" for i in range(VOCAB_SIZE - len(SPECIALS))])
+    m = ImageModels.build(cfg, tokenizer=tokenizer, channels=channels, resolution=cfg.resolution, device=device)
+    return {"text": m.text, "G": m.G, "D": m.D, "vae": m.vae, "unet": m.unet}
 
 
 def caption_tokens(n: int, text_cfg: TextConfig, generator: torch.Generator, words: int = 4) -> torch.Tensor:
@@ -214,9 +133,150 @@ def _row(model: str, stage: str, timing: dict, *, batch: int, flops: float, nfe=
             "peak_memory_mb": None if peak_mem is None else peak_mem / 2**20}
 
 
-
-
 # ---------------------------------------------------------------- the measurement
+
+
+@dataclass
+class _Bench:
+    """What every measurement of one image_throughput call shares: the networks and their inputs, built once."""
+
+    cfg: object  # the ImageBenchConfig measured
+    device: torch.device
+    nets: dict  # build_image_models' frozen networks: text, G, D, vae, unet
+    batch: int  # the sampling batch
+    deadline: float | None  # perf_counter() time to be done by; None = no budget
+    tokens: torch.Tensor  # (B, L) caption token ids
+    states: torch.Tensor  # (B, L, W) text-encoder token states: the UNet's context
+    pooled: torch.Tensor  # (B, E) pooled text embedding: the GAN's condition
+    mask: torch.Tensor  # (B, L) real-token mask
+    uncond: tuple  # the empty caption: states (1, L, W), mask (1, L)
+    z: torch.Tensor  # (B, z_dim) GAN latents
+    x_T: torch.Tensor  # (B, C, h, w) diffusion starting noise, the VAE's latent shape
+    t_mid: torch.Tensor  # (B,) a mid-schedule timestep for one network call
+    alpha_bar: torch.Tensor  # (T,) the training schedule
+    sampler: str  # the headline sampler's name (cfg.sampler without its step count)
+
+
+def _prepare(cfg, device: torch.device, channels: int, batch: int, deadline, seed: int) -> _Bench:
+    """Fresh networks and inputs: the text encodings once (shared by both models), latents, noise."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    nets = build_image_models(cfg, channels, device)
+    text, vae = nets["text"], nets["vae"]
+    tokens = caption_tokens(batch, text.cfg, gen).to(device)
+    states, pooled, mask = text(tokens)  # (B, L, W), (B, E), (B, L)
+    u_states, _, u_mask = text(caption_tokens(1, text.cfg, gen, words=0).to(device))  # "" = BOS alone
+    f = vae.cfg.factor
+    latent_shape = (vae.cfg.latent_channels, cfg.resolution // f, cfg.resolution // f)
+    return _Bench(cfg=cfg, device=device, nets=nets, batch=batch, deadline=deadline, tokens=tokens, states=states,
+                  pooled=pooled, mask=mask, uncond=(u_states, u_mask),
+                  z=torch.randn(batch, nets["G"].cfg.z_dim, device=device),
+                  x_T=torch.randn(batch, *latent_shape, device=device),
+                  t_mid=torch.full((batch,), cfg.diffusion.num_steps / 2, device=device),
+                  alpha_bar=alphas_cumprod(cfg.diffusion.schedule, cfg.diffusion.num_steps).float().to(device),
+                  sampler=parse_sampler(cfg.sampler)[0])
+
+
+def _flops(b: _Bench) -> dict:
+    """FLOPs per image of each network call, counted at batch 2 (the same per image at any batch for these
+    networks): the text encoder per caption, G, one UNet call, one VAE decode."""
+    n = b.nets
+    return {"text": count_flops(lambda: n["text"](b.tokens[:2])) / 2,
+            "gan": count_flops(lambda: n["G"](b.z[:2], b.pooled[:2])) / 2,
+            "unet": count_flops(lambda: n["unet"](b.x_T[:2], b.t_mid[:2], context=b.states[:2],
+                                                  context_mask=b.mask[:2])) / 2,
+            "decode": count_flops(lambda: n["vae"].decode(b.x_T[:2])) / 2}
+
+
+def _forward_rows(b: _Bench, flops: dict) -> list[dict]:
+    """The frozen text encoder per prompt (shared by both models) and the GAN's one forward pass per image."""
+    text, G = b.nets["text"], b.nets["G"]
+    rows = [_row("text", "encode", _adaptive(partial(text, b.tokens), b.deadline, b.device), batch=b.batch,
+                 flops=flops["text"], what="frozen text encoder, once per prompt (shared)")]
+    lat = _adaptive(partial(G, b.z[:1], b.pooled[:1]), b.deadline, b.device)["median_s"]
+    rows.append(_row("gan", "sample", _adaptive(partial(G, b.z, b.pooled), b.deadline, b.device), batch=b.batch,
+                     flops=flops["gan"], nfe=1, latency=lat, what="G(z, text)"))
+    return rows
+
+
+def _loop(b: _Bench, net, n: int, nfe: int, scale: float | None, fast: FastPaths) -> Callable[[], object]:
+    """One whole sampling call of n images, VAE decode included, ready to time (a CUDA graph is captured here)."""
+    model = _denoiser(net, b.states[:n], b.mask[:n], b.uncond, scale)
+    run = fast_sampler(b.sampler, model, b.x_T[:n], b.alpha_bar, nfe, fast, prediction=b.cfg.diffusion.prediction)
+    return lambda: b.nets["vae"].decode(run(b.x_T[:n])[0])
+
+
+def _network_costs(b: _Bench, net, guidance: dict) -> tuple[dict, dict]:
+    """({(label, n): timing of one network call at batch n}, {label: the sampler's own cost per step}) for label in
+    guidance ("unguided": None, "guided": scale) and n in (batch, 1)."""
+    step, overhead = {}, {}
+    for label, s in guidance.items():
+        for n in (b.batch, 1):
+            call = partial(_denoiser(net, b.states[:n], b.mask[:n], b.uncond, s), b.x_T[:n], b.t_mid[:n])
+            step[label, n] = _adaptive(call, b.deadline, b.device)
+        overhead[label] = _sampler_cost(b.sampler, b.cfg.diffusion.prediction, b.x_T, b.alpha_bar, b.states, b.mask,
+                                        b.uncond, s, b.device, b.deadline)
+        overhead[label]["network_step_s"] = step[label, b.batch]["median_s"]
+        overhead[label]["fraction_of_network"] = overhead[label]["sampler_step_s"] / step[label, b.batch]["median_s"]
+    return step, overhead
+
+
+def _diffusion_rows(b: _Bench, flops: dict, nfes, fast: FastPaths, dtype: str) -> tuple[list, dict, dict]:
+    """One network call, the decode and the sampler's own cost; then whole loops, cheapest first, measured when
+    they fit the budget and estimated otherwise. Returns (rows, sampler overhead, {n: decode seconds})."""
+    net = fast_denoiser(b.nets["unet"], fast, b.device)
+    decode = {n: _adaptive(partial(b.nets["vae"].decode, b.x_T[:n]), b.deadline, b.device)["median_s"]
+              for n in (b.batch, 1)}
+    guidance = {"unguided": None, "guided": float(b.cfg.guidance)}
+    step, overhead = _network_costs(b, net, guidance)
+    rows = []
+    for nfe in nfes:
+        for label, s in guidance.items():
+            per_step = overhead[label]["sampler_step_s"]
+            est = nfe * (step[label, b.batch]["median_s"] + per_step) + decode[b.batch]
+            est_1 = nfe * (step[label, 1]["median_s"] + per_step) + decode[1]
+            timing, measured = _measured_or_estimated(partial(_loop, b, net, b.batch, nfe, s, fast), est,
+                                                      b.deadline, b.device)
+            if not measured:  # the loop's peak is the network call's (the decode's is smaller)
+                timing["peak_memory_bytes"] = step[label, b.batch]["peak_memory_bytes"]
+            latency, lat_measured = _measured_or_estimated(partial(_loop, b, net, 1, nfe, s, fast), est_1,
+                                                           b.deadline, b.device, share=0.1)
+            method = ("estimated" if not measured else "measured" if lat_measured
+                      else "measured (batch-1 latency estimated)")
+            rows.append(_row("diffusion", "sample", timing, batch=b.batch, nfe=nfe, guidance=1.0 if s is None else s,
+                             flops=nfe * (2 if s else 1) * flops["unet"] + flops["decode"],
+                             latency=latency["median_s"], method=method, dtype=dtype,
+                             what=f"{b.sampler}:{nfe} + VAE decode"))
+    return rows, overhead, decode
+
+
+def _notes(fast: FastPaths, rows: list[dict], cuda: bool, load: dict) -> list[str]:
+    """What a reader of the table must know about how this run was measured."""
+    notes = []
+    if fast.cuda_graph:
+        notes.append("the diffusion sampling loops replay a captured CUDA graph (bench/fastpaths.cuda_graph_sampler)")
+    if any(r["method"] != "measured" for r in rows):
+        notes.append("'estimated' rows did not fit the time budget: NFE x (measured network call + measured sampler "
+                     "cost per step) + measured VAE decode")
+    if not cuda and max(load["start"], load["end"]) >= (os.cpu_count() or 1):
+        notes.append("the machine was busy (load average >= the core count): CPU timings with several threads are "
+                     "unreliable under oversubscription (threads wait for each other); `--threads 1` is steadier")
+    if not cuda:
+        notes.append(f"peak memory is measured on CUDA only (max_memory_allocated); not measured on the CPU "
+                     f"(this process's peak RSS: {peak_rss_mb():.0f} MB)")
+    return notes
+
+
+def _models(b: _Bench, flops: dict, decode: dict) -> dict:
+    """Parameters and FLOPs per model, and the diffusion model's sampler, guidance and decode time."""
+    n = b.nets
+    return {
+        "gan": {"params": {"G": num_params(n["G"]), "D": num_params(n["D"])}, "flops_per_image": flops["gan"]},
+        "diffusion": {"params": {"unet": num_params(n["unet"]), "vae": num_params(n["vae"])}, "sampler": b.sampler,
+                      "guidance": float(b.cfg.guidance), "flops_per_network_call_per_image": flops["unet"],
+                      "flops_per_decode": flops["decode"], "decode_s": {"batch": decode[b.batch], "one": decode[1]}},
+        "text": {"params": num_params(n["text"]), "flops_per_caption": flops["text"]},
+    }
 
 
 @torch.no_grad()
@@ -231,247 +291,135 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     for the diffusion rows (default: none, i.e. float32 as `gvd run` samples)."""
     device = torch.device(device)
     t_start = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    deadline = None if budget_s is None else t_start + budget_s
+    load = {"start": os.getloadavg()[0]}  # 1-minute; other processes' share
     cuda = device.type == "cuda"
     fast = fast or FastPaths(bf16=False)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    nets = build_image_models(cfg, channels, device)
-    text, G, D, vae, unet = (nets[k] for k in ("text", "G", "D", "vae", "unet"))
+    b = _prepare(cfg, device, channels, batch, None if budget_s is None else t_start + budget_s, seed)
     peak_start = matmul_peak(device)
-
-    # --- inputs: the text encodings once (shared by both models), latents, noise
-    tokens = caption_tokens(batch, cfg.text, gen).to(device)
-    states, pooled, mask = text(tokens)  # (B, L, W), (B, E), (B, L)
-    u_states, _, u_mask = text(caption_tokens(1, cfg.text, gen, words=0).to(device))  # "" = BOS alone
-    uncond = (u_states, u_mask)  # (1, L, W), (1, L)
-    f = vae.cfg.factor
-    latent_shape = (vae.cfg.latent_channels, cfg.resolution // f, cfg.resolution // f)
-    alpha_bar = alphas_cumprod(cfg.diffusion.schedule, cfg.diffusion.num_steps).float().to(device)
-    sampler, pred, scale = cfg.sampler.partition(":")[0], cfg.diffusion.prediction, float(cfg.guidance)
-    z = torch.randn(batch, G.cfg.z_dim, device=device)
-    x_T = torch.randn(batch, *latent_shape, device=device)
-    t_mid = torch.full((batch,), cfg.diffusion.num_steps / 2, device=device)
-
-    # --- FLOPs per image, counted at batch 2 (the same per image at any batch for these networks)
-    f_text = count_flops(lambda: text(tokens[:2])) / 2
-    f_gen = count_flops(lambda: G(z[:2], pooled[:2])) / 2
-    f_unet = count_flops(lambda: unet(x_T[:2], t_mid[:2], context=states[:2], context_mask=mask[:2])) / 2
-    f_dec = count_flops(lambda: vae.decode(x_T[:2])) / 2
-
-    rows = [_row("text", "encode", _adaptive(lambda: text(tokens), deadline, device), batch=batch, flops=f_text,
-                 what="frozen text encoder, once per prompt (shared)")]
-    lat = _adaptive(lambda: G(z[:1], pooled[:1]), deadline, device)["median_s"]
-    rows.append(_row("gan", "sample", _adaptive(lambda: G(z, pooled), deadline, device), batch=batch, flops=f_gen,
-                     nfe=1, latency=lat, what="G(z, text)"))
-
-    # --- diffusion: one network call, the decode and the sampler's own cost; then whole loops, cheapest first
-    net = fast_denoiser(unet, fast, device)
+    flops = _flops(b)
     dtype = "bf16 autocast" if fast.bf16 and cuda else "float32"
-    decode = {n: _adaptive(partial(vae.decode, x_T[:n]), deadline, device)["median_s"] for n in (batch, 1)}
-    guidance = {"unguided": None, "guided": scale}
-
-    def denoiser(n: int, s: float | None):
-        return _denoiser(net, states[:n], mask[:n], uncond, s)
-
-    def loop(n: int, nfe: int, s: float | None):
-        run = fast_sampler(sampler, denoiser(n, s), x_T[:n], alpha_bar, nfe, fast, prediction=pred)
-        return lambda: vae.decode(run(x_T[:n])[0])
-
-    step, overhead = {}, {}
-    for label, s in guidance.items():
-        for n in (batch, 1):
-            step[label, n] = _adaptive(partial(denoiser(n, s), x_T[:n], t_mid[:n]), deadline, device)
-        overhead[label] = _sampler_cost(sampler, pred, x_T, alpha_bar, states, mask, uncond, s, device, deadline)
-        overhead[label]["network_step_s"] = step[label, batch]["median_s"]
-        overhead[label]["fraction_of_network"] = overhead[label]["sampler_step_s"] / step[label, batch]["median_s"]
-    for nfe in nfes:
-        for label, s in guidance.items():
-            per_step = overhead[label]["sampler_step_s"]
-            est = nfe * (step[label, batch]["median_s"] + per_step) + decode[batch]
-            est_1 = nfe * (step[label, 1]["median_s"] + per_step) + decode[1]
-            timing, measured = _measured_or_estimated(partial(loop, batch, nfe, s), est, deadline, device)
-            if not measured:  # the loop's peak is the network call's (the decode's is smaller)
-                timing["peak_memory_bytes"] = step[label, batch]["peak_memory_bytes"]
-            latency, lat_measured = _measured_or_estimated(partial(loop, 1, nfe, s), est_1, deadline, device,
-                                                           share=0.1)
-            method = ("estimated" if not measured else "measured" if lat_measured
-                      else "measured (batch-1 latency estimated)")
-            rows.append(_row("diffusion", "sample", timing, batch=batch, nfe=nfe, guidance=1.0 if s is None else s,
-                            flops=nfe * (2 if s else 1) * f_unet + f_dec, latency=latency["median_s"], method=method,
-                            dtype=dtype, what=f"{sampler}:{nfe} + VAE decode"))
-
-    # --- training at the preset's batch size
-    rows += _training_rows(cfg, nets, channels, device, deadline, pooled, states, mask, uncond, alpha_bar)
-
+    rows = _forward_rows(b, flops)
+    diffusion, overhead, decode = _diffusion_rows(b, flops, nfes, fast, dtype)
+    rows += diffusion + _training_rows(b, channels)
     # the MFU denominator: the better of two measurements, at the start and at the end (a busy moment lowers one)
     peak = max(peak_start, matmul_peak(device), key=lambda p: p["tflops"])
     for r in rows:
         r["mfu"] = r["tflops"] / peak["tflops"]
-    notes = []
-    if fast.cuda_graph:
-        notes.append("the diffusion sampling loops replay a captured CUDA graph (bench/fastpaths.cuda_graph_sampler)")
-    if any(r["method"] != "measured" for r in rows):
-        notes.append("'estimated' rows did not fit the time budget: NFE x (measured network call + measured sampler "
-                     "cost per step) + measured VAE decode")
-    load_end = os.getloadavg()[0]
-    if not cuda and max(load_start, load_end) >= (os.cpu_count() or 1):
-        notes.append("the machine was busy (load average >= the core count): CPU timings with several threads are "
-                     "unreliable under oversubscription (threads wait for each other); `--threads 1` is steadier")
-    if not cuda:
-        notes.append(f"peak memory is measured on CUDA only (max_memory_allocated); not measured on the CPU "
-                     f"(this process's peak RSS: {_peak_rss_mb():.0f} MB)")
-    amp = bool(cfg.amp) and cuda
+    load["end"] = os.getloadavg()[0]
     return {
         "schema": SCHEMA,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "device_type": device.type,
-        "dtype": {"train": "bf16 autocast" if amp else "float32", "sample": dtype},
+        "dtype": {"train": _train_dtype(cfg, device), "sample": dtype},
         "versions": versions(device),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "load_average": {"start": load_start, "end": load_end},  # 1-minute; other processes' share
+        "load_average": load,
         "batch": batch,
         "train_batch": cfg.batch_size,
         "timer": "CUDA events, median of repeats" if cuda else "perf_counter, median of repeats",
         "matmul_peak": peak,
-        "models": {
-            "gan": {"params": {"G": num_params(G), "D": num_params(D)}, "flops_per_image": f_gen},
-            "diffusion": {"params": {"unet": num_params(unet), "vae": num_params(vae)}, "sampler": sampler,
-                          "guidance": scale, "flops_per_network_call_per_image": f_unet, "flops_per_decode": f_dec,
-                          "decode_s": {"batch": decode[batch], "one": decode[1]}},
-            "text": {"params": num_params(text), "flops_per_caption": f_text},
-        },
+        "models": _models(b, flops, decode),
         "rows": rows,
-        "sampler_overhead": {"sampler": sampler, "batch": batch, **overhead},
-        "notes": notes,
+        "sampler_overhead": {"sampler": b.sampler, "batch": batch, **overhead},
+        "notes": _notes(fast, rows, cuda, load),
         "seconds": time.perf_counter() - t_start,
     }
 
 
-def _training_rows(cfg, nets, channels, device, deadline, pooled, states, mask, uncond, alpha_bar) -> list:
+# ---------------------------------------------------------------- training steps, through the harness's own loops
+
+
+def _train_dtype(cfg, device: torch.device) -> str:
+    return "bf16 autocast" if bool(cfg.amp) and device.type == "cuda" else "float32"
+
+
+def _trainable(module: torch.nn.Module) -> torch.nn.Module:
+    """A training copy of a frozen network (the measured networks stay as they were)."""
+    return copy.deepcopy(module).train().requires_grad_(True)
+
+
+def _train_inputs(b: _Bench, channels: int) -> dict:
+    """Batches at the preset's training batch size: images in [-1, 1], latents, and the text of the sampling batch
+    repeated, with cfg.caption_dropout of the UNet's captions replaced by "" as the harness does (drop_captions)."""
+    cfg, device = b.cfg, b.device
+    B, res, f = cfg.batch_size, cfg.resolution, b.nets["vae"].cfg.factor
+    reps = -(-B // len(b.pooled))
+    ctx, ctx_mask = drop_captions(b.states.repeat(reps, 1, 1)[:B], b.mask.repeat(reps, 1)[:B], b.uncond,
+                                  cfg.caption_dropout, torch.Generator().manual_seed(0))
+    return {"images": torch.rand(B, channels, res, res, device=device) * 2 - 1,  # (B, C, H, W)
+            "latents": torch.randn(B, b.nets["vae"].cfg.latent_channels, res // f, res // f, device=device),
+            "cond": b.pooled.repeat(reps, 1)[:B],  # (B, E)
+            "ctx": ctx, "ctx_mask": ctx_mask}  # (B, L, W), (B, L)
+
+
+def _same_batch(x, extra, step: int):
+    """A training loop's batch function that returns the same (x, extra) at every step."""
+    return x, extra
+
+
+def _gaussian(dim: int, device, n: int) -> torch.Tensor:
+    return torch.randn(n, dim, device=device)  # (n, dim)
+
+
+def _gan_steps(G, D, b: _Bench, inputs: dict, n: int, steps: int) -> None:
+    """`steps` steps of bench/train.py train_gan (one D and one G Adam step each) on the first n images."""
+    real = partial(_same_batch, inputs["images"][:n], inputs["cond"][:n])
+    with torch.enable_grad(), autocast(b.device, b.cfg.amp):
+        train_gan(G, D, real, partial(_gaussian, G.cfg.z_dim, b.device), b.cfg.gan, steps, progress=False)
+
+
+def _unet_steps(unet, b: _Bench, inputs: dict, n: int, steps: int) -> None:
+    """`steps` steps of bench/train.py train_diffusion (AdamW, one-cycle schedule, EMA) on the first n latents."""
+    batch = partial(_same_batch, inputs["latents"][:n], {"context": inputs["ctx"][:n],
+                                                          "context_mask": inputs["ctx_mask"][:n]})
+    with torch.enable_grad(), autocast(b.device, b.cfg.amp):
+        train_diffusion(unet, batch, b.alpha_bar, b.cfg.diffusion.prediction, b.cfg.diffusion_train, steps,
+                        torch.Generator().manual_seed(0), progress=False)
+
+
+def _vae_steps(vae, opt, b: _Bench, inputs: dict, n: int, steps: int) -> None:
+    """`steps` VAE optimiser steps (bench/train.py vae_step, as the harness trains the VAE) on the first n images."""
+    with torch.enable_grad():
+        for _ in range(steps):
+            vae_step(vae, opt, inputs["images"][:n], b.cfg.amp)
+
+
+def _train_row(model: str, steps_fn, n: int, what: str, b: _Bench, k: int = 2) -> dict:
+    """steps_fn(n, steps) timed at batch n, `k` steps per timed call (per-call setup such as the optimisers and the
+    EMA copy amortised over them): the first call at full size warms up (allocator growth, autotuning) and gives the
+    cost estimate; always measured, with fewer repeats when the budget is short. FLOPs counted at batch 2."""
+    flops = count_flops(partial(steps_fn, 2, 1)) / 2
+    t0 = time.perf_counter()
+    steps_fn(n, 1)
+    sync(b.device)
+    est = k * (time.perf_counter() - t0)
+    timing, _ = _measured_or_estimated(lambda: partial(steps_fn, n, k), est, b.deadline, b.device, share=0.3,
+                                       must=True)
+    per_step = {**timing, "median_s": timing["median_s"] / k, "min_s": timing["min_s"] / k}
+    return _row(model, "train", per_step, batch=n, flops=flops, dtype=_train_dtype(b.cfg, b.device), what=what)
+
+
+def _training_rows(b: _Bench, channels: int) -> list[dict]:
     """Training images/s at the preset's batch size: the GAN and the UNet through bench/train.py's own loops (so the
-    logging and gradient-norm bookkeeping of `gvd run` are included), the VAE step as bench/imagebench.py writes it,
-    under the same autocast as the harness (bf16 on CUDA when cfg.amp). Each timed call runs `k` steps; per-call
-    setup (optimisers, the EMA copy) is amortised over them."""
-    from bench.train import train_diffusion, train_gan
-
-    B, k, res = cfg.batch_size, 2, cfg.resolution
-    amp = bool(cfg.amp) and device.type == "cuda"
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
-    dtype = "bf16 autocast" if amp else "float32"
-    reps = -(-B // len(pooled))
-    cond, ctx, ctx_mask = pooled.repeat(reps, 1)[:B], states.repeat(reps, 1, 1)[:B], mask.repeat(reps, 1)[:B]
-    train = lambda m: copy.deepcopy(m).train().requires_grad_(True)
-    G, D, vae, unet = train(nets["G"]), train(nets["D"]), train(nets["vae"]), train(nets["unet"])
-    images = torch.rand(B, channels, res, res, device=device) * 2 - 1  # (B, C, H, W) in [-1, 1]
-    latents = torch.randn(B, vae.cfg.latent_channels, res // vae.cfg.factor, res // vae.cfg.factor, device=device)
-    drop = (torch.arange(B, device=device) % 10) == 0  # 10% of the captions replaced by "", as the harness does
-    ctx = torch.where(drop[:, None, None], uncond[0], ctx)
-    ctx_mask = torch.where(drop[:, None], uncond[1], ctx_mask)
+    logging and gradient-norm bookkeeping of `gvd run` are included), the VAE through bench/train.py's vae_step,
+    under the harness's autocast (bf16 on CUDA when cfg.amp)."""
+    cfg, nets = b.cfg, b.nets
+    inputs = _train_inputs(b, channels)
+    G, D, vae, unet = (_trainable(nets[k]) for k in ("G", "D", "vae", "unet"))
     vae_opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
-
-    def gan_steps(n, steps=k):
-        with torch.enable_grad(), autocast():
-            train_gan(G, D, lambda step: (images[:n], cond[:n]), lambda m: torch.randn(m, G.cfg.z_dim, device=device),
-                      cfg.gan, steps, progress=False)
-
-    def unet_steps(n, steps=k):
-        batch = lambda step: (latents[:n], {"context": ctx[:n], "context_mask": ctx_mask[:n]})
-        with torch.enable_grad(), autocast():
-            train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train, steps,
-                            torch.Generator().manual_seed(0), progress=False)
-
-    def vae_steps(n, steps=k):
-        with torch.enable_grad():
-            for _ in range(steps):
-                with autocast():
-                    recon, mean, logvar = vae(images[:n])
-                    loss, _ = vae_loss(recon.float(), images[:n], mean.float(), logvar.float(), vae.cfg.kl_weight)
-                vae_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                vae_opt.step()
-
-    out = []
-    for model, fn, n, what in (("gan", gan_steps, B, "one D + one G Adam step (bench/train.py train_gan)"),
-                               ("diffusion", unet_steps, B, "UNet AdamW step + EMA (bench/train.py train_diffusion)"),
-                               ("vae", vae_steps, min(B, cfg.vae_batch_size), "VAE Adam step (diffusion stage 1)")):
-        flops = count_flops(lambda fn=fn: fn(2, 1)) / 2
-        t0 = time.perf_counter()
-        fn(n, 1)  # the first call at full size: allocator growth, autotuning; and the cost estimate
-        sync(device)
-        est = k * (time.perf_counter() - t0)
-        timing, _ = _measured_or_estimated(lambda fn=fn, n=n: lambda: fn(n), est, deadline, device, share=0.3,
-                                           must=True)
-        per_step = {**timing, "median_s": timing["median_s"] / k, "min_s": timing["min_s"] / k}
-        out.append(_row(model, "train", per_step, batch=n, flops=flops, dtype=dtype, what=what))
-    return out
-
-
-# ---------------------------------------------------------------- tables and report blocks
-
-
-def _fmt(value, spec: str = "{:.3g}", scale: float = 1.0) -> str:
-    return "n/a" if value is None else spec.format(value * scale if scale != 1.0 else value)
-
-
-def _table(result: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "stage", "NFE", "guidance", "batch", "images/s", "ms per image alone", "GFLOP/image",
-              "TFLOP/s", "MFU", "peak MB", "how"]
-    rows = []
-    for r in result["rows"]:
-        rows.append([r["model"], r["stage"], _fmt(r["nfe"], "{}"), _fmt(r["guidance"], "{:g}"), str(r["batch"]),
-                     _fmt(r["images_per_s"], "{:,.4g}"), _fmt(r["latency_s"], "{:.3g}", 1e3),
-                     _fmt(r["flops_per_image"], "{:.3g}", 1e-9), _fmt(r["tflops"], "{:.3g}"),
-                     _fmt(r["mfu"], "{:.1%}"), _fmt(r["peak_memory_mb"], "{:,.0f}"), r["method"]])
-    return header, rows
-
-
-def _summary_lines(result: dict) -> list[str]:
-    peak, v = result["matmul_peak"], result["versions"]
-    m = result["models"]
-    load = result["load_average"]
-    lines = [
-        (f"Device {result['device']} ({result['threads']} threads of {result.get('cpu_count')} CPU cores; 1-minute "
-        f"load average {load['start']:.1f} at the start, {load['end']:.1f} at the end: a load above the core count "
-        f"means other processes shared them), sampling {result['dtype']['sample']}, training "
-        f"{result['dtype']['train']}; {', '.join(f'{k} {val}' for k, val in v.items())}. Timer: {result['timer']}. "
-        f"MFU is against a {peak['dtype']} {peak['n']}x{peak['n']} matrix product measured in the same process: "
-        f"{peak['tflops']:.3g} TFLOP/s."),
-        "Parameters: GAN " + " + ".join(f"{k} {n:,}" for k, n in m["gan"]["params"].items()) + "; diffusion "
-        + " + ".join(f"{k} {n:,}" for k, n in m["diffusion"]["params"].items())
-        + f"; shared text encoder {m['text']['params']:,}. FLOPs are matmuls, convolutions and attention "
-        "(torch.utils.flop_counter), elementwise ops not counted; training FLOPs include the backward pass.",
+    B = cfg.batch_size
+    return [
+        _train_row("gan", partial(_gan_steps, G, D, b, inputs), B,
+                   "one D + one G Adam step (bench/train.py train_gan)", b),
+        _train_row("diffusion", partial(_unet_steps, unet, b, inputs), B,
+                   "UNet AdamW step + EMA (bench/train.py train_diffusion)", b),
+        _train_row("vae", partial(_vae_steps, vae, vae_opt, b, inputs), min(B, cfg.vae_batch_size),
+                   "VAE Adam step (diffusion stage 1; bench/train.py vae_step)", b),
     ]
-    so = result["sampler_overhead"]
-    parts = [f"{k}: {so[k]['sampler_step_s'] * 1e6:.0f} us per step = {so[k]['fraction_of_network']:.2%} of the "
-             f"network call ({so[k]['network_step_s'] * 1e3:.3g} ms)" for k in ("unguided", "guided") if k in so]
-    lines.append(f"Sampler loop overhead ({so['sampler']}, batch {so['batch']}, network replaced by a constant): "
-                 + "; ".join(parts) + ".")
-    return lines + list(result.get("notes", []))
 
 
-def throughput_table(result: dict) -> str:
-    """The Markdown table `gvd throughput` prints, with the device, versions and method lines under it."""
-    header, rows = _table(result)
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(table) + "\n\n" + "\n".join(f"- {line}" for line in _summary_lines(result)) + "\n"
-
-
-def throughput_blocks(result: dict, figures: list[str] | tuple = ()) -> list:
-    """Report blocks (bench/report.py's format) for a throughput result, plus any quality-vs-cost figures."""
-    header, rows = _table(result)
-    blocks = [("h2", "Throughput"),
-              ("p", ("Fresh networks of this run's configs (speed does not depend on the weights). Sampling: images/s "
-                    f"at batch {result['batch']} and the time of one image alone (batch 1), VAE decode included for "
-                    "the diffusion model; guidance runs the conditional and unconditional halves in one batch. "
-                    f"Training: images/s at batch {result['train_batch']} through the harness's own training loops. "
-                    "Warm-up calls first; the median of the repeats.")),
-              ("table", header, rows)]
-    blocks += [("p", line) for line in _summary_lines(result)]
-    blocks += [("img", path, path) for path in figures]
-    return blocks
+# ---------------------------------------------------------------- the per-run summary for results.json
 
 
 def run_entry_throughput(result: dict, model: str) -> dict:
@@ -485,122 +433,3 @@ def run_entry_throughput(result: dict, model: str) -> dict:
             "train_batch": train["batch"] if train else None,
             "train_flops_per_image": train["flops_per_image"] if train else None,
             "sampling": [{k: r[k] for k in keep} for r in mine if r["stage"] == "sample"]}
-
-
-# ---------------------------------------------------------------- quality against cost
-
-
-def _quality_key(runs: list[dict]) -> tuple[str, str] | None:
-    """FID where the runs have it (images), else reverse KL (2D mixtures); lower is better for both."""
-    for key, label in (("fid", "FID (judge features)"), ("reverse_kl", "reverse KL")):
-        if any(isinstance(r.get("metrics", {}).get(key), (int, float)) for r in runs):
-            return key, label
-    return None
-
-
-def _sampling_points(run: dict, key: str) -> list[tuple[str, float, float, float | None]]:
-    """(sampler name, NFE, quality, seconds per image) of a run: every sampler in by_sampler, else the headline."""
-    out = []
-    per = run.get("by_sampler") or {run.get("sampler") or run["model"]: {**run.get("metrics", {}),
-                                                                          **run.get("throughput", {})}}
-    for label, m in per.items():
-        if not isinstance(m.get(key), (int, float)) or m.get("nfe") is None:
-            continue
-        ips = m.get("samples_per_s")
-        if not ips and m.get("sample_seconds") and m.get("num_samples"):
-            ips = m["num_samples"] / m["sample_seconds"]
-        out.append((str(label).partition(":")[0], float(m["nfe"]), float(m[key]), 1.0 / ips if ips else None))
-    return out
-
-
-def _training_points(run: dict, key: str) -> list[tuple[float, float]]:
-    """(training wall seconds, quality) along a run's metric-over-training curve, else its final point. Curve points
-    without their own "seconds" are placed at step x (seconds per step), after any VAE stage."""
-    train = run.get("train") or {}
-    total, steps = train.get("seconds"), train.get("steps")
-    if not total:
-        return []
-    offset = (train.get("vae") or {}).get("seconds", 0.0)
-    points = []
-    for c in run.get("curve") or []:
-        if isinstance(c.get(key), (int, float)):
-            sec = c.get("seconds")
-            if sec is None and steps and c.get("step") is not None:
-                sec = offset + c["step"] * (total - offset) / steps
-            if sec is not None:
-                points.append((float(sec), float(c[key])))
-    final = run.get("metrics", {}).get(key)
-    if isinstance(final, (int, float)):
-        points.append((float(total), float(final)))
-    return sorted(points)
-
-
-def quality_cost_figures(run_dir, results: dict) -> list[str]:
-    """Per dataset: quality vs NFE and vs sampling seconds per image (one line per diffusion sampler, the GAN as one
-    point), and quality vs training wall time for both models. Uses whatever results.json holds (FID for image
-    runs, reverse KL for 2D runs; sampler sweeps in "by_sampler", metric-over-training in "curve"); a dataset with
-    nothing to plot is skipped. Returns the PNG paths relative to run_dir."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    paths = []
-    ok = [r for r in results.get("runs", []) if r.get("status") in ("ok", "diverged")]
-    for dataset in dict.fromkeys(r["dataset"] for r in ok):
-        runs = [r for r in ok if r["dataset"] == dataset]
-        quality = _quality_key(runs)
-        if quality is None:
-            continue
-        key, label = quality
-        by_curve: dict[tuple[str, str], dict[float, list]] = {}
-        for r in runs:
-            for name, nfe, q, spi in _sampling_points(r, key):
-                by_curve.setdefault((r["model"], name), {}).setdefault(nfe, []).append((q, spi))
-        slug = dataset.replace(":", "-").replace("/", "-")
-        if by_curve:
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-            for (model, name), pts in by_curve.items():
-                nfe = sorted(pts)
-                q = [statistics.mean(p[0] for p in pts[n]) for n in nfe]
-                spi = [statistics.mean(p[1] for p in pts[n]) if all(p[1] for p in pts[n]) else None for n in nfe]
-                gan = {"marker": "*", "markersize": 12, "ls": "none", "c": "C3"}
-                style = gan if model == "gan" else {"marker": "o"}
-                text = "GAN (1 forward)" if model == "gan" else f"diffusion, {name}"
-                axes[0].plot(nfe, q, label=text, **style)
-                have = [(s, v) for s, v in zip(spi, q) if s]
-                if have:
-                    axes[1].plot([s * 1e3 for s, _ in have], [v for _, v in have], label=text, **style)
-            axes[0].set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel=label,
-                        title="quality vs NFE")
-            axes[1].set(xscale="log", xlabel="sampling ms per image (at the evaluation batch)", ylabel=label,
-                        title="quality vs sampling cost")
-            for ax in axes:
-                if ax.has_data():
-                    ax.legend(fontsize=7)
-            fig.suptitle(f"{dataset}: lower is better; mean over seeds", fontsize=9)
-            fig.tight_layout()
-            paths.append(_save(fig, run_dir, f"figures/{slug}_quality_vs_sampling.png"))
-        train_pts = {(r["model"], r["seed"]): _training_points(r, key) for r in runs}
-        if any(train_pts.values()):
-            fig, ax = plt.subplots(figsize=(5, 3.4))
-            for (model, seed), pts in train_pts.items():
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", c="C3" if model == "gan" else "C0",
-                            label=f"{model}, seed {seed}")
-            ax.set(xlabel="training wall time (s; diffusion includes its VAE)", ylabel=label,
-                   title=f"{dataset}: quality vs training time")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            paths.append(_save(fig, run_dir, f"figures/{slug}_quality_vs_training_time.png"))
-    return paths
-
-
-def _save(fig, run_dir: Path, name: str) -> str:
-    import matplotlib.pyplot as plt
-
-    (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(run_dir / name, dpi=100)
-    plt.close(fig)
-    return name

@@ -13,9 +13,9 @@ Notation: B batch, C channels, H x W spatial size, L text tokens, D = context_di
 The last convolution of every residual branch and of the output is zero-initialised (Dhariwal & Nichol 2021, "ADM"),
 so a fresh UNet is the identity inside each block and predicts 0.
 
-The default config is the one of the diffusers comparison (issue: "block widths 64/128/128, two layers per block,
-cross-attention at the two higher resolutions, 8x8x4 latents, 16 context tokens of width 128", 8.75M parameters):
-diffusers' CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D.
+The default config is the one of the speed comparison with diffusers' UNet2DConditionModel (bench/gpu_check.py):
+block widths 64/128/128, two layers per block, cross-attention at the two higher resolutions, 8x8x4 latents, 16
+context tokens of width 128, 8.75M parameters; diffusers' CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D.
 """
 
 from dataclasses import dataclass

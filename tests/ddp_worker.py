@@ -105,14 +105,17 @@ def check_train_step() -> dict:
         def latent(n):
             return distributed.local_rows(torch.randn(distributed.global_size(n), cfg.z_dim, generator=gen))
 
-        history, _ = train_gan(G, D, real, latent, GANTrainConfig(), 2, progress=False)
-        return torch.cat([p.detach().flatten() for p in distributed.unwrap(G).parameters()]), history
+        result = train_gan(G, D, real, latent, GANTrainConfig(), 2, progress=False)
+        flat = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (result.model, result.ema)]
+        return *flat, result.history
 
-    ddp, hist = run(True)
+    ddp, ema, hist = run(True)
     with distributed.solo():
-        ref, ref_hist = run(False)
+        ref, ema_ref, ref_hist = run(False)
     return {"g_rank_spread": float((all_ranks(ddp) - ddp).abs().max()),
             "g_vs_one_process": float((ddp - ref).abs().max()),
+            "ema_rank_spread": float((all_ranks(ema) - ema).abs().max()),
+            "ema_vs_one_process": float((ema - ema_ref).abs().max()),
             "loss_vs_one_process": max(abs(a[k] - b[k]) for a, b in zip(hist, ref_hist) for k in ("g_loss", "d_loss"))}
 
 

@@ -52,7 +52,12 @@ def test_results_json_follows_the_schema(smoke_run):
         assert set(m) >= {"modes", "num_modes", "hq_fraction", "reverse_kl", "num_samples"}
         assert 0 <= m["hq_fraction"] <= 1 and 0 <= m["modes"] <= m["num_modes"]
         assert m["num_samples"] == results["config"]["mixtures"]["num_samples"]
-    # matched budgets: both models see the same number of examples
+    # matched budgets: both models see the same number of examples, checked against the history files' step counts
+    batch = results["config"]["mixtures"]["batch_size"]
+    for r in runs:
+        with open(RunDir(smoke_run).history_path(r["dataset"], r["seed"], r["model"])) as f:
+            steps = sum(1 for _ in f) - 1  # rows after the header
+        assert r["train"]["examples_seen"] == steps * batch, (r["dataset"], r["model"])
     seen = {r["model"]: r["train"]["examples_seen"] for r in runs if r["dataset"] == "ring8"}
     assert seen["gan"] == seen["diffusion"]
 
@@ -64,8 +69,8 @@ def test_image_runs_are_scored_with_every_metric(smoke_run):
     for r in runs:
         assert r["status"] == "ok", r.get("error")
         m = r["metrics"]
-        for key in ["fid", "kid", "precision", "recall", "density", "coverage", "modes", "kl", "cond_accuracy",
-                    "num_samples", "judge_accuracy"]:
+        for key in ["fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "forward_kl",
+                    "cond_accuracy", "num_samples", "judge_accuracy"]:
             assert key in m, key
         for key in ["precision", "recall", "coverage", "cond_accuracy", "judge_accuracy"]:
             assert 0 <= m[key] <= 1

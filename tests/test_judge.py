@@ -1,6 +1,5 @@
 """The judge: reaches its accuracy floor on held-out and on freshly drawn data, labels stacked digits per channel,
-gives batch-independent float64 features, trains once per cache key, and computes Inception features the clean-fid
-way (checked on constant images, whose resize is exact)."""
+gives batch-independent float64 features and trains once per cache key (Inception features: tests/test_inception.py)."""
 
 import os
 
@@ -22,10 +21,8 @@ from bench.judge import (
     JUDGE_MIN_ACCURACY,
     Judge,
     JudgeConfig,
-    inception_features,
     judge_failure,
     judge_key,
-    load_inception,
     load_or_train_judge,
     train_judge,
 )
@@ -124,59 +121,37 @@ def test_damaged_cache_is_retrained(tmp_path, digits):
     assert load_or_train_judge(digits, {"n": 1}, cfg, str(tmp_path)).net is not None
 
 
-class _FakeInceptionLayers(nn.Module):
-    """Stands in for the pool3 trunk: global average, then a fixed linear map to 2048 dims."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 2048, 1)
-
-    def forward(self, x):
-        return self.proj(x.mean((2, 3), keepdim=True))  # (B, 2048, 1, 1)
-
-
-class _FakeInception(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = _FakeInceptionLayers()
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_inception_features_follow_clean_fid_on_constant_images(tmp_path):
-    torch.manual_seed(0)
-    fake = _FakeInception()
-    path = str(tmp_path / "inception-2015-12-05.pt")
-    torch.jit.script(fake).save(path)
-    model = load_inception(path)
-    colours = torch.rand(4, 3) * 2 - 1
-    images = colours[:, :, None, None].expand(4, 3, 20, 20)
-    got = inception_features(images, model, batch_size=3)
-    # a constant image stays constant under any resize: uint8 quantise, then (x - 128) / 128, then the layers
-    u8 = ((colours + 1) * 127.5).round()
-    w, b = fake.layers.proj.weight[:, :, 0, 0].double(), fake.layers.proj.bias.double()
-    expected = ((u8.double() - 128) / 128) @ w.T + b
-    assert got.shape == (4, 2048) and got.dtype == np.float64
-    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-4)
-    grey = inception_features(images[:, :1], model)  # one channel is repeated to RGB
-    np.testing.assert_allclose(grey, inception_features(images[:, :1].expand(4, 3, 20, 20), model), atol=1e-6)
-
-
-def test_inception_bad_file_is_a_one_line_error(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        load_inception(str(tmp_path / "missing.pt"))
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not torchscript")
-    with pytest.raises(DataError) as err:
-        load_inception(str(junk))
-    assert str(junk) in str(err.value) and "\n" not in str(err.value)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name,resolution", [("shapes", 16), ("shapes", 32), ("digits", 32)])
 def test_default_judge_meets_floor(name, resolution):
     data = make_shapes(5000, resolution, seed=0) if name == "shapes" else load_digits(resolution)
     j = train_judge(data, JudgeConfig())
     assert j.accuracy >= JUDGE_MIN_ACCURACY[name] and j.train_seconds < 120
+
+
+def test_judge_fits_the_training_split_and_reports_test_accuracy(monkeypatch):
+    from bench import judge as judge_mod
+    from bench.images import image_hashes, load_splits
+
+    train, test = load_splits("stacked-digits", 200, 100, 16)
+    seen = {}
+    real_fit = judge_mod._fit
+
+    def spy(train_x, train_y, test_x, test_y, *args):
+        seen["train"], seen["test"] = set(image_hashes(_as_data(train_x))), set(image_hashes(_as_data(test_x)))
+        return real_fit(train_x, train_y, test_x, test_y, *args)
+
+    monkeypatch.setattr(judge_mod, "_fit", spy)
+    j = train_judge(train, QUICK_DIGITS, test=test)
+    # fitted on every training digit and on nothing else; scored on the test split's digits only
+    assert seen["train"] == set(image_hashes(train.channel_source))
+    assert seen["test"] == set(image_hashes(test.channel_source)) and not seen["train"] & seen["test"]
+    expected = (j.labels(test.channel_source.images[:, None, 0].expand(-1, 3, -1, -1))[:, None] // 100
+                == test.channel_source.labels[:, None]).double().mean()
+    assert j.accuracy == pytest.approx(float(expected)) and j.accuracy >= 0.85
+
+
+def _as_data(images):
+    from bench.images import ImageData
+
+    return ImageData(images, torch.zeros(len(images), dtype=torch.long), [""] * len(images), ["x"], 1)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 from scipy.stats import chi2
+from threadpoolctl import threadpool_limits
 
 from bench import metrics
 
@@ -58,10 +59,27 @@ def test_samples_far_from_every_mode_are_not_high_quality():
     at_origin = np.zeros((50, 2))  # distance 1 = 100 std from every mode
     stats = metrics.mixture_stats(at_origin, centers, std)
     assert stats["modes"] == 0 and stats["hq_fraction"] == 0.0
+    assert np.isnan(stats["reverse_kl"])  # no high-quality sample: no histogram to compare
     # The 3-std boundary: radially out from mode 0 by 2.9 std is high quality, by 3.1 std is not.
     near, far = centers[:1] * (1 + 2.9 * std), centers[:1] * (1 + 3.1 * std)
     assert metrics.mixture_stats(near, centers, std)["hq_fraction"] == 1.0
     assert metrics.mixture_stats(far, centers, std)["hq_fraction"] == 0.0
+
+
+def test_mixture_reverse_kl_counts_high_quality_samples_only():
+    # PacGAN's released code histograms the samples within 3 std of their nearest mode. Half the samples sit on
+    # mode 0, half near mode 1 but 10 std off it: the histogram is all mode 0, KL(p_gen || uniform) = log 8.
+    # (Counting every sample, as before, gave KL((1/2, 1/2, 0, ...) || uniform) = log 4.)
+    centers, std = metrics.mixture_modes("ring8")
+    on_mode = np.repeat(centers[:1], 100, axis=0)
+    off_mode = np.repeat(centers[1:2] * (1 + 10 * std), 100, axis=0)
+    stats = metrics.mixture_stats(np.concatenate([on_mode, off_mode]), centers, std)
+    assert stats["hq_fraction"] == 0.5 and stats["modes"] == 1
+    assert stats["reverse_kl"] == pytest.approx(np.log(8), abs=1e-12)
+    # two modes, 3:1 among the high-quality samples: sum p log(p / (1/8)) with p = (3/4, 1/4)
+    three_one = np.concatenate([np.repeat(centers[:1], 75, axis=0), np.repeat(centers[2:3], 25, axis=0), off_mode])
+    expected = 0.75 * np.log(0.75 * 8) + 0.25 * np.log(0.25 * 8)
+    assert metrics.mixture_stats(three_one, centers, std)["reverse_kl"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_non_finite_samples_do_not_crash_and_are_not_high_quality():
@@ -85,21 +103,37 @@ def test_mode_stats_counts_every_mode_of_a_uniform_labelling():
     stats = metrics.mode_stats(labels, k)
     assert stats["modes"] == k and stats["num_modes"] == k and stats["num_samples"] == n
     # 2N KL(p_gen || uniform) ~ chi^2_{k-1}: mean k-1, std sqrt(2(k-1)).
-    assert abs(2 * n * stats["kl"] - (k - 1)) < 5 * np.sqrt(2 * (k - 1))
+    assert abs(2 * n * stats["reverse_kl"] - (k - 1)) < 5 * np.sqrt(2 * (k - 1))
 
 
 def test_mode_stats_kl_known_answers():
     exact = metrics.mode_stats(np.repeat(np.arange(10), 3), 10)
-    assert exact["kl"] == 0.0 and exact["reverse_kl"] == pytest.approx(0.0, abs=1e-12)
-    # Half the classes, evenly: KL(p_gen || p_data) = log 2; reverse KL is finite by smoothing.
+    assert exact["reverse_kl"] == pytest.approx(0.0, abs=1e-12) and exact["forward_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert "kl" not in exact  # one name, one meaning
+    # Half the classes, evenly: reverse KL(p_gen || p_data) = log 2; the forward KL is finite by smoothing p_gen.
     half = metrics.mode_stats(np.arange(5).repeat(2), 10, eps=1e-6)
-    assert half["modes"] == 5 and half["kl"] == pytest.approx(np.log(2), abs=1e-12)
+    assert half["modes"] == 5 and half["reverse_kl"] == pytest.approx(np.log(2), abs=1e-12)
     smooth_seen, smooth_missing = (0.2 + 1e-6) / (1 + 1e-5), 1e-6 / (1 + 1e-5)
     expected = 0.5 * np.log(0.1 / smooth_seen) + 0.5 * np.log(0.1 / smooth_missing)
-    assert half["reverse_kl"] == pytest.approx(expected, rel=1e-12)
-    # A non-uniform reference equal to the labels' own distribution gives KL 0.
+    assert half["forward_kl"] == pytest.approx(expected, rel=1e-12)
+    # A non-uniform reference equal to the labels' own distribution gives KL 0 both ways.
     skewed = metrics.mode_stats(np.array([0, 0, 0, 1]), 2, reference_probs=np.array([3.0, 1.0]))
-    assert skewed["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert skewed["reverse_kl"] == pytest.approx(0.0, abs=1e-5) and skewed["forward_kl"] == pytest.approx(0.0, abs=1e-5)
+    # The direction, on a known pair: p_gen = (0.9, 0.1), p_data = (0.5, 0.5).
+    gen = np.array([0] * 9 + [1])
+    stats = metrics.mode_stats(gen, 2, reference_probs=np.array([0.5, 0.5]), eps=0.0)
+    assert stats["reverse_kl"] == pytest.approx(0.9 * np.log(1.8) + 0.1 * np.log(0.2), rel=1e-12)
+    assert stats["forward_kl"] == pytest.approx(0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1), rel=1e-12)
+
+
+def test_label_probs_of_a_split():
+    assert np.allclose(metrics.label_probs(np.array([0, 0, 1, 3]), 4), [0.5, 0.25, 0.0, 0.25])
+    # stacked digits: the product of the per-channel digit frequencies, at index 100 r + 10 g + b
+    channels = np.array([[0, 1, 2], [0, 0, 0]])  # digit frequencies: 0 -> 4/6, 1 -> 1/6, 2 -> 1/6
+    p = metrics.label_probs(channels @ np.array([100, 10, 1]), 1000, channel_labels=channels)
+    assert p.shape == (1000,) and p.sum() == pytest.approx(1.0)
+    assert p[0] == pytest.approx((4 / 6) ** 3) and p[12] == pytest.approx((4 / 6) * (1 / 6) ** 2)
+    assert p[210] == pytest.approx((1 / 6) ** 2 * (4 / 6)) and p[999] == 0.0
 
 
 def test_mode_stats_rejects_bad_labels():
@@ -183,7 +217,36 @@ def test_kid_near_zero_for_same_distribution_and_positive_for_shifted():
     np.testing.assert_array_equal(np.random.get_state()[1], state)
 
 
-def test_fid_bootstrap_interval_contains_the_estimate_and_has_the_sampling_spread():
+def _gaussian_pair(d: int, rng):
+    """Two Gaussians with a closed-form FID (Heusel et al. 2017, eq. 6) and a sampler of N points from each."""
+    from scipy import linalg
+
+    a = rng.normal(size=(d, d)) / np.sqrt(d)
+    cov_y = np.eye(d) + 0.5 * a @ a.T
+    mu_y = np.full(d, 0.1)
+    population = float(mu_y @ mu_y + np.trace(np.eye(d) + cov_y - 2 * linalg.sqrtm(cov_y).real))
+    chol = np.linalg.cholesky(cov_y)
+    return population, lambda n: (rng.normal(size=(n, d)), mu_y + rng.normal(size=(n, d)) @ chol.T)
+
+
+def test_fid_bootstrap_interval_covers_the_population_fid():
+    # The interval is for the population FID: over independent data sets it must contain the closed-form value
+    # about 95% of the time. The old interval had the same width but was re-centred on the point estimate T, which
+    # is biased upward (Chong & Forsyth 2020): with d = 16, N = 200 it rarely contains the population value.
+    rng = np.random.default_rng(0)
+    population, draw = _gaussian_pair(16, rng)
+    with threadpool_limits(limits=1, user_api="blas"):  # 16x16 sqrtm: BLAS threads only spin
+        runs = [metrics.fid_bootstrap(*draw(200), num_boot=30, seed=i) for i in range(25)]
+    covered = np.mean([r["lo"] <= population <= r["hi"] for r in runs])
+    assert covered >= 0.8  # 0.95 expected; about 3 binomial sds of 25 runs below it
+    old_covered = np.mean([abs(r["fid"] - population) <= (r["hi"] - r["lo"]) / 2 for r in runs])
+    assert old_covered < 0.3
+    # the bias-corrected estimate is much closer to the population value than T on average
+    fid_mean, bc_mean = np.mean([r["fid"] for r in runs]), np.mean([r["fid_bc"] for r in runs])
+    assert abs(bc_mean - population) < 0.3 * (fid_mean - population)
+
+
+def test_fid_bootstrap_sd_is_the_spread_of_fid_at_n():
     rng = np.random.default_rng(0)
     n, d, shift = 500, 4, 0.2
 
@@ -191,17 +254,14 @@ def test_fid_bootstrap_interval_contains_the_estimate_and_has_the_sampling_sprea
         return rng.normal(size=(n, d)), rng.normal(size=(n, d)) + shift
 
     result = metrics.fid_bootstrap(*draw(), num_boot=100, seed=0)
-    assert result["lo"] < result["fid"] < result["hi"]
-    assert metrics.fid_bootstrap(*draw(), num_boot=5, seed=1) != metrics.fid_bootstrap(
-        *draw(), num_boot=5, seed=1)  # different data, different answer ...
+    assert result["lo"] < result["fid"] < result["hi"] and result["num_boot"] == 100
     x, y = draw()
     assert metrics.fid_bootstrap(x, y, num_boot=5, seed=1) == metrics.fid_bootstrap(
-        x, y, num_boot=5, seed=1)  # ... same data and seed, same answer
-    # The interval's half-width should match the spread of FID over independent draws of the
-    # data (the thing the bootstrap imitates), within a factor of 2.
+        x, y, num_boot=5, seed=1)  # same data and seed, same answer
+    # sd should match the spread of FID over independent draws of the data (the thing the bootstrap imitates),
+    # within a factor of 2.
     spread = np.std([metrics.fid(*draw()) for _ in range(100)])
-    half_width = (result["hi"] - result["lo"]) / (2 * 1.96)
-    assert 0.5 < half_width / spread < 2
+    assert 0.5 < result["sd"] / spread < 2
 
 
 def test_fid_curve_decreases_toward_the_large_n_value():
@@ -221,6 +281,99 @@ def test_fid_curve_decreases_toward_the_large_n_value():
 def test_fid_extrapolate_recovers_the_intercept_of_a_one_over_n_curve():
     curve = [{"n": n, "fid": 2.0 + 30.0 / n} for n in (50, 100, 500)]
     assert metrics.fid_extrapolate(curve) == pytest.approx(2.0, rel=1e-9)
+
+
+# ---------------------------------------------------------------- FID's matrix square root: hard cases
+
+
+def fid_from_gram(x, y):
+    """Second implementation for N, M < D: with centred rows Xc, Yc, S1 = Xc^T Xc / (N-1) and
+    S2 = Yc^T Yc / (M-1), Tr((S1 S2)^(1/2)) is the nuclear norm of the small (N, M) matrix
+    Xc Yc^T / sqrt((N-1)(M-1)) (the eigenvalues of A A^T B B^T are the squared singular values of
+    A^T B). No D x D matrix and no square root of a singular one."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    tr_sqrt = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt((len(x) - 1) * (len(y) - 1))
+    diff = x.mean(0) - y.mean(0)
+    return diff @ diff + (xc**2).sum() / (len(x) - 1) + (yc**2).sum() / (len(y) - 1) - 2 * tr_sqrt
+
+
+def clean_fid_frechet(mu1, s1, mu2, s2):
+    import warnings
+
+    from cleanfid.fid import frechet_distance
+
+    with warnings.catch_warnings():  # clean-fid passes sqrtm's deprecated `disp`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return float(frechet_distance(mu1, s1, mu2, s2))
+
+
+def test_fid_agrees_with_clean_fid_on_well_conditioned_covariances():
+    rng = np.random.default_rng(3)
+    for d in (3, 16, 64):
+        x = rng.normal(size=(600, d))
+        y = rng.normal(size=(500, d)) @ (np.eye(d) + 0.3 * rng.normal(size=(d, d))) + 0.5
+        (mu_x, s_x), (mu_y, s_y) = metrics.gaussian_moments(x), metrics.gaussian_moments(y)
+        assert metrics.fid(x, y) == pytest.approx(clean_fid_frechet(mu_y, s_y, mu_x, s_x), rel=1e-9)
+
+
+@pytest.mark.parametrize("d,n", [(64, 10), (160, 30)])
+def test_fid_is_exact_with_fewer_samples_than_dimensions(d, n):
+    # Rank-deficient covariances (rank n - 1 < d): S1 S2 is singular, scipy's sqrtm of it has
+    # imaginary parts of ~1e-7 and clean-fid's identical-set FID comes out at about -1e-5.
+    rng = np.random.default_rng(d)
+    x, y = rng.normal(size=(n, d)), 1.5 * rng.normal(size=(n, d)) + 0.2
+    (mu_x, s_x), (mu_y, s_y) = metrics.gaussian_moments(x), metrics.gaussian_moments(y)
+    from_moments = metrics.frechet_distance(mu_x, s_x, mu_y, s_y)  # square roots of (d, d) singular covariances
+    assert isinstance(from_moments, float)
+    assert from_moments == pytest.approx(fid_from_gram(x, y), rel=1e-11)
+    assert metrics.fid(x, y) == pytest.approx(from_moments, rel=1e-11)  # fid's own (n, n) route
+    assert metrics.fid(x, x) == pytest.approx(0.0, abs=1e-9 * d)
+    assert metrics.frechet_distance(mu_x, s_x, mu_x, s_x) == pytest.approx(0.0, abs=1e-9 * d)
+
+
+def test_frechet_distance_closed_forms_with_non_diagonal_and_singular_covariances():
+    rng = np.random.default_rng(0)
+    d = 12
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))  # a random rotation: non-diagonal covariances
+    a, b = rng.uniform(0.1, 4, d), rng.uniform(0.1, 4, d)
+    a[:4] = 0.0  # singular: four zero variances
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    # S1 = Q diag(a) Q^T and S2 = Q diag(b) Q^T commute: FID = ||mu1 - mu2||^2 + sum (sqrt a - sqrt b)^2.
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    # Tr((S1 S2)^(1/2)) is not Lipschitz at a singular S1: storing S1 in float64 moves each zero eigenvalue by
+    # ~1e-16 |S|, which moves the exact answer by ~sqrt(1e-16 |S1| |S2|) ~ 4e-8 per zero direction; hence abs=1e-6.
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-6)
+    # A tiny negative eigenvalue (rounding in a computed covariance) counts as 0, not as a NaN or a complex value.
+    a_neg = a.copy()
+    a_neg[0] = -1e-13
+    s1_neg = (q * a_neg) @ q.T
+    assert metrics.frechet_distance(mu1, s1_neg, mu2, s2) == pytest.approx(expected, abs=1e-6)
+    assert metrics.frechet_distance(mu1, s1_neg, mu1, s1_neg) == pytest.approx(0.0, abs=1e-10)
+    # S1 = c I against a rank-3 S2 = G G^T: Tr((S1 S2)^(1/2)) = sqrt(c) Tr(S2^(1/2)) = sqrt(c) (sum of G's singular
+    # values), computed from G without any square root of a singular matrix.
+    c, g = 2.5, rng.normal(size=(d, 3))
+    s2 = g @ g.T
+    expected = d * c + np.sum(g**2) - 2 * np.sqrt(c) * np.linalg.svd(g, compute_uv=False).sum()
+    assert metrics.frechet_distance(np.zeros(d), c * np.eye(d), np.zeros(d), s2) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="moment shapes"):
+        metrics.frechet_distance(mu1, s1, mu2[:3], s2[:3, :3])
+
+
+def test_kid_shrinks_a_subset_larger_than_the_samples_and_says_why():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 4)), rng.normal(size=(80, 4)) + 0.3
+    report = metrics.kid_report(x, y, num_subsets=5, max_subset_size=1000)
+    assert report["kid_subset_size"] == 50 and report["kid_num_subsets"] == 5
+    assert "exceeds the sample count" in report["kid_subset_note"] and "shrunk to 50" in report["kid_subset_note"]
+    assert report["kid"] == metrics.kid(x, y, num_subsets=5, max_subset_size=50)  # the same draws
+    fits = metrics.kid_report(x, y, num_subsets=5, max_subset_size=20)
+    assert fits["kid_subset_size"] == 20 and fits["kid_subset_note"] is None
+    # With m = N = M every subset is the whole set: KID is the full-sample unbiased MMD^2.
+    full = metrics.kid_report(x, y[:50], num_subsets=2, max_subset_size=10_000)
+    assert full["kid"] == pytest.approx(unbiased_mmd2_cubic(x, y[:50]), rel=1e-9)
+    with pytest.raises(ValueError, match="max_subset_size >= 2"):
+        metrics.kid_report(x, y, max_subset_size=1)
 
 
 def test_feature_metrics_reject_bad_input():
@@ -286,3 +439,67 @@ def test_prdc_collapsed_generator_has_high_precision_and_low_recall():
     # Swapped arguments: the collapsed set as "real" -> precision low, recall high.
     swapped = metrics.prdc(collapsed, real)
     assert swapped["precision"] <= 1 / n and swapped["recall"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Memorisation: near-copy share and the data-copying statistic C_T (Meehan et al. 2020)
+
+
+@pytest.fixture(scope="module")
+def copy_setting():
+    """Training and test splits of one Gaussian, a generator that returns noisy copies of training points, and one
+    that draws fresh samples from the data distribution."""
+    rng = np.random.default_rng(0)
+    d = 8
+    train, test = rng.normal(size=(1000, d)), rng.normal(size=(300, d))
+    copies = train[rng.integers(0, len(train), 300)] + 0.02 * rng.normal(size=(300, d))
+    fresh = rng.normal(size=(300, d))
+    return train, test, copies, fresh
+
+
+def test_nn_distances_match_brute_force():
+    rng = np.random.default_rng(1)
+    q, r = rng.normal(size=(37, 5)), rng.normal(size=(53, 5))
+    assert np.allclose(metrics.nn_distances(q, r, chunk=10), cdist(q, r).min(axis=1))
+    loo = cdist(r, r) + np.diag(np.full(len(r), np.inf))
+    assert np.allclose(metrics.nn_distances(r, r, chunk=7, exclude_self=True), loo.min(axis=1))
+
+
+def test_near_copy_share_separates_copies_from_fresh_samples(copy_setting):
+    train, test, copies, fresh = copy_setting
+    copied = metrics.memorisation(train, test, copies, quantile=0.05)
+    new = metrics.memorisation(train, test, fresh, quantile=0.05)
+    assert copied["near_copy_share"] > 0.95 and copied["nn_train"] < 0.1 * copied["nn_test"]
+    # fresh samples fall below the 5% train-to-train quantile about 5% of the time, like the test split itself
+    assert new["near_copy_share"] < 0.12 and abs(new["test_near_copy_share"] - 0.05) < 0.04
+    assert new["near_copy_threshold"] == copied["near_copy_threshold"]  # a property of the training split alone
+    assert 0.7 < new["nn_ratio"] < 1.3
+
+
+def test_mann_whitney_z_matches_scipy():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(2)
+    test_d, fake_d = rng.normal(size=40), np.round(rng.normal(size=25) - 0.3, 1)  # rounding makes ties
+    test_d[:5] = fake_d[:5]
+    n, m = len(test_d), len(fake_d)
+    u = mannwhitneyu(fake_d, test_d).statistic  # scipy's U of the first sample: pairs fake > test, ties 1/2
+    assert metrics.mann_whitney_z(test_d, fake_d) == pytest.approx((u - m * n / 2) / np.sqrt(m * n * (m + n + 1) / 12))
+
+
+def test_data_copying_statistic_known_answers(copy_setting):
+    train, test, copies, fresh = copy_setting
+    copied = metrics.data_copying(train, test, copies, cells=4)
+    new = metrics.data_copying(train, test, fresh, cells=4)
+    assert copied["cells_used"] == new["cells_used"] == 4
+    assert copied["c_t"] < -5  # every cell's samples far closer to the training set than its test points
+    assert abs(new["c_t"]) < 2.5  # under H0 each Z_U ~ N(0, 1), and C_T is their weighted mean
+    # C_T is the test-share-weighted mean of the per-cell scores
+    kmeans = metrics._kmeans(np.asarray(train, dtype=np.float64), 4, 0)
+    share = np.bincount(kmeans.predict(test), minlength=4) / len(test)
+    assert new["c_t"] == pytest.approx(float(share @ np.array(new["z_cells"])))
+    # a generator that spreads wider than the data (underfitting) gives C_T >> 0
+    assert metrics.data_copying(train, test, 1.5 * fresh, cells=4)["c_t"] > 3
+    # cells without enough samples are left out and said so
+    sparse = metrics.data_copying(train, test, fresh[:30], cells=4, min_fake=20)
+    assert sparse["cells_used"] < 4 and sparse["fake_share_left_out"] > 0

@@ -107,8 +107,8 @@ def test_diagnostics_of_a_real_gan_run_match_its_history():
     cfg = MLPConfig(width=8, depth=1)
     G, D = MLPGenerator(cfg), MLPDiscriminator(cfg)
     gen = torch.Generator().manual_seed(0)
-    history, _ = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
-                           lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(), steps=20)
+    history = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
+                        lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(), steps=20).history
     out = stability(history, "gan")
     assert out["g_loss_final"] == history[-1]["g_loss"]
     assert out["d_loss_min"] == min(r["d_loss"] for r in history)
@@ -120,21 +120,23 @@ def _tiny_gan_run(steps: int, snapshots: list | None = None, every: int = 0):
     cfg = MLPConfig(width=8, depth=1)
     G, D = MLPGenerator(cfg), MLPDiscriminator(cfg)
     gen = torch.Generator().manual_seed(0)
-    history, _ = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
-                           lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3), steps=steps,
-                           progress=False, snapshot_every=every, snapshots=snapshots)
+    history = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
+                        lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3), steps=steps,
+                        progress=False, snapshot_every=every, snapshots=snapshots).history
     return G, history
 
 
 def test_gan_snapshot_at_step_k_is_the_generator_of_a_k_step_run():
     snaps: list = []
     _, history = _tiny_gan_run(12, snaps, every=5)
-    assert [k for k, _ in snaps] == [5, 10]
+    assert [s.step for s in snaps] == [5, 10]
     G5, history5 = _tiny_gan_run(5)
     assert history[:5] == history5  # taking snapshots does not perturb training
-    for a, b in zip(snaps[0][1].state_dict().values(), G5.state_dict().values()):
+    for a, b in zip(snaps[0].raw.state_dict().values(), G5.state_dict().values()):
         assert torch.equal(a, b)
-    assert not snaps[0][1].training and not any(p.requires_grad for p in snaps[0][1].parameters())
+    for copy in snaps[0]:
+        if isinstance(copy, torch.nn.Module):
+            assert not copy.training and not any(p.requires_grad for p in copy.parameters())
 
 
 def test_diffusion_snapshots_are_ema_copies():
@@ -147,14 +149,13 @@ def test_diffusion_snapshots_are_ema_copies():
         net = MLPDenoiser(MLPDenoiserConfig(width=8, depth=1, fourier=4))
         gen = torch.Generator().manual_seed(0)
         alpha_bar = alphas_cumprod("cosine", 50).float()
-        ema, hist, _ = train_diffusion(net, lambda s: (torch.randn(8, 2, generator=gen), {}), alpha_bar, "v",
-                                       DiffusionTrainConfig(), steps, gen, progress=False, snapshot_every=every,
-                                       snapshots=snaps)
-        return ema, hist
+        res = train_diffusion(net, lambda s: (torch.randn(8, 2, generator=gen), {}), alpha_bar, "v",
+                              DiffusionTrainConfig(), steps, gen, progress=False, snapshot_every=every, snapshots=snaps)
+        return res.ema, res.history
 
     snaps: list = []
     ema, _ = run(6, snaps, every=3)
-    assert [k for k, _ in snaps] == [3, 6]
-    for a, b in zip(snaps[-1][1].state_dict().values(), ema.state_dict().values()):
+    assert [s.step for s in snaps] == [3, 6]
+    for a, b in zip(snaps[-1].ema.state_dict().values(), ema.state_dict().values()):
         assert torch.equal(a, b)  # the last snapshot is the final EMA model
-    assert snaps[0][1] is not ema and not torch.equal(next(snaps[0][1].parameters()), next(ema.parameters()))
+    assert snaps[0].ema is not ema and not torch.equal(next(snaps[0].ema.parameters()), next(ema.parameters()))

@@ -10,7 +10,7 @@ import torch
 from bench.config import preset
 from bench.image_models import ImageModels
 from bench.metrics import prdc
-from bench.seeding import sample_seeds
+from bench.seeding import per_sample_randn, sample_seeds
 from bench.sweeps import summarise_sweeps, sweep, truncate
 from models.text import Tokenizer
 
@@ -74,7 +74,12 @@ def test_gan_samples_are_per_sample_seeded_and_psi_zero_gives_one_image_per_prom
     full = models.sample_gan(pooled, seeds, batch=5)
     # the sweeps and the last curve point reuse the first n headline images: they must be what n would give
     assert torch.equal(models.sample_gan(pooled[:7], seeds[:7]), full[:7])
-    assert torch.equal(models.sample_gan(pooled, seeds, psi=1.0), full)
+    # sample i is G(z_i, prompt i), z_i drawn from seed i alone and untruncated by default; psi scales that z toward
+    # the mean latent 0 (truncate), so psi = 0.5 must give G(z_i / 2)
+    z = per_sample_randn(seeds, (models.G.cfg.z_dim,))
+    with torch.no_grad():
+        torch.testing.assert_close(full, models.G(z, pooled).clamp(-1, 1))
+        torch.testing.assert_close(models.sample_gan(pooled, seeds, psi=0.5), models.G(0.5 * z, pooled).clamp(-1, 1))
     same_prompt = pooled[:1].expand(12, -1)
     collapsed = models.sample_gan(same_prompt, seeds, psi=0.0)
     assert torch.allclose(collapsed, collapsed[:1].expand_as(collapsed), atol=1e-6)

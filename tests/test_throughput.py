@@ -1,6 +1,7 @@
 """Throughput: the timer, the FLOP counts against closed forms, the fields of a tiny `gvd throughput` run, the budget
 rule, the table and report blocks, and the quality-vs-cost figures drawn from whatever results.json holds."""
 
+import dataclasses
 import json
 import time
 
@@ -8,18 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from bench import gpu_check
 from bench.cli import main
 from bench.config import preset
-from bench.throughput import (
-    _plan,
-    count_flops,
-    image_throughput,
-    measure,
-    quality_cost_figures,
-    run_entry_throughput,
-    throughput_blocks,
-    throughput_table,
-)
+from bench.report_throughput import quality_cost_figures, throughput_blocks, throughput_table
+from bench.throughput import _plan, _prepare, _train_inputs, image_throughput, run_entry_throughput
+from bench.timing import count_flops, measure
 from models.mlp import num_params
 from models.unet import UNet
 
@@ -141,6 +136,20 @@ def test_tiny_budget_estimates_the_loops_and_says_so():
     assert all(row["method"] == "measured" for row in r["rows"] if row["stage"] == "train")  # always measured
 
 
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_training_rows_drop_the_configured_fraction_of_captions(p):
+    """The UNet's training batch drops cfg.caption_dropout of its captions, as the image benchmark does (and the
+    GAN's condition is never dropped)."""
+    cfg = dataclasses.replace(preset("smoke").images, caption_dropout=p, batch_size=400)
+    b = _prepare(cfg, torch.device("cpu"), 3, 4, None, seed=0)
+    inputs = _train_inputs(b, 3)
+    dropped = (inputs["ctx"] == b.uncond[0]).all(dim=(1, 2)) & (inputs["ctx_mask"] == b.uncond[1]).all(dim=1)
+    assert len(dropped) == 400 and abs(dropped.float().mean().item() - p) <= 5 * (p * (1 - p) / 400) ** 0.5
+    kept = inputs["ctx"][~dropped]
+    assert all(any(torch.equal(c, s) for s in b.states) for c in kept[:8])  # the others are the prompts' states
+    assert torch.equal(inputs["cond"], b.pooled.repeat(100, 1))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "toy"], "no image benchmark"),
     (["--preset", "nope"], "unknown preset"),
@@ -210,9 +219,7 @@ def test_quality_cost_figures_skip_what_is_not_there(tmp_path):
 
 
 def test_gpu_check_matched_config_and_targets():
-    from bench import gpu_check
-
-    # the issue's diffusers config has 8.8M parameters; ours at the matched architecture must agree
+    # diffusers' UNet2DConditionModel at the comparison config has 8.8M parameters; ours at the same architecture too
     assert 8.7e6 < num_params(UNet(gpu_check.MATCHED)) < 8.8e6
     theirs = gpu_check.diffusers_unet(gpu_check.MATCHED)
     if theirs is not None:  # with the optional `peers` extra installed: the same architecture, parameter for parameter
@@ -232,8 +239,6 @@ def test_gpu_check_matched_config_and_targets():
 
 
 def test_gpu_check_runs_on_the_cpu():
-    from bench import gpu_check
-
     step = gpu_check.denoise_step_table("cpu", (2,), compile_=False, repeats=1)
     assert [r["variant"] for r in step["rows"]][:1] == ["ours eager fp32"] and step["rows"][0]["ms"] > 0
     dcgan = gpu_check.dcgan_step_check(preset("smoke").images, torch.device("cpu"), amp=False)

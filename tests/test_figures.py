@@ -1,0 +1,154 @@
+"""Every figure of the report goes through bench/figures.py: the GAN in one colour and the diffusion model in another,
+the same in every figure, both from the Okabe-Ito colour-blind-safe palette (real data grey), a label on every axis,
+PNGs written atomically."""
+
+import ast
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+
+from bench import figures, report
+from bench.figures import FAMILY_COLOURS, REAL_COLOUR
+from bench.report import build_blocks
+from bench.rundir import RunDir, write_csv
+
+# Okabe & Ito (2008), "Color Universal Design": the eight colours as published
+OKABE_ITO = {"black": "#000000", "orange": "#e69f00", "sky blue": "#56b4e9", "bluish green": "#009e73",
+             "yellow": "#f0e442", "blue": "#0072b2", "vermillion": "#d55e00", "reddish purple": "#cc79a7"}
+
+
+def test_family_colours_are_okabe_ito_vermillion_and_blue():
+    assert to_hex(FAMILY_COLOURS["gan"]) == OKABE_ITO["vermillion"]
+    assert to_hex(FAMILY_COLOURS["diffusion"]) == OKABE_ITO["blue"]
+    grey = np.array([int(to_hex(REAL_COLOUR)[i : i + 2], 16) for i in (1, 3, 5)])
+    assert grey.min() == grey.max() and 0x60 < grey[0] < 0xd0  # a mid grey, behind both families
+
+
+def test_save_figure_writes_a_png_atomically(tmp_path):
+    fig, (ax,) = figures.new_figure()
+    ax.plot([0, 1], [1, 0])
+    assert RunDir(tmp_path).save_figure(fig, "x") == "figures/x.png"
+    assert (tmp_path / "figures" / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["x.png"]  # no temporary file left behind
+
+
+def test_only_the_figure_helper_imports_matplotlib():
+    bench = Path(report.__file__).parent
+    users = []
+    for path in sorted(bench.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "matplotlib" for n in names):
+                users.append(path.name)
+    assert sorted(set(users)) == ["figures.py"]
+
+
+# ---------------------------------------------------------------- every figure of a whole report
+
+
+def _mixture_runs(run_dir: Path) -> list[dict]:
+    """ring8, seed 0: both models with samples, histories, curves; diffusion with two samplers."""
+    rng = np.random.default_rng(0)
+    (run_dir / "samples").mkdir(parents=True)
+    scores = {"modes": 6, "hq_fraction": 0.9, "reverse_kl": 0.2, "num_samples": 50}
+    runs = []
+    for model, samplers in (("gan", [None]), ("diffusion", ["ddim:5", "dpmpp2m:10"])):
+        for label in samplers:
+            RunDir(run_dir).save_points("ring8", 0, model, label, rng.normal(size=(50, 2)))
+        steps = np.arange(60)
+        rows = ([{"step": s, "d_loss": 1.3, "g_loss": 0.7 + s / 100, "d_real": 0.6, "d_fake": 0.4} for s in steps]
+                if model == "gan" else [{"step": s, "loss": 1.0 / (s + 1)} for s in steps])
+        write_csv(RunDir(run_dir).history_path("ring8", 0, model), rows)
+        run = {"dataset": "ring8", "model": model, "seed": 0, "status": "ok", "metrics": dict(scores),
+               "train": {"steps": 60, "seconds": 2.0, "examples_seen": 60 * 64, "params_total": 10},
+               "curve": [{"step": 30, **scores}, {"step": 60, **scores}]}
+        if model == "gan":
+            run["throughput"] = {"nfe": 1, "samples_per_s": 1000.0}
+        else:
+            run["sampler"] = "ddim:5"
+            run["by_sampler"] = {s: {**scores, "nfe": int(s.split(":")[1]), "sample_seconds": 0.1} for s in samplers}
+        runs.append(run)
+    return runs
+
+
+def _image_run(model: str) -> dict:
+    knob = ("truncation psi", [0.5, 1.0]) if model == "gan" else ("guidance scale", [1.0, 3.0])
+    fid = 10.0 if model == "gan" else 5.0
+    return {"dataset": "shapes", "model": model, "seed": 0, "status": "ok",
+            "metrics": {"fid": fid, "precision": 0.5, "recall": 0.4, "modes": 9, "cond_accuracy": 0.6,
+                        "num_samples": 64},
+            "train": {"steps": 10, "examples_seen": 100, "seconds": 5.0, "params": {"net": 1}},
+            "throughput": {"nfe": 1 if model == "gan" else 20, "sample_seconds": 1.0, "samples_per_s": 64.0},
+            "curve": [{"step": 5, "fid": 2 * fid, "modes": 5, "cond_accuracy": 0.2, "recall": 0.1, "num_samples": 32},
+                      {"step": 10, "fid": fid, "modes": 9, "cond_accuracy": 0.6, "recall": 0.4, "num_samples": 32}],
+            "sweep": {"knob": knob[0], "points": [{"value": v, "fid": fid * v, "precision": 0.5, "recall": 0.4,
+                                                  "cond_accuracy": 0.6, "num_samples": 32} for v in knob[1]]}}
+
+
+def _colours(artist) -> list[str]:
+    """The colours an artist draws its data in (lines, markers, scatter points, error bars), as hex."""
+    if hasattr(artist, "get_facecolor") and not hasattr(artist, "get_xydata"):  # a collection: one row per item
+        rgba = np.atleast_2d(artist.get_facecolor() if len(artist.get_facecolor()) else artist.get_edgecolor())
+        return [to_hex(c, keep_alpha=False) for c in rgba]
+    return [to_hex(artist.get_color(), keep_alpha=False)]
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """{figure file name: the figure as drawn}, every figure of a report with 2D and image runs of both families."""
+    run_dir = tmp_path_factory.mktemp("report")
+    results = {"suite": "test", "created": "now", "device": "cpu", "versions": {}, "runs": [],
+               "config": {"seeds": [0], "mixtures": {"num_samples": 50}}}
+    results["runs"] = _mixture_runs(run_dir) + [_image_run("gan"), _image_run("diffusion")]
+    seen = {}
+
+    def record(self, fig, name, dpi=100):  # keeps the figure to inspect; writing PNGs is tested above
+        seen[f"{name}.png"] = fig
+        return f"figures/{name}.png"
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunDir, "save_figure", record)
+        blocks = build_blocks(run_dir, results)
+    linked = {Path(b[1]).name for b in blocks if b[0] == "img"}
+    assert linked == set(seen)  # the report links every figure it drew
+    yield seen
+    for fig in seen.values():
+        plt.close(fig)
+
+
+def test_the_report_draws_every_figure(drawn):
+    assert set(drawn) == {"ring8_samples.png", "ring8_training.png", "ring8_curve.png", "shapes_curve.png",
+                          "shapes_sweeps.png", "ring8_quality_vs_sampling.png", "ring8_quality_vs_training_time.png",
+                          "shapes_quality_vs_sampling.png", "shapes_quality_vs_training_time.png"}
+
+
+def test_every_figure_draws_each_family_in_its_colour(drawn):
+    allowed = {to_hex(FAMILY_COLOURS["gan"]), to_hex(FAMILY_COLOURS["diffusion"]), to_hex(REAL_COLOUR)}
+    for name, fig in drawn.items():
+        used = set()
+        for ax in fig.axes:
+            panel = ax.get_title().lower()
+            for artist in ax.lines + ax.collections:
+                colours = set(_colours(artist))
+                used |= colours
+                label = str(artist.get_label()).lower()
+                family = next((f for f in FAMILY_COLOURS if label.startswith(f) or (
+                    label == "samples" and panel.startswith(f))), None)
+                if family:
+                    assert colours == {to_hex(FAMILY_COLOURS[family])}, (name, label, colours)
+        assert used <= allowed, (name, used - allowed)
+        assert {to_hex(c) for c in FAMILY_COLOURS.values()} <= used, (name, "both families drawn")
+
+
+def test_every_axis_with_data_says_what_it_shows(drawn):
+    for name, fig in drawn.items():
+        for ax in fig.axes:
+            if not ax.has_data():
+                continue
+            assert ax.get_xlabel(), (name, ax.get_title(), "x")
+            twins = [o for o in fig.axes if o is not ax and ax.get_shared_y_axes().joined(ax, o)]
+            assert ax.get_ylabel() or any(o.get_ylabel() for o in twins), (name, ax.get_title(), "y")
