@@ -13,11 +13,13 @@ Bad input gets one line on stderr naming the problem and exit status 2; nothing 
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
 import torch
 
+from bench import distributed
 from bench.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -46,6 +48,7 @@ from bench.report_throughput import throughput_table
 from bench.results import load_results, summarise
 from bench.resume import load_run
 from bench.rundir import RunDir, save_grid, write_json
+from bench.scaling import ddp_throughput, scaling_table
 from bench.suite import default_workers, resolve_device, run_suite
 from bench.throughput import image_throughput
 from models.samplers import SAMPLERS
@@ -98,11 +101,30 @@ def _cmd_run(args) -> None:
         raise UserError(str(exc)) from None
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
-    if previous is None and (archive := claim_run_dir(out, args.force)) is not None:
-        print(f"moved the run that was in {out} to {archive}")
-    results = run_suite(cfg, out, device, workers=args.workers or default_workers(device), previous=previous)
+    _check_batches(cfg)
+    if previous is None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns the folder
+        if (archive := claim_run_dir(out, args.force)) is not None:
+            print(f"moved the run that was in {out} to {archive}")
+    with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave it cleanly
+        results = run_suite(cfg, out, device, workers=args.workers or default_workers(device), previous=previous)
+        main = distributed.is_main()
     bad = [r for r in results["runs"] if r["status"] != "ok"]
-    print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+    if main:
+        print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+
+
+def _check_batches(cfg) -> None:
+    """[ddp] Under torchrun every global batch must split evenly over the processes (checked before anything runs)."""
+    sizes = {}
+    if cfg.mixtures is not None:
+        sizes["mixtures.batch_size"] = cfg.mixtures.batch_size
+    if cfg.images is not None:
+        sizes.update({f"images.{k}": getattr(cfg.images, k) for k in ("batch_size", "vae_batch_size",
+                                                                       "text_batch_size")})
+    try:
+        distributed.check_batches(sizes, distributed.planned_world())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _cmd_report(args) -> None:
@@ -214,6 +236,8 @@ def _cmd_throughput(args) -> None:
     channels = 1 if cfg.datasets[0] == "digits" else 3  # the first dataset's; every other built-in one is RGB
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if distributed.launched():  # [ddp] under torchrun: images/s per GPU and in total, scaling efficiency
+        return _throughput_ddp(args, cfg, device, channels, out)
     result = image_throughput(cfg, device, channels=channels, nfes=tuple(nfes), batch=args.batch,
                               budget_s=args.budget)
     result["preset"] = args.preset
@@ -222,6 +246,21 @@ def _cmd_throughput(args) -> None:
     if out is not None:
         write_json(out, result)
         print(f"wrote {out}")
+
+
+def _throughput_ddp(args, cfg, device, channels: int, out: Path | None) -> None:
+    """[ddp] `gvd throughput` under torchrun (bench/scaling.py): per-GPU batch = the preset's batch size."""
+    with distributed.session(device) as device:
+        samples = max(args.batch, distributed.world())
+        result = ddp_throughput(cfg, device, channels=channels, batch=cfg.batch_size, samples=samples)
+        main = distributed.is_main()
+    if main:
+        result["preset"] = args.preset
+        print(f"gvd throughput: preset {args.preset}, {result['world_size']} processes, {result['device']}\n")
+        print(scaling_table(result))
+        if out is not None:
+            write_json(out, result)
+            print(f"wrote {out}")
 
 
 def _cmd_datasets(args) -> None:

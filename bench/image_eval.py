@@ -25,6 +25,7 @@ import torch
 from scipy.linalg import LinAlgWarning
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
+from bench import distributed
 from bench.config import ImageBenchConfig, parse_sampler
 from bench.featcache import cached_features
 from bench.image_models import ImageModels
@@ -107,18 +108,28 @@ def eval_set(prep, models: ImageModels, cfg: ImageBenchConfig, seed: int) -> Eva
 def draw(models: ImageModels, prompts: Prompts, family: str, n: int, knob: float, sampler: str, net=None):
     """The first n images of one family for a prompt set at one knob setting (truncation psi for the GAN, the
     guidance scale for diffusion), from the final networks or another network `net` of the same shape (a snapshot,
-    the raw weights). Returns (images, network passes per sample: both halves of guidance counted)."""
-    states, pooled, mask = (x[:n] for x in prompts.text)
+    the raw weights). Returns (images, network passes per sample: both halves of guidance counted).
+    [ddp] Each rank draws its block of the n per-sample seeds; the blocks are gathered back to all n, in order."""
+    return distributed.sample_sharded(partial(_draw_rows, models, prompts, family, knob, sampler, net), n)
+
+
+def _draw_rows(models: ImageModels, prompts: Prompts, family: str, knob: float, sampler: str, net, rows: slice):
+    """draw() for the rows `rows` (one rank's block)."""
+    states, pooled, mask = (x[rows] for x in prompts.text)
     if family == "gan":
-        return models.sample_gan(pooled, prompts.seeds[:n], psi=knob, G=net), 1
+        return models.sample_gan(pooled, prompts.seeds[rows], psi=knob, G=net), 1
     name, steps = parse_sampler(sampler)
-    images, nfe = models.sample_diffusion(states, mask, prompts.seeds[:n], sampler=name, steps=steps, guidance=knob,
-                                          unet=net)
+    images, nfe = models.sample_diffusion(states, mask, prompts.seeds[rows], sampler=name, steps=steps,
+                                          guidance=knob, unet=net)
     return images, nfe * (1 if knob == 1.0 else 2)  # guidance runs the conditional and unconditional halves
 
 
 def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, **extra) -> dict:
     """image_metrics of generated images against the reference set; raises FloatingPointError on NaN images."""
+    return distributed.on_main(partial(_score, prep, ev, prompts, images, **extra))  # [ddp] once, on rank 0
+
+
+def _score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, **extra) -> dict:
     feats, judged = describe(images, prep.judge, prep.inception)
     # One BLAS thread: the metrics' matrices are small (128 features), and OpenBLAS threads spinning against
     # torch's on a busy 2-core machine made each FID's sqrtm 250x slower (1.2 s instead of 5 ms).

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import distributed
 from bench.config import ImageBenchConfig, parse_sampler
 from bench.guard import error_text, failed_status
 from bench.image_eval import (
@@ -102,7 +103,8 @@ def prepare(dataset: str, cfg: ImageBenchConfig, device: torch.device, cache_dir
     data_key = {"dataset": dataset, "num_train": cfg.num_train, "num_test": cfg.num_test, "resolution": cfg.resolution}
     judge = None
     if data.num_modes >= 2:
-        judge = load_or_train_judge(data, test, data_key, cfg.judge, str(cache_dir), device=str(device))
+        with distributed.main_first():  # [ddp] rank 0 trains and caches the judge; the others read the cache
+            judge = load_or_train_judge(data, test, data_key, cfg.judge, str(cache_dir), device=str(device))
     inception, inception_missing = inception_backbone(cfg.inception_weights, cfg.inception, str(device))
     if inception_missing:
         tqdm.write(f"{dataset}: no Inception metrics: {inception_missing}")
@@ -139,7 +141,7 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
     """CLIP pre-training (Radford et al. 2021): a text transformer and an image tower pulled together on matching
     (caption, image) pairs. Returns (frozen encoder, history); the tower is dropped."""
     torch.manual_seed(seed)
-    text, tower = (m.to(device) for m in new_text_encoder(cfgs))
+    text, tower = (distributed.wrap(m.to(device), device) for m in new_text_encoder(cfgs))  # [ddp]
     tokens = tokenizer.encode(data.captions, cfg.text.max_len).to(device)
     groups = caption_groups(data).to(device)
     images = data.images.to(device)  # resident on the device, like the tokens (no CPU indexing per step)
@@ -148,15 +150,17 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
     history = []
     for step in tqdm(range(cfg.text_steps), desc="text encoder (CLIP)", leave=False, disable=not progress):
         idx = draw(step).to(device)
+        mine = distributed.local_rows(idx)  # [ddp] this rank's rows; the loss contrasts the whole global batch
         with autocast(device, cfg.amp):
-            _, pooled, _ = text(tokens[idx])
-            loss = clip_loss(pooled.float(), tower(images[idx]).float(), tower.logit_scale.exp(), groups[idx])
+            _, pooled, _ = text(tokens[mine])
+            pooled, image_emb = (distributed.gather_batch(e.float()) for e in (pooled, tower(images[mine])))
+            loss = clip_loss(pooled, image_emb, distributed.unwrap(tower).logit_scale.exp(), groups[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         history.append({"step": step, "loss": loss.item()})
-    return text.eval().requires_grad_(False), history
+    return distributed.unwrap(text).eval().requires_grad_(False), history
 
 
 def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
@@ -165,20 +169,25 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfi
     Snapshot(step, copy of G, copy of its EMA) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
     G, D = Generator(cfgs["dcgan"]).to(device), Discriminator(cfgs["dcgan"]).to(device)
+    # [ddp] BatchNorm over the global batch, then DDP (both no-ops in one process; bench/distributed.py)
+    G, D = (distributed.wrap(distributed.sync_batchnorm(m), device) for m in (G, D))
     gen = torch.Generator().manual_seed(seed + 1)
     draw = _batches(len(images), cfg.batch_size, gen)
 
     def real_batch(step):
-        idx = draw(step).to(device)
+        idx = distributed.local_rows(draw(step)).to(device)  # [ddp] this rank's rows of the global batch
         return images[idx], pooled[idx]
 
-    latent = lambda n: torch.randn(n, G.cfg.z_dim, generator=gen).to(device)
+    def latent(n):  # [ddp] n is this rank's share: draw the global batch's latents, keep its rows
+        z = torch.randn(distributed.global_size(n), cfgs["dcgan"].z_dim, generator=gen)
+        return distributed.local_rows(z).to(device)
+
     snapshots: list = []
     with autocast(device, cfg.amp):
         result = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
                            snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints), snapshots=snapshots)
-    G.eval()
-    return result, D.eval(), snapshots
+    result.model.eval()
+    return result, distributed.unwrap(D).eval(), snapshots  # [ddp] the networks, not their DDP wrappers
 
 
 def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int, progress=True):
@@ -186,13 +195,19 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
     Returns (frozen VAE, history)."""
     torch.manual_seed(seed)
     vae = KLAutoencoder(cfgs["vae"]).to(device)
+    net = distributed.wrap(vae, device)  # [ddp] what trains; vae stays the network itself
+    side = vae.cfg.resolution // vae.cfg.factor
+    latent_shape = (vae.cfg.latent_channels, side, side)  # of one posterior sample
     opt, sched = _cosine_opt(vae.parameters(), cfg.vae_lr, cfg.vae_steps)
     draw = _batches(len(images), cfg.vae_batch_size, torch.Generator().manual_seed(seed + 2))
     history = []
     for step in tqdm(range(cfg.vae_steps), desc="VAE", leave=False, disable=not progress):
-        loss, stats = vae_step(vae, opt, images[draw(step).to(device)], cfg.amp)
+        x = images[distributed.local_rows(draw(step)).to(device)]  # [ddp] this rank's rows of the global batch
+        # [ddp] the posterior sample's noise, drawn for the global batch as vae(x) would draw it in one process
+        noise = distributed.local_rows(torch.randn((cfg.vae_batch_size, *latent_shape), device=device))
+        loss, stats = vae_step(net, opt, x, cfg.amp, noise=noise)
         sched.step()
-        history.append({"step": step, "loss": loss.item(), **stats})
+        history.append(distributed.average({"step": step, "loss": loss.item(), **stats}))  # [ddp] global means
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat([vae.encode(b)[0] for b in images[:2048].split(512)])
@@ -206,7 +221,7 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     training caption); a random cfg.caption_dropout of the captions is replaced by the empty caption (uncond), so
     one network learns both halves of classifier-free guidance. Returns (TrainResult, snapshots)."""
     torch.manual_seed(seed)
-    unet = UNet(cfgs["unet"]).to(device)
+    unet = distributed.wrap(UNet(cfgs["unet"]).to(device), device)  # [ddp]
     alpha_bar = schedule(cfg.diffusion, device)
     gen = torch.Generator().manual_seed(seed + 3)
     draw = _batches(len(latents), cfg.batch_size, gen)
@@ -215,7 +230,8 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     def batch(step):
         idx = draw(step).to(device)
         ctx, ctx_mask = drop_captions(states[idx], mask[idx], uncond, cfg.caption_dropout, gen)
-        return latents[idx], {"context": ctx, "context_mask": ctx_mask}
+        rows = distributed.local_rows  # [ddp] this rank's rows of the global batch
+        return rows(latents[idx]), {"context": rows(ctx), "context_mask": rows(ctx_mask)}
 
     snapshots: list = []
     with autocast(device, cfg.amp):
@@ -312,7 +328,7 @@ def _train_record(family: str, trained: Trained, cfg: ImageBenchConfig, vae_info
     extra = cfg.vae_steps * cfg.vae_batch_size if family == "diffusion" else 0  # the VAE's images, on top
     record = {"steps": steps, "examples_seen": steps * cfg.batch_size + extra, "seconds": seconds,
               "images_per_s": steps * cfg.batch_size / trained.seconds[family], "params": params,
-              "params_total": sum(params.values()),
+              "params_total": sum(params.values()), **distributed.batch_record(cfg.batch_size),  # [ddp]
               "text_encoder": {"steps": cfg.text_steps, "seconds": trained.seconds["text"],
                                "params": num_params(m.text), "counted": "on neither side (shared, frozen)"}}
     return record if family == "gan" else {**record, "vae": vae_info}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import distributed
 from bench.config import MixtureBenchConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
@@ -41,9 +42,10 @@ class MixtureTrained:
 
 def real_batches(dataset: str, seed: int, batch_size: int, device, data_gen: torch.Generator | None = None):
     """The real examples of each step, scaled to unit variance: the same stream for both models of a seed (data_gen:
-    the stream's generator, seeded from `seed` when not given)."""
+    the stream's generator, seeded from `seed` when not given). [ddp] Every rank draws the global batch and keeps its
+    rows (bench/distributed.py)."""
     scale, data_gen = mixture_scale(dataset), data_gen or torch.Generator().manual_seed(seed)
-    return lambda step: (sample_mixture(dataset, batch_size, data_gen).to(device) / scale, None)
+    return lambda step: (distributed.local_rows(sample_mixture(dataset, batch_size, data_gen)).to(device) / scale, None)
 
 
 STATE_SAVES = 10  # a resumable training state is saved this many times per training (bench/train_state.py)
@@ -58,21 +60,27 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(seed + 7919)
     state = (TrainState(state_path, max(1, mix.steps // STATE_SAVES), {"data": data_gen, "train": train_gen})
-             if state_path is not None else None)
+             if state_path is not None and distributed.world() == 1 else None)  # [ddp] resume: one process only
     snapshots: list = []
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     desc = f"{dataset}_{model}_seed{seed}"
     start = time.perf_counter()
     if model == "gan":
         G, D = MLPGenerator(mix.gan_net).to(device), MLPDiscriminator(mix.gan_net).to(device)
-        latent = lambda n: torch.randn(n, mix.gan_net.z_dim, generator=train_gen).to(device)
-        result = train_gan(G, D, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
+
+        def latent(n):  # [ddp] n is this rank's share: draw the global batch's latents, keep its rows
+            z = torch.randn(distributed.global_size(n), mix.gan_net.z_dim, generator=train_gen)
+            return distributed.local_rows(z).to(device)
+
+        nets = distributed.wrap(G, device), distributed.wrap(D, device)  # [ddp] DDP under torchrun
+        result = train_gan(*nets, real_batch, latent, mix.gan, mix.steps, desc=desc, progress=progress,
                            snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"G": result.ema, "G_raw": G, "D": D}, {"G": num_params(G), "D": num_params(D)}
     else:
         denoiser = MLPDenoiser(mix.denoiser_net).to(device)
         alpha_bar = alphas_cumprod(mix.diffusion.schedule, mix.diffusion.num_steps).float().to(device)
-        result = train_diffusion(denoiser, lambda step: (real_batch(step)[0], {}), alpha_bar,
+        wrapped = distributed.wrap(denoiser, device)  # [ddp] DDP under torchrun
+        result = train_diffusion(wrapped, lambda step: (real_batch(step)[0], {}), alpha_bar,
                                  mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen, desc=desc,
                                  progress=progress, snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"denoiser": result.ema, "denoiser_raw": denoiser}, {"denoiser": num_params(denoiser)}
@@ -82,7 +90,11 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
 
 def draw_points(net: nn.Module, model: str, spec: str | None, seeds, mix: MixtureBenchConfig, device):
     """Samples of a 2D model on per-sample seeds, in data units. spec: the diffusion sampler ("ddpm:1000").
-    Returns (points (N, 2) on the CPU, NFE)."""
+    Returns (points (N, 2) on the CPU, NFE). [ddp] Each rank draws its block of the seeds; all N are gathered."""
+    return distributed.sample_sharded(lambda rows: _draw_rows(net, model, spec, seeds[rows], mix, device), len(seeds))
+
+
+def _draw_rows(net: nn.Module, model: str, spec: str | None, seeds, mix: MixtureBenchConfig, device):
     if model == "gan":
         x, nfe = sample_gan(net, seeds, mix.gan_net.z_dim, device), 1
     else:
@@ -128,6 +140,7 @@ def record_mixture(trained: MixtureTrained, dataset: str, seed: int, mix: Mixtur
     entry = {"dataset": dataset, "model": trained.model, "seed": seed, **trained.status,
              "train": {"steps": steps, "examples_seen": steps * mix.batch_size, "seconds": trained.seconds,
                        "images_per_s": steps * mix.batch_size / max(trained.seconds, 1e-9), "params": trained.params,
+                       **distributed.batch_record(mix.batch_size),  # [ddp]
                        "params_total": sum(trained.params.values())},
              "sampler": headline if trained.model == "diffusion" else None,
              "metrics": {k: v for k, v in by_sampler[headline].items() if k not in ("sample_seconds", "samples_per_s")},

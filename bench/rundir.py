@@ -32,11 +32,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torchvision.utils import save_image
 
+from bench import distributed
 from bench.figures import png_bytes
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a file.
+    [ddp] Under torchrun only rank 0 writes; the other ranks hold the same results and skip."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -89,7 +93,9 @@ def slug(dataset: str) -> str:
 
 def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
     """safetensors file with every module's state under '<name>.<key>' and the config as JSON metadata, so the
-    networks can be rebuilt from the checkpoint alone (no pickle)."""
+    networks can be rebuilt from the checkpoint alone (no pickle). [ddp] Rank 0 alone writes."""
+    if not distributed.is_main():
+        return
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
                for name, m in modules.items() for k, v in m.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench import report
+from bench import distributed, report
 from bench.config import SuiteConfig, to_dict
 from bench.guard import Interrupted, error_text, ignore_sigint, interrupted_entry, stop_on_signals
 from bench.imagebench import FAMILIES, run_image_dataset
@@ -50,6 +50,8 @@ def _mixture_job(job) -> tuple[dict, dict]:
     try:
         return run_mixture(dataset, model, seed, mix, device, RunDir(root), progress=False)
     except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+        if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop (distributed.session)
+            raise
         return failed_entry(dataset, model, seed, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)), {}
 
 
@@ -141,6 +143,8 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
             except DataError:
                 raise  # bad user input: stop with its one-line message
             except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+                if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
+                    raise
                 tqdm.write(f"image runs {dataset}/seed {seed} failed: {type(exc).__name__}: {exc}")
                 error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
                 entries = [failed_entry(dataset, m, seed, error, trace) for m in FAMILIES]
@@ -193,7 +197,8 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     Interrupted after results.json, metrics.csv and the report have recorded what finished and marked the rest
     "interrupted"."""
     run = RunDir(run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # [ddp] rank 0 alone writes
+        run.root.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
     run.write_config(config)
     name = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
@@ -202,6 +207,8 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     results["runs"] = list(done.values())
     if "error" not in (previous or {}).get("throughput", {"error": None}):
         results["throughput"] = previous["throughput"]  # measured already
+    results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
+    workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the 2D jobs together, one at a time
     with stop_on_signals():
         try:
             if cfg.mixtures is not None:
@@ -209,7 +216,9 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
             if cfg.images is not None:
                 run_images(cfg, run, results, device, done)
                 if cfg.throughput_budget_s > 0 and "throughput" not in results:
-                    measure_throughput(cfg, run, results, device)
+                    with distributed.alone() as mine:  # [ddp] one process's speed: rank 0 measures, the others wait
+                        if mine:
+                            measure_throughput(cfg, run, results, device)
         except Interrupted as stop:
             tqdm.write(f"{stop}: recording what finished in {run.results_path}")
             have = {_key(r) for r in results["runs"]}
@@ -217,4 +226,5 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
             finish(run, results)
             raise
         finish(run, results)
+    distributed.barrier()  # [ddp] the others wait for rank 0's files
     return results

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import distributed
 from models.diffusion import diffusion_loss
 from models.layers import GAN_LOSSES, gan_d_loss, gan_g_loss, setting
 from models.vae import vae_loss
@@ -103,13 +104,15 @@ def drop_captions(states: torch.Tensor, mask: torch.Tensor, uncond: tuple, p: fl
             torch.where(drop[:, None], uncond[1], mask))  # (B, L)
 
 
-def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, dict]:
+def vae_step(vae: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, amp: bool,
+             noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """One optimiser step of the KL autoencoder on the image batch x (B, C, H, W): L1 reconstruction + KL loss
     (Kingma & Welling 2014 eq. 10; Rombach et al. 2022 appendix G; models/vae.py vae_loss), the forward under
-    `autocast(x.device, amp)`, the loss in float32. Returns (loss, its parts); the caller steps any schedule."""
+    `autocast(x.device, amp)`, the loss in float32. Returns (loss, its parts); the caller steps any schedule.
+    noise: the posterior sample's noise (default: drawn by the VAE); vae may be DDP-wrapped [ddp]."""
     with autocast(x.device, amp):
-        recon, mean, logvar = vae(x)
-        loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), vae.cfg.kl_weight)
+        recon, mean, logvar = vae(x, noise)
+        loss, stats = vae_loss(recon.float(), x, mean.float(), logvar.float(), distributed.unwrap(vae).cfg.kl_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -139,7 +142,7 @@ def checkpoint_interval(steps: int, checkpoints: int) -> int:
 
 def snapshot(module: nn.Module) -> nn.Module:
     """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
-    return copy.deepcopy(module).eval().requires_grad_(False)
+    return copy.deepcopy(distributed.unwrap(module)).eval().requires_grad_(False)  # [ddp] the network, not DDP
 
 
 def _cond_args(cond) -> tuple:
@@ -196,6 +199,7 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
             "d_real": torch.sigmoid(real_logits).mean().item(),
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
         }
+        row = distributed.average(row)  # [ddp] every rank logs (and judges divergence by) the global batch's numbers
         history.append(row)
         if not (math.isfinite(row["g_loss"]) and math.isfinite(row["d_loss"])):
             status = {"status": "diverged", "diverged_at_step": step}
@@ -203,7 +207,7 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
         _after_step(G, ema, cfg.ema, step, snapshot_every, snapshots)
         if state is not None:
             state.step_done(step + 1, parts, history, snapshots)
-    return TrainResult(G, ema, history, status, cfg.ema)
+    return TrainResult(distributed.unwrap(G), ema, history, status, cfg.ema)  # [ddp] the network, not DDP
 
 
 def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionTrainConfig, steps: int,
@@ -225,8 +229,10 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
     start = state.restore(parts, history, snapshots, raw="model", ema="ema") if state is not None else 0
     for step in tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x0, kwargs = x0_batch(step)
-        t = torch.randint(0, T, (len(x0),), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        # [ddp] draw for the global batch, keep this rank's rows: the generator stays in step with one process
+        n = distributed.global_size(len(x0))
+        t = distributed.local_rows(torch.randint(0, T, (n,), generator=generator)).to(x0.device)
+        noise = distributed.local_rows(torch.randn((n, *x0.shape[1:]), generator=generator)).to(x0.device)
         loss = diffusion_loss(model, x0, alpha_bar, prediction, t=t, noise=noise, **kwargs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -234,6 +240,7 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
         opt.step()
         sched.step()
         row = {"step": step, "loss": loss.item(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0]}
+        row = distributed.average(row)  # [ddp] every rank logs (and judges divergence by) the global batch's numbers
         history.append(row)
         if not math.isfinite(row["loss"]):
             status = {"status": "diverged", "diverged_at_step": step}
@@ -241,4 +248,4 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
         _after_step(model, ema, cfg.ema, step, snapshot_every, snapshots)
         if state is not None:
             state.step_done(step + 1, parts, history, snapshots)
-    return TrainResult(model, ema, history, status, cfg.ema)
+    return TrainResult(distributed.unwrap(model), ema, history, status, cfg.ema)  # [ddp] the network, not DDP
