@@ -197,6 +197,35 @@ def _cmd_presets(args) -> None:
         print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
 
 
+def _cmd_study(args) -> None:
+    """gvd study stability: K configurations x S seeds per family on the 2D mixtures (bench/study.py)."""
+    from bench.config import apply_override
+    from bench.study import StudyConfig, run_study, validate_study
+    from bench.suite import default_workers, resolve_device
+
+    study = StudyConfig()
+    for name in ("k", "seeds", "steps", "datasets"):
+        if getattr(args, name) is not None:
+            setattr(study, name, getattr(args, name))
+    for assignment in args.set or []:
+        apply_override(study, assignment)
+    validate_study(study)
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} exists and is not a folder")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    record = run_study(study, out, device, workers=args.workers or default_workers(device))
+    converged = {f: sum(r["family"] == f and r["outcome"] == "converged" for r in record["runs"])
+                 for f in ("gan", "diffusion")}
+    print(f"wrote {out}/study.html ({len(record['runs'])} runs; converged: GAN {converged['gan']}, "
+          f"diffusion {converged['diffusion']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench.config import DEFAULT_PRESET
 
@@ -249,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     thr.add_argument("--out", help="also write the full result as JSON to this file")
     thr.set_defaults(func=_cmd_throughput)
+
+    study = sub.add_parser("study", help="studies over many runs").add_subparsers(dest="study", required=True,
+                                                                                     parser_class=_Parser)
+    stab = study.add_parser("stability", help="GAN vs diffusion over a random hyperparameter search and seeds (2D)")
+    stab.add_argument("--out", default="reports/study-stability", help="study folder (default reports/study-stability)")
+    stab.add_argument("--k", type=int, help="configurations drawn per family (default 8)")
+    stab.add_argument("--seeds", type=int, help="training seeds per configuration (default 2)")
+    stab.add_argument("--steps", type=int, help="training steps of every run (default 2000, the toy preset's)")
+    stab.add_argument("--workers", type=int, help="runs at once, one process each (default: one per CPU core)")
+    stab.add_argument("--datasets", nargs="+", help="2D mixtures (default ring8 grid25)")
+    stab.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    stab.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a study field, e.g. --set hq_threshold=0.8 --set sampler=ddim:50 (repeatable)")
+    stab.set_defaults(func=_cmd_study)
 
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)

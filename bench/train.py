@@ -23,9 +23,11 @@ from models.layers import gan_d_loss, gan_g_loss
 
 @dataclass
 class GANTrainConfig:
-    lr: float = 2e-4  # Adam learning rate of G and D (Radford et al. 2015, sec. 4)
+    lr: float = 2e-4  # Adam learning rate of G (Radford et al. 2015, sec. 4)
+    lr_d: float = 2e-4  # Adam learning rate of D (two time-scale update rule when != lr: Heusel et al. 2017)
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (Radford et al. 2015)
     loss: str = "nonsaturating"  # nonsaturating (Goodfellow et al. 2014) | hinge
+    d_steps: int = 1  # D updates per G update (k of Goodfellow et al. 2014, Algorithm 1), each on the step's real batch
 
 
 @dataclass
@@ -66,27 +68,30 @@ def snapshot(module: nn.Module) -> nn.Module:
 
 def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True,
               snapshot_every: int = 0, snapshots: list | None = None):
-    """Alternate one discriminator and one generator Adam step (Goodfellow et al. 2014, Algorithm 1 with k = 1).
+    """Alternate cfg.d_steps discriminator Adam steps and one generator Adam step (Goodfellow et al. 2014, Algorithm 1
+    with k = d_steps). The k discriminator steps reuse the step's real batch (each with a fresh fake batch), so every
+    k sees the same real examples: the data budget stays steps x batch whatever k is.
 
     real_batch(step) -> (x, cond) gives the real examples of a step (cond is None for unconditional models);
     latent(n) -> z gives n latent vectors. History: losses, gradient norms, mean sigmoid D(x) and D(G(z)).
     snapshots, if given, receives (steps done, copy of G) every snapshot_every steps.
     """
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     cond_args = lambda cond: () if cond is None else (cond,)
     history, status = [], {"status": "ok"}
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x, cond = real_batch(step)
-        # --- discriminator step: real vs a detached fake batch
-        with torch.no_grad():  # D's step needs no graph through G
-            fake = G(latent(len(x)), *cond_args(cond))
-        real_logits, fake_logits = D(x, *cond_args(cond)), D(fake, *cond_args(cond))
-        d_loss = gan_d_loss(real_logits, fake_logits, cfg.loss)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_grad = grad_norm(D)
-        opt_d.step()
+        # --- discriminator steps: real vs a detached fake batch (the row logs the last one)
+        for _ in range(cfg.d_steps):
+            with torch.no_grad():  # D's step needs no graph through G
+                fake = G(latent(len(x)), *cond_args(cond))
+            real_logits, fake_logits = D(x, *cond_args(cond)), D(fake, *cond_args(cond))
+            d_loss = gan_d_loss(real_logits, fake_logits, cfg.loss)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_grad = grad_norm(D)
+            opt_d.step()
         # --- generator step: a fresh fake batch through the updated discriminator
         g_loss = gan_g_loss(D(G(latent(len(x)), *cond_args(cond)), *cond_args(cond)), cfg.loss)
         opt_g.zero_grad(set_to_none=True)

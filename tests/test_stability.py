@@ -121,7 +121,7 @@ def _tiny_gan_run(steps: int, snapshots: list | None = None, every: int = 0):
     G, D = MLPGenerator(cfg), MLPDiscriminator(cfg)
     gen = torch.Generator().manual_seed(0)
     history, _ = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
-                           lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3), steps=steps,
+                           lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3, lr_d=1e-3), steps=steps,
                            progress=False, snapshot_every=every, snapshots=snapshots)
     return G, history
 

@@ -44,7 +44,7 @@ def test_gan_steps_move_d_outputs_apart():
     gen = torch.Generator().manual_seed(0)
     real = lambda s: (sample_mixture("ring8", 64, gen), None)
     history, status = train_gan(G, D, real, lambda n: torch.randn(n, cfg.z_dim, generator=gen),
-                                GANTrainConfig(lr=1e-3), steps=30)
+                                GANTrainConfig(lr=1e-3, lr_d=1e-3), steps=30)
     assert status["status"] == "ok" and len(history) == 30
     assert {"g_loss", "d_loss", "g_grad_norm", "d_grad_norm", "d_real", "d_fake"} <= set(history[0])
     # an untrained D gives ~0.5 to both; after a few steps it separates real from the (still poor) fakes

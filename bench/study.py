@@ -1,0 +1,328 @@
+"""`gvd study stability`: how each family fares across a hyperparameter search and seeds, not in one lucky run.
+
+"GANs are hard to train" is a claim about the distribution of outcomes over reasonable settings. Following Lucic et
+al. (2018, "Are GANs Created Equal?", sec. 5), each family gets K configurations drawn at random from a declared search
+space of the knobs practitioners tune, each trained with S seeds on the same budget (steps x batch, the same real data
+stream per seed for both families) on the 2D mixtures, and every run is classified by one rule for both families:
+
+  diverged        a training loss became non-finite (the loop stops there; the run is still scored)
+  low-quality     fewer than `hq_threshold` of the samples lie within 3 std of a mode (VEEGAN's high-quality test)
+  mode-collapsed  good samples, but fewer modes captured than the mixture has
+  converged       every mode captured and enough high-quality samples: a usable model
+
+checked in that order (the first that applies). Each run is written to its own small JSON file in the study folder as
+it finishes, so a study that is stopped and started again skips what it finished. bench/study_report.py turns
+study.json into study.md / study.html.
+
+Search spaces: each learning rate is log-uniform over [tuned / 5, tuned x 5] around the value the toy preset tuned for
+that family, and each width is half, equal to or double the preset's: the same rule for both families.
+"""
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bench.config import ConfigError, MixtureBenchConfig, parse_sampler
+from bench.data import MIXTURES, mixture_scale, sample_mixture
+from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
+from bench.results import versions, write_json
+from bench.seeding import sample_seeds
+from bench.stability import LOSS_KEYS, divergence_step, stability
+from bench.study_report import write_study_report
+from bench.train import GANTrainConfig, train_diffusion, train_gan
+from models.diffusion import DiffusionConfig, alphas_cumprod
+from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
+
+SCHEMA = "gan-vs-diffusion/study/v1"
+FAMILIES = ("gan", "diffusion")
+OUTCOMES = ("converged", "mode-collapsed", "low-quality", "diverged")  # "failed" (an exception) is kept apart
+
+
+# ---------------------------------------------------------------- the search space
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple  # drawn uniformly
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float  # drawn log-uniformly in [low, high], rounded to 3 significant digits
+    high: float
+
+
+_TOY = MixtureBenchConfig()  # the toy preset's 2D settings: every knob the study does not vary keeps its value there
+SPACES = {
+    "gan": {
+        "lr_g": LogUniform(_TOY.gan.lr / 5, _TOY.gan.lr * 5),  # Adam learning rate of G
+        "lr_d": LogUniform(_TOY.gan.lr_d / 5, _TOY.gan.lr_d * 5),  # Adam learning rate of D
+        "beta1": Choice((0.0, 0.5, 0.9)),  # Adam beta1 (0.5: Radford et al. 2015; 0: Miyato et al. 2018)
+        "d_steps": Choice((1, 2)),  # D updates per G update (Goodfellow et al. 2014, Algorithm 1's k)
+        "loss": Choice(("nonsaturating", "hinge")),  # Goodfellow et al. 2014 / Lim & Ye 2017
+        "spectral_norm": Choice((False, True)),  # on D (Miyato et al. 2018)
+        "width": Choice((_TOY.gan_net.width // 2, _TOY.gan_net.width, _TOY.gan_net.width * 2)),  # of G and D
+    },
+    "diffusion": {
+        "lr": LogUniform(_TOY.diffusion_train.lr / 5, _TOY.diffusion_train.lr * 5),  # peak one-cycle lr
+        "schedule": Choice(("linear", "cosine")),  # Ho et al. 2020 / Nichol & Dhariwal 2021
+        "prediction": Choice(("eps", "v", "x0")),  # what the denoiser predicts (Salimans & Ho 2022 for v)
+        "ema": Choice((0.99, 0.995, 0.999)),  # EMA decay of the sampling weights
+        "width": Choice((_TOY.denoiser_net.width // 2, _TOY.denoiser_net.width, _TOY.denoiser_net.width * 2)),
+    },
+}
+
+
+def describe_space(space: dict) -> dict:
+    """JSON form of a search space: {knob: {"choice": [...]} or {"log_uniform": [low, high]}}."""
+    return {k: {"choice": list(v.values)} if isinstance(v, Choice) else {"log_uniform": [v.low, v.high]}
+            for k, v in space.items()}
+
+
+def sample_configs(space: dict, k: int, seed: int, family: str) -> list[dict]:
+    """K configurations drawn from `space`, reproducibly from (seed, family); knobs in the space's order."""
+    rng = np.random.default_rng([seed, FAMILIES.index(family)])
+    configs = []
+    for _ in range(k):
+        cfg = {}
+        for name, dist in space.items():
+            if isinstance(dist, Choice):
+                cfg[name] = dist.values[int(rng.integers(len(dist.values)))]
+            else:
+                value = math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+                cfg[name] = float(f"{value:.3g}")
+        configs.append(cfg)
+    return configs
+
+
+# ---------------------------------------------------------------- outcomes and intervals
+
+
+def classify(history: list[dict], family: str, metrics: dict, hq_threshold: float) -> str:
+    """The outcome of one run (module docstring), from its per-step history and its final mixture metrics."""
+    if divergence_step(history, LOSS_KEYS[family]) is not None:
+        return "diverged"
+    if not metrics["hq_fraction"] >= hq_threshold:
+        return "low-quality"
+    if metrics["modes"] < metrics["num_modes"]:
+        return "mode-collapsed"
+    return "converged"
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k / n (Wilson 1927; Newcombe 1998a, method 3)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = 1.959964) -> tuple[float, float, float]:
+    """p1 - p2 and its hybrid score interval from the two Wilson intervals (Newcombe 1998b, method 10):
+    [d - sqrt((p1 - l1)^2 + (u2 - p2)^2), d + sqrt((u1 - p1)^2 + (p2 - l2)^2)]. Returns (d, lower, upper)."""
+    p1, p2 = k1 / n1, k2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(k1, n1, z), wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass
+class StudyConfig:
+    datasets: list[str] = field(default_factory=lambda: ["ring8", "grid25"])  # built-in 2D mixtures
+    k: int = 8  # configurations drawn per family
+    seeds: int = 2  # training seeds per configuration (0 .. seeds-1)
+    steps: int = 2000  # optimisation steps of every run (GAN: one G update, d_steps D updates)
+    batch_size: int = 512  # real examples per step: every run sees steps x batch_size examples
+    num_samples: int = 2500  # samples scored per run (VEEGAN / PacGAN)
+    sampler: str = "ddpm:1000"  # the diffusion sampler scored (the suite's headline sampler)
+    hq_threshold: float = 0.5  # a run with a smaller high-quality fraction is "low-quality"
+    space_seed: int = 0  # seed of the configuration draws
+
+
+def validate_study(study: StudyConfig) -> None:
+    """Raise ConfigError naming the first bad field of a study config."""
+    for name in ("k", "seeds", "steps", "batch_size", "num_samples"):
+        if not getattr(study, name) >= 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(study, name)}")
+    if not 0 <= study.hq_threshold <= 1:
+        raise ConfigError(f"hq_threshold must be in [0, 1], got {study.hq_threshold}")
+    if not study.datasets:
+        raise ConfigError("the study needs at least one dataset")
+    for name in study.datasets:
+        if name not in MIXTURES:
+            raise ConfigError(f"unknown 2D dataset {name!r}; choose from {', '.join(MIXTURES)}")
+    if len(set(study.datasets)) != len(study.datasets):
+        raise ConfigError(f"a dataset is named twice in {study.datasets}")
+    parse_sampler(study.sampler)
+
+
+def _gan_run(knobs: dict, study: StudyConfig, real_batch, train_gen, seeds, device):
+    net = dataclasses.replace(_TOY.gan_net, width=knobs["width"], spectral_norm=knobs["spectral_norm"])
+    train = GANTrainConfig(lr=knobs["lr_g"], lr_d=knobs["lr_d"], betas=(knobs["beta1"], _TOY.gan.betas[1]),
+                           loss=knobs["loss"], d_steps=knobs["d_steps"])
+    G, D = MLPGenerator(net).to(device), MLPDiscriminator(net).to(device)
+
+    def latent(n: int) -> torch.Tensor:
+        return torch.randn(n, net.z_dim, generator=train_gen).to(device)
+
+    history, status = train_gan(G, D, real_batch, latent, train, study.steps, progress=False)
+    samples = sample_gan(G.eval(), seeds, net.z_dim, device)
+    return history, status, samples, num_params(G) + num_params(D)
+
+
+def _diffusion_run(knobs: dict, study: StudyConfig, real_batch, train_gen, seeds, device):
+    net_cfg = dataclasses.replace(_TOY.denoiser_net, width=knobs["width"])
+    diff = DiffusionConfig(schedule=knobs["schedule"], num_steps=_TOY.diffusion.num_steps,
+                           prediction=knobs["prediction"])
+    train = dataclasses.replace(_TOY.diffusion_train, lr=knobs["lr"], ema=knobs["ema"])
+    alpha_bar = alphas_cumprod(diff.schedule, diff.num_steps).float().to(device)
+    net = MLPDenoiser(net_cfg).to(device)
+    ema, history, status = train_diffusion(net, lambda step: (real_batch(step)[0], {}), alpha_bar, diff.prediction,
+                                           train, study.steps, train_gen, progress=False)
+    name, steps = parse_sampler(study.sampler)
+    samples, _ = sample_diffusion(ema, seeds, (2,), alpha_bar, name, steps, diff.prediction, device)
+    return history, status, samples, num_params(net)
+
+
+def run_one(family: str, knobs: dict, dataset: str, seed: int, study: StudyConfig, device="cpu") -> dict:
+    """Train and score one (family, configuration, dataset, seed): the run's entry, outcome included.
+
+    The data stream, the initial weights' seed and the evaluation's per-sample seeds are those of the suite's 2D runs
+    (bench/suite.py), so a configuration equal to the toy preset's reproduces its run."""
+    scale = mixture_scale(dataset)
+    data_gen = torch.Generator().manual_seed(seed)  # the same real batches for every run of a seed, both families
+
+    def real_batch(step: int):
+        return sample_mixture(dataset, study.batch_size, data_gen).to(device) / scale, None
+
+    torch.manual_seed(seed)
+    train_gen = torch.Generator().manual_seed(seed + 7919)
+    seeds = sample_seeds(seed, study.num_samples)
+    wall, cpu = time.perf_counter(), time.process_time()
+    train_fn = _gan_run if family == "gan" else _diffusion_run
+    history, status, samples, params = train_fn(knobs, study, real_batch, train_gen, seeds, device)
+    metrics = mixture_metrics(samples.cpu() * scale, dataset)
+    return {
+        "dataset": dataset, "family": family, "knobs": knobs, "seed": seed, **status,
+        "outcome": classify(history, family, metrics, study.hq_threshold),
+        "metrics": metrics,
+        "train": {"steps": len(history), "examples_seen": len(history) * study.batch_size, "params": params},
+        "seconds": time.perf_counter() - wall,  # training + sampling + scoring
+        "cpu_seconds": time.process_time() - cpu,  # the same, in this process's CPU time (what a busy machine hides)
+        "stability": stability(history, family),
+    }
+
+
+# ---------------------------------------------------------------- the study: jobs, workers, resumption
+
+
+def run_path(out: Path, dataset: str, family: str, config_id: int, seed: int) -> Path:
+    return Path(out) / "runs" / f"{dataset}_{family}_c{config_id:02d}_seed{seed}.json"
+
+
+def _spec(study: StudyConfig) -> dict:
+    """What a finished run must have been trained and scored with to be reused (the rest of StudyConfig only says
+    which runs there are)."""
+    return {k: getattr(study, k) for k in ("steps", "batch_size", "num_samples", "sampler", "hq_threshold")}
+
+
+def _finished(path: Path, knobs: dict, spec: dict) -> dict | None:
+    """The run entry stored at path if it is a finished run of this configuration and budget, else None."""
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = entry.get("knobs") == knobs and entry.get("spec") == spec and entry.get("status") != "failed"
+    return entry if same else None
+
+
+def _job(job) -> dict:
+    """One run in a worker process (one torch thread each: these MLPs gain nothing from more); writes its file."""
+    family, config_id, knobs, dataset, seed, study, device, threads, path = job
+    torch.set_num_threads(threads)
+    try:
+        entry = run_one(family, knobs, dataset, seed, study, device)
+    except Exception as exc:  # noqa: BLE001 -- a broken run is a result (retried by the next invocation)
+        entry = {"dataset": dataset, "family": family, "knobs": knobs, "seed": seed, "status": "failed",
+                 "outcome": "failed", "error": f"{type(exc).__name__}: {exc}",
+                 "traceback": traceback.format_exc(limit=5)}
+    entry.update(config_id=config_id, spec=_spec(study))
+    write_json(path, entry)
+    return entry
+
+
+def _run_pool(jobs: list, workers: int) -> list[dict]:
+    """Run the jobs, `workers` at a time in separate processes (in this process when workers == 1)."""
+    bar = tqdm(total=len(jobs), desc="study runs", unit="run")
+    entries = []
+    if workers <= 1:
+        for job in jobs:
+            entries.append(_job(job))
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for future in as_completed([pool.submit(_job, job) for job in jobs]):
+                entries.append(future.result())
+                bar.update()
+    bar.close()
+    return entries
+
+
+def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int) -> dict:
+    """Every (dataset, seed, configuration, family) run not already finished in `out`, then study.json and the
+    report. Returns the study record."""
+    out = Path(out)
+    configs = {f: sample_configs(SPACES[f], study.k, study.space_seed, f) for f in FAMILIES}
+    threads = 1 if workers > 1 else torch.get_num_threads()
+    done, jobs = [], []
+    for dataset in study.datasets:
+        for seed in range(study.seeds):
+            for config_id in range(study.k):
+                for family in FAMILIES:
+                    path = run_path(out, dataset, family, config_id, seed)
+                    entry = _finished(path, configs[family][config_id], _spec(study))
+                    if entry is not None:
+                        done.append(entry)
+                    else:
+                        jobs.append((family, config_id, configs[family][config_id], dataset, seed, study, device,
+                                     threads, path))
+    tqdm.write(f"study: {len(done)} runs already finished in {out}, {len(jobs)} to run on {workers} worker(s)")
+    start = time.perf_counter()
+    entries = done + _run_pool(jobs, min(workers, max(1, len(jobs))))
+    order = {(d, s, c, f): i for i, (d, s, c, f) in enumerate(
+        (d, s, c, f) for d in study.datasets for s in range(study.seeds) for c in range(study.k) for f in FAMILIES)}
+    entries.sort(key=lambda e: order[(e["dataset"], e["seed"], e["config_id"], e["family"])])
+    record = {
+        "schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device), "versions": versions(), "workers": workers,
+        "study": dataclasses.asdict(study),
+        "search_space": {f: describe_space(SPACES[f]) for f in FAMILIES},
+        "fixed": {"gan_net": dataclasses.asdict(_TOY.gan_net), "gan": dataclasses.asdict(_TOY.gan),
+                  "denoiser_net": dataclasses.asdict(_TOY.denoiser_net),
+                  "diffusion_train": dataclasses.asdict(_TOY.diffusion_train),
+                  "diffusion_num_steps": _TOY.diffusion.num_steps},
+        "configs": configs,
+        "wall_seconds": time.perf_counter() - start,  # this invocation's runs (0 when every run was reused)
+        "runs_this_invocation": len(jobs),
+        "runs": entries,
+    }
+    write_json(out / "study.json", record)
+    write_study_report(out, record)
+    return record
