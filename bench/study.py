@@ -292,8 +292,8 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int)
     configs = {f: sample_configs(SPACES[f], study.k, study.space_seed, f) for f in FAMILIES}
     threads = 1 if workers > 1 else torch.get_num_threads()
     done, jobs = [], []
-    for dataset in study.datasets:
-        for seed in range(study.seeds):
+    for seed in range(study.seeds):  # seed outermost: a study stopped early holds whole seeds of every dataset
+        for dataset in study.datasets:
             for config_id in range(study.k):
                 for family in FAMILIES:
                     path = run_path(out, dataset, family, config_id, seed)
@@ -314,7 +314,8 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int)
         "device": str(device), "versions": versions(), "workers": workers,
         "study": dataclasses.asdict(study),
         "search_space": {f: describe_space(SPACES[f]) for f in FAMILIES},
-        "fixed": {"gan_net": dataclasses.asdict(_TOY.gan_net), "gan": dataclasses.asdict(_TOY.gan),
+        # the toy preset's settings every run starts from; each configuration's knobs replace the fields they name
+        "base": {"gan_net": dataclasses.asdict(_TOY.gan_net), "gan": dataclasses.asdict(_TOY.gan),
                   "denoiser_net": dataclasses.asdict(_TOY.denoiser_net),
                   "diffusion_train": dataclasses.asdict(_TOY.diffusion_train),
                   "diffusion_num_steps": _TOY.diffusion.num_steps},

@@ -12,10 +12,13 @@ from scipy import stats
 
 import bench.study as study_mod
 from bench.cli import main
+from bench.config import MixtureBenchConfig
+from bench.data import sample_mixture
 from bench.metrics import mixture_modes, mixture_stats
 from bench.study import (FAMILIES, OUTCOMES, SPACES, Choice, LogUniform, StudyConfig, classify, newcombe_interval,
                          run_one, run_path, sample_configs, wilson_interval)
 from bench.study_report import best_config, config_summaries, verdict
+from bench.suite import _run_mixture
 from bench.train import GANTrainConfig, train_gan
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 
@@ -165,10 +168,21 @@ def test_d_steps_updates_d_k_times_on_the_same_real_batch():
 def test_gan_train_config_defaults_keep_one_d_step_and_equal_rates():
     cfg = GANTrainConfig()
     assert cfg.d_steps == 1 and cfg.lr_d == cfg.lr
-    from bench.config import MixtureBenchConfig
+    assert MixtureBenchConfig().gan.lr == MixtureBenchConfig().gan.lr_d == 1e-3
 
+
+def test_the_presets_gan_training_is_unchanged_by_the_new_knobs():
+    """Golden values from train_gan before lr_d and d_steps existed (commit 5bae178): 30 steps of the toy preset's GAN
+    on ring8, batch 64."""
     mix = MixtureBenchConfig()
-    assert mix.gan.lr == mix.gan.lr_d == 1e-3 and mix.gan.d_steps == 1
+    torch.manual_seed(0)
+    G, D = MLPGenerator(mix.gan_net), MLPDiscriminator(mix.gan_net)
+    data, noise = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    history, _ = train_gan(G, D, lambda k: (sample_mixture("ring8", 64, data), None),
+                           lambda n: torch.randn(n, 8, generator=noise), mix.gan, 30, progress=False)
+    last = history[-1]
+    assert (last["g_loss"], last["d_loss"], last["d_real"]) == pytest.approx(
+        (1.015234112739563, 1.2395415306091309, 0.5558056235313416), rel=1e-5)
 
 
 def test_spectral_norm_makes_every_discriminator_layer_1_lipschitz():
@@ -327,3 +341,20 @@ def test_best_configuration_prefers_converged_seeds_then_modes():
     assert [s["converged"] for s in summaries] == [0, 1, 1]
     assert summaries[1]["hq"] == [0.6, 0.2] and summaries[0]["modes"] == [7 / 8, 7 / 8]
     assert best_config(summaries)["config_id"] == 1  # ties on converged seeds and modes; mean hq 0.4 beats 0.375
+
+
+def test_the_toy_configuration_reproduces_the_suites_2d_run(tmp_path):
+    """A study run at the toy preset's settings is the suite's 2D run (bench/suite.py, the second implementation),
+    metric for metric and loss for loss: the same data stream, initial weights, training loop and evaluation seeds."""
+    mix = MixtureBenchConfig(steps=6, batch_size=32, num_samples=80, samplers=["ddim:4"], eval_checkpoints=0)
+    tiny = StudyConfig(steps=6, batch_size=32, num_samples=80, sampler="ddim:4")
+    toy = {"gan": {"lr_g": mix.gan.lr, "lr_d": mix.gan.lr_d, "beta1": mix.gan.betas[0], "d_steps": 1,
+                   "loss": mix.gan.loss, "spectral_norm": False, "width": mix.gan_net.width},
+           "diffusion": {"lr": mix.diffusion_train.lr, "schedule": mix.diffusion.schedule,
+                         "prediction": mix.diffusion.prediction, "ema": mix.diffusion_train.ema,
+                         "width": mix.denoiser_net.width}}
+    for family in FAMILIES:
+        suite_entry, _ = _run_mixture("grid25", family, 3, mix, torch.device("cpu"), tmp_path, progress=False)
+        ours = run_one(family, toy[family], "grid25", 3, tiny)
+        assert ours["metrics"] == {k: suite_entry["metrics"][k] for k in ours["metrics"]}
+        assert ours["stability"] == suite_entry["stability"]
