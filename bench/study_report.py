@@ -21,6 +21,10 @@ from bench.results import atomic_write
 COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe & Ito's colour-blind-safe vermillion and blue
 NAMES = {"gan": "GAN", "diffusion": "diffusion"}
 OUTCOME_ORDER = ("converged", "mode-collapsed", "low-quality", "diverged", "failed")
+KNOB_LABELS = {"lr_g": "learning rate of G", "lr_d": "learning rate of D", "lr": "peak learning rate",
+               "beta1": "Adam beta1", "d_steps": "D steps per G step", "loss": "GAN loss",
+               "spectral_norm": "spectral norm on D", "width": "width (hidden units)", "schedule": "noise schedule",
+               "prediction": "network predicts", "ema": "EMA decay"}
 MARKERS = {"converged": "o", "mode-collapsed": "s", "low-quality": "v", "diverged": "X", "failed": "X"}
 
 
@@ -127,7 +131,8 @@ def sensitivity_figure(out: Path, record: dict, dataset: str, family: str) -> st
                 if idx:
                     ax.scatter(x[idx], np.asarray(y)[idx], s=18, color=COLOURS[family], marker=MARKERS[outcome],
                                alpha=0.7, label=outcome)
-            ax.set(ylim=(-0.05, 1.05), xlabel=knob + (" (log scale)" if "log_uniform" in entry else ""))
+            log = " (log)" if "log_uniform" in entry else ""
+            ax.set(ylim=(-0.05, 1.05), xlabel=KNOB_LABELS.get(knob, knob) + log)
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel(label)
