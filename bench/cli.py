@@ -219,7 +219,9 @@ def _cmd_study(args) -> None:
         device = resolve_device(args.device)
     except RuntimeError as exc:
         raise UserError(str(exc)) from None
-    record = run_study(study, out, device, workers=args.workers or default_workers(device))
+    if args.report_only and not (out / "runs").is_dir():
+        raise UserError(f"{out} has no runs/ folder: no study to report")
+    record = run_study(study, out, device, workers=args.workers or default_workers(device), train=not args.report_only)
     converged = {f: sum(r["family"] == f and r["outcome"] == "converged" for r in record["runs"])
                  for f in ("gan", "diffusion")}
     print(f"wrote {out}/study.html ({len(record['runs'])} runs; converged: GAN {converged['gan']}, "
@@ -289,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     stab.add_argument("--workers", type=int, help="runs at once, one process each (default: one per CPU core)")
     stab.add_argument("--datasets", nargs="+", help="2D mixtures (default ring8 grid25)")
     stab.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    stab.add_argument("--report-only", action="store_true",
+                      help="rebuild study.md / study.html from the runs finished so far; train nothing")
     stab.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="override a study field, e.g. --set hq_threshold=0.8 --set sampler=ddim:50 (repeatable)")
     stab.set_defaults(func=_cmd_study)

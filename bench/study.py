@@ -285,12 +285,8 @@ def _run_pool(jobs: list, workers: int) -> list[dict]:
     return entries
 
 
-def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int) -> dict:
-    """Every (dataset, seed, configuration, family) run not already finished in `out`, then study.json and the
-    report. Returns the study record."""
-    out = Path(out)
-    configs = {f: sample_configs(SPACES[f], study.k, study.space_seed, f) for f in FAMILIES}
-    threads = 1 if workers > 1 else torch.get_num_threads()
+def _plan(study: StudyConfig, out: Path, configs: dict, device, threads: int) -> tuple[list[dict], list[tuple]]:
+    """(entries of the runs already finished in `out`, jobs for the others)."""
     done, jobs = [], []
     for seed in range(study.seeds):  # seed outermost: a study stopped early holds whole seeds of every dataset
         for dataset in study.datasets:
@@ -303,6 +299,16 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int)
                     else:
                         jobs.append((family, config_id, configs[family][config_id], dataset, seed, study, device,
                                      threads, path))
+    return done, jobs
+
+
+def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int, train: bool = True) -> dict:
+    """Every (dataset, seed, configuration, family) run not already finished in `out` (none with train=False: the
+    report of what has finished so far), then study.json and the report. Returns the study record."""
+    out = Path(out)
+    configs = {f: sample_configs(SPACES[f], study.k, study.space_seed, f) for f in FAMILIES}
+    done, jobs = _plan(study, out, configs, device, threads=1 if workers > 1 else torch.get_num_threads())
+    jobs = jobs if train else []
     tqdm.write(f"study: {len(done)} runs already finished in {out}, {len(jobs)} to run on {workers} worker(s)")
     start = time.perf_counter()
     entries = done + _run_pool(jobs, min(workers, max(1, len(jobs))))
@@ -316,10 +322,11 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int)
         "search_space": {f: describe_space(SPACES[f]) for f in FAMILIES},
         # the toy preset's settings every run starts from; each configuration's knobs replace the fields they name
         "base": {"gan_net": dataclasses.asdict(_TOY.gan_net), "gan": dataclasses.asdict(_TOY.gan),
-                  "denoiser_net": dataclasses.asdict(_TOY.denoiser_net),
-                  "diffusion_train": dataclasses.asdict(_TOY.diffusion_train),
-                  "diffusion_num_steps": _TOY.diffusion.num_steps},
+                 "denoiser_net": dataclasses.asdict(_TOY.denoiser_net),
+                 "diffusion_train": dataclasses.asdict(_TOY.diffusion_train),
+                 "diffusion_num_steps": _TOY.diffusion.num_steps},
         "configs": configs,
+        "planned_runs": len(order),
         "wall_seconds": time.perf_counter() - start,  # this invocation's runs (0 when every run was reused)
         "runs_this_invocation": len(jobs),
         "runs": entries,

@@ -4,6 +4,7 @@ draws, one data stream per seed for both families, and a tiny study end to end t
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -298,6 +299,22 @@ def test_a_run_file_is_reused_only_for_the_same_configuration_and_budget(tmp_pat
     path.write_text('{"knobs": ')  # a torn file (atomic writes should prevent it) is not a finished run
     assert study_mod._finished(path, {"lr": 1e-3}, spec) is None
     assert study_mod._finished(tmp_path / "absent.json", {"lr": 1e-3}, spec) is None
+
+
+def test_report_only_reports_the_finished_runs_and_trains_nothing(tiny_study, tmp_path, monkeypatch):
+    out = shutil.copytree(tiny_study, tmp_path / "copy")
+    for path in (out / "runs").glob("*_seed1.json"):
+        path.unlink()  # as if the study had been stopped after seed 0
+    monkeypatch.setattr(study_mod, "run_one", lambda *a, **kw: pytest.fail("--report-only trained a model"))
+    assert main(TINY + ["--out", str(out), "--report-only"]) == 0
+    record = json.loads((out / "study.json").read_text())
+    assert len(record["runs"]) == 4 and {r["seed"] for r in record["runs"]} == {0} and record["planned_runs"] == 8
+    assert "4 of the design's 8 runs finished" in (out / "study.md").read_text()
+
+
+def test_report_only_without_a_study_exits_2(tmp_path, capsys):
+    assert main(TINY + ["--out", str(tmp_path / "none"), "--report-only"]) == 2
+    assert "no runs/ folder" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("extra, needle", [
