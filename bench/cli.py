@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                      parser_class=_Parser)
     stab = study.add_parser("stability", help="GAN vs diffusion over a random hyperparameter search and seeds (2D)")
     stab.add_argument("--out", default="reports/study-stability", help="study folder (default reports/study-stability)")
-    stab.add_argument("--k", type=int, help="configurations drawn per family (default 8)")
+    stab.add_argument("--k", type=int, help="configurations drawn per family (default 7)")
     stab.add_argument("--seeds", type=int, help="training seeds per configuration (default 2)")
     stab.add_argument("--steps", type=int, help="training steps of every run (default 2000, the toy preset's)")
     stab.add_argument("--workers", type=int, help="runs at once, one process each (default: one per CPU core)")
