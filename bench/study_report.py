@@ -83,8 +83,8 @@ def ecdf_figure(out: Path, record: dict, dataset: str) -> str:
             if best is not None:
                 _step_ecdf(ax, best[key], color=COLOURS[family], linestyle="--",
                            label=f"{NAMES[family]}: seeds of the best (c{best['config_id']:02d})")
-    axes[0].set(xlabel="high-quality fraction of samples (within 3 std of a mode)", ylabel="fraction of runs <= x")
-    axes[1].set(xlabel="modes captured / modes of the mixture", ylabel="fraction of runs <= x")
+    axes[0].set(xlabel="high-quality fraction of samples (within 3 std of a mode)", ylabel="share of configurations or seeds <= x")
+    axes[1].set(xlabel="modes captured / modes of the mixture", ylabel="share of configurations or seeds <= x")
     for ax in axes:
         ax.set(xlim=(-0.02, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
