@@ -49,6 +49,7 @@ from bench.results import load_results, summarise
 from bench.resume import load_run
 from bench.rundir import RunDir, save_grid, write_json
 from bench.scaling import ddp_throughput, scaling_table
+from bench.study import StudyConfig, run_study, validate_study
 from bench.suite import default_workers, resolve_device, run_suite
 from bench.throughput import image_throughput
 from models.samplers import SAMPLERS
@@ -273,6 +274,52 @@ def _cmd_presets(args) -> None:
         print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
 
 
+def _cmd_study(args) -> None:
+    """gvd study stability: K configurations x S seeds per family on the 2D mixtures (bench/study.py)."""
+    study = StudyConfig()
+    for name in ("k", "seeds", "steps", "datasets"):
+        if getattr(args, name) is not None:
+            setattr(study, name, getattr(args, name))
+    for assignment in args.set or []:
+        apply_override(study, assignment)
+    validate_study(study)
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} exists and is not a folder")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+    if args.report_only and not (out / "runs").is_dir():
+        raise UserError(f"{out} has no runs/ folder: no study to report")
+    record = run_study(study, out, device, workers=args.workers or default_workers(device), train=not args.report_only)
+    converged = {f: sum(r["family"] == f and r["outcome"] == "converged" for r in record["runs"])
+                 for f in ("gan", "diffusion")}
+    print(f"wrote {out}/study.html ({len(record['runs'])} runs; converged: GAN {converged['gan']}, "
+          f"diffusion {converged['diffusion']})")
+
+
+def _add_study(sub) -> None:
+    study = sub.add_parser("study", help="studies over many runs").add_subparsers(dest="study", required=True,
+                                                                                     parser_class=_Parser)
+    stab = study.add_parser("stability", help="GAN vs diffusion over a random hyperparameter search and seeds (2D)")
+    stab.add_argument("--out", default="reports/study-stability",
+                      help="study folder (default reports/study-stability)")
+    stab.add_argument("--k", type=int, help="configurations drawn per family (default 7)")
+    stab.add_argument("--seeds", type=int, help="training seeds per configuration (default 2)")
+    stab.add_argument("--steps", type=int, help="training steps of every run (default 2000, the toy preset's)")
+    stab.add_argument("--workers", type=int, help="runs at once, one process each (default: one per CPU core)")
+    stab.add_argument("--datasets", nargs="+", help="2D mixtures (default ring8 grid25)")
+    stab.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    stab.add_argument("--report-only", action="store_true",
+                      help="rebuild study.md / study.html from the runs finished so far; train nothing")
+    stab.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a study field, e.g. --set hq_threshold=0.8 --set sampler=ddim:50 (repeatable)")
+    stab.set_defaults(func=_cmd_study)
+
+
 def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train + evaluate + report")
     run.add_argument("--preset", help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
@@ -339,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=_cmd_compare)
     _add_sample(sub)
     _add_throughput(sub)
+    _add_study(sub)
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)
     return parser

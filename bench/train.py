@@ -38,13 +38,16 @@ from models.vae import vae_loss
 
 @dataclass
 class GANTrainConfig:
-    lr: float = setting(2e-4, gt=0)  # Adam learning rate of G and D (Radford et al. 2015, sec. 4)
+    lr: float = setting(2e-4, gt=0)  # Adam learning rate of G (Radford et al. 2015, sec. 4)
+    lr_d: float = setting(2e-4, gt=0)  # Adam learning rate of D (two time-scale update rule when != lr: Heusel et al.)
     betas: tuple[float, float] = setting((0.5, 0.999), min=0, lt=1)  # Adam betas (Radford et al. 2015)
     # EMA decay of G's weights (Karras et al. 2018, sec. 5; BigGAN, Brock et al. 2019, sec. 4), with the same warm-up
     # rule and the same default as DiffusionTrainConfig.ema: both families train for the same number of steps on the
     # same batches, so the same decay averages both over the same number of recent steps (examples seen).
     ema: float = setting(0.995, min=0, lt=1)
     loss: str = setting("nonsaturating", choices=GAN_LOSSES)  # nonsaturating (Goodfellow et al. 2014) | hinge
+    # D updates per G update (k of Goodfellow et al. 2014, Algorithm 1), each on the step's real batch
+    d_steps: int = setting(1, min=1)
 
 
 @dataclass
@@ -159,8 +162,9 @@ def _after_step(model, ema, decay: float, step: int, snapshot_every: int, snapsh
 
 def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: str = "GAN", progress: bool = True,
               snapshot_every: int = 0, snapshots: list | None = None, state=None) -> TrainResult:
-    """Alternate one discriminator and one generator Adam step (Goodfellow et al. 2014, Algorithm 1 with k = 1), and
-    keep an EMA of G (cfg.ema, warm-up rule of the module docstring).
+    """Alternate cfg.d_steps discriminator Adam steps and one generator Adam step (Goodfellow et al. 2014, Algorithm 1
+    with k = d_steps), and keep an EMA of G (cfg.ema, warm-up rule of the module docstring). The k discriminator steps
+    reuse the step's real batch (each with a fresh fake batch), so the data budget stays steps x batch whatever k is.
 
     real_batch(step) -> (x, cond) gives the real examples of a step (cond is None for unconditional models);
     latent(n) -> z gives n latent vectors. History: losses, gradient norms, mean sigmoid D(x) and D(G(z)).
@@ -168,22 +172,23 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
     state: a bench.train_state.TrainState to resume from and save to (None = neither).
     """
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     ema = snapshot(G)  # the EMA starts as a frozen copy of the initial weights
     history, status = [], {"status": "ok"}
     parts = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "ema": ema}  # what a resumed loop needs back
     start = state.restore(parts, history, snapshots, raw="G", ema="ema") if state is not None else 0
     for step in tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
         x, cond = real_batch(step)
-        # --- discriminator step: real vs a detached fake batch
-        with torch.no_grad():  # D's step needs no graph through G
-            fake = G(latent(len(x)), *_cond_args(cond))
-        real_logits, fake_logits = D(x, *_cond_args(cond)), D(fake, *_cond_args(cond))
-        d_loss = gan_d_loss(real_logits, fake_logits, cfg.loss)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_grad = grad_norm(D)
-        opt_d.step()
+        # --- discriminator steps: real vs a detached fake batch (the row logs the last one)
+        for _ in range(cfg.d_steps):
+            with torch.no_grad():  # D's step needs no graph through G
+                fake = G(latent(len(x)), *_cond_args(cond))
+            real_logits, fake_logits = D(x, *_cond_args(cond)), D(fake, *_cond_args(cond))
+            d_loss = gan_d_loss(real_logits, fake_logits, cfg.loss)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_grad = grad_norm(D)
+            opt_d.step()
         # --- generator step: a fresh fake batch through the updated discriminator
         g_loss = gan_g_loss(D(G(latent(len(x)), *_cond_args(cond)), *_cond_args(cond)), cfg.loss)
         opt_g.zero_grad(set_to_none=True)

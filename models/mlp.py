@@ -25,6 +25,7 @@ class MLPConfig:
     width: int = setting(128, min=1)  # hidden units per layer
     depth: int = setting(3, min=1)  # hidden layers
     z_dim: int = setting(8, min=1)  # generator latent size
+    spectral_norm: bool = False  # spectral normalisation of every linear layer of D (Miyato et al. 2018, eq. 8)
 
 
 @dataclass
@@ -61,12 +62,21 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """D(x): a LeakyReLU MLP returning one logit per point (B,)."""
+    """D(x): a LeakyReLU MLP returning one logit per point (B,).
+
+    With cfg.spectral_norm each weight W is used as W / sigma(W), sigma its largest singular value estimated by one
+    power iteration per training forward pass (Miyato et al. 2018, eq. 8 and Algorithm 1): every layer is then
+    1-Lipschitz (LeakyReLU is too), which bounds how sharply D can separate real from fake.
+    """
 
     def __init__(self, cfg: MLPConfig):
         super().__init__()
         self.cfg = cfg
         self.net = _mlp(cfg.dim, cfg.width, cfg.depth, 1, nn.LeakyReLU(0.2))
+        if cfg.spectral_norm:
+            for i, layer in enumerate(self.net):
+                if isinstance(layer, nn.Linear):
+                    self.net[i] = nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)  # (B, dim) -> (B,)

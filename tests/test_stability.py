@@ -121,8 +121,8 @@ def _tiny_gan_run(steps: int, snapshots: list | None = None, every: int = 0):
     G, D = MLPGenerator(cfg), MLPDiscriminator(cfg)
     gen = torch.Generator().manual_seed(0)
     history = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
-                        lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3), steps=steps,
-                        progress=False, snapshot_every=every, snapshots=snapshots).history
+                        lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3, lr_d=1e-3),
+                        steps=steps, progress=False, snapshot_every=every, snapshots=snapshots).history
     return G, history
 
 

@@ -46,7 +46,8 @@ def test_gan_steps_move_d_outputs_apart():
     G, D = MLPGenerator(cfg), MLPDiscriminator(cfg)
     gen = torch.Generator().manual_seed(0)
     real = lambda s: (sample_mixture("ring8", 64, gen), None)
-    res = train_gan(G, D, real, lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3), steps=30)
+    res = train_gan(G, D, real, lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(lr=1e-3, lr_d=1e-3),
+                    steps=30)
     history, status = res.history, res.status
     assert status["status"] == "ok" and len(history) == 30
     assert {"g_loss", "d_loss", "g_grad_norm", "d_grad_norm", "d_real", "d_fake"} <= set(history[0])
