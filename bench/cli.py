@@ -2,7 +2,7 @@
 
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
-  gvd compare RUN_DIR RUN_DIR+  summary metrics of several runs side by side, with deltas against the first
+  gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
   gvd datasets                  list the built-in datasets
   gvd presets                   list the named presets
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench.compare import CompareError, run_compare
 from bench.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -31,7 +32,7 @@ from bench.imagebench import sample_from_checkpoint
 from bench.images import DataError, load_image_dataset
 from bench.report import write_report
 from bench.report_throughput import throughput_table
-from bench.results import load_results, summarise
+from bench.results import load_results
 from bench.rundir import RunDir, save_grid, write_json
 from bench.suite import default_workers, resolve_device, run_suite
 from bench.throughput import image_throughput
@@ -92,31 +93,16 @@ def _cmd_report(args) -> None:
     print(f"wrote {run_dir}/report.md and {run_dir}/report.html")
 
 
-def _cmd_compare(args) -> None:
-    summaries = []
-    for d in args.run_dirs:
-        path = Path(d) / "results.json"
-        if not path.is_file():
-            raise UserError(f"{d} has no results.json (is it a run folder?)")
-        try:
-            summaries.append({(s["dataset"], s["model"]): s for s in summarise(load_results(path))})
-        except ValueError as exc:
-            raise UserError(str(exc).splitlines()[0]) from None
-    keys = [k for k in summaries[0] if all(k in s for s in summaries[1:])]
-    if not keys:
-        raise UserError("the runs share no (dataset, model) pair to compare")
-    metrics = ["modes", "hq_fraction", "reverse_kl", "forward_kl", "fid", "kid", "precision", "recall", "density",
-               "coverage", "cond_accuracy"]
-    names = [Path(d).name for d in args.run_dirs]
-    print("| dataset | model | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |")
-    print("|" + "---|" * (3 + 2 * len(names) - 1))
-    for key in keys:
-        for m in metrics:
-            if all(m in s[key] for s in summaries):
-                vals = [s[key][m][0] for s in summaries]
-                cells = [f"{v:.4g} ± {s[key][m][1]:.2g}" for v, s in zip(vals, summaries)]
-                deltas = [f"{v - vals[0]:+.4g}" for v in vals[1:]]
-                print(f"| {key[0]} | {key[1]} | {m} | " + " | ".join(cells + deltas) + " |")
+def _cmd_compare(args) -> int:
+    """bench/compare.py does the work; a bad input or --fail-on spec is a UserError (exit 2), a regression exit 1."""
+    try:
+        code, failures, markdown = run_compare(args.run_dirs, args.fail_on or [], args.out, args.setting)
+    except CompareError as exc:
+        raise UserError(str(exc)) from None
+    print(markdown, end="")
+    for line in failures:
+        print(f"gvd compare: {line}", file=sys.stderr)
+    return code
 
 
 def _find_checkpoint(run: RunDir, dataset: str | None, seed: int | None) -> tuple[Path, dict]:
@@ -226,8 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.set_defaults(func=_cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="two or more runs side by side, with deltas against the first")
-    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_ = sub.add_parser("compare", help="runs (or throughput files) side by side, deltas against the first; "
+                                          "--fail-on gates a change")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders, or `gvd throughput --out` JSON files")
+    cmp_.add_argument("--fail-on", action="append", metavar="METRIC:±AMOUNT[%]",
+                      help="exit 1 when METRIC moves the worse way (+: rising, -: falling) by more than AMOUNT "
+                           "against the first input, e.g. fid:+5%%, cond_accuracy:-0.02 (repeatable)")
+    cmp_.add_argument("--out", help="folder for compare.md / compare.html (default: the first input's folder)")
+    cmp_.add_argument("--setting", default="neutral", choices=["neutral", "tuned"],
+                      help="which knob setting of the image runs to compare (default neutral)")
     cmp_.set_defaults(func=_cmd_compare)
 
     smp = sub.add_parser("sample", help="images for a prompt from a trained image run")
@@ -265,16 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "compare" and len(args.run_dirs) < 2:
-            raise UserError("compare needs at least two run folders")
-        args.func(args)
+        code = args.func(args)  # None, or an exit status (gvd compare: 1 on a regression)
     except (UserError, ConfigError, DataError) as exc:
         print(f"gvd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gvd: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
