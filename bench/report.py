@@ -4,7 +4,9 @@ The report is built as a list of blocks (heading, text, table, image) rendered t
 self-contained HTML page, so the two never disagree. `gvd report RUN_DIR` rebuilds both from the run folder alone.
 """
 
+import base64
 import html
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -483,20 +485,32 @@ def _throughput_blocks(run_dir: Path, results: dict) -> list:
 # ---------------------------------------------------------------- renderers
 
 
+def md_escape(text: str) -> str:
+    """Text from data or config made inert in Markdown: '<' cannot open an HTML tag, '|' cannot end a table cell, a
+    line break cannot end a table row."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_link(path: str) -> str:
+    """A relative path as a Markdown link target: percent-encoded, so spaces and parentheses cannot end it."""
+    return urllib.parse.quote(path, safe="/-_.~")
+
+
 def to_markdown(blocks: list) -> str:
     out = []
     for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + block[1])
+            out.append("#" * int(kind[1]) + " " + md_escape(block[1]))
         elif kind == "p":
-            out.append(block[1])
+            out.append(md_escape(block[1]))
         elif kind == "table":
             header, rows = block[1], block[2]
-            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(row) + " |" for row in rows]))
+            out.append("\n".join(["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
+                                 + ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]))
         elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
+            alt = md_escape(block[2]).replace("[", "\\[").replace("]", "\\]")
+            out.append(f"![{alt}]({_md_link(block[1])})")
     return "\n\n".join(out) + "\n"
 
 
@@ -505,7 +519,30 @@ def _cells(row: list[str], tag: str) -> str:
     return "".join(f"<{tag}>{html.escape(c).replace('*', '')}</{tag}>" for c in row)
 
 
-def to_html(blocks: list) -> str:
+def _data_uri(root: Path | None, rel: str) -> str | None:
+    """The image file root/rel as a data URI (the page then travels alone), or None when it is not there."""
+    path = (root / rel) if root is not None else None
+    if path is None or not path.is_file():
+        return None
+    kind = "png" if path.suffix.lower() == ".png" else path.suffix.lower().lstrip(".")
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_image(block: tuple, root: Path | None) -> str:
+    uri = _data_uri(root, block[1])
+    if uri is None:
+        return f"<p class='missing'>figure not found: {html.escape(block[1])}</p>"
+    return (f'<figure><img src="{uri}" alt="{html.escape(block[2])}">'
+            f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+
+
+# No scripts, no outside requests: images come only as data URIs, styles only from the page itself.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def to_html(blocks: list, root: Path | None = None) -> str:
+    """One self-contained page: every image block read from `root` (the run folder) and embedded as a data URI;
+    every string escaped."""
     body = []
     for block in blocks:
         kind = block[0]
@@ -517,16 +554,18 @@ def to_html(blocks: list) -> str:
             body.append("<table><tr>" + _cells(block[1], "th") + "</tr>"
                         + "".join("<tr>" + _cells(r, "td") + "</tr>" for r in block[2]) + "</table>")
         elif kind == "img":
-            body.append(f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></figure>')
+            body.append(_html_image(block, root))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
-             "img{max-width:100%}")
-    return ("<!doctype html>\n<html><head><meta charset='utf-8'><title>gan-vs-diffusion report</title>"
+             "img{max-width:100%}figcaption{font-size:12px;color:#555}.missing{color:#a00}")
+    return ("<!doctype html>\n<html><head><meta charset='utf-8'>"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            "<title>gan-vs-diffusion report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def write_report(run_dir: Path, results: dict) -> None:
     run_dir = Path(run_dir)
     blocks = build_blocks(run_dir, results)
-    RunDir(run_dir).write_report(to_markdown(blocks), to_html(blocks))
+    RunDir(run_dir).write_report(to_markdown(blocks), to_html(blocks, run_dir))

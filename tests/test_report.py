@@ -1,0 +1,102 @@
+"""The report as a shareable file: report.html stands alone (every image a data URI that decodes), strings from data
+are escaped in HTML and inert in Markdown, and `gvd report` rebuilds the same bytes."""
+
+import base64
+import html
+import io
+import json
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from PIL import Image
+
+from bench.cli import main
+from bench.report import md_escape
+from bench.results import SCHEMA, failed_entry
+from bench.rundir import RunDir
+
+SCRIPT = "<script>alert(1)</script>"
+ATTR = '"><img src=x onerror=alert(1)>'
+
+
+def _entry(model, seed, fid, **extra):
+    return {"dataset": "shapes", "model": model, "seed": seed, "status": "ok",
+            "metrics": {"fid": fid, "recall": 0.5, "coverage": 0.4, "modes": 10, "cond_accuracy": 0.6,
+                        "near_copy_share": 0.01, "num_samples": 64}, **extra}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A small image run folder: results.json, grids and prompts as bench/imagebench.py writes them, plus a failed
+    entry and prompts that carry markup."""
+    root = tmp_path / "run"
+    rd = RunDir(root)
+    g = torch.Generator().manual_seed(0)
+    for part in ("real", "gan", "diffusion"):
+        rd.save_grid("shapes", 0, part, torch.rand(64, 3, 16, 16, generator=g) * 2 - 1)
+    rd.write_prompts("shapes", 0, [SCRIPT, ATTR] + [f"a small red circle {i}" for i in range(62)])
+    runs = [_entry("gan", 0, 30.0), _entry("diffusion", 0, 20.0),
+            failed_entry("shapes", "gan", 1, f"boom {SCRIPT} | {ATTR}")]
+    results = {"schema": SCHEMA, "suite": f"suite {SCRIPT}", "created": "2026-11-27", "device": "cpu",
+               "versions": {"torch": "2.14.1"}, "config": {"seeds": [0, 1]}, "runs": runs}
+    rd.write_results(results)
+    return root
+
+
+def _report(root):
+    assert main(["report", str(root)]) == 0
+    return (root / "report.html").read_text(), (root / "report.md").read_text()
+
+
+class _Tags(HTMLParser):
+    """Every tag and its attributes, as a browser's tokenizer sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(page):
+    parser = _Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def test_every_embedded_image_decodes_and_nothing_is_linked(run_dir):
+    page, _ = _report(run_dir)
+    tags = _tags(page)
+    sources = [attrs["src"] for tag, attrs in tags if tag == "img"]
+    assert len(sources) >= 3  # at least the real / GAN / diffusion grids
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        image.load()
+        assert image.size[0] > 0
+    assert not [t for t, _ in tags if t in ("script", "iframe", "object", "embed", "link")]
+    assert not [a for _, attrs in tags for a in attrs if a.startswith("on")]  # no event handlers
+
+
+def test_strings_from_data_are_escaped(run_dir):
+    page, markdown = _report(run_dir)
+    for bad in (SCRIPT, ATTR):
+        assert bad not in page and bad not in markdown
+    assert html.escape(SCRIPT) in page and html.escape(ATTR) in page
+    assert "&lt;script>alert(1)&lt;/script>" in markdown  # inert in Markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| shapes | gan | 1 |"))
+    assert row.count(" | ") == 4  # the error's '|' stayed inside its cell
+
+
+def test_md_escape_by_hand():
+    assert md_escape("a|b<c>&d\ne") == "a\\|b&lt;c>&amp;d e"
+
+
+def test_report_rebuilds_identical_files(run_dir):
+    first = _report(run_dir)
+    figures = {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")}
+    assert _report(run_dir) == first
+    assert {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")} == figures
+    assert json.loads((run_dir / "results.json").read_text())["runs"][0]["model"] == "gan"
