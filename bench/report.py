@@ -12,9 +12,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from bench.data import sample_mixture
-from bench.figures import FAMILY_COLOURS, LINE_STYLES, REAL_COLOUR, new_figure
+from bench.figures import (
+    FAMILY_COLOURS,
+    LINE_STYLES,
+    REAL_COLOUR,
+    grid_cells,
+    grids_figure,
+    new_figure,
+    prompt_groups_figure,
+)
 from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks
 from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
@@ -343,17 +352,55 @@ def _image_notes(per: list[dict], summary: list[dict]) -> list[str]:
     return notes
 
 
+GRID_PARTS = (("real", "real (test split)"), ("gan", "GAN"), ("diffusion", "diffusion"), ("gan_tuned", "GAN tuned"),
+              ("diffusion_tuned", "diffusion tuned"))
+PROMPT_GROUPS = 8  # prompts (cells of the grids' first row) in the side-by-side figure
+
+
+def _read_grids(rd: RunDir, dataset: str, seed: int) -> list[tuple[str, str, np.ndarray]]:
+    """(part, label, RGB array) of every sample grid the run saved for (dataset, seed)."""
+    out = []
+    for part, label in GRID_PARTS:
+        path = rd.grid_path(dataset, seed, part)
+        if path.is_file():
+            with Image.open(path) as im:
+                out.append((part, label, np.asarray(im.convert("RGB"))))
+    return out
+
+
+def _grid_figures(rd: RunDir, dataset: str, seed: int, prompts: list[str] | None) -> list[str]:
+    """The grids built into figures: real / GAN / diffusion side by side per prompt (prompt above each group), and
+    the whole grids upscaled nearest-neighbour. Returns the figure paths."""
+    grids = _read_grids(rd, dataset, seed)
+    if not grids:
+        return []
+    paths = []
+    neutral = [g for g in grids if g[0] in ("real", "gan", "diffusion")]
+    if prompts and len(neutral) > 1:
+        cells = {part: grid_cells(arr, len(prompts)) for part, _, arr in neutral}
+        groups = [(prompt, [(label, cells[part][i]) for part, label, _ in neutral])
+                  for i, prompt in enumerate(prompts[:PROMPT_GROUPS])]
+        fig = prompt_groups_figure(groups, f"{dataset}, seed {seed}: the same prompt and sample seed per group "
+                                           "(neutral knobs; images upscaled nearest-neighbour)")
+        paths.append(rd.save_figure(fig, f"{slug(dataset)}_prompts"))
+    fig = grids_figure([(label, arr) for _, label, arr in grids],
+                       f"{dataset}, seed {seed}: sample grids, cell by cell the same prompts")
+    paths.append(rd.save_figure(fig, f"{slug(dataset)}_grids"))
+    return paths
+
+
 def _grid_blocks(run_dir: Path, per: list[dict], dataset: str) -> list:
-    """The first seed's sample grids (real, GAN, diffusion) and the first row of their shared prompts."""
+    """The first seed's sample grids (real, GAN, diffusion) as figures, and where their prompts are."""
     seed, rd = min(r["seed"] for r in per), RunDir(run_dir)
-    blocks = [("img", rd.relative(rd.grid_path(dataset, seed, part)), f"{dataset} seed {seed}: {part}")
-              for part in ("real", "gan", "diffusion", "gan_tuned", "diffusion_tuned")
-              if rd.grid_path(dataset, seed, part).exists()]
     prompts = rd.read_prompts(dataset, seed)
+    try:
+        figures = _grid_figures(rd, dataset, seed, prompts)
+    except ValueError as exc:  # a grid that does not match its prompt count: say so, draw nothing
+        return [("p", f"Sample grids of {dataset} not drawn: {exc}.")]
+    blocks = [("img", f, f"{dataset} seed {seed}: samples") for f in figures]
     if prompts is not None:
-        blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
-                            + "; ".join(f"'{p}'" for p in prompts[:8])
-                            + f". All 64 in {rd.relative(rd.prompts_path(dataset, seed))}."))
+        blocks.append(("p", f"The grids share their prompts cell by cell (row-major); all {len(prompts)} in "
+                            f"{rd.relative(rd.prompts_path(dataset, seed))}."))
     return blocks
 
 

@@ -7,14 +7,16 @@ import io
 import json
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from bench.cli import main
+from bench.figures import grid_cells, upscale_nearest
 from bench.report import md_escape
 from bench.results import SCHEMA, failed_entry
-from bench.rundir import RunDir
+from bench.rundir import RunDir, save_grid
 
 SCRIPT = "<script>alert(1)</script>"
 ATTR = '"><img src=x onerror=alert(1)>'
@@ -70,7 +72,7 @@ def test_every_embedded_image_decodes_and_nothing_is_linked(run_dir):
     page, _ = _report(run_dir)
     tags = _tags(page)
     sources = [attrs["src"] for tag, attrs in tags if tag == "img"]
-    assert len(sources) >= 3  # at least the real / GAN / diffusion grids
+    assert len(sources) >= 2  # at least the two sample figures built from the grids
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
@@ -100,3 +102,30 @@ def test_report_rebuilds_identical_files(run_dir):
     assert _report(run_dir) == first
     assert {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")} == figures
     assert json.loads((run_dir / "results.json").read_text())["runs"][0]["model"] == "gan"
+
+
+def test_grid_cells_invert_save_grid(tmp_path):
+    """grid_cells recovers every image that save_grid tiled (up to the PNG's 8-bit rounding)."""
+    images = torch.rand(20, 3, 5, 7, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    path = save_grid(tmp_path / "g.png", images, nrow=8)
+    cells = grid_cells(np.asarray(Image.open(path).convert("RGB")), 20)
+    assert len(cells) == 20
+    for cell, image in zip(cells, images):
+        expected = ((image + 1) / 2 * 255).permute(1, 2, 0).numpy()
+        assert cell.shape == (5, 7, 3)
+        assert np.abs(cell.astype(float) - expected).max() <= 1.0
+
+
+def test_upscale_nearest_repeats_pixels():
+    image = np.arange(12, dtype=np.uint8).reshape(2, 3, 2)
+    big = upscale_nearest(image, 512)
+    assert big.shape == (2 * 171, 3 * 171, 2)  # 171 = ceil(512 / 3)
+    assert (big[::171, ::171] == image).all() and (big[170, 170] == image[0, 0]).all()
+
+
+def test_report_draws_the_grids_at_least_512_pixels_wide(run_dir):
+    _, markdown = _report(run_dir)
+    for name in ("shapes_prompts.png", "shapes_grids.png"):
+        assert f"(figures/{name})" in markdown
+        with Image.open(run_dir / "figures" / name) as im:
+            assert im.size[0] >= 512
