@@ -24,7 +24,7 @@ from bench.figures import (
     new_figure,
     prompt_groups_figure,
 )
-from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks
+from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks, verdict_blocks
 from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
 from bench.rundir import RunDir, slug
@@ -517,7 +517,8 @@ def build_blocks(run_dir: Path, results: dict) -> list:
             ("p", f"Created {results['created']} on {results['device']}; "
                   + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "; seeds "
                   + ", ".join(str(s) for s in results["config"]["seeds"]) + ".")]
-    return (head + _status_blocks(results) + _mixture_blocks(run_dir, results) + _image_blocks(run_dir, results)
+    return (head + verdict_blocks(results["runs"]) + _status_blocks(results) + _mixture_blocks(run_dir, results)
+            + _image_blocks(run_dir, results)
             + _throughput_blocks(run_dir, results) + _stability_blocks(results))
 
 
