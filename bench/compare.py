@@ -91,12 +91,10 @@ class Source:
 def _run_values(runs: list[dict], setting: str) -> dict:
     out: dict = {}
     for r in runs:
-        if r.get("status") != "ok":
-            continue
+        row = out.setdefault((r["dataset"], r["model"]), {})  # a pair whose every seed failed stays, empty
         metrics = (r.get("tuned") or {}).get("metrics") if setting == "tuned" else r.get("metrics")
-        if not metrics:
+        if r.get("status") != "ok" or not metrics:
             continue
-        row = out.setdefault((r["dataset"], r["model"]), {})
         for key in RUN_METRICS:
             value = metrics.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -170,15 +168,15 @@ def outside_spread(a: dict, b: dict) -> bool | None:
 
 
 def compare_rows(sources: list[Source]) -> list[dict]:
-    """One row per (row key, metric) that every input has: the per-input stats, deltas and spread calls."""
+    """One row per (row key, metric) that the first input has: the per-input stats, deltas and spread calls."""
     rows = []
     keys = [k for k in sources[0].values if all(k in s.values for s in sources[1:])]
     metrics = RUN_METRICS if sources[0].runs is not None else THROUGHPUT_METRICS
     for key in keys:
         for metric in metrics:
-            if not all(s.values[key].get(metric) for s in sources):
-                continue
-            stats = [mean_interval(s.values[key][metric]) for s in sources]
+            if not sources[0].values[key].get(metric):
+                continue  # a later input without the metric (its seeds diverged or failed) shows n/a and regresses
+            stats = [mean_interval(s.values[key].get(metric, [])) for s in sources]
             if any(st["mean"] is None for st in stats):
                 stats = [{**st, "mean": math.nan if st["mean"] is None else st["mean"]} for st in stats]
             rows.append({"key": key, "metric": metric, "stats": stats,

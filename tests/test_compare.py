@@ -130,3 +130,15 @@ def test_throughput_files(tmp_path, capsys):
     gpu = _throughput(tmp_path, "gpu", 100.0, device="NVIDIA H100")
     assert main(["compare", base, gpu, "--fail-on", "images_per_s:-10%"]) == 1
     assert "setup: device" in capsys.readouterr().err
+
+
+def test_a_run_whose_seeds_all_diverged_regresses(tmp_path, capsys):
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    for entry in results["runs"]:
+        if entry["model"] == "gan":
+            entry.update(status="diverged", metrics={})
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))
+    assert main(["compare", a, b, "--fail-on", "fid:+5%"]) == 1
+    err = capsys.readouterr().err
+    assert "fid of shapes/gan in b: 11 -> nan" in err and "shapes/diffusion" not in err
