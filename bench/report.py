@@ -604,7 +604,8 @@ def to_html(blocks: list, root: Path | None = None) -> str:
         elif kind == "img":
             body.append(_html_image(block, root))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;overflow-x:auto;max-width:100%}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
              "img{max-width:100%}figcaption{font-size:12px;color:#555}.missing{color:#a00}")
     return ("<!doctype html>\n<html><head><meta charset='utf-8'>"

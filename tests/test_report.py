@@ -5,6 +5,8 @@ import base64
 import html
 import io
 import json
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -171,3 +173,19 @@ def test_verdict_counts_diverged_runs():
     rows = _verdict(_seeds([30.0, 32.0], [20.0, 21.0], status="diverged"))
     assert rows["runs finished (not diverged)"][2:6] == ["2/2", "1/2", "GAN", "50% of seeds"]
     assert [b[1] for b in verdict_blocks(_seeds([1.0], [2.0])) if b[0] == "h2"] == ["Verdict"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_html_renders_alone_in_headless_chromium(run_dir, tmp_path):
+    _report(run_dir)
+    alone = tmp_path / "mailed" / "report.html"  # the page without its run folder, as when mailed
+    alone.parent.mkdir()
+    alone.write_bytes((run_dir / "report.html").read_bytes())
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,3000", alone.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    # the grids' coloured pixels arrived: the real shapes are saturated, the page around them grey or white
+    saturation = pixels.max(axis=2).astype(int) - pixels.min(axis=2)
+    assert (saturation > 100).sum() > 1000
