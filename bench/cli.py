@@ -186,6 +186,20 @@ def _cmd_presets(args) -> None:
         print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
 
 
+def _add_compare_parser(sub) -> None:
+    """`gvd compare` (bench/compare.py)."""
+    cmp_ = sub.add_parser("compare", help="runs (or throughput files) side by side, deltas against the first; "
+                                          "--fail-on gates a change")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders, or `gvd throughput --out` JSON files")
+    cmp_.add_argument("--fail-on", action="append", metavar="METRIC:±AMOUNT[%]",
+                      help="exit 1 when METRIC moves the worse way (+: rising, -: falling) by more than AMOUNT "
+                           "against the first input, e.g. fid:+5%%, cond_accuracy:-0.02 (repeatable)")
+    cmp_.add_argument("--out", help="folder for compare.md / compare.html (default: the first input's folder)")
+    cmp_.add_argument("--setting", default="neutral", choices=["neutral", "tuned"],
+                      help="which knob setting of the image runs to compare (default neutral)")
+    cmp_.set_defaults(func=_cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -212,16 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.set_defaults(func=_cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="runs (or throughput files) side by side, deltas against the first; "
-                                          "--fail-on gates a change")
-    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders, or `gvd throughput --out` JSON files")
-    cmp_.add_argument("--fail-on", action="append", metavar="METRIC:±AMOUNT[%]",
-                      help="exit 1 when METRIC moves the worse way (+: rising, -: falling) by more than AMOUNT "
-                           "against the first input, e.g. fid:+5%%, cond_accuracy:-0.02 (repeatable)")
-    cmp_.add_argument("--out", help="folder for compare.md / compare.html (default: the first input's folder)")
-    cmp_.add_argument("--setting", default="neutral", choices=["neutral", "tuned"],
-                      help="which knob setting of the image runs to compare (default neutral)")
-    cmp_.set_defaults(func=_cmd_compare)
+    _add_compare_parser(sub)
 
     smp = sub.add_parser("sample", help="images for a prompt from a trained image run")
     smp.add_argument("run_dir")
