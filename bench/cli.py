@@ -4,7 +4,7 @@
           [--force]               --out holds another run: move it to <out>.old-<timestamp> first
   gvd run --resume RUN_DIR      continue a stopped run (its finished entries kept, the rest rerun)
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
-  gvd compare RUN_DIR RUN_DIR+  summary metrics of several runs side by side, with deltas against the first
+  gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
   gvd datasets                  list the built-in datasets
   gvd presets                   list the named presets
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench import distributed
+from bench.compare import CompareError, run_compare
 from bench.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -45,7 +46,7 @@ from bench.preflight import (
 )
 from bench.report import write_report
 from bench.report_throughput import throughput_table
-from bench.results import load_results, summarise
+from bench.results import load_results
 from bench.resume import load_run
 from bench.rundir import RunDir, save_grid, write_json
 from bench.scaling import ddp_throughput, scaling_table
@@ -141,31 +142,16 @@ def _cmd_report(args) -> None:
     print(f"wrote {run_dir}/report.md and {run_dir}/report.html")
 
 
-def _cmd_compare(args) -> None:
-    summaries = []
-    for d in args.run_dirs:
-        path = Path(d) / "results.json"
-        if not path.is_file():
-            raise UserError(f"{d} has no results.json (is it a run folder?)")
-        try:
-            summaries.append({(s["dataset"], s["model"]): s for s in summarise(load_results(path))})
-        except ValueError as exc:
-            raise UserError(str(exc).splitlines()[0]) from None
-    keys = [k for k in summaries[0] if all(k in s for s in summaries[1:])]
-    if not keys:
-        raise UserError("the runs share no (dataset, model) pair to compare")
-    metrics = ["modes", "hq_fraction", "reverse_kl", "forward_kl", "fid", "kid", "precision", "recall", "density",
-               "coverage", "cond_accuracy"]
-    names = [Path(d).name for d in args.run_dirs]
-    print("| dataset | model | metric | " + " | ".join(names) + " | " + " | ".join(f"Δ {n}" for n in names[1:]) + " |")
-    print("|" + "---|" * (3 + 2 * len(names) - 1))
-    for key in keys:
-        for m in metrics:
-            if all(m in s[key] for s in summaries):
-                vals = [s[key][m][0] for s in summaries]
-                cells = [f"{v:.4g} ± {s[key][m][1]:.2g}" for v, s in zip(vals, summaries)]
-                deltas = [f"{v - vals[0]:+.4g}" for v in vals[1:]]
-                print(f"| {key[0]} | {key[1]} | {m} | " + " | ".join(cells + deltas) + " |")
+def _cmd_compare(args) -> int:
+    """bench/compare.py does the work; a bad input or --fail-on spec is a UserError (exit 2), a regression exit 1."""
+    try:
+        code, failures, markdown = run_compare(args.run_dirs, args.fail_on or [], args.out, args.setting)
+    except CompareError as exc:
+        raise UserError(str(exc)) from None
+    print(markdown, end="")
+    for line in failures:
+        print(f"gvd compare: {line}", file=sys.stderr)
+    return code
 
 
 def _find_checkpoint(run: RunDir, dataset: str | None, seed: int | None) -> tuple[Path, dict]:
@@ -301,6 +287,22 @@ def _cmd_study(args) -> None:
           f"diffusion {converged['diffusion']})")
 
 
+def _add_compare_parser(sub) -> None:
+    """`gvd compare` (bench/compare.py)."""
+    cmp_ = sub.add_parser("compare", help="runs (or throughput files) side by side, deltas against the first; "
+                                          "--fail-on gates a change")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders, or `gvd throughput --out` JSON files")
+    cmp_.add_argument("--fail-on", action="append", metavar="METRIC:±AMOUNT[%]",
+                      help="exit 1 when METRIC moves the worse way (+: rising, -: falling) by more than AMOUNT "
+                           "against the first input, e.g. fid:+5%%, cond_accuracy:-0.02 (repeatable)")
+    cmp_.add_argument("--out", help="folder for compare.md / compare.html (default: the first input's folder)")
+    cmp_.add_argument("--setting", default="neutral", choices=["neutral", "tuned"],
+                      help="which knob setting of the image runs to compare (default neutral)")
+    cmp_.set_defaults(func=_cmd_compare)
+
+
+
+
 def _add_study(sub) -> None:
     study = sub.add_parser("study", help="studies over many runs").add_subparsers(dest="study", required=True,
                                                                                      parser_class=_Parser)
@@ -381,9 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_cmd_report)
-    cmp_ = sub.add_parser("compare", help="two or more runs side by side, with deltas against the first")
-    cmp_.add_argument("run_dirs", nargs="+")
-    cmp_.set_defaults(func=_cmd_compare)
+    _add_compare_parser(sub)
     _add_sample(sub)
     _add_throughput(sub)
     _add_study(sub)
@@ -395,9 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "compare" and len(args.run_dirs) < 2:
-            raise UserError("compare needs at least two run folders")
-        args.func(args)
+        code = args.func(args)  # None, or an exit status (gvd compare: 1 on a regression)
     except (UserError, ConfigError, DataError, PreflightError) as exc:
         print(f"gvd: error: {exc}", file=sys.stderr)
         return 2
@@ -408,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gvd: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -7,14 +7,18 @@ grey. A second line of the same family (another sampler, another loss) varies th
 """
 
 import io
+import math
+import textwrap
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display: set once, before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402 -- must follow the backend choice
 
 FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
 REAL_COLOUR = "#999999"  # the real data, behind the samples
+MIN_GRID_PX = 512  # a sample grid is shown at least this many pixels wide (nearest-neighbour upscaling)
 LINE_STYLES = ("-", "--", ":", "-.")  # within one family: the k-th line of the same colour ...
 MARKERS = ("o", "s", "^", "D", "v", "P")  # ... and its marker (a curve of one point has no line style to show)
 
@@ -27,8 +31,73 @@ def new_figure(panels: int = 1, width: float = 3.6, height: float = 3.2):
 
 def png_bytes(fig, dpi: int = 100) -> bytes:
     """Lay the figure out, render it as PNG and close it (bench/rundir.py writes the bytes atomically)."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # the sample figures lay themselves out (constrained)
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- sample grids
+
+
+def grid_cells(grid: np.ndarray, n: int, nrow: int = 8, padding: int = 1) -> list[np.ndarray]:
+    """The n images of a grid PNG (H, W, C) as torchvision's make_grid tiles them (nrow per row, `padding` pixels
+    around each), row-major: the inverse of bench/rundir.py save_grid."""
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    w = (grid.shape[1] - padding) // cols - padding
+    h = (grid.shape[0] - padding) // rows - padding
+    if w < 1 or h < 1:
+        raise ValueError(f"a {grid.shape[1]}x{grid.shape[0]} grid cannot hold {n} images in rows of {cols}")
+    return [grid[padding + r * (h + padding): padding + r * (h + padding) + h,
+                 padding + c * (w + padding): padding + c * (w + padding) + w]
+            for r, c in (divmod(i, cols) for i in range(n))]
+
+
+def upscale_nearest(image: np.ndarray, min_width: int = MIN_GRID_PX) -> np.ndarray:
+    """Each pixel repeated k x k times (nearest-neighbour), k the smallest integer making it min_width wide."""
+    k = max(1, math.ceil(min_width / image.shape[1]))
+    return np.repeat(np.repeat(image, k, axis=0), k, axis=1)
+
+
+def _column_colour(label: str) -> str:
+    return next((c for fam, c in FAMILY_COLOURS.items() if label.lower().startswith(fam)), REAL_COLOUR)
+
+
+def prompt_groups_figure(groups: list[tuple[str, list[tuple[str, np.ndarray]]]], title: str, per_row: int = 4,
+                         cell_in: float = 1.15):
+    """One column group per prompt: [(prompt, [(column label, image)])], the prompt written above its group and each
+    column labelled in its family's colour. Images are drawn nearest-neighbour, never smoothed."""
+    rows = math.ceil(len(groups) / per_row)
+    cols = max(len(g[1]) for g in groups)
+    fig = plt.figure(figsize=(per_row * cols * cell_in, rows * (cell_in + 0.75)), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(rows, per_row, wspace=0.04)).ravel()
+    for sub, (prompt, columns) in zip(subfigs, groups):
+        sub.suptitle(textwrap.fill(prompt, 30), fontsize=8)
+        for ax, (label, image) in zip(sub.subplots(1, cols, squeeze=False)[0], columns):
+            ax.imshow(upscale_nearest(image, 64), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(label, fontsize=8, color=_column_colour(label))
+    for sub in subfigs[len(groups):]:
+        sub.set_visible(False)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def grids_figure(panels: list[tuple[str, np.ndarray]], title: str, dpi: int = 100):
+    """Whole sample grids side by side, each upscaled nearest-neighbour to at least MIN_GRID_PX pixels wide and drawn
+    at one figure pixel per image pixel (at `dpi`), titled in its family's colour."""
+    big = [(label, upscale_nearest(image)) for label, image in panels]
+    width = sum(im.shape[1] for _, im in big) / dpi
+    height = max(im.shape[0] for _, im in big) / dpi
+    fig = plt.figure(figsize=(width * 1.04, height + 0.6), layout="constrained")
+    for ax, (label, image) in zip(fig.subplots(1, len(big), squeeze=False)[0], big):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=10, color=_column_colour(label))
+    fig.suptitle(title, fontsize=10)
+    return fig

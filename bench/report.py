@@ -4,17 +4,28 @@ The report is built as a list of blocks (heading, text, table, image) rendered t
 self-contained HTML page, so the two never disagree. `gvd report RUN_DIR` rebuilds both from the run folder alone.
 """
 
+import base64
 import html
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from bench.data import sample_mixture
-from bench.figures import FAMILY_COLOURS, LINE_STYLES, REAL_COLOUR, new_figure
+from bench.figures import (
+    FAMILY_COLOURS,
+    LINE_STYLES,
+    REAL_COLOUR,
+    grid_cells,
+    grids_figure,
+    new_figure,
+    prompt_groups_figure,
+)
 from bench.guard import error_text
-from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks
+from bench.report_fair import difference_blocks, image_table, memorisation_note, recipe_blocks, verdict_blocks
 from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
 from bench.rundir import RunDir, slug
@@ -337,17 +348,55 @@ def _image_notes(per: list[dict], summary: list[dict]) -> list[str]:
     return notes
 
 
+GRID_PARTS = (("real", "real (test split)"), ("gan", "GAN"), ("diffusion", "diffusion"), ("gan_tuned", "GAN tuned"),
+              ("diffusion_tuned", "diffusion tuned"))
+PROMPT_GROUPS = 8  # prompts (cells of the grids' first row) in the side-by-side figure
+
+
+def _read_grids(rd: RunDir, dataset: str, seed: int) -> list[tuple[str, str, np.ndarray]]:
+    """(part, label, RGB array) of every sample grid the run saved for (dataset, seed)."""
+    out = []
+    for part, label in GRID_PARTS:
+        path = rd.grid_path(dataset, seed, part)
+        if path.is_file():
+            with Image.open(path) as im:
+                out.append((part, label, np.asarray(im.convert("RGB"))))
+    return out
+
+
+def _grid_figures(rd: RunDir, dataset: str, seed: int, prompts: list[str] | None) -> list[str]:
+    """The grids built into figures: real / GAN / diffusion side by side per prompt (prompt above each group), and
+    the whole grids upscaled nearest-neighbour. Returns the figure paths."""
+    grids = _read_grids(rd, dataset, seed)
+    if not grids:
+        return []
+    paths = []
+    neutral = [g for g in grids if g[0] in ("real", "gan", "diffusion")]
+    if prompts and len(neutral) > 1:
+        cells = {part: grid_cells(arr, len(prompts)) for part, _, arr in neutral}
+        groups = [(prompt, [(label, cells[part][i]) for part, label, _ in neutral])
+                  for i, prompt in enumerate(prompts[:PROMPT_GROUPS])]
+        fig = prompt_groups_figure(groups, f"{dataset}, seed {seed}: the same prompt and sample seed per group "
+                                           "(neutral knobs; images upscaled nearest-neighbour)")
+        paths.append(rd.save_figure(fig, f"{slug(dataset)}_prompts"))
+    fig = grids_figure([(label, arr) for _, label, arr in grids],
+                       f"{dataset}, seed {seed}: sample grids, cell by cell the same prompts")
+    paths.append(rd.save_figure(fig, f"{slug(dataset)}_grids"))
+    return paths
+
+
 def _grid_blocks(run_dir: Path, per: list[dict], dataset: str) -> list:
-    """The first seed's sample grids (real, GAN, diffusion) and the first row of their shared prompts."""
+    """The first seed's sample grids (real, GAN, diffusion) as figures, and where their prompts are."""
     seed, rd = min(r["seed"] for r in per), RunDir(run_dir)
-    blocks = [("img", rd.relative(rd.grid_path(dataset, seed, part)), f"{dataset} seed {seed}: {part}")
-              for part in ("real", "gan", "diffusion", "gan_tuned", "diffusion_tuned")
-              if rd.grid_path(dataset, seed, part).exists()]
     prompts = rd.read_prompts(dataset, seed)
+    try:
+        figures = _grid_figures(rd, dataset, seed, prompts)
+    except ValueError as exc:  # a grid that does not match its prompt count: say so, draw nothing
+        return [("p", f"Sample grids of {dataset} not drawn: {exc}.")]
+    blocks = [("img", f, f"{dataset} seed {seed}: samples") for f in figures]
     if prompts is not None:
-        blocks.append(("p", "The grids share their prompts cell by cell (row-major); the first row: "
-                            + "; ".join(f"'{p}'" for p in prompts[:8])
-                            + f". All 64 in {rd.relative(rd.prompts_path(dataset, seed))}."))
+        blocks.append(("p", f"The grids share their prompts cell by cell (row-major); all {len(prompts)} in "
+                            f"{rd.relative(rd.prompts_path(dataset, seed))}."))
     return blocks
 
 
@@ -482,7 +531,7 @@ def build_blocks(run_dir: Path, results: dict) -> list:
     rest of the report is still written (entries may be ok, diverged, failed or interrupted, metrics may be missing)."""
     results = {**results, "runs": [r for r in results.get("runs", []) if isinstance(r, dict)]}
     results.setdefault("config", {}).setdefault("seeds", sorted({r.get("seed", 0) for r in results["runs"]}) or [0])
-    sections = [lambda: _head_blocks(results), lambda: _status_blocks(results),
+    sections = [lambda: _head_blocks(results), lambda: verdict_blocks(results["runs"]), lambda: _status_blocks(results),
                 lambda: _mixture_blocks(run_dir, results), lambda: _image_blocks(run_dir, results),
                 lambda: _throughput_blocks(run_dir, results), lambda: _stability_blocks(results)]
     blocks = []
@@ -507,20 +556,32 @@ def _throughput_blocks(run_dir: Path, results: dict) -> list:
 # ---------------------------------------------------------------- renderers
 
 
+def md_escape(text: str) -> str:
+    """Text from data or config made inert in Markdown: '<' cannot open an HTML tag, '|' cannot end a table cell, a
+    line break cannot end a table row."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_link(path: str) -> str:
+    """A relative path as a Markdown link target: percent-encoded, so spaces and parentheses cannot end it."""
+    return urllib.parse.quote(path, safe="/-_.~")
+
+
 def to_markdown(blocks: list) -> str:
     out = []
     for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + block[1])
+            out.append("#" * int(kind[1]) + " " + md_escape(block[1]))
         elif kind == "p":
-            out.append(block[1])
+            out.append(md_escape(block[1]))
         elif kind == "table":
             header, rows = block[1], block[2]
-            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(row) + " |" for row in rows]))
+            out.append("\n".join(["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
+                                 + ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]))
         elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
+            alt = md_escape(block[2]).replace("[", "\\[").replace("]", "\\]")
+            out.append(f"![{alt}]({_md_link(block[1])})")
     return "\n\n".join(out) + "\n"
 
 
@@ -529,7 +590,30 @@ def _cells(row: list[str], tag: str) -> str:
     return "".join(f"<{tag}>{html.escape(c).replace('*', '')}</{tag}>" for c in row)
 
 
-def to_html(blocks: list) -> str:
+def _data_uri(root: Path | None, rel: str) -> str | None:
+    """The image file root/rel as a data URI (the page then travels alone), or None when it is not there."""
+    path = (root / rel) if root is not None else None
+    if path is None or not path.is_file():
+        return None
+    kind = "png" if path.suffix.lower() == ".png" else path.suffix.lower().lstrip(".")
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_image(block: tuple, root: Path | None) -> str:
+    uri = _data_uri(root, block[1])
+    if uri is None:
+        return f"<p class='missing'>figure not found: {html.escape(block[1])}</p>"
+    return (f'<figure><img src="{uri}" alt="{html.escape(block[2])}">'
+            f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+
+
+# No scripts, no outside requests: images come only as data URIs, styles only from the page itself.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def to_html(blocks: list, root: Path | None = None) -> str:
+    """One self-contained page: every image block read from `root` (the run folder) and embedded as a data URI;
+    every string escaped."""
     body = []
     for block in blocks:
         kind = block[0]
@@ -541,16 +625,19 @@ def to_html(blocks: list) -> str:
             body.append("<table><tr>" + _cells(block[1], "th") + "</tr>"
                         + "".join("<tr>" + _cells(r, "td") + "</tr>" for r in block[2]) + "</table>")
         elif kind == "img":
-            body.append(f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></figure>')
+            body.append(_html_image(block, root))
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;overflow-x:auto;max-width:100%}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
-             "img{max-width:100%}")
-    return ("<!doctype html>\n<html><head><meta charset='utf-8'><title>gan-vs-diffusion report</title>"
+             "img{max-width:100%}figcaption{font-size:12px;color:#555}.missing{color:#a00}")
+    return ("<!doctype html>\n<html><head><meta charset='utf-8'>"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            "<title>gan-vs-diffusion report</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def write_report(run_dir: Path, results: dict) -> None:
     run_dir = Path(run_dir)
     blocks = build_blocks(run_dir, results)
-    RunDir(run_dir).write_report(to_markdown(blocks), to_html(blocks))
+    RunDir(run_dir).write_report(to_markdown(blocks), to_html(blocks, run_dir))

@@ -134,3 +134,76 @@ def memorisation_note(per: list[dict]) -> str | None:
     return ("Memorisation (judge features; a near-copy is closer to a training image than 95% of training images "
             "are to their nearest other one; C_T of Meehan et al. 2020, well below 0 = copying): " + "; ".join(parts)
             + ".")
+
+
+# ---------------------------------------------------------------- the verdict at the top of the report
+
+# (aspect, metric key, label, +1 when higher is better / -1 when lower is better); a row only where both families
+# report the key. sample_seconds and train_seconds come from the entries' throughput and train records.
+VERDICT = [("quality", "fid", "FID", -1), ("quality", "hq_fraction", "high-quality share", +1),
+           ("diversity", "recall", "recall", +1), ("diversity", "coverage", "coverage", +1),
+           ("diversity", "modes", "modes", +1), ("diversity", "reverse_kl", "reverse KL", -1),
+           ("prompt adherence", "cond_accuracy", "prompt accuracy", +1),
+           ("memorisation", "near_copy_share", "near-copy share", -1),
+           ("cost: sampling", "sample_seconds", "sampling s (same sample count)", -1),
+           ("cost: training", "train_seconds", "training s", -1)]
+FAMILY_NAMES = {"gan": "GAN", "diffusion": "diffusion"}
+
+
+def _with_costs(runs: list[dict]) -> list[dict]:
+    """The entries with their sampling and training seconds beside the metrics (so they pair by seed too)."""
+    out = []
+    for r in runs:
+        extra = {"sample_seconds": (r.get("throughput") or {}).get("sample_seconds"),
+                 "train_seconds": (r.get("train") or {}).get("seconds")}
+        out.append({**r, "metrics": {**(r.get("metrics") or {}), **{k: v for k, v in extra.items() if v is not None}}})
+    return out
+
+
+def _verdict_row(aspect: str, label: str, better: int, d: dict) -> list[str] | None:
+    gan, dif, diff = d["gan"]["mean"], d["diffusion"]["mean"], d["difference"]
+    if gan is None or dif is None:
+        return None
+    if gan == dif:
+        leader, by = "tie", "0"
+    else:
+        leader = "GAN" if (gan - dif) * better > 0 else "diffusion"
+        by = f"{abs(gan - dif):.3g}"
+        if aspect.startswith("cost") and min(gan, dif) > 0:
+            by += f" ({max(gan, dif) / min(gan, dif):.3g}x)"
+    resolved = ("not resolved (one seed)" if diff.get("lo") is None else
+                "resolved" if diff["resolved"] else "not resolved")
+    return [aspect, label, f"{gan:.3g}", f"{dif:.3g}", leader, by, resolved]
+
+
+def _stability_row(runs: list[dict]) -> list[str]:
+    """Runs that finished (no divergence, no failure) per family: counts, no interval."""
+    done = {f: (sum(r["status"] == "ok" for r in runs if r["model"] == f), sum(r["model"] == f for r in runs))
+            for f in FAMILIES}
+    share = {f: ok / n if n else 0.0 for f, (ok, n) in done.items()}
+    leader = "tie" if share["gan"] == share["diffusion"] else max(FAMILIES, key=share.get)
+    return ["stability", "runs finished (not diverged)", "{}/{}".format(*done["gan"]),
+            "{}/{}".format(*done["diffusion"]), FAMILY_NAMES.get(leader, leader),
+            f"{abs(share['gan'] - share['diffusion']):.0%} of seeds", "counts, no interval"]
+
+
+def verdict_blocks(runs: list[dict]) -> list:
+    """Per dataset, which family leads on each aspect (neutral knobs), by how much, and whether the seeds resolve it
+    (the GAN-minus-diffusion t interval paired by seed excludes 0: bench/stats.py family_differences)."""
+    blocks = [("h2", "Verdict"),
+              ("p", "Per dataset: which family leads on each aspect at its neutral knob (GAN psi = 1, diffusion "
+                    "s = 1), means over seeds, by how much, and whether the seeds resolve it (the paired 95% "
+                    "interval of GAN - diffusion excludes 0). 'Not resolved' means these seeds cannot tell the "
+                    "families apart; one seed never can.")]
+    diffs = family_differences(_with_costs(runs), [k for _, k, _, _ in VERDICT])
+    for dataset, rows_by_key in diffs.items():
+        rows = []
+        for aspect, key, label, better in VERDICT:
+            row = _verdict_row(aspect, label, better, rows_by_key[key]) if key in rows_by_key else None
+            if row:
+                rows.append(row)
+        rows.insert(next((i for i, r in enumerate(rows) if r[0] in ("memorisation", "cost: sampling")), len(rows)),
+                    _stability_row([r for r in runs if r["dataset"] == dataset]))
+        blocks += [("h3", f"Verdict: {dataset}"),
+                   ("table", ["aspect", "measure", "GAN", "diffusion", "leads", "by", "seeds"], rows)]
+    return blocks if len(blocks) > 2 else []

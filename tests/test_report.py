@@ -1,0 +1,191 @@
+"""The report as a shareable file: report.html stands alone (every image a data URI that decodes), strings from data
+are escaped in HTML and inert in Markdown, and `gvd report` rebuilds the same bytes."""
+
+import base64
+import html
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.cli import main
+from bench.figures import grid_cells, upscale_nearest
+from bench.report import md_escape
+from bench.report_fair import verdict_blocks
+from bench.results import SCHEMA, failed_entry
+from bench.rundir import RunDir, save_grid
+
+SCRIPT = "<script>alert(1)</script>"
+ATTR = '"><img src=x onerror=alert(1)>'
+
+
+def _entry(model, seed, fid, **extra):
+    return {"dataset": "shapes", "model": model, "seed": seed, "status": "ok",
+            "metrics": {"fid": fid, "recall": 0.5, "coverage": 0.4, "modes": 10, "cond_accuracy": 0.6,
+                        "near_copy_share": 0.01, "num_samples": 64}, **extra}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A small image run folder: results.json, grids and prompts as bench/imagebench.py writes them, plus a failed
+    entry and prompts that carry markup."""
+    root = tmp_path / "run"
+    rd = RunDir(root)
+    g = torch.Generator().manual_seed(0)
+    for part in ("real", "gan", "diffusion"):
+        rd.save_grid("shapes", 0, part, torch.rand(64, 3, 16, 16, generator=g) * 2 - 1)
+    rd.write_prompts("shapes", 0, [SCRIPT, ATTR] + [f"a small red circle {i}" for i in range(62)])
+    runs = [_entry("gan", 0, 30.0), _entry("diffusion", 0, 20.0),
+            failed_entry("shapes", "gan", 1, f"boom {SCRIPT} | {ATTR}")]
+    results = {"schema": SCHEMA, "suite": f"suite {SCRIPT}", "created": "2026-11-27", "device": "cpu",
+               "versions": {"torch": "2.14.1"}, "config": {"seeds": [0, 1]}, "runs": runs}
+    rd.write_results(results)
+    return root
+
+
+def _report(root):
+    assert main(["report", str(root)]) == 0
+    return (root / "report.html").read_text(), (root / "report.md").read_text()
+
+
+class _Tags(HTMLParser):
+    """Every tag and its attributes, as a browser's tokenizer sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(page):
+    parser = _Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def test_every_embedded_image_decodes_and_nothing_is_linked(run_dir):
+    page, _ = _report(run_dir)
+    tags = _tags(page)
+    sources = [attrs["src"] for tag, attrs in tags if tag == "img"]
+    assert len(sources) >= 2  # at least the two sample figures built from the grids
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        image.load()
+        assert image.size[0] > 0
+    assert not [t for t, _ in tags if t in ("script", "iframe", "object", "embed", "link")]
+    assert not [a for _, attrs in tags for a in attrs if a.startswith("on")]  # no event handlers
+
+
+def test_strings_from_data_are_escaped(run_dir):
+    page, markdown = _report(run_dir)
+    for bad in (SCRIPT, ATTR):
+        assert bad not in page and bad not in markdown
+    assert html.escape(SCRIPT) in page and html.escape(ATTR) in page
+    assert "&lt;script>alert(1)&lt;/script>" in markdown  # inert in Markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| shapes | gan | 1 |"))
+    assert row.count(" | ") == 4  # the error's '|' stayed inside its cell
+
+
+def test_md_escape_by_hand():
+    assert md_escape("a|b<c>&d\ne") == "a\\|b&lt;c>&amp;d e"
+
+
+def test_report_rebuilds_identical_files(run_dir):
+    first = _report(run_dir)
+    figures = {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")}
+    assert _report(run_dir) == first
+    assert {p.name: p.read_bytes() for p in (run_dir / "figures").glob("*.png")} == figures
+    assert json.loads((run_dir / "results.json").read_text())["runs"][0]["model"] == "gan"
+
+
+def test_grid_cells_invert_save_grid(tmp_path):
+    """grid_cells recovers every image that save_grid tiled (up to the PNG's 8-bit rounding)."""
+    images = torch.rand(20, 3, 5, 7, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    path = save_grid(tmp_path / "g.png", images, nrow=8)
+    cells = grid_cells(np.asarray(Image.open(path).convert("RGB")), 20)
+    assert len(cells) == 20
+    for cell, image in zip(cells, images):
+        expected = ((image + 1) / 2 * 255).permute(1, 2, 0).numpy()
+        assert cell.shape == (5, 7, 3)
+        assert np.abs(cell.astype(float) - expected).max() <= 1.0
+
+
+def test_upscale_nearest_repeats_pixels():
+    image = np.arange(12, dtype=np.uint8).reshape(2, 3, 2)
+    big = upscale_nearest(image, 512)
+    assert big.shape == (2 * 171, 3 * 171, 2)  # 171 = ceil(512 / 3)
+    assert (big[::171, ::171] == image).all() and (big[170, 170] == image[0, 0]).all()
+
+
+def test_report_draws_the_grids_at_least_512_pixels_wide(run_dir):
+    _, markdown = _report(run_dir)
+    for name in ("shapes_prompts.png", "shapes_grids.png"):
+        assert f"(figures/{name})" in markdown
+        with Image.open(run_dir / "figures" / name) as im:
+            assert im.size[0] >= 512
+
+
+def _verdict(runs):
+    blocks = verdict_blocks(runs)
+    tables = [b for b in blocks if b[0] == "table"]
+    assert len(tables) == 1
+    return {row[1]: row for row in tables[0][2]}
+
+
+def _seeds(gan_fid, dif_fid, status=None):
+    runs = []
+    for seed, (g, d) in enumerate(zip(gan_fid, dif_fid)):
+        for model, fid in (("gan", g), ("diffusion", d)):
+            runs.append({**_entry(model, seed, fid), "throughput": {"sample_seconds": 1.0 if model == "gan" else 30.0},
+                         "train": {"seconds": 10.0}})
+    if status:
+        runs[-1]["status"] = status
+    return runs
+
+
+def test_verdict_resolves_a_clear_difference():
+    # GAN - diffusion per seed: 10, 11, 9 -> mean 10, sd 1, 95% half-width t(0.975, 2) / sqrt(3) = 2.48: excludes 0
+    rows = _verdict(_seeds([30.0, 32.0, 31.0], [20.0, 21.0, 22.0]))
+    assert rows["FID"][2:] == ["31", "21", "diffusion", "10", "resolved"]
+    assert rows["sampling s (same sample count)"][4:6] == ["GAN", "29 (30x)"]
+    assert rows["training s"][4:] == ["tie", "0", "not resolved"]  # equal: every difference 0, interval [0, 0]
+    assert rows["runs finished (not diverged)"][2:5] == ["3/3", "3/3", "tie"]
+
+
+def test_verdict_does_not_call_noise_or_one_seed():
+    # per-seed differences 10, -8, 1: mean 1, interval about [-21, 23]
+    rows = _verdict(_seeds([30.0, 12.0, 22.0], [20.0, 20.0, 21.0]))
+    assert rows["FID"][4] == "diffusion" and rows["FID"][6] == "not resolved"  # leads (lower FID), not called
+    rows = _verdict(_seeds([30.0], [20.0]))
+    assert rows["FID"][6] == "not resolved (one seed)"
+
+
+def test_verdict_counts_diverged_runs():
+    rows = _verdict(_seeds([30.0, 32.0], [20.0, 21.0], status="diverged"))
+    assert rows["runs finished (not diverged)"][2:6] == ["2/2", "1/2", "GAN", "50% of seeds"]
+    assert [b[1] for b in verdict_blocks(_seeds([1.0], [2.0])) if b[0] == "h2"] == ["Verdict"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_html_renders_alone_in_headless_chromium(run_dir, tmp_path):
+    _report(run_dir)
+    alone = tmp_path / "mailed" / "report.html"  # the page without its run folder, as when mailed
+    alone.parent.mkdir()
+    alone.write_bytes((run_dir / "report.html").read_bytes())
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,3000", alone.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    # the grids' coloured pixels arrived: the real shapes are saturated, the page around them grey or white
+    saturation = pixels.max(axis=2).astype(int) - pixels.min(axis=2)
+    assert (saturation > 100).sum() > 1000
