@@ -120,7 +120,7 @@ def _load(path_text: str, setting: str) -> Source:
     try:
         data = json.loads(results_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompareError(f"{results_path}: not readable as JSON ({type(exc).__name__})") from None
+        raise CompareError(f"{results_path}: cannot read it as JSON ({type(exc).__name__})") from None
     name = path.name if path.is_dir() else path.stem
     if isinstance(data, dict) and data.get("schema") == THROUGHPUT_SCHEMA:
         return Source(name, path, _throughput_values(data),

@@ -28,7 +28,7 @@ def _run(tmp_path, name, fid=(10.0, 11.0, 12.0), acc=(0.8, 0.8, 0.8), protocol=P
             runs.append(entry)
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "results.json").write_text(json.dumps({"schema": SCHEMA, "runs": runs}))
+    (folder / "results.json").write_text(json.dumps({"schema": SCHEMA, "config": {}, "runs": runs}))
     return str(folder)
 
 
