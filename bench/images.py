@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
 from PIL import Image, UnidentifiedImageError
+from sklearn.datasets import load_digits as sklearn_digits
 
 
 class DataError(ValueError):
@@ -193,8 +195,6 @@ STACKED_TEMPLATES = (
 def load_digits(resolution: int = 32) -> ImageData:
     """All 1,797 of scikit-learn's 8x8 handwritten digits (UCI, shipped with scikit-learn), one channel,
     upsampled bilinearly to resolution. Labels are the digits 0-9."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
     raw = sklearn_digits()
     pixels = torch.from_numpy(raw.images).float()[:, None]  # (1797, 1, 8, 8), ink intensity 0..16
     images = _resize(_to_unit_range(pixels, 16.0), resolution)
@@ -359,8 +359,6 @@ TORCHVISION_LAYOUT = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw",
 def load_torchvision(name: str, root: str, resolution: int = 32, train: bool = True) -> ImageData:
     """torchvision's MNIST, Fashion-MNIST or CIFAR-10 from a local root, with download off (as torchvision lays
     them out: ROOT/MNIST/raw/..., ROOT/cifar-10-batches-py/...). MNIST stays one channel; CIFAR-10 is RGB."""
-    import torchvision.datasets as tvd
-
     if name not in TORCHVISION_DATASETS:
         raise DataError(f"unknown torchvision dataset {name!r}; choose from {', '.join(TORCHVISION_DATASETS)}")
     try:

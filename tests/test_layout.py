@@ -14,14 +14,6 @@ OPTIONAL = {
     ("gpu_check.py", "diffusers"),  # the `peers` extra, only for the comparison with diffusers' UNet
 }
 
-# Files with late imports still to move to the top (open work elsewhere touches them: the held-out splits in
-# images.py); take a file out once it is clean (a test says when).
-PENDING = {"images.py"}
-
-# Single imports waiting for the same work.
-PENDING_IMPORTS: set[tuple[str, str]] = set()
-
-
 def _files() -> list[Path]:
     return sorted(BENCH.rglob("*.py"))
 
@@ -56,8 +48,6 @@ def offences(path: Path, root: Path = BENCH) -> list[str]:
         if length > MAX_LINES:
             found.append(f"{name}:{fn.lineno} {fn.name} is {length} lines (at most {MAX_LINES})")
     for fn, module, line in _late_imports(tree):
-        if (name, module) in PENDING_IMPORTS:
-            continue
         if (name, module.split(".")[0]) in OPTIONAL:
             if "#" not in lines[line - 1] + lines[line - 2]:
                 found.append(f"{name}:{line} optional import of {module} in {fn} without a comment saying why")
@@ -82,22 +72,6 @@ def test_the_checker_sees_long_functions_and_late_imports(tmp_path):
     assert offences(tmp_path / "gpu_check.py", tmp_path) == []
 
 
-@pytest.mark.parametrize("path", [p for p in _files() if _name(p) not in PENDING], ids=_name)
+@pytest.mark.parametrize("path", _files(), ids=_name)
 def test_short_functions_and_imports_at_the_top(path):
     assert offences(path) == []
-
-
-def test_pending_lists_only_what_is_still_pending():
-    """Empty PENDING as the restructuring lands: a file or import listed there that is already clean must leave."""
-    gone = [f for f in PENDING if not (BENCH / f).exists()]
-    assert not gone, f"no such file in bench/, take out of PENDING (or rename): {gone}"
-    clean = [f for f in PENDING if not offences(BENCH / f)]
-    assert not clean, f"clean now, take out of PENDING: {clean}"
-    for name, module in PENDING_IMPORTS:
-        path = BENCH / name
-        assert path.exists() and module in {m for _, m, _ in _late_imports(ast.parse(path.read_text()))}, (
-            f"{name} no longer imports {module} late: take it out of PENDING_IMPORTS")
-    for name, module in OPTIONAL:
-        path = BENCH / name
-        assert path.exists() and any(m.split(".")[0] == module for _, m, _ in _late_imports(ast.parse(
-            path.read_text()))), f"{name} no longer imports {module} late: take it out of OPTIONAL"
