@@ -300,10 +300,11 @@ def _sweep_blocks(run_dir: Path, runs: list[dict], dataset: str) -> list:
                          _pm(p.get("cond_accuracy"))])
     n = next((p["num_samples"] for r in runs for p in (r.get("sweep") or {}).get("points", [])
               if "num_samples" in p), 0)
-    blocks = [("p", (f"Fidelity/diversity sweeps on {n:,} samples per setting (the same prompts and per-sample seeds "
-                    "throughout): classifier-free guidance scale for diffusion (Ho & Salimans 2021), latent truncation "
-                    "z <- psi z for the GAN (scaling toward the mean latent; Brock et al. 2019 resample |z| beyond a "
-                    "threshold instead). Both should raise precision and lower recall as they move from 1."))]
+    blocks = [("p", (f"Fidelity/diversity sweeps on {n:,} samples per setting, on the validation prompts and seeds "
+                    "(disjoint from the scored ones; each family's tuned setting is the lowest FID here): "
+                    "classifier-free guidance scale for diffusion (Ho & Salimans 2021), latent truncation z <- psi z "
+                    "for the GAN (scaling toward the mean latent; Brock et al. 2019 resample |z| beyond a threshold "
+                    "instead). Both should raise precision and lower recall as they move from 1."))]
     blocks.append(("table", ["model", "setting", "FID", "precision", "recall", "coverage", "modes", "prompt accuracy"],
                    rows))
     fig = _sweep_figure(run_dir, dataset, summaries)
@@ -408,8 +409,8 @@ def _image_curve_blocks(run_dir: Path, per: list[dict], dataset: str) -> list:
         return []
     n = next((p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p), 0)
     return [("p", (f"Metrics over training: both models scored at evenly spaced training steps on the first "
-                   f"{n:,} evaluation prompts and seeds (GAN: G of that step; diffusion: the EMA UNet of that "
-                   "step with the headline sampler and guidance).")), ("img", fig, fig)]
+                   f"{n:,} scored prompts and seeds, each family's EMA weights of that step at its neutral knob "
+                   "(GAN psi = 1; diffusion s = 1 with the headline sampler).")), ("img", fig, fig)]
 
 
 def _image_blocks(run_dir: Path, results: dict) -> list:
