@@ -120,6 +120,9 @@ class ImageBenchConfig:
     resolution: int = setting(32, check=_check_power_of_two)  # image side
     num_train: int = setting(10000, min=16)  # images drawn for generated datasets; a seeded subset for fixed ones
     steps: int = setting(1500, min=1)  # GAN steps and UNet steps: both see steps * batch_size training images
+    # the budget axis: "examples" (both families take `steps` steps: equal examples seen) or "compute" (the GAN takes
+    # as many steps as give it the diffusion side's training FLOPs, UNet and VAE together)
+    budget: str = setting("examples", choices=("examples", "compute"))
     batch_size: int = setting(128, min=1)  # images per GAN / UNet step
     vae_steps: int = setting(1500, min=1)  # autoencoder steps (diffusion only; recorded as extra examples seen)
     vae_batch_size: int = setting(64, min=1)  # images per autoencoder step

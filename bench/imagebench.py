@@ -54,6 +54,7 @@ from bench.results import failed_entry
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
+from bench.throughput import training_flops_per_image
 from bench.train import (
     TrainResult,
     autocast,
@@ -133,6 +134,7 @@ class Trained:
     histories: dict[str, list[dict]]  # "text", "gan", "vae", "diffusion": per-step rows
     status: dict[str, dict]  # "gan", "diffusion": {"status": "ok"} or {"status": "diverged", "diverged_at_step"}
     seconds: dict[str, float]  # wall time of each training: "text", "gan", "vae", "diffusion"
+    budget: dict  # the budget axis and the GAN's step count on it (budget_plan)
     snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [Snapshot(step, raw, ema)]
 
 
@@ -164,7 +166,7 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
 
 
 def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
-                progress=True):
+                progress=True, steps: int | None = None):
     """Conditional DCGAN on the shared frozen text embedding. Returns (TrainResult of G, D, snapshots):
     Snapshot(step, copy of G, copy of its EMA) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
@@ -184,8 +186,9 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfi
 
     snapshots: list = []
     with autocast(device, cfg.amp):
-        result = train_gan(G, D, real_batch, latent, cfg.gan, cfg.steps, desc="DCGAN", progress=progress,
-                           snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints), snapshots=snapshots)
+        steps = cfg.steps if steps is None else steps  # the compute budget gives the GAN its own step count
+        result = train_gan(G, D, real_batch, latent, cfg.gan, steps, desc="DCGAN", progress=progress,
+                           snapshot_every=checkpoint_interval(steps, cfg.eval_checkpoints), snapshots=snapshots)
     result.model.eval()
     return result, distributed.unwrap(D).eval(), snapshots  # [ddp] the networks, not their DDP wrappers
 
@@ -243,12 +246,24 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     return result, snapshots
 
 
-def _gan_part(images, pooled, cfg, cfgs, device, seed, progress):
+def budget_plan(cfg: ImageBenchConfig, device, channels: int) -> dict:
+    """The GAN's step count on the run's budget axis. "examples": cfg.steps, as the UNet. "compute": as many steps as
+    give the GAN the diffusion side's training FLOPs, UNet and VAE together (per-image FLOPs of one training step of
+    each network, counted with fresh networks as `gvd throughput` counts them; the text encoder on neither side)."""
+    if cfg.budget == "examples":
+        return {"axis": "examples", "gan_steps": cfg.steps}
+    flops = training_flops_per_image(cfg, device, channels)
+    target = flops["diffusion"] * cfg.steps * cfg.batch_size + flops["vae"] * cfg.vae_steps * cfg.vae_batch_size
+    steps = max(1, round(target / (flops["gan"] * cfg.batch_size)))
+    return {"axis": "compute", "gan_steps": steps, "target_flops": target, "flops_per_image": flops}
+
+
+def _gan_part(images, pooled, cfg, cfgs, device, seed, progress, steps: int):
     """(TrainResult of G, D, snapshots, seconds) of the GAN; a GAN that raises is a failed GAN (untrained networks
     kept so the bundle can still be saved; the checkpoint lists the family as failed), never a failed diffusion run."""
     t0 = time.perf_counter()
     try:
-        return (*train_dcgan(images, pooled, cfg, cfgs, device, seed, progress), time.perf_counter() - t0)
+        return (*train_dcgan(images, pooled, cfg, cfgs, device, seed, progress, steps), time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         G, D = Generator(cfgs["dcgan"]).to(device).eval(), Discriminator(cfgs["dcgan"]).to(device).eval()
         return TrainResult(G, G, [], failed_status(exc), cfg.gan.ema), D, [], time.perf_counter() - t0
@@ -282,7 +297,9 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
     seconds["text"] = time.perf_counter() - t0
     states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
     empty_states, _, empty_mask = encode_captions(text, tokenizer, [""], device)  # CFG's unconditional input
-    G, D, snapshots["gan"], seconds["gan"] = _gan_part(images, pooled, cfg, cfgs, device, seed, progress)
+    budget = budget_plan(cfg, device, data.images.shape[1])
+    G, D, snapshots["gan"], seconds["gan"] = _gan_part(images, pooled, cfg, cfgs, device, seed, progress,
+                                                       budget["gan_steps"])
     vae, histories["vae"], seconds["vae"], unet, snapshots["diffusion"], seconds["diffusion"] = _diffusion_part(
         images, (states, mask), (empty_states, empty_mask), cfg, cfgs, device, seed, progress)
     models = ImageModels(tokenizer=tokenizer, text=text, G=G.ema, D=D, vae=vae, unet=unet.ema,
@@ -290,7 +307,7 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
     histories.update(gan=G.history, diffusion=unet.history)
     return Trained(models, {"gan": G.model, "diffusion": unet.model},
                    {"gan": G.ema_decay, "diffusion": unet.ema_decay}, histories,
-                   {"gan": G.status, "diffusion": unet.status}, seconds, snapshots)
+                   {"gan": G.status, "diffusion": unet.status}, seconds, budget, snapshots)
 
 
 # ---------------------------------------------------------------- stage 3: evaluation (bench/image_eval.py)
@@ -329,6 +346,7 @@ def _train_record(family: str, trained: Trained, cfg: ImageBenchConfig, vae_info
     record = {"steps": steps, "examples_seen": steps * cfg.batch_size + extra, "seconds": seconds,
               "images_per_s": steps * cfg.batch_size / trained.seconds[family], "params": params,
               "params_total": sum(params.values()), **distributed.batch_record(cfg.batch_size),  # [ddp]
+              "budget": trained.budget,
               "text_encoder": {"steps": cfg.text_steps, "seconds": trained.seconds["text"],
                                "params": num_params(m.text), "counted": "on neither side (shared, frozen)"}}
     return record if family == "gan" else {**record, "vae": vae_info}

@@ -112,8 +112,11 @@ def recipe_blocks(per: list[dict], config: dict) -> list:
     text = next((r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")), None)
     note = (f" The shared, frozen text encoder ({text['params']:,} parameters, {text['steps']} CLIP steps, "
             f"{text['seconds']:.0f} s) is counted on neither side." if text else "")
-    return [("p", "Recipes. The budget axis is examples seen: both families take the same number of steps at the "
-                  "same batch size from the same data stream (the VAE's images come on top for diffusion)." + note),
+    axis = ("examples seen: both families take the same number of steps at the same batch size from the same data "
+            "stream (the VAE's images come on top for diffusion)" if images.get("budget", "examples") == "examples"
+            else "training FLOPs: the GAN takes as many steps as give it the diffusion side's training FLOPs (UNet "
+                 "and VAE), from the same data stream")
+    return [("p", f"Recipes. The budget axis is {axis}." + note),
             ("table", ["model", "optimiser and schedule", "EMA decay", "parameters", "examples seen", "train s"],
              rows)]
 

@@ -401,21 +401,31 @@ def _train_row(model: str, steps_fn, n: int, what: str, b: _Bench, k: int = 2) -
     return _row(model, "train", per_step, batch=n, flops=flops, dtype=_train_dtype(b.cfg, b.device), what=what)
 
 
+def _train_steps(b: _Bench, inputs: dict) -> dict:
+    """One training-step function per network, steps_fn(n, steps): the GAN (D + G), the UNet, the VAE."""
+    G, D, vae, unet = (_trainable(b.nets[k]) for k in ("G", "D", "vae", "unet"))
+    vae_opt = torch.optim.Adam(vae.parameters(), lr=b.cfg.vae_lr)
+    return {"gan": partial(_gan_steps, G, D, b, inputs), "diffusion": partial(_unet_steps, unet, b, inputs),
+            "vae": partial(_vae_steps, vae, vae_opt, b, inputs)}
+
+
+def training_flops_per_image(cfg, device, channels: int) -> dict:
+    """FLOPs of one training step per image of each network ("gan": one D + one G step, "diffusion": the UNet,
+    "vae"), counted as the throughput rows count them (forward + backward, at batch 2), with fresh networks."""
+    b = _prepare(cfg, torch.device(device), channels, 2, None, 0)
+    with torch.enable_grad():
+        return {k: count_flops(partial(fn, 2, 1)) / 2 for k, fn in _train_steps(b, _train_inputs(b, channels)).items()}
+
+
 def _training_rows(b: _Bench, channels: int) -> list[dict]:
     """Training images/s at the preset's batch size: the GAN and the UNet through bench/train.py's own loops (so the
     logging and gradient-norm bookkeeping of `gvd run` are included), the VAE through bench/train.py's vae_step,
     under the harness's autocast (bf16 on CUDA when cfg.amp)."""
-    cfg, nets = b.cfg, b.nets
-    inputs = _train_inputs(b, channels)
-    G, D, vae, unet = (_trainable(nets[k]) for k in ("G", "D", "vae", "unet"))
-    vae_opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
-    B = cfg.batch_size
+    steps, B = _train_steps(b, _train_inputs(b, channels)), b.cfg.batch_size
     return [
-        _train_row("gan", partial(_gan_steps, G, D, b, inputs), B,
-                   "one D + one G Adam step (bench/train.py train_gan)", b),
-        _train_row("diffusion", partial(_unet_steps, unet, b, inputs), B,
-                   "UNet AdamW step + EMA (bench/train.py train_diffusion)", b),
-        _train_row("vae", partial(_vae_steps, vae, vae_opt, b, inputs), min(B, cfg.vae_batch_size),
+        _train_row("gan", steps["gan"], B, "one D + one G Adam step (bench/train.py train_gan)", b),
+        _train_row("diffusion", steps["diffusion"], B, "UNet AdamW step + EMA (bench/train.py train_diffusion)", b),
+        _train_row("vae", steps["vae"], min(B, b.cfg.vae_batch_size),
                    "VAE Adam step (diffusion stage 1; bench/train.py vae_step)", b),
     ]
 

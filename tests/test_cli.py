@@ -222,3 +222,22 @@ def test_the_gan_loss_setting_changes_the_loss_the_history_records(smoke_run, tm
     assert abs(hinge_row["d_loss"] - ns_row["d_loss"]) > 0.3
     config = json.loads((hinge / "config.json").read_text())
     assert config["images"]["gan"]["loss"] == "hinge" and config["mixtures"] is None
+
+
+def test_compute_budget_gives_the_gan_the_diffusion_sides_training_flops(tmp_path):
+    """--set images.budget=compute: the GAN takes as many steps as match the UNet's and the VAE's training FLOPs
+    (per-image FLOPs of one step of each network), the second budget axis of the fair protocol."""
+    out = tmp_path / "compute"
+    assert main(SMOKE + ["--out", str(out), "--set", "mixtures=null", "--set", "images.budget=compute",
+                         "--set", "images.eval_checkpoints=0", "--set", "throughput_budget_s=0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    cfg = results["config"]["images"]
+    gan = next(r for r in results["runs"] if r["model"] == "gan")
+    plan = gan["train"]["budget"]
+    f = plan["flops_per_image"]
+    target = f["diffusion"] * cfg["steps"] * cfg["batch_size"] + f["vae"] * cfg["vae_steps"] * cfg["vae_batch_size"]
+    assert plan["axis"] == "compute" and plan["target_flops"] == pytest.approx(target)
+    assert gan["train"]["steps"] == plan["gan_steps"] == max(1, round(target / (f["gan"] * cfg["batch_size"])))
+    assert gan["train"]["steps"] != cfg["steps"]  # the GAN's step is cheaper than the UNet's and the VAE's together
+    assert abs(gan["train"]["steps"] * f["gan"] * cfg["batch_size"] - target) <= f["gan"] * cfg["batch_size"] / 2
+    assert "training FLOPs" in (out / "report.md").read_text()
