@@ -175,6 +175,9 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
             if entry["dataset"] in cfg.images.datasets and "nfe" in (entry.get("throughput") or {}):
                 entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
                 entry["train"]["flops"] = training_flops(entry, per_image, cfg.images)
+                for point in entry.get("curve", []):  # the curves on the compute axis too
+                    point["train_flops"] = training_flops({**entry, "train": {"steps": point["step"]}}, per_image,
+                                                          cfg.images)
     except Exception as exc:  # noqa: BLE001 -- a speed measurement that fails is a result, not a lost run
         tqdm.write(f"throughput failed: {error_text(exc)}")
         results["throughput"] = {"error": error_text(exc)}

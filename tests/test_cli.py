@@ -111,6 +111,8 @@ def test_image_runs_follow_the_fair_protocol(smoke_run):
     assert gan["flops"] == pytest.approx(per_image["gan"] * gan["steps"] * cfg["batch_size"])
     assert dif["flops"] == pytest.approx(per_image["diffusion"] * dif["steps"] * cfg["batch_size"]
                                          + per_image["vae"] * cfg["vae_steps"] * cfg["vae_batch_size"])
+    for point in runs["gan"]["curve"]:  # the curve on the compute axis: FLOPs spent by that step
+        assert point["train_flops"] == pytest.approx(per_image["gan"] * point["step"] * cfg["batch_size"])
 
 
 @pytest.mark.parametrize("model, extra", [("diffusion", ["--sampler", "ddim", "--steps", "2", "--guidance", "2"]),
