@@ -212,9 +212,7 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
         sched.step()
         history.append(distributed.average({"step": step, "loss": loss.item(), **stats}))  # [ddp] global means
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(b)[0] for b in images[:2048].split(512)])
-    vae.scale_factor.fill_(latent_scale_factor(latents))
+    vae.scale_factor.fill_(latent_scale_factor(encode_latents(vae, images[:2048])))
     return vae, history
 
 

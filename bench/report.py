@@ -30,6 +30,7 @@ from bench.report_throughput import quality_cost_figures, throughput_blocks
 from bench.results import summarise
 from bench.rundir import RunDir, slug
 from bench.stability import GRAD_KEYS, LOSS_KEYS
+from bench.stats import mean_interval
 from bench.sweeps import summarise_sweeps
 
 # Published 2D numbers (VEEGAN: Srivastava et al. 2017, Table 1; PacGAN: Lin et al. 2018, Table 1): modes captured,
@@ -477,11 +478,8 @@ def _over(stats: list[dict], key: str) -> tuple[float, float] | None:
 
 def _mean_std(values: list) -> tuple[float, float] | None:
     """Mean and sample std of the finite values (None when there are none; std 0 for one)."""
-    vals = np.array([v for v in values if v is not None], dtype=float)
-    vals = vals[np.isfinite(vals)]
-    if not len(vals):
-        return None
-    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    stat = mean_interval(values)
+    return None if stat["mean"] is None else (stat["mean"], stat["sd"] or 0.0)
 
 
 def _stability_blocks(results: dict) -> list:
