@@ -272,12 +272,13 @@ def _read_image(path: Path) -> Image.Image:
 
 
 def _square(img: Image.Image, resolution: int) -> np.ndarray:
-    """Shorter side to resolution (bicubic), then the centre square. Returns (H, W) or (H, W, 3) uint8."""
+    """The centre square (side = the shorter side), resampled to resolution x resolution (bicubic). PIL resamples the
+    box alone, so a long strip (1 x 300,000) costs the output's memory, not the whole strip scaled up. Returns
+    (H, W) or (H, W, 3) uint8."""
     w, h = img.size
-    scale = resolution / min(w, h)
-    img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-    left, top = (img.size[0] - resolution) // 2, (img.size[1] - resolution) // 2
-    return np.asarray(img.crop((left, top, left + resolution, top + resolution)))
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return np.asarray(img.resize((resolution, resolution), Image.BICUBIC, box=(left, top, left + side, top + side)))
 
 
 def _read_captions(captions_file: Path) -> dict[str, str]:
@@ -297,8 +298,8 @@ def _read_captions(captions_file: Path) -> dict[str, str]:
 
 def load_folder(path: str, resolution: int = 32, captions_file: str | None = None) -> ImageData:
     """An image folder as torchvision's ImageFolder reads it: one sub-folder per class (sorted names = labels
-    0..K-1), or images directly in the folder (then one mode, no classes). Images are resized (shorter side,
-    bicubic) and centre-cropped to resolution; all-greyscale folders stay one channel, others become RGB.
+    0..K-1), or images directly in the folder (then one mode, no classes). Each image's centre square is resampled
+    (bicubic) to resolution x resolution; all-greyscale folders stay one channel, others become RGB.
     Captions come from the class names, or from captions_file / PATH/metadata.csv / PATH/metadata.jsonl."""
     root = Path(path)
     if not root.is_dir():

@@ -153,6 +153,28 @@ def test_folder_with_class_subfolders(tmp_path):
     assert all(d.class_names[y] in c for c, y in zip(d.captions, d.labels.tolist()))
 
 
+def test_folder_images_are_their_centre_square_resampled(tmp_path):
+    """Each image's centre square, resampled alone: at the output size it is the crop itself, pixel for pixel; a
+    wide strip whose centre square is green and whose sides are red comes out green (the sides reach in only as far
+    as the bicubic kernel, 2 source pixels = 4 output pixels at 2x, as when the whole strip is scaled); and a
+    1 x 300,000 strip (450 MB as 32 x 9,600,000 x 3 bytes once scaled up whole) loads as one 32 x 32 image."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)  # (H, W, 3)
+    Image.fromarray(pixels).save(tmp_path / "noise.png")
+    strip = np.zeros((16, 48, 3), dtype=np.uint8)
+    strip[:, :16, 0] = strip[:, 32:, 0] = 255
+    strip[:, 16:32, 1] = 255
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    Image.new("RGB", (300_000, 1), (0, 0, 255)).save(tmp_path / "long.png")
+    d = load_folder(str(tmp_path), resolution=32)
+    by_name = dict(zip(sorted(["noise.png", "strip.png", "long.png"]), d.images))
+    assert torch.equal(by_name["noise.png"], torch.from_numpy(pixels[:, 16:48]).permute(2, 0, 1) / 255 * 2 - 1)
+    green = torch.tensor([-1.0, 1.0, -1.0])[:, None, None]
+    assert torch.allclose(by_name["strip.png"][:, :, 4:-4], green, atol=1e-6)
+    assert not torch.allclose(by_name["strip.png"][:, :, :4], green, atol=1e-2)
+    assert torch.allclose(by_name["long.png"], torch.tensor([-1.0, -1.0, 1.0])[:, None, None], atol=1e-6)
+
+
 def test_folder_greyscale_flat_and_captions_file(tmp_path):
     for name in ("x.png", "y.png"):
         _png(tmp_path / name, mode="L", colour=(0,))
