@@ -251,6 +251,15 @@ def on_main(fn):
     return value
 
 
+def agree(value: int) -> int:
+    """The largest of every rank's value (a signal that reached one rank stops every rank after the same step)."""
+    if world() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def average(row: dict, skip=("step",)) -> dict:
     """A logged row with its numbers averaged over the ranks (losses are per-share means: their average is the
     global batch's mean). Numbers already equal on every rank (gradient norms after DDP's all-reduce, the learning

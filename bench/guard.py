@@ -38,22 +38,71 @@ def interrupted_entry(dataset: str, model: str, seed: int) -> dict:
             "throughput": {}}
 
 
-def _raise_interrupted(signum, frame):
+_held = 0  # depth of hold_signals() blocks: a training loop that saves its state at its next step boundary
+_pending: list[int] = []  # the signal a holding loop has yet to act on
+
+
+def _on_signal(signum, frame):
+    """Raise Interrupted at once, or, inside a training loop that can save its state (hold_signals), note the signal
+    for the loop to act on when its step ends (bench/train_state.steps_to_run). A second signal raises at once."""
+    if _held and not _pending:
+        _pending.append(signum)
+        return
+    _pending.clear()
     raise Interrupted(signum)
+
+
+def pending_signal() -> int:
+    """The signal a holding training loop must stop for (0 = none)."""
+    return _pending[0] if _pending else 0
+
+
+def take_pending() -> Interrupted:
+    """The Interrupted of the pending signal, which is cleared (the loop raises it once its state is saved)."""
+    return Interrupted(_pending.pop())
+
+
+@contextmanager
+def hold_signals():
+    """Within the block, SIGINT / SIGTERM wait for the training loop's step to end, so the loop can save a state that
+    is whole (weights, optimisers and generators of the same step) before it stops. A signal still pending when the
+    block ends raises there."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+    if not _held and _pending:
+        raise take_pending()
 
 
 @contextmanager
 def stop_on_signals():
-    """Within the block, SIGINT and SIGTERM raise Interrupted in the main thread; the old handlers come back after."""
-    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    """Within the block, SIGINT and SIGTERM raise Interrupted in the main thread (held to a step boundary inside
+    hold_signals); the old handlers come back after."""
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
+        _pending.clear()
         for s, handler in old.items():
             signal.signal(s, handler)
 
 
-def ignore_sigint() -> None:
+def _on_worker_signal(signum, frame):
+    """A worker process's SIGTERM (the parent's pool.terminate): a training loop saves its state first (as above);
+    anywhere else the worker exits at once, quietly, with the shell's status."""
+    if _held and not _pending:
+        _pending.append(signum)
+        return
+    _pending.clear()
+    raise SystemExit(128 + signum)
+
+
+def worker_signals() -> None:
     """Worker-process initializer: a terminal's Ctrl-C reaches the whole process group; only the parent acts on it
-    (it terminates the workers), so a worker never dies half-way through writing a file on its own."""
+    (it terminates the workers), so SIGINT is ignored here. SIGTERM, the parent's terminate, lets a training loop
+    save its state at the end of its step before the worker exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_worker_signal)

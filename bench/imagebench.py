@@ -65,6 +65,7 @@ from bench.train import (
     train_gan,
     vae_step,
 )
+from bench.train_state import StateFiles, steps_to_run
 from models.dcgan import Discriminator, Generator
 from models.mlp import num_params
 from models.text import Tokenizer, clip_loss
@@ -138,19 +139,26 @@ class Trained:
     snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [Snapshot(step, raw, ema)]
 
 
+NO_STATE = StateFiles()  # trainings that neither resume nor save (outside a run folder)
+STATE_PARTS = ("text", "gan", "vae", "diffusion")  # the state files of one image (dataset, seed): one per training
+
+
 def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
-                       progress=True):
+                       progress=True, states: StateFiles = NO_STATE):
     """CLIP pre-training (Radford et al. 2021): a text transformer and an image tower pulled together on matching
-    (caption, image) pairs. Returns (frozen encoder, history); the tower is dropped."""
+    (caption, image) pairs. Returns (frozen encoder, history); the tower is dropped. states: where it resumes from
+    and saves to (bench/train_state.py), as every training below."""
     torch.manual_seed(seed)
     text, tower = (distributed.wrap(m.to(device), device) for m in new_text_encoder(cfgs))  # [ddp]
     tokens = tokenizer.encode(data.captions, cfg.text.max_len).to(device)
     groups = caption_groups(data).to(device)
     images = data.images.to(device)  # resident on the device, like the tokens (no CPU indexing per step)
     opt, sched = _cosine_opt(list(text.parameters()) + list(tower.parameters()), cfg.text_lr, cfg.text_steps)
-    draw = _batches(len(tokens), cfg.text_batch_size, torch.Generator().manual_seed(seed))
-    history = []
-    for step in tqdm(range(cfg.text_steps), desc="text encoder (CLIP)", leave=False, disable=not progress):
+    data_gen = torch.Generator().manual_seed(seed)
+    draw = _batches(len(tokens), cfg.text_batch_size, data_gen)
+    history, parts = [], {"text": text, "tower": tower, "opt": opt, "sched": sched}
+    state = states.open("text", cfg.text_steps, {"data": data_gen})
+    for step in steps_to_run(cfg.text_steps, state, parts, history, desc="text encoder (CLIP)", progress=progress):
         idx = draw(step).to(device)
         mine = distributed.local_rows(idx)  # [ddp] this rank's rows; the loss contrasts the whole global batch
         with autocast(device, cfg.amp):
@@ -166,7 +174,7 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg: ImageBenchCon
 
 
 def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int,
-                progress=True, steps: int | None = None):
+                progress=True, steps: int | None = None, states: StateFiles = NO_STATE):
     """Conditional DCGAN on the shared frozen text embedding. Returns (TrainResult of G, D, snapshots):
     Snapshot(step, copy of G, copy of its EMA) at cfg.eval_checkpoints evenly spaced steps."""
     torch.manual_seed(seed)
@@ -188,12 +196,14 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg: ImageBenchConfi
     with autocast(device, cfg.amp):
         steps = cfg.steps if steps is None else steps  # the compute budget gives the GAN its own step count
         result = train_gan(G, D, real_batch, latent, cfg.gan, steps, desc="DCGAN", progress=progress,
-                           snapshot_every=checkpoint_interval(steps, cfg.eval_checkpoints), snapshots=snapshots)
+                           snapshot_every=checkpoint_interval(steps, cfg.eval_checkpoints), snapshots=snapshots,
+                           state=states.open("gan", steps, {"train": gen}))
     result.model.eval()
     return result, distributed.unwrap(D).eval(), snapshots  # [ddp] the networks, not their DDP wrappers
 
 
-def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int, progress=True):
+def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, seed: int, progress=True,
+              states: StateFiles = NO_STATE):
     """KL autoencoder (Rombach et al. 2022), then its latent scale factor = 1 / std of the training latents.
     Returns (frozen VAE, history)."""
     torch.manual_seed(seed)
@@ -202,9 +212,11 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
     side = vae.cfg.resolution // vae.cfg.factor
     latent_shape = (vae.cfg.latent_channels, side, side)  # of one posterior sample
     opt, sched = _cosine_opt(vae.parameters(), cfg.vae_lr, cfg.vae_steps)
-    draw = _batches(len(images), cfg.vae_batch_size, torch.Generator().manual_seed(seed + 2))
-    history = []
-    for step in tqdm(range(cfg.vae_steps), desc="VAE", leave=False, disable=not progress):
+    data_gen = torch.Generator().manual_seed(seed + 2)
+    draw = _batches(len(images), cfg.vae_batch_size, data_gen)
+    history, parts = [], {"vae": net, "opt": opt, "sched": sched}
+    state = states.open("vae", cfg.vae_steps, {"data": data_gen})  # the posterior noise: torch's generator, saved
+    for step in steps_to_run(cfg.vae_steps, state, parts, history, desc="VAE", progress=progress):
         x = images[distributed.local_rows(draw(step)).to(device)]  # [ddp] this rank's rows of the global batch
         # [ddp] the posterior sample's noise, drawn for the global batch as vae(x) would draw it in one process
         noise = distributed.local_rows(torch.randn((cfg.vae_batch_size, *latent_shape), device=device))
@@ -217,7 +229,7 @@ def train_vae(images: torch.Tensor, cfg: ImageBenchConfig, cfgs: dict, device, s
 
 
 def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenchConfig, cfgs: dict, device,
-               seed: int, progress=True):
+               seed: int, progress=True, states: StateFiles = NO_STATE):
     """The denoiser on scaled latents, cross-attending to the frozen text states (text = (states, mask) of every
     training caption); a random cfg.caption_dropout of the captions is replaced by the empty caption (uncond), so
     one network learns both halves of classifier-free guidance. Returns (TrainResult, snapshots)."""
@@ -226,11 +238,11 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
     alpha_bar = schedule(cfg.diffusion, device)
     gen = torch.Generator().manual_seed(seed + 3)
     draw = _batches(len(latents), cfg.batch_size, gen)
-    states, mask = text
+    text_states, mask = text
 
     def batch(step):
         idx = draw(step).to(device)
-        ctx, ctx_mask = drop_captions(states[idx], mask[idx], uncond, cfg.caption_dropout, gen)
+        ctx, ctx_mask = drop_captions(text_states[idx], mask[idx], uncond, cfg.caption_dropout, gen)
         rows = distributed.local_rows  # [ddp] this rank's rows of the global batch
         return rows(latents[idx]), {"context": rows(ctx), "context_mask": rows(ctx_mask)}
 
@@ -239,7 +251,7 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg: ImageBenc
         result = train_diffusion(unet, batch, alpha_bar, cfg.diffusion.prediction, cfg.diffusion_train, cfg.steps,
                                  gen, desc="UNet", progress=progress,
                                  snapshot_every=checkpoint_interval(cfg.steps, cfg.eval_checkpoints),
-                                 snapshots=snapshots)
+                                 snapshots=snapshots, state=states.open("diffusion", cfg.steps, {"train": gen}))
     unet.eval()
     return result, snapshots
 
@@ -256,50 +268,54 @@ def budget_plan(cfg: ImageBenchConfig, device, channels: int) -> dict:
     return {"axis": "compute", "gan_steps": steps, "target_flops": target, "flops_per_image": flops}
 
 
-def _gan_part(images, pooled, cfg, cfgs, device, seed, progress, steps: int):
+def _gan_part(images, pooled, cfg, cfgs, device, seed, progress, steps: int, states: StateFiles):
     """(TrainResult of G, D, snapshots, seconds) of the GAN; a GAN that raises is a failed GAN (untrained networks
-    kept so the bundle can still be saved; the checkpoint lists the family as failed), never a failed diffusion run."""
+    kept so the bundle can still be saved; the checkpoint lists the family as failed), never a failed diffusion run.
+    The seconds include the training time before a resume."""
     t0 = time.perf_counter()
     try:
-        return (*train_dcgan(images, pooled, cfg, cfgs, device, seed, progress, steps), time.perf_counter() - t0)
+        G, D, snaps = train_dcgan(images, pooled, cfg, cfgs, device, seed, progress, steps, states)
+        return G, D, snaps, time.perf_counter() - t0 + states.seconds_before("gan")
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         G, D = Generator(cfgs["dcgan"]).to(device).eval(), Discriminator(cfgs["dcgan"]).to(device).eval()
         return TrainResult(G, G, [], failed_status(exc), cfg.gan.ema), D, [], time.perf_counter() - t0
 
 
-def _diffusion_part(images, text, uncond, cfg, cfgs, device, seed, progress):
+def _diffusion_part(images, text, uncond, cfg, cfgs, device, seed, progress, states: StateFiles):
     """(vae, vae history, vae seconds, TrainResult of the UNet, snapshots, seconds) of the diffusion side; a VAE or
-    UNet that raises fails the diffusion entry only."""
+    UNet that raises fails the diffusion entry only. The seconds include the training time before a resume."""
     t0, vae, vae_history, vae_seconds = time.perf_counter(), None, [], 0.0
     try:
-        vae, vae_history = train_vae(images, cfg, cfgs, device, seed, progress)
-        vae_seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+        vae, vae_history = train_vae(images, cfg, cfgs, device, seed, progress, states)
+        vae_seconds, t0 = time.perf_counter() - t0 + states.seconds_before("vae"), time.perf_counter()
         latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
-        unet, snaps = train_unet(latents, text, uncond, cfg, cfgs, device, seed, progress)
+        unet, snaps = train_unet(latents, text, uncond, cfg, cfgs, device, seed, progress, states)
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         vae = vae if vae is not None else KLAutoencoder(cfgs["vae"]).to(device).eval()
         net = UNet(cfgs["unet"]).to(device).eval()
         unet, snaps = TrainResult(net, net, [], failed_status(exc), cfg.diffusion_train.ema), []
-    return vae, vae_history, vae_seconds, unet, snaps, time.perf_counter() - t0
+    return vae, vae_history, vae_seconds, unet, snaps, time.perf_counter() - t0 + states.seconds_before("diffusion")
 
 
-def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progress=True) -> Trained:
-    """The shared text encoder, then the GAN, then the VAE and the UNet; every training seeds itself. A family whose
-    training raises is recorded as failed in Trained.status; the other goes on."""
+def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progress=True,
+                 states: StateFiles = NO_STATE) -> Trained:
+    """The shared text encoder, then the GAN, then the VAE and the UNet; every training seeds itself, resumes from
+    its state in `states` and saves it there. A family whose training raises is recorded as failed in
+    Trained.status; the other goes on."""
     data, tokenizer = prep.data, Tokenizer.build(prep.data.captions)
     cfgs = network_configs(cfg, channels=data.images.shape[1], resolution=cfg.resolution, vocab_size=len(tokenizer))
     images = data.images.to(device)  # the whole dataset stays on the device: no DataLoader for small images
     seconds, histories, snapshots = {}, {}, {}
     t0 = time.perf_counter()
-    text, histories["text"] = train_text_encoder(data, tokenizer, cfg, cfgs, device, seed, progress)
-    seconds["text"] = time.perf_counter() - t0
-    states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
+    text, histories["text"] = train_text_encoder(data, tokenizer, cfg, cfgs, device, seed, progress, states)
+    seconds["text"] = time.perf_counter() - t0 + states.seconds_before("text")
+    text_states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
     empty_states, _, empty_mask = encode_captions(text, tokenizer, [""], device)  # CFG's unconditional input
     budget = budget_plan(cfg, device, data.images.shape[1])
     G, D, snapshots["gan"], seconds["gan"] = _gan_part(images, pooled, cfg, cfgs, device, seed, progress,
-                                                       budget["gan_steps"])
+                                                       budget["gan_steps"], states)
     vae, histories["vae"], seconds["vae"], unet, snapshots["diffusion"], seconds["diffusion"] = _diffusion_part(
-        images, (states, mask), (empty_states, empty_mask), cfg, cfgs, device, seed, progress)
+        images, (text_states, mask), (empty_states, empty_mask), cfg, cfgs, device, seed, progress, states)
     models = ImageModels(tokenizer=tokenizer, text=text, G=G.ema, D=D, vae=vae, unet=unet.ema,
                          diffusion=cfg.diffusion, device=torch.device(device), amp=cfg.amp)
     histories.update(gan=G.history, diffusion=unet.history)
@@ -467,7 +483,8 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     prep = prepare(dataset, cfg, device, cache_dir)
     if prep.failure is not None:
         return [failed_entry(dataset, m, seed, prep.failure) for m in FAMILIES]
-    trained = train_models(prep, cfg, device, seed, progress)
+    states = StateFiles(lambda part: run.state_path(dataset, seed, part))
+    trained = train_models(prep, cfg, device, seed, progress, states)
     ev = eval_set(prep, trained.models, cfg, seed)
     try:
         vae_info = vae_report(prep, trained, ev, cfg)
@@ -478,7 +495,9 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         write_outputs(run, prep, trained, ev, fams, cfg, seed)
     except Exception as exc:  # noqa: BLE001 -- the entries below still carry the numbers
         tqdm.write(f"{dataset} seed {seed}: writing checkpoints or grids failed: {error_text(exc)}")
-    return record(prep, trained, ev, fams, cfg, seed, vae_info)
+    entries = record(prep, trained, ev, fams, cfg, seed, vae_info)
+    states.clear(STATE_PARTS)  # scored: a resumed run would not retrain these
+    return entries
 
 
 # ---------------------------------------------------------------- `gvd sample`

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed
+from bench import distributed, train_state
 from bench.config import MixtureBenchConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
@@ -48,19 +48,17 @@ def real_batches(dataset: str, seed: int, batch_size: int, device, data_gen: tor
     return lambda step: (distributed.local_rows(sample_mixture(dataset, batch_size, data_gen)).to(device) / scale, None)
 
 
-STATE_SAVES = 10  # a resumable training state is saved this many times per training (bench/train_state.py)
-
-
 def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True,
                   state_path=None):
     """Train one model on one mixture from its seed; with state_path, resume from the state saved there (if any)
-    and save it every steps / STATE_SAVES steps. Returns a MixtureTrained."""
+    and save it every steps / STATE_SAVES steps, at the end and on SIGINT / SIGTERM (bench/train_state.py). Returns
+    a MixtureTrained; its seconds include the training time before a resume."""
     data_gen = torch.Generator().manual_seed(seed)
     real_batch = real_batches(dataset, seed, mix.batch_size, device, data_gen)
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(seed + 7919)
-    state = (TrainState(state_path, max(1, mix.steps // STATE_SAVES), {"data": data_gen, "train": train_gen})
-             if state_path is not None and distributed.world() == 1 else None)  # [ddp] resume: one process only
+    every_state = max(1, mix.steps // train_state.STATE_SAVES)
+    state = TrainState(state_path, every_state, {"data": data_gen, "train": train_gen}) if state_path else None
     snapshots: list = []
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     desc = f"{dataset}_{model}_seed{seed}"
@@ -84,8 +82,9 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
                                  mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen, desc=desc,
                                  progress=progress, snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"denoiser": result.ema, "denoiser_raw": denoiser}, {"denoiser": num_params(denoiser)}
+    seconds = time.perf_counter() - start + (state.seconds_before if state is not None else 0.0)
     return MixtureTrained(model, result.ema, result.model.eval(), result.ema_decay, modules, result.history,
-                          result.status, time.perf_counter() - start, params, snapshots)
+                          result.status, seconds, params, snapshots)
 
 
 def draw_points(net: nn.Module, model: str, spec: str | None, seeds, mix: MixtureBenchConfig, device):
@@ -171,6 +170,8 @@ def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, de
     run.write_history(dataset, seed, model, trained.history)
     run.save_checkpoint(dataset, seed, model, trained.modules,
                         {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})
-    state_path.unlink(missing_ok=True)  # finished: the checkpoint above replaces the resumable state
     evaluation = evaluate_mixture(trained, dataset, seed, mix, device)
-    return record_mixture(trained, dataset, seed, mix, evaluation), evaluation[1]
+    entry = record_mixture(trained, dataset, seed, mix, evaluation)
+    if distributed.is_main():  # scored: the finished training's state is no longer needed (rank 0 owns the file)
+        state_path.unlink(missing_ok=True)
+    return entry, evaluation[1]

@@ -1,9 +1,10 @@
 """`gvd run --resume RUN_DIR`: continue a stopped run from its own config.json and results.json.
 
 What is kept: every run entry that finished ("ok" or "diverged": a result, not a fault) and the throughput section
-when it was measured. Everything else ("failed", "interrupted", missing) is run again: a 2D training from the state it
-last saved (bench/train_state.py), an image training from its first step. Every training seeds itself from
-(dataset, model, seed) alone, so a rerun entry gets the numbers it would have had in one unbroken run.
+when it was measured. Everything else ("failed", "interrupted", missing) is run again, each of its trainings from the
+state it last saved (bench/train_state.py: at an interval, after the last step and on SIGINT / SIGTERM). Every
+training seeds itself from (dataset, model, seed) alone, so a rerun entry gets the numbers it would have had in one
+unbroken run.
 """
 
 import dataclasses

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from bench import distributed, report
 from bench.config import SuiteConfig, to_dict
-from bench.guard import Interrupted, error_text, ignore_sigint, interrupted_entry, stop_on_signals
+from bench.guard import Interrupted, error_text, interrupted_entry, stop_on_signals, worker_signals
 from bench.imagebench import FAMILIES, run_image_dataset
 from bench.images import DataError, load_image_dataset
 from bench.mixtures import run_mixture
@@ -55,6 +55,15 @@ def _mixture_job(job) -> tuple[dict, dict]:
         return failed_entry(dataset, model, seed, f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)), {}
 
 
+def _worker_job(job) -> tuple[dict, dict]:
+    """_mixture_job in a pool worker: stopped by the parent's terminate, the training saves its state at the end of
+    its step (bench/guard.worker_signals) and the worker exits quietly with the shell's status."""
+    try:
+        return _mixture_job(job)
+    except Interrupted as stop:
+        raise SystemExit(stop.exit_code) from None
+
+
 def planned(cfg: SuiteConfig) -> list[tuple]:
     """Every (dataset, model, seed) the suite runs, in the order results.json lists them."""
     keys = [(d, m, s) for d in cfg.mixtures.datasets for s in cfg.seeds for m in FAMILIES] if cfg.mixtures else []
@@ -86,10 +95,11 @@ def _record_mixture(run: RunDir, results: dict, order: list, job: tuple, outcome
 
 def _run_pool(jobs: list, workers: int, record) -> None:
     """Run jobs `workers` at a time in spawned processes, record(job, outcome) in job order. On Interrupted, record
-    the jobs that had finished, terminate every worker (none is left behind) and re-raise."""
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=ignore_sigint)  # fork after torch has
-    try:                                                                                  # started threads can hang
-        pending = [(job, pool.apply_async(_mixture_job, (job,))) for job in jobs]
+    the jobs that had finished, terminate every worker (each training saves its state first; none is left behind)
+    and re-raise."""
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=worker_signals)  # fork after torch has
+    try:                                                                                   # started threads can hang
+        pending = [(job, pool.apply_async(_worker_job, (job,))) for job in jobs]
         recorded = 0
         try:
             for job, res in pending:

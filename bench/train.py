@@ -21,16 +21,14 @@ copy, EMA copy) after every k-th step, both eval-mode copies, so either can be s
 after training, so the loop stays a loop and the evaluation stays out of it.
 """
 
-import copy
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from bench import distributed
+from bench import distributed, train_state
+from bench.train_state import Snapshot, snapshot
 from models.diffusion import diffusion_loss
 from models.layers import GAN_LOSSES, gan_d_loss, gan_g_loss, setting
 from models.vae import vae_loss
@@ -59,12 +57,6 @@ class DiffusionTrainConfig:
     ema: float = setting(0.995, min=0, lt=1)
     grad_clip: float = setting(1.0, gt=0)  # max global gradient norm
     betas: tuple[float, float] = setting((0.9, 0.99), min=0, lt=1)  # AdamW betas
-
-
-class Snapshot(NamedTuple):
-    step: int  # steps done
-    raw: nn.Module  # eval-mode copy of the trained network (G, or the denoiser)
-    ema: nn.Module  # eval-mode copy of its EMA
 
 
 @dataclass
@@ -143,11 +135,6 @@ def checkpoint_interval(steps: int, checkpoints: int) -> int:
     return max(1, steps // checkpoints) if checkpoints > 0 else 0
 
 
-def snapshot(module: nn.Module) -> nn.Module:
-    """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
-    return copy.deepcopy(distributed.unwrap(module)).eval().requires_grad_(False)  # [ddp] the network, not DDP
-
-
 def _cond_args(cond) -> tuple:
     """The extra network arguments of a batch: none for unconditional models (cond None), else (cond,)."""
     return () if cond is None else (cond,)
@@ -169,15 +156,15 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
     real_batch(step) -> (x, cond) gives the real examples of a step (cond is None for unconditional models);
     latent(n) -> z gives n latent vectors. History: losses, gradient norms, mean sigmoid D(x) and D(G(z)).
     snapshots, if given, receives Snapshot(steps done, copy of G, copy of its EMA) every snapshot_every steps.
-    state: a bench.train_state.TrainState to resume from and save to (None = neither).
+    state: a bench.train_state.TrainState to resume from and save to (None = neither; steps_to_run).
     """
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     ema = snapshot(G)  # the EMA starts as a frozen copy of the initial weights
     history, status = [], {"status": "ok"}
     parts = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, "ema": ema}  # what a resumed loop needs back
-    start = state.restore(parts, history, snapshots, raw="G", ema="ema") if state is not None else 0
-    for step in tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
+    for step in train_state.steps_to_run(steps, state, parts, history, snapshots, raw="G", ema="ema", desc=desc,
+                                         progress=progress):
         x, cond = real_batch(step)
         # --- discriminator steps: real vs a detached fake batch (the row logs the last one)
         for _ in range(cfg.d_steps):
@@ -210,8 +197,6 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
             status = {"status": "diverged", "diverged_at_step": step}
             break
         _after_step(G, ema, cfg.ema, step, snapshot_every, snapshots)
-        if state is not None:
-            state.step_done(step + 1, parts, history, snapshots)
     return TrainResult(distributed.unwrap(G), ema, history, status, cfg.ema)  # [ddp] the network, not DDP
 
 
@@ -223,7 +208,7 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
 
     x0_batch(step) -> (x0, kwargs): clean examples and the extra network inputs (text context, ...).
     snapshots, if given, receives Snapshot(steps done, copy of the model, copy of its EMA) every snapshot_every steps.
-    state: a bench.train_state.TrainState to resume from and save to (None = neither).
+    state: a bench.train_state.TrainState to resume from and save to (None = neither; steps_to_run).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 2), pct_start=cfg.warmup)
@@ -231,8 +216,8 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
     T = len(alpha_bar)
     history, status = [], {"status": "ok"}
     parts = {"model": model, "ema": ema, "opt": opt, "sched": sched}  # what a resumed loop needs back
-    start = state.restore(parts, history, snapshots, raw="model", ema="ema") if state is not None else 0
-    for step in tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress):
+    for step in train_state.steps_to_run(steps, state, parts, history, snapshots, raw="model", ema="ema",
+                                         desc=desc, progress=progress):
         x0, kwargs = x0_batch(step)
         # [ddp] draw for the global batch, keep this rank's rows: the generator stays in step with one process
         n = distributed.global_size(len(x0))
@@ -251,6 +236,4 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
             status = {"status": "diverged", "diverged_at_step": step}
             break
         _after_step(model, ema, cfg.ema, step, snapshot_every, snapshots)
-        if state is not None:
-            state.step_done(step + 1, parts, history, snapshots)
     return TrainResult(distributed.unwrap(model), ema, history, status, cfg.ema)  # [ddp] the network, not DDP

@@ -1,4 +1,5 @@
-"""Mid-training state of a training loop, saved at an interval and restored on `gvd run --resume`.
+"""Mid-training state of a training loop, saved at an interval, at the end and on SIGINT / SIGTERM, and restored on
+`gvd run --resume`.
 
 Everything the next step depends on: the networks, the EMA copy, the optimisers and learning-rate schedules, the
 random generators (data stream, latents / noise, and torch's global generator), the steps done, the history so far and
@@ -6,21 +7,45 @@ the metric-over-training snapshots. One safetensors file: tensors in the body, t
 pickle). A loop restored from it takes exactly the steps it would have taken without the interruption, so on the CPU
 the final weights and metrics are the same as those of one unbroken run.
 
-A loop uses it in three lines: `start = state.restore(parts, history, snapshots)` after building its optimisers,
-`range(start, steps)`, and `state.step_done(step + 1, parts, history, snapshots)` at the end of each step. `parts`
-names every object with state_dict / load_state_dict (modules, optimisers, schedulers).
+A loop uses it in one line: `for step in steps_to_run(steps, state, parts, history, ...)` after building its
+optimisers, where `parts` names every object with state_dict / load_state_dict (modules, optimisers, schedulers). The
+generator restores the saved state first and yields only the steps still to do; after each step it saves the state
+when one is due: every `every` steps, after the last step (a finished training's state lets a resumed run skip it
+while its entry is not yet recorded), and when SIGINT / SIGTERM arrived during the step (bench/guard.hold_signals
+holds the signal to the step's end, so the saved weights, optimisers and generators are all of one step).
+
+[ddp] Every rank holds the same state (DDP's averaged gradients, generators kept in step with one process), so rank 0
+alone writes it and every rank restores from the same file; the ranks agree on a signal each step (any rank's signal
+stops them all after the same step).
 """
 
+import copy
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
 
-from bench.train import Snapshot, snapshot
+from bench import distributed
+from bench.guard import Interrupted, hold_signals, pending_signal, take_pending
+
+
+class Snapshot(NamedTuple):
+    step: int  # steps done
+    raw: nn.Module  # eval-mode copy of the trained network (G, or the denoiser)
+    ema: nn.Module  # eval-mode copy of its EMA
+
+
+def snapshot(module: nn.Module) -> nn.Module:
+    """A frozen eval-mode copy (BatchNorm on its running statistics, as the final model samples)."""
+    return copy.deepcopy(distributed.unwrap(module)).eval().requires_grad_(False)  # [ddp] the network, not DDP
 
 
 def _flatten(obj, prefix: str, tensors: dict):
@@ -46,19 +71,34 @@ def _unflatten(obj, tensors: dict):
     return obj
 
 
+STATE_SAVES = 10  # a training's state is saved about this many times (every steps // STATE_SAVES steps)
+
+
 class TrainState:
     """The resumable state of one training loop at `path`, saved every `every` steps (0 = never)."""
 
     def __init__(self, path: Path, every: int, generators: dict[str, torch.Generator]):
         self.path, self.every, self.generators = Path(path), every, generators
+        self.seconds_before = 0.0  # training seconds spent before the resume (saved with the state)
+        self.resumed_from = 0  # steps done when the state was restored (0 = a fresh start)
+        self._started = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training seconds so far, the time before the resume included."""
+        return self.seconds_before + time.perf_counter() - self._started
 
     def save(self, steps_done: int, parts: dict, history: list, snapshots: list) -> None:
+        if not distributed.is_main():  # [ddp] every rank holds the same state: rank 0 writes it
+            return
         tensors: dict = {}
-        meta = {"steps_done": steps_done, "history": history,
-                "parts": {name: _flatten(p.state_dict(), f"part/{name}", tensors) for name, p in parts.items()},
+        meta = {"steps_done": steps_done, "history": history, "seconds": self.seconds(),
+                "parts": {name: _flatten(distributed.unwrap(p).state_dict(), f"part/{name}", tensors)
+                          for name, p in parts.items()},  # [ddp] the network's keys, whatever the world size
                 "snapshots": [[s.step, _flatten(s.raw.state_dict(), f"snap/{s.step}/raw", tensors),
                                _flatten(s.ema.state_dict(), f"snap/{s.step}/ema", tensors)] for s in snapshots or []]}
         tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # noise drawn on the device (the VAE's)
+            tensors["rng/cuda"] = torch.cuda.get_rng_state()
         for name, g in self.generators.items():
             tensors[f"rng/{name}"] = g.get_state()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,22 +122,74 @@ class TrainState:
         except (OSError, SafetensorError, KeyError, json.JSONDecodeError):
             return 0
         for name, p in parts.items():
-            p.load_state_dict(_unflatten(meta["parts"][name], tensors))
+            distributed.unwrap(p).load_state_dict(_unflatten(meta["parts"][name], tensors))
         history.extend(meta["history"])
         for step, raw_state, ema_state in meta["snapshots"] if snapshots is not None else []:
             copies = snapshot(parts[raw]), snapshot(parts[ema])
-            for copy, state in zip(copies, (raw_state, ema_state)):
-                copy.load_state_dict(_unflatten(state, tensors))
+            for net, state in zip(copies, (raw_state, ema_state)):
+                net.load_state_dict(_unflatten(state, tensors))
             snapshots.append(Snapshot(step, *copies))
         torch.set_rng_state(tensors["rng/torch"])
+        if "rng/cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng/cuda"])
         for name, g in self.generators.items():
             g.set_state(tensors[f"rng/{name}"])
+        self.seconds_before, self.resumed_from = meta.get("seconds", 0.0), meta["steps_done"]
+        self._started = time.perf_counter()
         return meta["steps_done"]
 
-    def step_done(self, steps_done: int, parts: dict, history: list, snapshots: list) -> None:
-        if self.every > 0 and steps_done % self.every == 0:
+    def step_done(self, steps_done: int, parts: dict, history: list, snapshots: list, last: bool = False) -> None:
+        """Save when due: every `every` steps, and after the last step (`last`)."""
+        if last or (self.every > 0 and steps_done % self.every == 0):
             self.save(steps_done, parts, history, snapshots)
 
     def clear(self) -> None:
         """The training finished: its final checkpoint replaces the state."""
         self.path.unlink(missing_ok=True)
+
+
+class StateFiles:
+    """The states of the trainings of one run entry, one file per part ("text", "gan", "vae", ...): path_of(part)
+    names it. Without path_of there is no state (the loops neither restore nor save)."""
+
+    def __init__(self, path_of=None):
+        self.path_of, self.opened = path_of, {}
+
+    def open(self, part: str, steps: int, generators: dict[str, torch.Generator]) -> TrainState | None:
+        """The TrainState of one training of `steps` steps (None without path_of); generators: the loop's own."""
+        if self.path_of is None:
+            return None
+        self.opened[part] = TrainState(self.path_of(part), max(1, steps // STATE_SAVES), generators)
+        return self.opened[part]
+
+    def seconds_before(self, part: str) -> float:
+        """Training seconds `part` had spent before this run resumed it (0 for a fresh start or no state)."""
+        return self.opened[part].seconds_before if part in self.opened else 0.0
+
+    def clear(self, parts) -> None:
+        """The entry is recorded: its trainings' states are no longer needed. [ddp] Rank 0 owns the files."""
+        if self.path_of is not None and distributed.is_main():
+            for part in parts:
+                self.path_of(part).unlink(missing_ok=True)
+
+
+def steps_to_run(steps: int, state: TrainState | None, parts: dict, history: list, snapshots: list | None = None,
+                 raw: str | None = None, ema: str | None = None, desc: str = "", progress: bool = True):
+    """The steps a training loop still has to take (all of range(steps) without a state), with a progress bar; with
+    a state, restored first and saved after each step as due (module docstring). A signal that arrives during a step
+    is held until the step ends, then the state is saved and Interrupted raised. raw / ema: the parts a Snapshot
+    copies (restore)."""
+    start = state.restore(parts, history, snapshots, raw, ema) if state is not None else 0
+    bar = tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress, initial=start,
+               total=steps)
+    if state is None:
+        yield from bar
+        return
+    with hold_signals():
+        for step in bar:
+            yield step
+            stop = distributed.agree(pending_signal())  # [ddp] a signal on any rank stops every rank here
+            state.step_done(step + 1, parts, history, snapshots, last=step + 1 == steps or stop > 0)
+            if stop:
+                bar.close()
+                raise take_pending() if pending_signal() else Interrupted(stop)

@@ -9,20 +9,26 @@ on to OUT_DIR/checks.json. `fail`: rank 1 raises while rank 0 waits in a collect
 """
 
 import json
+import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from bench import distributed
 from bench.config import MixtureBenchConfig
 from bench.evaluate import sample_gan
+from bench.guard import Interrupted, stop_on_signals
 from bench.metrics import fid
 from bench.mixtures import draw_points
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.train import GANTrainConfig, train_gan
+from bench.train_state import TrainState
 from models.dcgan import DCGANConfig, Discriminator, Generator
 from models.mlp import MLPConfig, MLPGenerator
 from models.text import clip_loss
@@ -87,36 +93,70 @@ def check_gradients() -> dict:
     }
 
 
+DCGAN = DCGANConfig(resolution=8, channels=3, z_dim=4, width=4, cond_dim=0)
+DATA = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+
+
+def dcgan_run(wrapped: bool, steps: int, state_path: Path | None = None, signal_at: int | None = None):
+    """train_gan of a BatchNorm DCGAN on DATA (under DDP when wrapped). With state_path, it resumes from and saves to
+    that state; signal_at: rank 1 alone sends itself SIGTERM when that step starts. Returns (G, its EMA) flattened
+    and the history."""
+    torch.manual_seed(0)
+    G, D = Generator(DCGAN), Discriminator(DCGAN)
+    if wrapped:
+        G, D = (distributed.wrap(distributed.sync_batchnorm(m), torch.device("cpu")) for m in (G, D))
+    gen = torch.Generator().manual_seed(3)
+
+    def real(step):
+        if step == signal_at and distributed.rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return DATA[distributed.local_rows(torch.randint(64, (B,), generator=gen))], None
+
+    def latent(n):
+        return distributed.local_rows(torch.randn(distributed.global_size(n), DCGAN.z_dim, generator=gen))
+
+    state = TrainState(state_path, 100, {"train": gen}) if state_path is not None else None
+    result = train_gan(G, D, real, latent, GANTrainConfig(), steps, progress=False, state=state)
+    flat = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (result.model, result.ema)]
+    return *flat, result.history
+
+
 def check_train_step() -> dict:
-    """One train_gan step of a BatchNorm DCGAN under DDP vs in one process: the generator's weights afterwards."""
-    cfg = DCGANConfig(resolution=8, channels=3, z_dim=4, width=4, cond_dim=0)
-    data = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-
-    def run(wrapped: bool) -> torch.Tensor:
-        torch.manual_seed(0)
-        G, D = Generator(cfg), Discriminator(cfg)
-        if wrapped:
-            G, D = (distributed.wrap(distributed.sync_batchnorm(m), torch.device("cpu")) for m in (G, D))
-        gen = torch.Generator().manual_seed(3)
-
-        def real(step):
-            return data[distributed.local_rows(torch.randint(64, (B,), generator=gen))], None
-
-        def latent(n):
-            return distributed.local_rows(torch.randn(distributed.global_size(n), cfg.z_dim, generator=gen))
-
-        result = train_gan(G, D, real, latent, GANTrainConfig(), 2, progress=False)
-        flat = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (result.model, result.ema)]
-        return *flat, result.history
-
-    ddp, ema, hist = run(True)
+    """Two train_gan steps of a BatchNorm DCGAN under DDP vs in one process: the generator's weights afterwards."""
+    ddp, ema, hist = dcgan_run(True, 2)
     with distributed.solo():
-        ref, ema_ref, ref_hist = run(False)
+        ref, ema_ref, ref_hist = dcgan_run(False, 2)
     return {"g_rank_spread": float((all_ranks(ddp) - ddp).abs().max()),
             "g_vs_one_process": float((ddp - ref).abs().max()),
             "ema_rank_spread": float((all_ranks(ema) - ema).abs().max()),
             "ema_vs_one_process": float((ema - ema_ref).abs().max()),
             "loss_vs_one_process": max(abs(a[k] - b[k]) for a, b in zip(hist, ref_hist) for k in ("g_loss", "d_loss"))}
+
+
+def check_resume(out: Path) -> dict:
+    """Six DDP steps, SIGTERM reaching rank 1 alone during step 3: both ranks stop after that step (they agree on the
+    signal each step) and rank 0 writes the state. Resumed under DDP, G and its EMA equal one unbroken DDP training's;
+    resumed in one process from the same file (another world size), they equal it to float rounding."""
+    unbroken, unbroken_ema, _ = dcgan_run(True, 6)
+    path, stopped = out / "resume" / "gan.safetensors", False
+    try:
+        with stop_on_signals():
+            dcgan_run(True, 6, path, signal_at=3)
+    except Interrupted:
+        stopped = True
+    distributed.barrier()
+    solo_path = out / "resume" / f"solo{distributed.rank()}.safetensors"
+    shutil.copy(path, solo_path)  # each rank's own copy: a one-process loop writes its state
+    with safe_open(str(path), "pt") as f:
+        saved_at = json.loads(f.metadata()["train_state"])["steps_done"]
+    resumed, resumed_ema, _ = dcgan_run(True, 6, path)
+    with distributed.solo():
+        one, _, _ = dcgan_run(False, 6, solo_path)
+    everyone = [None] * distributed.world()
+    torch.distributed.all_gather_object(everyone, stopped)
+    gap = max((resumed - unbroken).abs().max(), (resumed_ema - unbroken_ema).abs().max())
+    return {"stopped": everyone, "saved_at": saved_at, "resumed_vs_unbroken": float(gap),
+            "one_process_resume_vs_unbroken": float((one - unbroken).abs().max())}
 
 
 def check_shards() -> dict:
@@ -165,6 +205,7 @@ def checks(out: Path) -> None:
     with distributed.session(torch.device("cpu")):
         result = {"world": distributed.world(), "gradients": check_gradients(), "train_step": check_train_step(),
                   "shards": check_shards(), "fid": check_fid(), "files": check_files(out),
+                  "resume": check_resume(out),
                   "average": distributed.average({"step": 3, "loss": float(distributed.rank())})}
         if distributed.is_main():
             (out / "checks.json").write_text(json.dumps(result))

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from bench import imagebench
+from bench import imagebench, train_state
 from bench.cli import main
 from bench.config import preset
-from bench.guard import Interrupted, interrupted_entry
+from bench.guard import Interrupted, hold_signals, interrupted_entry, pending_signal, stop_on_signals
 from bench.mixtures import MixtureTrained, record_mixture, run_mixture
 from bench.report import write_report
 from bench.results import SCHEMA, failed_entry, load_results
@@ -335,7 +335,8 @@ def test_judge_cache_is_invalidated_when_the_images_change(tmp_path):
 
 @pytest.mark.parametrize("model", ["gan", "diffusion"])
 def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monkeypatch):
-    """Stopped after 15 of 30 steps (its state saved every 3), then run again: the training continues from step 15
+    """A real SIGTERM during step 15 of 30: the loop finishes the step, saves its state there (the interval alone,
+    every 30 steps, would have saved nothing) and raises Interrupted. Run again, the training continues from step 15
     with its weights, EMA, optimisers, schedule, random generators, history and snapshots, and ends exactly where
     one unbroken training ends (the same history, metrics and curve)."""
     mix = preset("smoke").mixtures
@@ -343,26 +344,91 @@ def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monke
     unbroken, _ = run_mixture("ring8", model, 0, mix, "cpu", RunDir(tmp_path / "a"), progress=False)
     run = RunDir(tmp_path / "b")
     original = TrainState.step_done
+    monkeypatch.setattr(train_state, "STATE_SAVES", 1)
 
-    def stop_at_15(self, steps_done, *args):
-        original(self, steps_done, *args)
-        if steps_done == 15:
-            raise Interrupted(signal.SIGTERM)
+    def signal_after_14(self, steps_done, *args, **kwargs):
+        original(self, steps_done, *args, **kwargs)
+        if steps_done == 14:  # held by the loop until step 15 ends
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(TrainState, "step_done", stop_at_15)
-    with pytest.raises(Interrupted):
+    monkeypatch.setattr(TrainState, "step_done", signal_after_14)
+    with pytest.raises(Interrupted), stop_on_signals():
         run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
     assert run.state_path("ring8", 0, model).is_file()
     monkeypatch.undo()
     resumed_steps = []
-    monkeypatch.setattr(TrainState, "step_done", lambda self, n, *a: (resumed_steps.append(n), original(self, n, *a)))
+    monkeypatch.setattr(TrainState, "step_done",
+                        lambda self, n, *a, **k: (resumed_steps.append(n), original(self, n, *a, **k)))
     resumed, _ = run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
-    assert resumed_steps[0] == 16, "the resumed training starts after the 15 saved steps"
+    assert resumed_steps[0] == 16, "the resumed training starts after the 15 steps saved at the signal"
     assert not run.state_path("ring8", 0, model).exists()
     assert run.history_path("ring8", 0, model).read_text() == RunDir(tmp_path / "a").history_path(
         "ring8", 0, model).read_text()
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN (no HQ sample) == NaN
     assert same(resumed["metrics"], unbroken["metrics"]) and same(resumed["curve"], unbroken["curve"])
+
+
+def test_a_held_signal_waits_for_the_step_and_a_second_one_stops_at_once():
+    """Inside a training loop (hold_signals) the first signal is noted, not raised; a second raises at once (the
+    README's second Ctrl-C); a held signal still pending when the loop's block ends raises there."""
+    with stop_on_signals():
+        with pytest.raises(Interrupted) as stop, hold_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert pending_signal() == signal.SIGINT  # noted, and the block goes on
+            os.kill(os.getpid(), signal.SIGINT)
+            pytest.fail("the second SIGINT did not raise")
+        assert stop.value.exit_code == 130 and pending_signal() == 0
+        with pytest.raises(Interrupted) as stop:
+            with hold_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert pending_signal() == signal.SIGTERM
+        assert stop.value.exit_code == 143 and pending_signal() == 0
+
+
+def _timeless(value):
+    """A results.json entry without its wall times and rates (which differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if "seconds" not in k and not k.endswith("per_s")}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    return value
+
+
+def test_an_image_run_resumes_mid_way_to_the_same_result(tmp_path, monkeypatch):
+    """A real SIGTERM during step 6 of the UNet's 12: the text encoder, the GAN and the VAE have finished (their final
+    states are kept until the entries are recorded) and the UNet saves its state when the step ends. Run again,
+    nothing finished is retrained, the UNet continues from step 6, and both entries and every history equal those of
+    one unbroken run; the states are removed once the entries are recorded."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(train_state, "STATE_SAVES", 1)  # no interval saves: only the end of a training and the signal
+    cfg = _tiny_images()
+    cfg.steps, cfg.eval_checkpoints = 12, 2
+    run = lambda name: imagebench.run_image_dataset(  # noqa: E731
+        "shapes", 0, cfg, torch.device("cpu"), RunDir(tmp_path / name), tmp_path / "cache", progress=False)
+    unbroken = run("a")
+    assert [e["status"] for e in unbroken] == ["ok", "ok"]
+    original, taken = TrainState.step_done, []
+
+    def signal_in_the_unet(self, steps_done, *args, **kwargs):
+        original(self, steps_done, *args, **kwargs)
+        taken.append((self.path.stem.rsplit("_", 1)[1], steps_done))
+        if taken[-1] == ("diffusion", 5):  # held by the loop until step 6 ends
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(TrainState, "step_done", signal_in_the_unet)
+    with pytest.raises(Interrupted), stop_on_signals():
+        run("b")
+    states = {part: RunDir(tmp_path / "b").state_path("shapes", 0, part) for part in imagebench.STATE_PARTS}
+    assert all(path.is_file() for path in states.values())
+    taken.clear()
+    resumed = run("b")
+    assert taken == [("diffusion", n) for n in range(7, 13)], "only the UNet's last six steps are taken again"
+    assert not any(path.exists() for path in states.values())
+    assert json.dumps(_timeless(resumed), sort_keys=True) == json.dumps(_timeless(unbroken), sort_keys=True)
+    for part in imagebench.STATE_PARTS:
+        assert (RunDir(tmp_path / "b").history_path("shapes", 0, part).read_text()
+                == RunDir(tmp_path / "a").history_path("shapes", 0, part).read_text())
+    assert resumed[1]["train"]["seconds"] > 0
 
 
 def test_sample_refuses_a_family_that_failed_to_train():
