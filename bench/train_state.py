@@ -80,7 +80,6 @@ class TrainState:
     def __init__(self, path: Path, every: int, generators: dict[str, torch.Generator]):
         self.path, self.every, self.generators = Path(path), every, generators
         self.seconds_before = 0.0  # training seconds spent before the resume (saved with the state)
-        self.resumed_from = 0  # steps done when the state was restored (0 = a fresh start)
         self._started = time.perf_counter()
 
     def seconds(self) -> float:
@@ -113,16 +112,22 @@ class TrainState:
 
     def restore(self, parts: dict, history: list, snapshots: list, raw: str, ema: str) -> int:
         """Load the saved state into parts, history and snapshots (Snapshot(step, copy of parts[raw], copy of
-        parts[ema])); return the steps done (0 when there is no usable state file: the loop starts from the
-        beginning)."""
+        parts[ema])); return the steps done (0 when there is no readable state file: the loop starts from the
+        beginning). A readable state that does not fit the networks (saved by another version) raises, naming the
+        file, rather than train on from a mix of the saved and the fresh weights."""
         try:
             with safe_open(str(self.path), "pt") as f:
                 meta = json.loads((f.metadata() or {})["train_state"])
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- a safetensors handle
         except (OSError, SafetensorError, KeyError, json.JSONDecodeError):
             return 0
-        for name, p in parts.items():
-            distributed.unwrap(p).load_state_dict(_unflatten(meta["parts"][name], tensors))
+        try:
+            for name, p in parts.items():
+                distributed.unwrap(p).load_state_dict(_unflatten(meta["parts"][name], tensors))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            why = " ".join(str(exc).split()[:24])  # torch's message, on one line
+            raise RuntimeError(f"{self.path}: the saved training state does not fit this training ({why}); remove "
+                               "the file to train from the start") from None
         history.extend(meta["history"])
         for step, raw_state, ema_state in meta["snapshots"] if snapshots is not None else []:
             copies = snapshot(parts[raw]), snapshot(parts[ema])
@@ -134,18 +139,13 @@ class TrainState:
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         for name, g in self.generators.items():
             g.set_state(tensors[f"rng/{name}"])
-        self.seconds_before, self.resumed_from = meta.get("seconds", 0.0), meta["steps_done"]
-        self._started = time.perf_counter()
+        self.seconds_before, self._started = meta.get("seconds", 0.0), time.perf_counter()
         return meta["steps_done"]
 
     def step_done(self, steps_done: int, parts: dict, history: list, snapshots: list, last: bool = False) -> None:
         """Save when due: every `every` steps, and after the last step (`last`)."""
         if last or (self.every > 0 and steps_done % self.every == 0):
             self.save(steps_done, parts, history, snapshots)
-
-    def clear(self) -> None:
-        """The training finished: its final checkpoint replaces the state."""
-        self.path.unlink(missing_ok=True)
 
 
 class StateFiles:

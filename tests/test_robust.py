@@ -368,6 +368,18 @@ def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monke
     assert same(resumed["metrics"], unbroken["metrics"]) and same(resumed["curve"], unbroken["curve"])
 
 
+def test_an_unreadable_state_starts_over_and_a_state_that_does_not_fit_is_named(tmp_path):
+    """A cut-off state file (the process died mid-write outside the atomic rename, or a disk fault) cannot be read:
+    the training starts from step 0. A readable state for other networks raises, naming the file and what to do
+    (the training fails rather than go on from a mix of saved and fresh weights)."""
+    path = tmp_path / "state.safetensors"
+    TrainState(path, 1, {}).save(3, {"m": torch.nn.Linear(2, 3)}, [], [])
+    with pytest.raises(RuntimeError, match="state.safetensors: the saved training state does not fit.*remove the"):
+        TrainState(path, 1, {}).restore({"m": torch.nn.Linear(2, 4)}, [], None, None, None)
+    path.write_bytes(path.read_bytes()[:100])
+    assert TrainState(path, 1, {}).restore({"m": torch.nn.Linear(2, 3)}, [], None, None, None) == 0
+
+
 def test_a_held_signal_waits_for_the_step_and_a_second_one_stops_at_once():
     """Inside a training loop (hold_signals) the first signal is noted, not raised; a second raises at once (the
     README's second Ctrl-C); a held signal still pending when the loop's block ends raises there."""
