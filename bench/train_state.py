@@ -180,6 +180,8 @@ def steps_to_run(steps: int, state: TrainState | None, parts: dict, history: lis
     is held until the step ends, then the state is saved and Interrupted raised. raw / ema: the parts a Snapshot
     copies (restore)."""
     start = state.restore(parts, history, snapshots, raw, ema) if state is not None else 0
+    if start and progress and distributed.is_main():
+        tqdm.write(f"{desc}: restored from {state.path.name} at step {start} of {steps}")
     bar = tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress, initial=start,
                total=steps)
     if state is None:
