@@ -200,6 +200,16 @@ def train_gan(G, D, real_batch, latent, cfg: GANTrainConfig, steps: int, desc: s
     return TrainResult(distributed.unwrap(G), ema, history, status, cfg.ema)  # [ddp] the network, not DDP
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr: float, warmup: float, steps: int):
+    """torch's OneCycleLR (Smith & Topin 2019): a cosine rise to lr over the first `warmup` of the steps, then a
+    cosine fall. Its first phase ends at step warmup x steps - 1; where that is exactly 0 (10 steps at warm-up 0.1)
+    torch divides 0 by 0, so the fraction is nudged to make step 0 the one warm-up step, as it is at 11 steps.
+    Every other step count gets torch's schedule unchanged."""
+    total = max(steps, 2)
+    pct = warmup * (1 + 1e-6) if warmup * total == 1 else warmup
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
+
+
 def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionTrainConfig, steps: int,
                     generator: torch.Generator, desc: str = "diffusion", progress: bool = True,
                     snapshot_every: int = 0, snapshots: list | None = None, state=None) -> TrainResult:
@@ -211,7 +221,7 @@ def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionT
     state: a bench.train_state.TrainState to resume from and save to (None = neither; steps_to_run).
     """
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 2), pct_start=cfg.warmup)
+    sched = one_cycle(opt, cfg.lr, cfg.warmup, steps)
     ema = snapshot(model)  # the EMA starts as a frozen copy of the initial weights
     T = len(alpha_bar)
     history, status = [], {"status": "ok"}

@@ -8,7 +8,7 @@ import torch
 
 from bench.data import mixture_scale, sample_mixture
 from bench.metrics import mixture_modes
-from bench.train import GANTrainConfig, autocast, drop_captions, ema_update, train_gan, vae_step
+from bench.train import GANTrainConfig, autocast, drop_captions, ema_update, one_cycle, train_gan, vae_step
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 from models.vae import KLAutoencoder, VAEConfig, vae_loss
 
@@ -206,3 +206,20 @@ def test_diffusion_ema_follows_the_same_warm_up_rule():
     assert res.model is net
     ema = torch.nn.utils.parameters_to_vector(res.ema.parameters()).double()
     assert torch.allclose(ema, _expected_ema(raws, 0.999), atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [10, 20, 11])
+def test_one_cycle_schedule_where_the_warm_up_is_one_step(steps):
+    """warm-up 0.1 x 10 steps (or 0.05 x 20) put torch's first phase end at step 0 and its OneCycleLR divided 0 by 0,
+    failing every diffusion training of `--steps 10`. Now step 0 is the one warm-up step, as at 11 steps: the
+    schedule starts at lr / 25 (OneCycleLR's div_factor); the cosine fall from lr starts right after step 0, so step 1
+    is within a few % of lr (3% at 10 steps: cos(pi / 9)), and every later step is lower."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = one_cycle(opt, 1e-3, 1 / steps if steps != 11 else 0.1, steps)
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(steps - 1):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(1e-3 / 25) and lrs[1] == pytest.approx(1e-3, rel=0.05)
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
