@@ -271,11 +271,11 @@ def budget_plan(cfg: ImageBenchConfig, device, channels: int) -> dict:
 def _gan_part(images, pooled, cfg, cfgs, device, seed, progress, steps: int, states: StateFiles):
     """(TrainResult of G, D, snapshots, seconds) of the GAN; a GAN that raises is a failed GAN (untrained networks
     kept so the bundle can still be saved; the checkpoint lists the family as failed), never a failed diffusion run.
-    The seconds include the training time before a resume."""
+    The seconds include the training time before a resume (TrainState.offset)."""
     t0 = time.perf_counter()
     try:
         G, D, snaps = train_dcgan(images, pooled, cfg, cfgs, device, seed, progress, steps, states)
-        return G, D, snaps, time.perf_counter() - t0 + states.seconds_before("gan")
+        return G, D, snaps, time.perf_counter() - t0 + states.offset("gan")
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         G, D = Generator(cfgs["dcgan"]).to(device).eval(), Discriminator(cfgs["dcgan"]).to(device).eval()
         return TrainResult(G, G, [], failed_status(exc), cfg.gan.ema), D, [], time.perf_counter() - t0
@@ -283,18 +283,19 @@ def _gan_part(images, pooled, cfg, cfgs, device, seed, progress, steps: int, sta
 
 def _diffusion_part(images, text, uncond, cfg, cfgs, device, seed, progress, states: StateFiles):
     """(vae, vae history, vae seconds, TrainResult of the UNet, snapshots, seconds) of the diffusion side; a VAE or
-    UNet that raises fails the diffusion entry only. The seconds include the training time before a resume."""
+    UNet that raises fails the diffusion entry only. The seconds include the training time before a resume
+    (TrainState.offset)."""
     t0, vae, vae_history, vae_seconds = time.perf_counter(), None, [], 0.0
     try:
         vae, vae_history = train_vae(images, cfg, cfgs, device, seed, progress, states)
-        vae_seconds, t0 = time.perf_counter() - t0 + states.seconds_before("vae"), time.perf_counter()
+        vae_seconds, t0 = time.perf_counter() - t0 + states.offset("vae"), time.perf_counter()
         latents = encode_latents(vae, images) * vae.scale_factor  # (N, c, h, w), unit variance
         unet, snaps = train_unet(latents, text, uncond, cfg, cfgs, device, seed, progress, states)
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         vae = vae if vae is not None else KLAutoencoder(cfgs["vae"]).to(device).eval()
         net = UNet(cfgs["unet"]).to(device).eval()
         unet, snaps = TrainResult(net, net, [], failed_status(exc), cfg.diffusion_train.ema), []
-    return vae, vae_history, vae_seconds, unet, snaps, time.perf_counter() - t0 + states.seconds_before("diffusion")
+    return vae, vae_history, vae_seconds, unet, snaps, time.perf_counter() - t0 + states.offset("diffusion")
 
 
 def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progress=True,
@@ -308,7 +309,7 @@ def train_models(prep: Prepared, cfg: ImageBenchConfig, device, seed: int, progr
     seconds, histories, snapshots = {}, {}, {}
     t0 = time.perf_counter()
     text, histories["text"] = train_text_encoder(data, tokenizer, cfg, cfgs, device, seed, progress, states)
-    seconds["text"] = time.perf_counter() - t0 + states.seconds_before("text")
+    seconds["text"] = time.perf_counter() - t0 + states.offset("text")
     text_states, pooled, mask = encode_captions(text, tokenizer, data.captions, device)
     empty_states, _, empty_mask = encode_captions(text, tokenizer, [""], device)  # CFG's unconditional input
     budget = budget_plan(cfg, device, data.images.shape[1])

@@ -82,7 +82,7 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
                                  mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen, desc=desc,
                                  progress=progress, snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"denoiser": result.ema, "denoiser_raw": denoiser}, {"denoiser": num_params(denoiser)}
-    seconds = time.perf_counter() - start + (state.seconds_before if state is not None else 0.0)
+    seconds = time.perf_counter() - start + (state.offset() if state is not None else 0.0)
     return MixtureTrained(model, result.ema, result.model.eval(), result.ema_decay, modules, result.history,
                           result.status, seconds, params, snapshots)
 

@@ -80,15 +80,23 @@ class TrainState:
     def __init__(self, path: Path, every: int, generators: dict[str, torch.Generator]):
         self.path, self.every, self.generators = Path(path), every, generators
         self.seconds_before = 0.0  # training seconds spent before the resume (saved with the state)
+        self.io_seconds = 0.0  # this process's seconds spent saving and restoring (not training)
         self._started = time.perf_counter()
 
     def seconds(self) -> float:
-        """Training seconds so far, the time before the resume included."""
-        return self.seconds_before + time.perf_counter() - self._started
+        """Training seconds so far: the time before the resume included, the state's own I/O left out."""
+        return self.seconds_before + time.perf_counter() - self._started - self.io_seconds
+
+    def offset(self) -> float:
+        """What to add to a wall time measured around the training in this process to get its training seconds:
+        the time before the resume, less the state's I/O (a state is larger for bigger networks, so counting its
+        writes would charge the diffusion side more than the GAN for the same work)."""
+        return self.seconds_before - self.io_seconds
 
     def save(self, steps_done: int, parts: dict, history: list, snapshots: list) -> None:
         if not distributed.is_main():  # [ddp] every rank holds the same state: rank 0 writes it
             return
+        t0 = time.perf_counter()
         tensors: dict = {}
         meta = {"steps_done": steps_done, "history": history, "seconds": self.seconds(),
                 "parts": {name: _flatten(distributed.unwrap(p).state_dict(), f"part/{name}", tensors)
@@ -109,12 +117,15 @@ class TrainState:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            self.io_seconds += time.perf_counter() - t0
 
     def restore(self, parts: dict, history: list, snapshots: list, raw: str, ema: str) -> int:
         """Load the saved state into parts, history and snapshots (Snapshot(step, copy of parts[raw], copy of
         parts[ema])); return the steps done (0 when there is no readable state file: the loop starts from the
         beginning). A readable state that does not fit the networks (saved by another version) raises, naming the
         file, rather than train on from a mix of the saved and the fresh weights."""
+        t0 = time.perf_counter()
         try:
             with safe_open(str(self.path), "pt") as f:
                 meta = json.loads((f.metadata() or {})["train_state"])
@@ -139,7 +150,8 @@ class TrainState:
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         for name, g in self.generators.items():
             g.set_state(tensors[f"rng/{name}"])
-        self.seconds_before, self._started = meta.get("seconds", 0.0), time.perf_counter()
+        self.seconds_before, self._started = meta.get("seconds", 0.0), t0
+        self.io_seconds += time.perf_counter() - t0
         return meta["steps_done"]
 
     def step_done(self, steps_done: int, parts: dict, history: list, snapshots: list, last: bool = False) -> None:
@@ -162,9 +174,9 @@ class StateFiles:
         self.opened[part] = TrainState(self.path_of(part), max(1, steps // STATE_SAVES), generators)
         return self.opened[part]
 
-    def seconds_before(self, part: str) -> float:
-        """Training seconds `part` had spent before this run resumed it (0 for a fresh start or no state)."""
-        return self.opened[part].seconds_before if part in self.opened else 0.0
+    def offset(self, part: str) -> float:
+        """TrainState.offset of `part` (0 without a state)."""
+        return self.opened[part].offset() if part in self.opened else 0.0
 
     def clear(self, parts) -> None:
         """The entry is recorded: its trainings' states are no longer needed. [ddp] Rank 0 owns the files."""

@@ -380,6 +380,21 @@ def test_an_unreadable_state_starts_over_and_a_state_that_does_not_fit_is_named(
     assert TrainState(path, 1, {}).restore({"m": torch.nn.Linear(2, 3)}, [], None, None, None) == 0
 
 
+def test_training_seconds_leave_the_states_own_writes_out(tmp_path, monkeypatch):
+    """Three state writes of 0.2 s each (a large network, a slow disk) are not training time: TrainState.seconds()
+    and the saved seconds stay near zero; offset() takes them off a wall time measured around the training, and a
+    restored state carries the saved training seconds on."""
+    real = train_state.save_file
+    monkeypatch.setattr(train_state, "save_file", lambda *a, **k: (time.sleep(0.2), real(*a, **k)))
+    state = TrainState(tmp_path / "s.safetensors", 1, {})
+    for n in range(3):
+        state.save(n, {"m": torch.nn.Linear(2, 2)}, [], [])
+    assert state.io_seconds >= 0.6 and state.seconds() < 0.2 and state.offset() == -state.io_seconds
+    again = TrainState(tmp_path / "s.safetensors", 1, {})
+    again.restore({"m": torch.nn.Linear(2, 2)}, [], None, None, None)
+    assert 0 < again.seconds_before < 0.2 and again.offset() == again.seconds_before - again.io_seconds
+
+
 def test_a_held_signal_waits_for_the_step_and_a_second_one_stops_at_once():
     """Inside a training loop (hold_signals) the first signal is noted, not raised; a second raises at once (the
     README's second Ctrl-C); a held signal still pending when the loop's block ends raises there."""
