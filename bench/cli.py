@@ -339,7 +339,8 @@ def _add_run(sub) -> None:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
     run.add_argument("--resume", metavar="RUN_DIR",
-                     help="continue a stopped run: keep its finished entries, rerun the rest from their start")
+                     help="continue a stopped run: keep its finished entries, run the rest on, each training from its "
+                          "last saved state (state/)")
     run.add_argument("--force", action="store_true",
                      help="--out holds another run: move it to <out>.old-<timestamp> and start afresh")
     run.set_defaults(func=_cmd_run)
