@@ -38,22 +38,32 @@ def interrupted_entry(dataset: str, model: str, seed: int) -> dict:
             "throughput": {}}
 
 
-_held = 0  # depth of hold_signals() blocks: a training loop that saves its state at its next step boundary
-_pending: list[int] = []  # the signal a holding loop has yet to act on
+_held = 0  # depth of hold_signals() blocks: trainings that save their state at their next step boundary
+_pending: list[int] = []  # the signal a held training has yet to act on
+
+
+def _hold(signum) -> bool:
+    """Inside hold_signals, note the first signal (True: the handler returns) and ignore a repeated SIGTERM (a job
+    scheduler's or a parent's duplicate of the first); only a second SIGINT (a second Ctrl-C) escalates (False)."""
+    if not _held:
+        return False
+    if not _pending:
+        _pending.append(signum)
+        return True
+    return signum != signal.SIGINT
 
 
 def _on_signal(signum, frame):
-    """Raise Interrupted at once, or, inside a training loop that can save its state (hold_signals), note the signal
-    for the loop to act on when its step ends (bench/train_state.steps_to_run). A second signal raises at once."""
-    if _held and not _pending:
-        _pending.append(signum)
+    """Raise Interrupted at once, or, inside a training (hold_signals), note the signal for the training loop to act
+    on when its step ends (bench/train_state.steps_to_run). A second Ctrl-C raises at once."""
+    if _hold(signum):
         return
     _pending.clear()
     raise Interrupted(signum)
 
 
 def pending_signal() -> int:
-    """The signal a holding training loop must stop for (0 = none)."""
+    """The signal a held training must stop for (0 = none)."""
     return _pending[0] if _pending else 0
 
 
@@ -64,15 +74,20 @@ def take_pending() -> Interrupted:
 
 @contextmanager
 def hold_signals():
-    """Within the block, SIGINT / SIGTERM wait for the training loop's step to end, so the loop can save a state that
-    is whole (weights, optimisers and generators of the same step) before it stops. A signal still pending when the
-    block ends raises there."""
+    """Within the block (trainings, with the code between them), SIGINT / SIGTERM wait for the training loop's step
+    to end, so the loop can save a state that is whole (weights, optimisers and generators of the same step) before
+    it stops. A signal still pending when the block ends, normally or by an exception (a diverged loop's `break`, a
+    failed step), raises Interrupted here, in the caller's frame."""
     global _held
     _held += 1
     try:
         yield
-    finally:
+    except BaseException as exc:
         _held -= 1
+        if not _held and _pending and not isinstance(exc, Interrupted):
+            raise take_pending() from exc
+        raise
+    _held -= 1
     if not _held and _pending:
         raise take_pending()
 
@@ -91,10 +106,9 @@ def stop_on_signals():
 
 
 def _on_worker_signal(signum, frame):
-    """A worker process's SIGTERM (the parent's pool.terminate): a training loop saves its state first (as above);
+    """A worker process's SIGTERM (the parent's pool.terminate): a training saves its state first (as above);
     anywhere else the worker exits at once, quietly, with the shell's status."""
-    if _held and not _pending:
-        _pending.append(signum)
+    if _hold(signum):
         return
     _pending.clear()
     raise SystemExit(128 + signum)

@@ -16,6 +16,7 @@ config and is cached), so seeds measure training variance only. The networks are
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from bench import distributed
 from bench.config import ImageBenchConfig, parse_sampler
-from bench.guard import error_text, failed_status
+from bench.guard import error_text, failed_status, hold_signals
 from bench.image_eval import (
     COND_THRESHOLD,
     FAMILIES,
@@ -484,8 +485,8 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
     prep = prepare(dataset, cfg, device, cache_dir)
     if prep.failure is not None:
         return [failed_entry(dataset, m, seed, prep.failure) for m in FAMILIES]
-    states = StateFiles(lambda part: run.state_path(dataset, seed, part))
-    trained = train_models(prep, cfg, device, seed, progress, states)
+    with hold_signals():  # a signal stops the training under way when its step ends, with its state saved
+        trained = train_models(prep, cfg, device, seed, progress, StateFiles(partial(run.state_path, dataset, seed)))
     ev = eval_set(prep, trained.models, cfg, seed)
     try:
         vae_info = vae_report(prep, trained, ev, cfg)
@@ -496,9 +497,7 @@ def run_image_dataset(dataset: str, seed: int, cfg: ImageBenchConfig, device: to
         write_outputs(run, prep, trained, ev, fams, cfg, seed)
     except Exception as exc:  # noqa: BLE001 -- the entries below still carry the numbers
         tqdm.write(f"{dataset} seed {seed}: writing checkpoints or grids failed: {error_text(exc)}")
-    entries = record(prep, trained, ev, fams, cfg, seed, vae_info)
-    states.clear(STATE_PARTS)  # scored: a resumed run would not retrain these
-    return entries
+    return record(prep, trained, ev, fams, cfg, seed, vae_info)
 
 
 # ---------------------------------------------------------------- `gvd sample`

@@ -16,7 +16,7 @@ from bench import distributed, train_state
 from bench.config import MixtureBenchConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
-from bench.guard import error_text
+from bench.guard import error_text, hold_signals
 from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
@@ -57,7 +57,7 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
     real_batch = real_batches(dataset, seed, mix.batch_size, device, data_gen)
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(seed + 7919)
-    every_state = max(1, mix.steps // train_state.STATE_SAVES)
+    every_state = train_state.save_interval(mix.steps)
     state = TrainState(state_path, every_state, {"data": data_gen, "train": train_gen}) if state_path else None
     snapshots: list = []
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
@@ -165,13 +165,11 @@ def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, de
                 progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, score and record one model on one mixture; writes its history and checkpoint.
     Returns (run entry, {sampler label: samples}); the caller saves the samples."""
-    state_path = run.state_path(dataset, seed, model)
-    trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=state_path)
+    with hold_signals():  # a signal stops the training when its step ends, with its state saved
+        trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=run.state_path(dataset, seed,
+                                                                                                        model))
     run.write_history(dataset, seed, model, trained.history)
     run.save_checkpoint(dataset, seed, model, trained.modules,
                         {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})
     evaluation = evaluate_mixture(trained, dataset, seed, mix, device)
-    entry = record_mixture(trained, dataset, seed, mix, evaluation)
-    if distributed.is_main():  # scored: the finished training's state is no longer needed (rank 0 owns the file)
-        state_path.unlink(missing_ok=True)
-    return entry, evaluation[1]
+    return record_mixture(trained, dataset, seed, mix, evaluation), evaluation[1]

@@ -146,8 +146,14 @@ class RunDir:
         return self.root / "checkpoints" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
 
     def state_path(self, dataset: str, seed: int, part: str) -> Path:
-        """A training's resumable mid-training state (bench/train_state.py); removed when the training finishes."""
+        """A training's resumable state (bench/train_state.py); removed once its entry is in results.json."""
         return self.root / "state" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
+
+    def remove_states(self, dataset: str, seed: int, parts) -> None:
+        """The trainings' states of entries that results.json now holds as finished. [ddp] Rank 0 owns the files."""
+        if distributed.is_main():
+            for part in parts:
+                self.state_path(dataset, seed, part).unlink(missing_ok=True)
 
     def grid_path(self, dataset: str, seed: int, part: str) -> Path:
         return self.root / "samples" / f"{self.run_id(dataset, seed)}_{part}.png"

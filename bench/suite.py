@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 from bench import distributed, report
 from bench.config import SuiteConfig, to_dict
 from bench.guard import Interrupted, error_text, interrupted_entry, stop_on_signals, worker_signals
-from bench.imagebench import FAMILIES, run_image_dataset
+from bench.imagebench import FAMILIES, STATE_PARTS, run_image_dataset
 from bench.images import DataError, load_image_dataset
 from bench.mixtures import run_mixture
 from bench.results import failed_entry, metric_rows, new_results
-from bench.resume import finished
+from bench.resume import FINISHED, finished
 from bench.rundir import RunDir
 from bench.throughput import image_throughput, run_entry_throughput
 
@@ -91,6 +91,8 @@ def _record_mixture(run: RunDir, results: dict, order: list, job: tuple, outcome
     for label, x in points.items():
         run.save_points(dataset, seed, model, None if model == "gan" else label, x)
     _add(run, results, [entry], order)
+    if entry["status"] in FINISHED:  # in results.json: a resume keeps it and never needs its training's state
+        run.remove_states(dataset, seed, [model])
 
 
 def _run_pool(jobs: list, workers: int, record) -> None:
@@ -159,6 +161,8 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
                 error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
                 entries = [failed_entry(dataset, m, seed, error, trace) for m in FAMILIES]
             _add(run, results, entries, order)
+            if all(e["status"] in FINISHED for e in entries):  # the states are shared: the text encoder's by both
+                run.remove_states(dataset, seed, STATE_PARTS)
 
 
 def training_flops(entry: dict, per_image: dict, images) -> float:

@@ -10,9 +10,10 @@ the final weights and metrics are the same as those of one unbroken run.
 A loop uses it in one line: `for step in steps_to_run(steps, state, parts, history, ...)` after building its
 optimisers, where `parts` names every object with state_dict / load_state_dict (modules, optimisers, schedulers). The
 generator restores the saved state first and yields only the steps still to do; after each step it saves the state
-when one is due: every `every` steps, after the last step (a finished training's state lets a resumed run skip it
-while its entry is not yet recorded), and when SIGINT / SIGTERM arrived during the step (bench/guard.hold_signals
-holds the signal to the step's end, so the saved weights, optimisers and generators are all of one step).
+when one is due: every `every` steps, after the last step (so a resumed run skips a finished training whose entry is
+not yet in results.json; suite.py removes the states of recorded entries), and when SIGINT / SIGTERM arrived during
+the step. The caller holds signals around its trainings (bench/guard.hold_signals), so a signal waits for the step's
+end and the saved weights, optimisers and generators are all of one step.
 
 [ddp] Every rank holds the same state (DDP's averaged gradients, generators kept in step with one process), so rank 0
 alone writes it and every rank restores from the same file; the ranks agree on a signal each step (any rank's signal
@@ -21,6 +22,7 @@ stops them all after the same step).
 
 import copy
 import json
+import math
 import os
 import tempfile
 import time
@@ -34,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench import distributed
-from bench.guard import Interrupted, hold_signals, pending_signal, take_pending
+from bench.guard import Interrupted, pending_signal, take_pending
 
 
 class Snapshot(NamedTuple):
@@ -71,7 +73,12 @@ def _unflatten(obj, tensors: dict):
     return obj
 
 
-STATE_SAVES = 10  # a training's state is saved about this many times (every steps // STATE_SAVES steps)
+STATE_SAVES = 10  # a training's state is saved this many times at most on its interval, then after its last step
+
+
+def save_interval(steps: int) -> int:
+    """Steps between two saves of a training of `steps` steps: at most STATE_SAVES interval saves."""
+    return max(1, math.ceil(steps / STATE_SAVES))
 
 
 class TrainState:
@@ -171,39 +178,35 @@ class StateFiles:
         """The TrainState of one training of `steps` steps (None without path_of); generators: the loop's own."""
         if self.path_of is None:
             return None
-        self.opened[part] = TrainState(self.path_of(part), max(1, steps // STATE_SAVES), generators)
+        self.opened[part] = TrainState(self.path_of(part), save_interval(steps), generators)
         return self.opened[part]
 
     def offset(self, part: str) -> float:
         """TrainState.offset of `part` (0 without a state)."""
         return self.opened[part].offset() if part in self.opened else 0.0
 
-    def clear(self, parts) -> None:
-        """The entry is recorded: its trainings' states are no longer needed. [ddp] Rank 0 owns the files."""
-        if self.path_of is not None and distributed.is_main():
-            for part in parts:
-                self.path_of(part).unlink(missing_ok=True)
-
 
 def steps_to_run(steps: int, state: TrainState | None, parts: dict, history: list, snapshots: list | None = None,
                  raw: str | None = None, ema: str | None = None, desc: str = "", progress: bool = True):
     """The steps a training loop still has to take (all of range(steps) without a state), with a progress bar; with
-    a state, restored first and saved after each step as due (module docstring). A signal that arrives during a step
-    is held until the step ends, then the state is saved and Interrupted raised. raw / ema: the parts a Snapshot
-    copies (restore)."""
+    a state, restored first and saved after each step as due (module docstring). A signal held during a step
+    (bench/guard.hold_signals, entered by the caller around its trainings) stops the loop when the step ends: the
+    state is saved, then Interrupted raised. raw / ema: the parts a Snapshot copies (restore)."""
     start = state.restore(parts, history, snapshots, raw, ema) if state is not None else 0
+    if distributed.agree(start) != -distributed.agree(-start):  # [ddp] ranks that restored different steps
+        raise RuntimeError(f"{desc}: the ranks restored different steps (is state/ on a disk every node sees?)")
     if start and progress and distributed.is_main():
         tqdm.write(f"{desc}: restored from {state.path.name} at step {start} of {steps}")
+    stop = distributed.agree(pending_signal())  # held between two trainings: stop before a step, nothing new to save
+    if stop:
+        raise take_pending() if pending_signal() else Interrupted(stop)
     bar = tqdm(range(start, steps), desc=desc, leave=False, mininterval=1.0, disable=not progress, initial=start,
                total=steps)
-    if state is None:
-        yield from bar
-        return
-    with hold_signals():
-        for step in bar:
-            yield step
-            stop = distributed.agree(pending_signal())  # [ddp] a signal on any rank stops every rank here
+    for step in bar:
+        yield step
+        stop = distributed.agree(pending_signal())  # [ddp] a signal on any rank stops every rank here
+        if state is not None:
             state.step_done(step + 1, parts, history, snapshots, last=step + 1 == steps or stop > 0)
-            if stop:
-                bar.close()
-                raise take_pending() if pending_signal() else Interrupted(stop)
+        if stop:
+            bar.close()
+            raise take_pending() if pending_signal() else Interrupted(stop)

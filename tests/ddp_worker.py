@@ -22,7 +22,7 @@ from safetensors import safe_open
 from bench import distributed
 from bench.config import MixtureBenchConfig
 from bench.evaluate import sample_gan
-from bench.guard import Interrupted, stop_on_signals
+from bench.guard import Interrupted, hold_signals, stop_on_signals
 from bench.metrics import fid
 from bench.mixtures import draw_points
 from bench.rundir import RunDir
@@ -99,15 +99,16 @@ DATA = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(2))
 
 def dcgan_run(wrapped: bool, steps: int, state_path: Path | None = None, signal_at: int | None = None):
     """train_gan of a BatchNorm DCGAN on DATA (under DDP when wrapped). With state_path, it resumes from and saves to
-    that state; signal_at: rank 1 alone sends itself SIGTERM when that step starts. Returns (G, its EMA) flattened
-    and the history."""
+    that state; signal_at: rank 1 alone sends itself SIGTERM when that step starts. Returns (G, its EMA) flattened,
+    the history and the steps this call took."""
     torch.manual_seed(0)
     G, D = Generator(DCGAN), Discriminator(DCGAN)
     if wrapped:
         G, D = (distributed.wrap(distributed.sync_batchnorm(m), torch.device("cpu")) for m in (G, D))
-    gen = torch.Generator().manual_seed(3)
+    gen, taken = torch.Generator().manual_seed(3), []
 
     def real(step):
+        taken.append(step)
         if step == signal_at and distributed.rank() == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return DATA[distributed.local_rows(torch.randint(64, (B,), generator=gen))], None
@@ -118,14 +119,14 @@ def dcgan_run(wrapped: bool, steps: int, state_path: Path | None = None, signal_
     state = TrainState(state_path, 100, {"train": gen}) if state_path is not None else None
     result = train_gan(G, D, real, latent, GANTrainConfig(), steps, progress=False, state=state)
     flat = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (result.model, result.ema)]
-    return *flat, result.history
+    return *flat, result.history, taken
 
 
 def check_train_step() -> dict:
     """Two train_gan steps of a BatchNorm DCGAN under DDP vs in one process: the generator's weights afterwards."""
-    ddp, ema, hist = dcgan_run(True, 2)
+    ddp, ema, hist, _ = dcgan_run(True, 2)
     with distributed.solo():
-        ref, ema_ref, ref_hist = dcgan_run(False, 2)
+        ref, ema_ref, ref_hist, _ = dcgan_run(False, 2)
     return {"g_rank_spread": float((all_ranks(ddp) - ddp).abs().max()),
             "g_vs_one_process": float((ddp - ref).abs().max()),
             "ema_rank_spread": float((all_ranks(ema) - ema).abs().max()),
@@ -137,10 +138,10 @@ def check_resume(out: Path) -> dict:
     """Six DDP steps, SIGTERM reaching rank 1 alone during step 3: both ranks stop after that step (they agree on the
     signal each step) and rank 0 writes the state. Resumed under DDP, G and its EMA equal one unbroken DDP training's;
     resumed in one process from the same file (another world size), they equal it to float rounding."""
-    unbroken, unbroken_ema, _ = dcgan_run(True, 6)
+    unbroken, unbroken_ema, _, _ = dcgan_run(True, 6)
     path, stopped = out / "resume" / "gan.safetensors", False
     try:
-        with stop_on_signals():
+        with stop_on_signals(), hold_signals():  # as the suite trains: a signal waits for the step's end
             dcgan_run(True, 6, path, signal_at=3)
     except Interrupted:
         stopped = True
@@ -149,13 +150,14 @@ def check_resume(out: Path) -> dict:
     shutil.copy(path, solo_path)  # each rank's own copy: a one-process loop writes its state
     with safe_open(str(path), "pt") as f:
         saved_at = json.loads(f.metadata()["train_state"])["steps_done"]
-    resumed, resumed_ema, _ = dcgan_run(True, 6, path)
+    resumed, resumed_ema, _, taken = dcgan_run(True, 6, path)
     with distributed.solo():
-        one, _, _ = dcgan_run(False, 6, solo_path)
+        one, _, _, one_taken = dcgan_run(False, 6, solo_path)
     everyone = [None] * distributed.world()
     torch.distributed.all_gather_object(everyone, stopped)
     gap = max((resumed - unbroken).abs().max(), (resumed_ema - unbroken_ema).abs().max())
-    return {"stopped": everyone, "saved_at": saved_at, "resumed_vs_unbroken": float(gap),
+    return {"stopped": everyone, "saved_at": saved_at, "resumed_vs_unbroken": float(gap), "taken": taken,
+            "one_process_taken": one_taken,
             "one_process_resume_vs_unbroken": float((one - unbroken).abs().max())}
 
 

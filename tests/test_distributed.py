@@ -60,6 +60,7 @@ def test_train_step_under_ddp_is_the_one_process_step(checks):
 def test_a_signal_on_one_rank_stops_both_after_the_same_step_and_resumes_exactly(checks):
     r = checks["resume"]
     assert r["stopped"] == [True, True] and r["saved_at"] == 4  # SIGTERM to rank 1 during step 3 (the 4th)
+    assert r["taken"] == r["one_process_taken"] == [4, 5]  # resumed: only the steps after the saved 4 are taken
     assert r["resumed_vs_unbroken"] == 0.0  # resumed under DDP: bit for bit the unbroken DDP training
     assert r["one_process_resume_vs_unbroken"] < 1e-5  # resumed in one process: the same training, to rounding
 

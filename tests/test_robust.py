@@ -2,6 +2,7 @@
 resume, content-keyed caches."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -13,17 +14,27 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bench import imagebench, train_state
+from bench import imagebench, suite, train_state
+from bench import train as train_module
 from bench.cli import main
 from bench.config import preset
-from bench.guard import Interrupted, hold_signals, interrupted_entry, pending_signal, stop_on_signals
+from bench.guard import (
+    Interrupted,
+    hold_signals,
+    interrupted_entry,
+    pending_signal,
+    stop_on_signals,
+    worker_signals,
+)
 from bench.mixtures import MixtureTrained, record_mixture, run_mixture
 from bench.report import write_report
 from bench.results import SCHEMA, failed_entry, load_results
 from bench.rundir import RunDir
-from bench.train_state import TrainState
+from bench.train_state import TrainState, steps_to_run
+from models.layers import gan_g_loss
 
 
 def _results(runs: list[dict], **extra) -> dict:
@@ -294,6 +305,7 @@ def test_interrupt_then_resume_gives_the_uninterrupted_metrics(sig, tmp_path):
     assert len(statuses) == 4 and "ok" in statuses and "interrupted" in statuses, statuses
     assert "interrupted" in (out / "report.md").read_text()
     assert main(["run", "--resume", str(out), "--workers", "2"]) == 0
+    assert not list((out / "state").glob("*.safetensors")), "states of recorded entries are removed"
     assert main(["run", *RESUMABLE, "--workers", "1", "--out", str(tmp_path / "unbroken")]) == 0
     resumed = load_results(out / "results.json")["runs"]
     unbroken = load_results(tmp_path / "unbroken" / "results.json")["runs"]
@@ -361,7 +373,7 @@ def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monke
                         lambda self, n, *a, **k: (resumed_steps.append(n), original(self, n, *a, **k)))
     resumed, _ = run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
     assert resumed_steps[0] == 16, "the resumed training starts after the 15 steps saved at the signal"
-    assert not run.state_path("ring8", 0, model).exists()
+    assert _steps_done(run.state_path("ring8", 0, model)) == 30  # kept, final, until results.json holds the entry
     assert run.history_path("ring8", 0, model).read_text() == RunDir(tmp_path / "a").history_path(
         "ring8", 0, model).read_text()
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN (no HQ sample) == NaN
@@ -395,21 +407,84 @@ def test_training_seconds_leave_the_states_own_writes_out(tmp_path, monkeypatch)
     assert 0 < again.seconds_before < 0.2 and again.offset() == again.seconds_before - again.io_seconds
 
 
-def test_a_held_signal_waits_for_the_step_and_a_second_one_stops_at_once():
-    """Inside a training loop (hold_signals) the first signal is noted, not raised; a second raises at once (the
-    README's second Ctrl-C); a held signal still pending when the loop's block ends raises there."""
+def test_a_held_signal_waits_for_the_step_and_a_second_ctrl_c_stops_at_once():
+    """Inside hold_signals the first signal is noted, not raised; a repeated SIGTERM (a scheduler's or a parent's
+    duplicate) is ignored; a second SIGINT (the README's second Ctrl-C) raises at once."""
     with stop_on_signals():
         with pytest.raises(Interrupted) as stop, hold_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert pending_signal() == signal.SIGTERM  # noted once, and the block goes on
             os.kill(os.getpid(), signal.SIGINT)
-            assert pending_signal() == signal.SIGINT  # noted, and the block goes on
-            os.kill(os.getpid(), signal.SIGINT)
-            pytest.fail("the second SIGINT did not raise")
+            pytest.fail("the second Ctrl-C did not raise")
         assert stop.value.exit_code == 130 and pending_signal() == 0
-        with pytest.raises(Interrupted) as stop:
-            with hold_signals():
-                os.kill(os.getpid(), signal.SIGTERM)
-                assert pending_signal() == signal.SIGTERM
-        assert stop.value.exit_code == 143 and pending_signal() == 0
+
+
+@pytest.mark.parametrize("ending", ["diverged", "raised", "between trainings"])
+def test_a_held_signal_is_acted_on_however_the_training_ends(ending):
+    """A signal held during a step whose loop then stops without reaching the step's end (a diverged loop's `break`,
+    an exception) raises Interrupted when the hold ends, in the caller's frame (chained to the exception); one held
+    between two trainings stops the next before its first step."""
+    taken = []
+    with stop_on_signals(), pytest.raises(Interrupted) as stop, hold_signals():
+        for step in steps_to_run(5, None, {}, [], progress=False):
+            taken.append(step)
+            os.kill(os.getpid(), signal.SIGTERM)
+            if ending == "diverged":
+                break
+            if ending == "raised":
+                raise ValueError("a failed step")
+            if ending == "between trainings":
+                taken.extend(steps_to_run(5, None, {}, [], progress=False))  # the next training
+    assert stop.value.exit_code == 143 and pending_signal() == 0 and taken == [0]
+    assert isinstance(stop.value.__cause__, ValueError) == (ending == "raised")
+
+
+def test_a_signal_in_the_step_where_a_2d_gan_diverges_still_stops_the_run(tmp_path, monkeypatch):
+    """SIGTERM during the step whose loss turns NaN: the loop breaks (diverged) before the step's end, and the run
+    must still stop (Interrupted from run_mixture), not go on to score the diverged model as if nothing came."""
+    losses = []
+
+    def nan_at_the_fifth(*args, **kwargs):
+        losses.append(gan_g_loss(*args, **kwargs))
+        if len(losses) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return losses[-1] * float("nan")
+        return losses[-1]
+
+    monkeypatch.setattr(train_module, "gan_g_loss", nan_at_the_fifth)
+    mix = preset("smoke").mixtures
+    with stop_on_signals(), pytest.raises(Interrupted):
+        run_mixture("ring8", "gan", 0, mix, "cpu", RunDir(tmp_path), progress=False)
+    assert len(losses) == 5
+
+
+def test_a_pool_worker_saves_its_training_state_when_terminated(tmp_path):
+    """The parent's pool.terminate() (what a Ctrl-C or SIGTERM of `gvd run` does to the 2D workers) reaches a worker
+    mid-training: it finishes the step, saves its state there, and exits. The state is first saved by the interval
+    (every 2,000 of 20,000 steps), so the worker is known to be training; the state it leaves is then of a step the
+    interval does not save (999 times in 1,000)."""
+    mix = preset("smoke").mixtures
+    mix.steps, mix.eval_checkpoints = 20_000, 0
+    path = RunDir(tmp_path).state_path("ring8", 0, "diffusion")
+    pool = multiprocessing.get_context("spawn").Pool(1, initializer=worker_signals)
+    try:
+        pool.apply_async(suite._worker_job, (("ring8", "diffusion", 0, mix, "cpu", tmp_path),))
+        deadline = time.monotonic() + 120
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists(), "no interval save within 120 s"
+    finally:
+        pool.terminate()
+        pool.join()
+    steps = _steps_done(path)
+    assert 2_000 < steps < 20_000 and steps % 2_000 != 0, steps
+
+
+def _steps_done(path: Path) -> int:
+    """The steps done that a saved training state records."""
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["train_state"])["steps_done"]
 
 
 def _timeless(value):
@@ -425,7 +500,7 @@ def test_an_image_run_resumes_mid_way_to_the_same_result(tmp_path, monkeypatch):
     """A real SIGTERM during step 6 of the UNet's 12: the text encoder, the GAN and the VAE have finished (their final
     states are kept until the entries are recorded) and the UNet saves its state when the step ends. Run again,
     nothing finished is retrained, the UNet continues from step 6, and both entries and every history equal those of
-    one unbroken run; the states are removed once the entries are recorded."""
+    one unbroken run; the final states stay until the suite has the entries in results.json."""
     monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(train_state, "STATE_SAVES", 1)  # no interval saves: only the end of a training and the signal
     cfg = _tiny_images()
@@ -450,7 +525,7 @@ def test_an_image_run_resumes_mid_way_to_the_same_result(tmp_path, monkeypatch):
     taken.clear()
     resumed = run("b")
     assert taken == [("diffusion", n) for n in range(7, 13)], "only the UNet's last six steps are taken again"
-    assert not any(path.exists() for path in states.values())
+    assert [_steps_done(states[part]) for part in imagebench.STATE_PARTS] == [4, 12, 4, 12]
     assert json.dumps(_timeless(resumed), sort_keys=True) == json.dumps(_timeless(unbroken), sort_keys=True)
     for part in imagebench.STATE_PARTS:
         assert (RunDir(tmp_path / "b").history_path("shapes", 0, part).read_text()
