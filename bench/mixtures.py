@@ -51,7 +51,7 @@ def real_batches(dataset: str, seed: int, batch_size: int, device, data_gen: tor
 def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True,
                   state_path=None):
     """Train one model on one mixture from its seed; with state_path, resume from the state saved there (if any)
-    and save it every steps / STATE_SAVES steps, at the end and on SIGINT / SIGTERM (bench/train_state.py). Returns
+    and save it at most STATE_SAVES times on an interval, at the end and on SIGINT / SIGTERM (train_state.py). Returns
     a MixtureTrained; its seconds include the training time before a resume."""
     data_gen = torch.Generator().manual_seed(seed)
     real_batch = real_batches(dataset, seed, mix.batch_size, device, data_gen)
@@ -165,9 +165,9 @@ def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, de
                 progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, score and record one model on one mixture; writes its history and checkpoint.
     Returns (run entry, {sampler label: samples}); the caller saves the samples."""
+    state_path = run.state_path(dataset, seed, model)
     with hold_signals():  # a signal stops the training when its step ends, with its state saved
-        trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=run.state_path(dataset, seed,
-                                                                                                        model))
+        trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=state_path)
     run.write_history(dataset, seed, model, trained.history)
     run.save_checkpoint(dataset, seed, model, trained.modules,
                         {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})
