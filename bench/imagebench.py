@@ -66,7 +66,7 @@ from bench.train import (
     train_gan,
     vae_step,
 )
-from bench.train_state import StateFiles, steps_to_run
+from bench.train_state import NO_STATE, StateFiles, steps_to_run
 from models.dcgan import Discriminator, Generator
 from models.mlp import num_params
 from models.text import Tokenizer, clip_loss
@@ -140,7 +140,6 @@ class Trained:
     snapshots: dict[str, list] = field(default_factory=dict)  # "gan", "diffusion": [Snapshot(step, raw, ema)]
 
 
-NO_STATE = StateFiles()  # trainings that neither resume nor save (outside a run folder)
 STATE_PARTS = ("text", "gan", "vae", "diffusion")  # the state files of one image (dataset, seed): one per training
 
 

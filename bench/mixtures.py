@@ -7,12 +7,13 @@ and are scored on the same per-sample seeds: 2,500 samples, modes captured, high
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed, train_state
+from bench import distributed
 from bench.config import MixtureBenchConfig, parse_sampler, to_dict
 from bench.data import mixture_scale, sample_mixture
 from bench.evaluate import mixture_metrics, sample_diffusion, sample_gan
@@ -21,7 +22,7 @@ from bench.rundir import RunDir
 from bench.seeding import sample_seeds
 from bench.stability import stability, steps_to_threshold
 from bench.train import checkpoint_interval, initial_weight_share, train_diffusion, train_gan
-from bench.train_state import TrainState
+from bench.train_state import NO_STATE, StateFiles
 from models.diffusion import alphas_cumprod
 from models.mlp import MLPDenoiser, MLPDiscriminator, MLPGenerator, num_params
 
@@ -49,16 +50,15 @@ def real_batches(dataset: str, seed: int, batch_size: int, device, data_gen: tor
 
 
 def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, device, progress=True,
-                  state_path=None):
-    """Train one model on one mixture from its seed; with state_path, resume from the state saved there (if any)
-    and save it at most STATE_SAVES times on an interval, at the end and on SIGINT / SIGTERM (train_state.py). Returns
-    a MixtureTrained; its seconds include the training time before a resume."""
+                  states: StateFiles = NO_STATE):
+    """Train one model on one mixture from its seed, resuming from its state in `states` (part = the model) and
+    saving it there (bench/train_state.py). Returns a MixtureTrained; its seconds include the training time before a
+    resume."""
     data_gen = torch.Generator().manual_seed(seed)
     real_batch = real_batches(dataset, seed, mix.batch_size, device, data_gen)
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(seed + 7919)
-    every_state = train_state.save_interval(mix.steps)
-    state = TrainState(state_path, every_state, {"data": data_gen, "train": train_gen}) if state_path else None
+    state = states.open(model, mix.steps, {"data": data_gen, "train": train_gen})
     snapshots: list = []
     every = checkpoint_interval(mix.steps, mix.eval_checkpoints)
     desc = f"{dataset}_{model}_seed{seed}"
@@ -82,7 +82,7 @@ def train_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, 
                                  mix.diffusion.prediction, mix.diffusion_train, mix.steps, train_gen, desc=desc,
                                  progress=progress, snapshot_every=every, snapshots=snapshots, state=state)
         modules, params = {"denoiser": result.ema, "denoiser_raw": denoiser}, {"denoiser": num_params(denoiser)}
-    seconds = time.perf_counter() - start + (state.offset() if state is not None else 0.0)
+    seconds = time.perf_counter() - start + states.offset(model)
     return MixtureTrained(model, result.ema, result.model.eval(), result.ema_decay, modules, result.history,
                           result.status, seconds, params, snapshots)
 
@@ -165,9 +165,9 @@ def run_mixture(dataset: str, model: str, seed: int, mix: MixtureBenchConfig, de
                 progress: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """Train, score and record one model on one mixture; writes its history and checkpoint.
     Returns (run entry, {sampler label: samples}); the caller saves the samples."""
-    state_path = run.state_path(dataset, seed, model)
+    states = StateFiles(partial(run.state_path, dataset, seed))
     with hold_signals():  # a signal stops the training when its step ends, with its state saved
-        trained = train_mixture(dataset, model, seed, mix, device, progress, state_path=state_path)
+        trained = train_mixture(dataset, model, seed, mix, device, progress, states)
     run.write_history(dataset, seed, model, trained.history)
     run.save_checkpoint(dataset, seed, model, trained.modules,
                         {"model": model, "dataset": dataset, "seed": seed, "bench": to_dict(mix)})

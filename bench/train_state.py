@@ -76,10 +76,6 @@ def _unflatten(obj, tensors: dict):
 STATE_SAVES = 10  # a training's state is saved this many times at most on its interval, then after its last step
 
 
-def save_interval(steps: int) -> int:
-    """Steps between two saves of a training of `steps` steps: at most STATE_SAVES interval saves."""
-    return max(1, math.ceil(steps / STATE_SAVES))
-
 
 class TrainState:
     """The resumable state of one training loop at `path`, saved every `every` steps (0 = never)."""
@@ -178,12 +174,16 @@ class StateFiles:
         """The TrainState of one training of `steps` steps (None without path_of); generators: the loop's own."""
         if self.path_of is None:
             return None
-        self.opened[part] = TrainState(self.path_of(part), save_interval(steps), generators)
+        every = max(1, math.ceil(steps / STATE_SAVES))  # at most STATE_SAVES saves on the interval
+        self.opened[part] = TrainState(self.path_of(part), every, generators)
         return self.opened[part]
 
     def offset(self, part: str) -> float:
         """TrainState.offset of `part` (0 without a state)."""
         return self.opened[part].offset() if part in self.opened else 0.0
+
+
+NO_STATE = StateFiles()  # trainings that neither resume nor save (outside a run folder)
 
 
 def steps_to_run(steps: int, state: TrainState | None, parts: dict, history: list, snapshots: list | None = None,
