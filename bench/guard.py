@@ -6,7 +6,9 @@ BaseException that the suite's `except Exception` guards let through to the one 
 marks the rest "interrupted" and exits 130 (SIGINT) or 143 (SIGTERM).
 """
 
+import os
 import signal
+import sys
 import traceback
 from contextlib import contextmanager
 
@@ -105,13 +107,22 @@ def stop_on_signals():
             signal.signal(s, handler)
 
 
+def exit_worker(status: int) -> None:
+    """End a worker process now, as SIGTERM's default action would: no exit handlers. Raising SystemExit instead ran
+    Python's exit machinery from inside whatever the worker was doing (a pool shutdown, an interpreter exit after the
+    pool's sentinel), and once in about a dozen slow-test runs a worker stayed blocked on a pool lock, so
+    pool.terminate() waited for ever."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
 def _on_worker_signal(signum, frame):
     """A worker process's SIGTERM (the parent's pool.terminate): a training saves its state first (as above);
     anywhere else the worker exits at once, quietly, with the shell's status."""
     if _hold(signum):
         return
-    _pending.clear()
-    raise SystemExit(128 + signum)
+    exit_worker(128 + signum)
 
 
 def worker_signals() -> None:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from bench import distributed, report
 from bench.config import SuiteConfig, to_dict
-from bench.guard import Interrupted, error_text, interrupted_entry, stop_on_signals, worker_signals
+from bench.guard import Interrupted, error_text, exit_worker, interrupted_entry, stop_on_signals, worker_signals
 from bench.imagebench import FAMILIES, STATE_PARTS, run_image_dataset
 from bench.images import DataError, load_image_dataset
 from bench.mixtures import run_mixture
@@ -57,11 +57,11 @@ def _mixture_job(job) -> tuple[dict, dict]:
 
 def _worker_job(job) -> tuple[dict, dict]:
     """_mixture_job in a pool worker: stopped by the parent's terminate, the training saves its state at the end of
-    its step (bench/guard.worker_signals) and the worker exits quietly with the shell's status."""
+    its step (bench/guard.worker_signals) and the worker exits at once with the shell's status."""
     try:
         return _mixture_job(job)
     except Interrupted as stop:
-        raise SystemExit(stop.exit_code) from None
+        exit_worker(stop.exit_code)
 
 
 def planned(cfg: SuiteConfig) -> list[tuple]:
