@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-from bench import distributed
-from bench.compare import CompareError, run_compare
 from bench.config import (
     DEFAULT_PRESET,
     PRESETS,
@@ -30,13 +28,19 @@ from bench.config import (
     set_steps,
     validate,
 )
-from bench.data import list_datasets
-from bench.guard import Interrupted
-from bench.image_models import ImageModels
-from bench.imagebench import sample_from_checkpoint
-from bench.images import DataError, load_image_dataset
-from bench.inception import load_cleanfid_backbone
-from bench.preflight import (
+from bench.core import distributed
+from bench.core.guard import Interrupted
+from bench.core.results import load_results
+from bench.core.rundir import RunDir, save_grid, write_json
+from bench.data.images import DataError, load_image_dataset
+from bench.data.inception import load_cleanfid_backbone
+from bench.data.mixtures import list_datasets
+from bench.families.bundle import ImageModels
+from bench.report.build import write_report
+from bench.report.compare import CompareError, run_compare
+from bench.report.speed import throughput_table
+from bench.run.images import sample_from_checkpoint
+from bench.run.preflight import (
     PreflightError,
     check_finite,
     check_output_file,
@@ -44,15 +48,11 @@ from bench.preflight import (
     check_writable_dir,
     claim_run_dir,
 )
-from bench.report import write_report
-from bench.report_throughput import throughput_table
-from bench.results import load_results
-from bench.resume import load_run
-from bench.rundir import RunDir, save_grid, write_json
-from bench.scaling import ddp_throughput, scaling_table
-from bench.study import StudyConfig, run_study, validate_study
-from bench.suite import default_workers, resolve_device, run_suite
-from bench.throughput import image_throughput
+from bench.run.resume import load_run
+from bench.run.study import StudyConfig, run_study, validate_study
+from bench.run.suite import default_workers, resolve_device, run_suite
+from bench.speed.scaling import ddp_throughput, scaling_table
+from bench.speed.throughput import image_throughput
 from models.samplers import SAMPLERS
 
 

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.data import MIXTURES
-from bench.images import IMAGE_DATASETS
-from bench.judge import JudgeConfig
-from bench.train import DiffusionTrainConfig, GANTrainConfig
+from bench.data.images import IMAGE_DATASETS
+from bench.data.judge import JudgeConfig
+from bench.data.mixtures import MIXTURES
+from bench.train.loops import DiffusionTrainConfig, GANTrainConfig
 from models.dcgan import DCGANConfig
 from models.diffusion import DiffusionConfig
 from models.layers import setting

@@ -19,16 +19,16 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from bench import distributed
 from bench.config import MixtureBenchConfig
-from bench.evaluate import sample_gan
-from bench.guard import Interrupted, hold_signals, stop_on_signals
-from bench.metrics import fid
-from bench.mixtures import draw_points
-from bench.rundir import RunDir
-from bench.seeding import sample_seeds
-from bench.train import GANTrainConfig, train_gan
-from bench.train_state import TrainState
+from bench.core import distributed
+from bench.core.guard import Interrupted, hold_signals, stop_on_signals
+from bench.core.rundir import RunDir
+from bench.core.seeding import sample_seeds
+from bench.evaluate.metrics import fid
+from bench.evaluate.mixtures import sample_gan
+from bench.run.mixtures import draw_points
+from bench.train.loops import GANTrainConfig, train_gan
+from bench.train.state import TrainState
 from models.dcgan import DCGANConfig, Discriminator, Generator
 from models.mlp import MLPConfig, MLPGenerator
 from models.text import clip_loss

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bench.cli import main
-from bench.rundir import RunDir
+from bench.core.rundir import RunDir
 
 SMOKE = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1"]
 

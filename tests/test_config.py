@@ -17,7 +17,7 @@ import torch
 from bench import config as config_module
 from bench.cli import main
 from bench.config import PRESETS, ConfigError, apply_override, leaves, preset, validate
-from bench.suite import run_suite
+from bench.run.suite import run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1"]

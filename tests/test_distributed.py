@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import distributed
 from bench.cli import main
-from bench.scaling import scaling_row
+from bench.core import distributed
+from bench.speed.scaling import scaling_row
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -11,14 +11,14 @@ import pytest
 import scipy.stats
 import torch
 
-import bench.mixtures
+import bench.run.mixtures
 from bench.config import preset
-from bench.imagebench import run_image_dataset
-from bench.images import make_shapes
-from bench.mixtures import run_mixture
-from bench.results import summarise
-from bench.rundir import RunDir
-from bench.stability import stability
+from bench.core.results import summarise
+from bench.core.rundir import RunDir
+from bench.data.images import make_shapes
+from bench.evaluate.stability import stability
+from bench.run.images import run_image_dataset
+from bench.run.mixtures import run_mixture
 
 
 def _same(stored: dict, expected: dict) -> bool:
@@ -66,9 +66,9 @@ def mixture_runs(tmp_path_factory):
     runs = {}
     for m in ("gan", "diffusion"):
         with pytest.MonkeyPatch.context() as patch:  # count the training examples where the data is drawn
-            patch.setattr(bench.mixtures, "sample_mixture", _Counted(bench.mixtures.sample_mixture))
+            patch.setattr(bench.run.mixtures, "sample_mixture", _Counted(bench.run.mixtures.sample_mixture))
             runs[m] = run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
-            runs[m]["drawn"] = bench.mixtures.sample_mixture.examples
+            runs[m]["drawn"] = bench.run.mixtures.sample_mixture.examples
     return mix, out, runs
 
 
@@ -128,7 +128,7 @@ class _ExtraStandIn(torch.nn.Module):
 
 
 def _stand_in_extra(folder) -> tuple[str, str, int]:
-    """A stand-in extra file: (path, sha256, size) for monkeypatching bench.inception."""
+    """A stand-in extra file: (path, sha256, size) for monkeypatching bench.data.inception."""
     import hashlib
 
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def _stand_in_extra(folder) -> tuple[str, str, int]:
 def _use_extra(mp, path_sha_size):
     from pathlib import Path
 
-    from bench import inception
+    from bench.data import inception
 
     path, sha, size = path_sha_size
     mp.setattr(inception, "find_extra_weights", lambda: Path(path))
@@ -163,7 +163,7 @@ def image_runs(tmp_path_factory):
 
 
 def test_inception_metrics_and_protocol_records_stand_beside_the_judges(image_runs):
-    from bench.protocol import comparable
+    from bench.evaluate.protocol import comparable
 
     cfg, out, runs = image_runs
     cache = next(out.parent.glob("cache*/features"), None)  # the fixture's cache folder
@@ -279,8 +279,8 @@ def test_data_without_classes_or_inception_says_what_is_missing(classless_folder
 
 
 def test_a_missing_inception_extra_is_named_with_the_command_that_adds_it(classless_folder, tmp_path, monkeypatch):
-    from bench import inception
-    from bench.imagebench import unavailable_metrics
+    from bench.data import inception
+    from bench.run.images import unavailable_metrics
 
     monkeypatch.setattr(inception, "find_extra_weights", lambda: None)
     dataset, _ = classless_folder
@@ -318,7 +318,7 @@ def _image_entry(model: str, seed: int, fid_value: float) -> dict:
 
 
 def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_path):
-    from bench.report import build_blocks, to_markdown
+    from bench.report.build import build_blocks, to_markdown
 
     runs = [_image_entry(m, s, f) for m, s, f in [("gan", 0, 10.0), ("gan", 1, 14.0), ("diffusion", 0, 5.0),
                                                    ("diffusion", 1, 7.0)]]

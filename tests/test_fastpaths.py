@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.fastpaths import (
+from bench.speed.fastpaths import (
     FastPaths,
     autocast_denoiser,
     channels_last_denoiser,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from bench import figures, report
-from bench.figures import FAMILY_COLOURS, REAL_COLOUR
-from bench.report import build_blocks
-from bench.rundir import RunDir, write_csv
+from bench.core.rundir import RunDir, write_csv
+from bench.report import build as report
+from bench.report import figures
+from bench.report.build import build_blocks
+from bench.report.figures import FAMILY_COLOURS, REAL_COLOUR
 
 # Okabe & Ito (2008), "Color Universal Design": the eight colours as published
 OKABE_ITO = {"black": "#000000", "orange": "#e69f00", "sky blue": "#56b4e9", "bluish green": "#009e73",

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.train import GANTrainConfig
+from bench.train.loops import GANTrainConfig
 from models.dcgan import DCGANConfig, Discriminator, Generator, dcgan_init
 from models.layers import gan_d_loss, gan_g_loss
 from models.text import (

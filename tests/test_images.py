@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.images import (
+from bench.data.images import (
     COLOURS,
     IMAGE_DATASETS,
     SHAPES,
@@ -184,7 +184,7 @@ def test_a_long_strip_costs_the_outputs_memory_not_the_strip_scaled_up(tmp_path)
     shorter side of 32 first (the old way) grew peak RSS by 1,646 MB on this machine; the centre square alone costs
     next to nothing."""
     Image.new("RGB", (300_000, 1), (0, 0, 255)).save(tmp_path / "long.png")
-    code = ("import resource, sys; from bench.images import load_folder; "
+    code = ("import resource, sys; from bench.data.images import load_folder; "
             "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; base = peak(); "
             "load_folder(sys.argv[1], resolution=32); print((peak() - base) / 1024)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -269,7 +269,7 @@ def test_dispatch(tmp_path):
 
 def _digit_channel_hashes(data) -> set[str]:
     """Hashes of every single-digit image a stacked dataset's channels show."""
-    from bench.images import image_hashes
+    from bench.data.images import image_hashes
 
     channels = data.images.reshape(-1, 1, *data.images.shape[-2:])
     return set(image_hashes(ImageData(channels, torch.zeros(len(channels), dtype=torch.long), [""] * len(channels),
@@ -279,7 +279,7 @@ def _digit_channel_hashes(data) -> set[str]:
 @pytest.mark.parametrize("name, n_train, n_test", [("shapes", 300, 100), ("digits", 0, 360),
                                                    ("stacked-digits", 400, 200)])
 def test_splits_are_disjoint_deterministic_and_sized(name, n_train, n_test):
-    from bench.images import content_hash, image_hashes, load_splits, split_record
+    from bench.data.images import content_hash, image_hashes, load_splits, split_record
 
     train, test = load_splits(name, n_train, n_test, 16)
     assert len(test.labels) == n_test == len(test.captions)
@@ -297,7 +297,7 @@ def test_splits_are_disjoint_deterministic_and_sized(name, n_train, n_test):
 
 
 def test_generated_train_split_of_seed_0_is_the_old_data_and_seeds_differ():
-    from bench.images import content_hash, load_splits
+    from bench.data.images import content_hash, load_splits
 
     train, test = load_splits("shapes", 50, 20, 16)
     assert torch.equal(train.images, make_shapes(50, 16, 0).images)  # what load_image_dataset gave the models
@@ -306,7 +306,7 @@ def test_generated_train_split_of_seed_0_is_the_old_data_and_seeds_differ():
 
 
 def test_folder_split_drops_duplicates_before_splitting(tmp_path):
-    from bench.images import image_hashes, load_splits
+    from bench.data.images import image_hashes, load_splits
 
     for i in range(6):
         _png(tmp_path / "a" / f"{i}.png", colour=(40 * i, 10, 30))
@@ -319,7 +319,7 @@ def test_folder_split_drops_duplicates_before_splitting(tmp_path):
 
 
 def test_reference_set_never_repeats_and_says_when_it_is_short():
-    from bench.images import content_hash, image_hashes, load_splits, reference_set
+    from bench.data.images import content_hash, image_hashes, load_splits, reference_set
 
     _, test = load_splits("shapes", 10, 40, 16)
     ref, record = reference_set(test, 25, seed=3)
@@ -332,7 +332,7 @@ def test_reference_set_never_repeats_and_says_when_it_is_short():
 
 
 def test_torchvision_split_uses_the_official_files_and_drops_test_copies_of_train(tmp_path):
-    from bench.images import image_hashes, load_splits
+    from bench.data.images import image_hashes, load_splits
 
     raw = tmp_path / "MNIST" / "raw"
     rng = np.random.default_rng(0)

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench import featcache, inception
-from bench.images import DataError, make_shapes
-from bench.inception import Backbone, load_cleanfid_backbone, load_extra_backbone
-from bench.metrics import fid, gaussian_moments
-from bench.protocol import comparable, content_hash, module_hash, protocol_record
+from bench.data import featcache, inception
+from bench.data.images import DataError, make_shapes
+from bench.data.inception import Backbone, load_cleanfid_backbone, load_extra_backbone
+from bench.evaluate.metrics import fid, gaussian_moments
+from bench.evaluate.protocol import comparable, content_hash, module_hash, protocol_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning",
                                         "ignore:`torch.jit.save` is deprecated:FutureWarning",
@@ -252,7 +252,7 @@ def test_the_extras_file_is_the_published_one_and_gives_2048_deterministic_featu
 @needs_extra
 @pytest.mark.slow
 def test_the_extras_features_tell_shapes_from_digits():
-    from bench.images import load_digits
+    from bench.data.images import load_digits
 
     backbone = load_extra_backbone()
     shapes_a, shapes_b = backbone.features(_images(12, 32, seed=0)), backbone.features(_images(12, 32, seed=1))
@@ -361,7 +361,7 @@ def test_content_and_module_hashes_follow_the_content():
 
 
 def test_two_runs_are_flagged_where_their_protocols_differ():
-    from bench.protocol import compare_protocols, describe_protocol
+    from bench.evaluate.protocol import compare_protocols, describe_protocol
 
     def run(model, seed, **changes):
         return {"dataset": "shapes", "model": model, "seed": seed,

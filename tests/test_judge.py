@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import bench.judge as judge_mod
-from bench.images import (
+import bench.data.judge as judge_mod
+from bench.data.images import (
     COLOURS,
     DataError,
     ImageData,
@@ -18,7 +18,7 @@ from bench.images import (
     make_shapes,
     make_stacked_digits,
 )
-from bench.judge import (
+from bench.data.judge import (
     JUDGE_MIN_ACCURACY,
     Judge,
     JudgeConfig,
@@ -139,8 +139,8 @@ def test_default_judge_meets_floor(name, resolution):
 
 
 def test_judge_fits_the_training_split_and_reports_test_accuracy(monkeypatch):
-    from bench import judge as judge_mod
-    from bench.images import image_hashes, load_splits
+    from bench.data import judge as judge_mod
+    from bench.data.images import image_hashes, load_splits
 
     train, test = load_splits("stacked-digits", 200, 100, 16)
     seen = {}
@@ -161,6 +161,6 @@ def test_judge_fits_the_training_split_and_reports_test_accuracy(monkeypatch):
 
 
 def _as_data(images):
-    from bench.images import ImageData
+    from bench.data.images import ImageData
 
     return ImageData(images, torch.zeros(len(images), dtype=torch.long), [""] * len(images), ["x"], 1)

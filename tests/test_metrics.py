@@ -9,7 +9,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
-from bench import metrics
+from bench.evaluate import metrics
 
 # ----------------------------------------------------------------------------------------------
 # 2D mixtures

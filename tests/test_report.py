@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from bench.cli import main
-from bench.figures import grid_cells, upscale_nearest
-from bench.report import md_escape
-from bench.report_fair import verdict_blocks
-from bench.results import SCHEMA, failed_entry
-from bench.rundir import RunDir, save_grid
+from bench.core.results import SCHEMA, failed_entry
+from bench.core.rundir import RunDir, save_grid
+from bench.report.build import md_escape
+from bench.report.figures import grid_cells, upscale_nearest
+from bench.report.tables import verdict_blocks
 
 SCRIPT = "<script>alert(1)</script>"
 ATTR = '"><img src=x onerror=alert(1)>'

@@ -17,11 +17,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bench import imagebench, suite, train_state
-from bench import train as train_module
 from bench.cli import main
 from bench.config import preset
-from bench.guard import (
+from bench.core.guard import (
     Interrupted,
     hold_signals,
     interrupted_entry,
@@ -29,11 +27,15 @@ from bench.guard import (
     stop_on_signals,
     worker_signals,
 )
-from bench.mixtures import MixtureTrained, record_mixture, run_mixture
-from bench.report import write_report
-from bench.results import SCHEMA, failed_entry, load_results
-from bench.rundir import RunDir
-from bench.train_state import TrainState, steps_to_run
+from bench.core.results import SCHEMA, failed_entry, load_results
+from bench.core.rundir import RunDir
+from bench.report.build import write_report
+from bench.run import images as imagebench
+from bench.run import suite
+from bench.run.mixtures import MixtureTrained, record_mixture, run_mixture
+from bench.train import loops as train_module
+from bench.train import state as train_state
+from bench.train.state import TrainState, steps_to_run
 from models.layers import gan_g_loss
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from bench.seeding import noise_fn, per_sample_randn, sample_seeds
+from bench.core.seeding import noise_fn, per_sample_randn, sample_seeds
 
 
 def test_rows_do_not_depend_on_the_batch():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.stability import (
+from bench.evaluate.stability import (
     d_gap,
     divergence_step,
     grad_spikes,
@@ -15,7 +15,7 @@ from bench.stability import (
     steps_to_threshold,
     tail,
 )
-from bench.train import GANTrainConfig, train_gan
+from bench.train.loops import GANTrainConfig, train_gan
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 
 
@@ -140,7 +140,7 @@ def test_gan_snapshot_at_step_k_is_the_generator_of_a_k_step_run():
 
 
 def test_diffusion_snapshots_are_ema_copies():
-    from bench.train import DiffusionTrainConfig, train_diffusion
+    from bench.train.loops import DiffusionTrainConfig, train_diffusion
     from models.diffusion import alphas_cumprod
     from models.mlp import MLPDenoiser, MLPDenoiserConfig
 

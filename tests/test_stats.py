@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bench.stats import family_differences, mean_interval, paired_difference
+from bench.evaluate.stats import family_differences, mean_interval, paired_difference
 
 
 def test_mean_interval_matches_scipy_t_interval():

@@ -11,16 +11,17 @@ import pytest
 import torch
 from scipy import stats
 
-import bench.mixtures
-import bench.study as study_mod
+import bench.run.mixtures
+import bench.run.study as study_mod
 from bench.cli import main
 from bench.config import MixtureBenchConfig
-from bench.data import sample_mixture
-from bench.metrics import mixture_modes, mixture_stats
-from bench.mixtures import run_mixture
-from bench.rundir import RunDir
-from bench.stats import newcombe_interval, wilson_interval
-from bench.study import (
+from bench.core.rundir import RunDir
+from bench.data.mixtures import sample_mixture
+from bench.evaluate.metrics import mixture_modes, mixture_stats
+from bench.evaluate.stats import newcombe_interval, wilson_interval
+from bench.report.study import best_config, config_summaries, verdict
+from bench.run.mixtures import run_mixture
+from bench.run.study import (
     FAMILIES,
     OUTCOMES,
     SPACES,
@@ -32,8 +33,7 @@ from bench.study import (
     run_path,
     sample_configs,
 )
-from bench.study_report import best_config, config_summaries, verdict
-from bench.train import GANTrainConfig, train_gan
+from bench.train.loops import GANTrainConfig, train_gan
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 
 # ---------------------------------------------------------------- outcomes on hand-made histories and samples
@@ -222,14 +222,14 @@ def test_spectral_norm_makes_every_discriminator_layer_1_lipschitz():
 def test_both_families_see_the_same_real_batches(monkeypatch):
     seen: dict[str, list] = {"gan": [], "diffusion": []}
     family = {"now": None}
-    real_sampler = bench.mixtures.sample_mixture  # where the study's runs draw their data (the suite's 2D stages)
+    real_sampler = bench.run.mixtures.sample_mixture  # where the study's runs draw their data (the suite's 2D stages)
 
     def recording(name, n, generator):
         x = real_sampler(name, n, generator)
         seen[family["now"]].append(x.clone())
         return x
 
-    monkeypatch.setattr(bench.mixtures, "sample_mixture", recording)
+    monkeypatch.setattr(bench.run.mixtures, "sample_mixture", recording)
     tiny = StudyConfig(steps=3, batch_size=32, num_samples=50, sampler="ddim:3")
     for f in FAMILIES:
         family["now"] = f

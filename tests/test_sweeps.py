@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from bench.config import preset
-from bench.image_models import ImageModels
-from bench.metrics import prdc
-from bench.seeding import per_sample_randn, sample_seeds
-from bench.sweeps import summarise_sweeps, sweep, truncate
+from bench.core.seeding import per_sample_randn, sample_seeds
+from bench.evaluate.metrics import prdc
+from bench.evaluate.sweeps import summarise_sweeps, sweep, truncate
+from bench.families.bundle import ImageModels
 from models.text import Tokenizer
 
 

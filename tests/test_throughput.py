@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench import gpu_check
 from bench.cli import main
 from bench.config import preset
-from bench.report_throughput import quality_cost_figures, throughput_blocks, throughput_table
-from bench.throughput import _plan, _prepare, _train_inputs, image_throughput, run_entry_throughput
-from bench.timing import count_flops, measure
+from bench.report.speed import quality_cost_figures, throughput_blocks, throughput_table
+from bench.speed import gpu_check
+from bench.speed.throughput import _plan, _prepare, _train_inputs, image_throughput, run_entry_throughput
+from bench.speed.timing import count_flops, measure
 from models.mlp import num_params
 from models.unet import UNet
 

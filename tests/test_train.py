@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import mixture_scale, sample_mixture
-from bench.metrics import mixture_modes
-from bench.train import GANTrainConfig, autocast, drop_captions, ema_update, one_cycle, train_gan, vae_step
+from bench.data.mixtures import mixture_scale, sample_mixture
+from bench.evaluate.metrics import mixture_modes
+from bench.train.loops import GANTrainConfig, autocast, drop_captions, ema_update, one_cycle, train_gan, vae_step
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 from models.vae import KLAutoencoder, VAEConfig, vae_loss
 
@@ -111,7 +111,7 @@ def test_vae_step_takes_one_step_on_the_published_loss():
 
 def test_initial_weight_share_matches_a_simulated_scalar_ema():
     # An EMA of a scalar that starts at 1 and is then fed zeros keeps exactly the initial weight's share.
-    from bench.train import ema_decay, initial_weight_share
+    from bench.train.loops import ema_decay, initial_weight_share
 
     for decay in (0.9, 0.995, 0.999):
         value = 1.0
@@ -129,7 +129,7 @@ def test_initial_weight_share_matches_a_simulated_scalar_ema():
 def test_initial_weights_are_gone_from_every_scored_snapshot_of_every_preset():
     # The fix of issue 10: without warm-up, 0.999^1600 = 0.20 of the random initialisation stayed in the quick UNet.
     from bench.config import PRESETS, preset
-    from bench.train import checkpoint_interval, initial_weight_share
+    from bench.train.loops import checkpoint_interval, initial_weight_share
 
     for name in PRESETS:
         suite = preset(name)
@@ -187,7 +187,7 @@ def test_gan_keeps_raw_and_warmed_up_ema_generator():
 
 
 def test_diffusion_ema_follows_the_same_warm_up_rule():
-    from bench.train import DiffusionTrainConfig, train_diffusion
+    from bench.train.loops import DiffusionTrainConfig, train_diffusion
     from models.diffusion import alphas_cumprod
     from models.mlp import MLPDenoiser, MLPDenoiserConfig
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import preset
-from bench.gpu_check import MATCHED
-from bench.train import train_gan
+from bench.speed.gpu_check import MATCHED
+from bench.train.loops import train_gan
 from models.dcgan import DCGANConfig, Discriminator, Generator
 from models.diffusion import alphas_cumprod, diffusion_loss
 from models.layers import gan_d_loss, gan_g_loss

@@ -1,0 +1,249 @@
+"""The run folder: every path of a run and every read and write of its files, in one place.
+
+    reports/<run>/config.json       the resolved config
+                  results.json      results (bench/results.py: schema, entries)
+                  metrics.csv       one flat row per run entry
+                  history/<id>_<part>.csv          per-step training logs
+                  checkpoints/<id>_<part>.safetensors  weights, with the config that rebuilds them as metadata
+                  state/<id>_<part>.safetensors        an unfinished training's resumable state (2D models)
+                  samples/<id>_<part>.png | .npy | _prompts.txt   sample grids, 2D samples, the grids' prompts
+                  figures/<name>.png                 report figures
+                  report.md, report.html
+
+One naming scheme for every run: <id> = "<dataset slug>_seed<seed>", <part> = the model ("gan", "diffusion") or the
+stage ("text", "vae") a file belongs to, with a sampler label for 2D samples ("diffusion_ddpm-1000"). Writes are atomic
+(a temporary file in the same folder, then a rename), so a reader never sees half a file and an interrupted run keeps
+what it finished. The report and the CLI ask a RunDir for paths; they never format file names or glob themselves.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torchvision.utils import save_image
+
+from bench.core import distributed
+from bench.report.figures import png_bytes
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a file.
+    [ddp] Under torchrun only rank 0 writes; the other ranks hold the same results and skip."""
+    if not distributed.is_main():
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(value):
+    """NaN and inf are not JSON: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts -> CSV with the union of keys as columns (first-seen order)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def slug(dataset: str) -> str:
+    """A file-name-safe, unique form of a dataset name: built-in names as they are; a name with a path gets its last
+    component and a short hash of the whole name ('folder:/data/cats' -> 'folder-cats-3f2a9c'), so two folders
+    called 'cats' in different places never share files."""
+    kind, _, where = dataset.partition(":")
+    if not where:
+        return kind
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(where).name or "root").strip("-") or "root"
+    return f"{kind}-{name}-{hashlib.sha256(dataset.encode()).hexdigest()[:6]}"
+
+
+def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
+    """safetensors file with every module's state under '<name>.<key>' and the config as JSON metadata, so the
+    networks can be rebuilt from the checkpoint alone (no pickle). [ddp] Rank 0 alone writes."""
+    if not distributed.is_main():
+        return
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+               for name, m in modules.items() for k, v in m.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"config": json.dumps(config)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_config(path: Path) -> dict:
+    """The config stored with a checkpoint (reads the header only). ValueError names a damaged file."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {})["config"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable gan-vs-diffusion checkpoint ({type(exc).__name__})") from None
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """The inverse of save_checkpoint: ({module name: state dict}, config)."""
+    config = checkpoint_config(path)
+    states: dict[str, dict] = {}
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 -- a safetensors handle, not a dict
+            name, _, param = key.partition(".")
+            states.setdefault(name, {})[param] = f.get_tensor(key)
+    return states, config
+
+
+class RunDir:
+    """The files of one run folder. Paths are methods; so are the reads and writes."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # --- paths
+    def run_id(self, dataset: str, seed: int) -> str:
+        return f"{slug(dataset)}_seed{seed}"
+
+    def history_path(self, dataset: str, seed: int, part: str) -> Path:
+        return self.root / "history" / f"{self.run_id(dataset, seed)}_{part}.csv"
+
+    def checkpoint_path(self, dataset: str, seed: int, part: str) -> Path:
+        return self.root / "checkpoints" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
+
+    def state_path(self, dataset: str, seed: int, part: str) -> Path:
+        """A training's resumable state (bench/train_state.py); removed once its entry is in results.json."""
+        return self.root / "state" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
+
+    def remove_states(self, dataset: str, seed: int, parts) -> None:
+        """The trainings' states of entries that results.json now holds as finished. [ddp] Rank 0 owns the files."""
+        if distributed.is_main():
+            for part in parts:
+                self.state_path(dataset, seed, part).unlink(missing_ok=True)
+
+    def grid_path(self, dataset: str, seed: int, part: str) -> Path:
+        return self.root / "samples" / f"{self.run_id(dataset, seed)}_{part}.png"
+
+    def prompts_path(self, dataset: str, seed: int) -> Path:
+        return self.root / "samples" / f"{self.run_id(dataset, seed)}_prompts.txt"
+
+    def points_path(self, dataset: str, seed: int, model: str, label: str | None = None) -> Path:
+        part = model if label is None else f"{model}_{label.replace(':', '-')}"
+        return self.root / "samples" / f"{self.run_id(dataset, seed)}_{part}.npy"
+
+    def figure_path(self, name: str) -> Path:
+        return self.root / "figures" / f"{name}.png"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.json"
+
+    def relative(self, path: Path) -> str:
+        """A path as the report links it (relative to the run folder, forward slashes)."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    # --- reads and writes
+    def write_config(self, config: dict) -> None:
+        write_json(self.root / "config.json", config)
+
+    def write_results(self, results: dict) -> None:
+        write_json(self.results_path, results)
+
+    def read_results_text(self) -> str:
+        return self.results_path.read_text()
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        write_csv(self.root / "metrics.csv", rows)
+
+    def write_history(self, dataset: str, seed: int, part: str, rows: list[dict]) -> None:
+        write_csv(self.history_path(dataset, seed, part), rows)
+
+    def read_history(self, dataset: str, seed: int, part: str) -> list[dict] | None:
+        """The per-step rows of one training (numbers as floats), or None when the file is not there."""
+        path = self.history_path(dataset, seed, part)
+        if not path.is_file():
+            return None
+        with path.open(newline="") as f:
+            return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+
+    def save_checkpoint(self, dataset: str, seed: int, part: str, modules: dict, config: dict) -> Path:
+        path = self.checkpoint_path(dataset, seed, part)
+        save_checkpoint(path, modules, config)
+        return path
+
+    def checkpoints(self) -> list[tuple[Path, dict]]:
+        """Every checkpoint of the run with its stored config, in file-name order."""
+        folder = self.root / "checkpoints"
+        return [(p, checkpoint_config(p)) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
+
+    def save_grid(self, dataset: str, seed: int, part: str, images: torch.Tensor, nrow: int = 8) -> Path:
+        return save_grid(self.grid_path(dataset, seed, part), images, nrow)
+
+    def write_prompts(self, dataset: str, seed: int, prompts: list[str]) -> None:
+        atomic_write(self.prompts_path(dataset, seed), "\n".join(prompts) + "\n")
+
+    def read_prompts(self, dataset: str, seed: int) -> list[str] | None:
+        path = self.prompts_path(dataset, seed)
+        return path.read_text().splitlines() if path.is_file() else None
+
+    def save_points(self, dataset: str, seed: int, model: str, label: str | None, x: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, x)
+        atomic_write(self.points_path(dataset, seed, model, label), buf.getvalue())
+
+    def load_points(self, dataset: str, seed: int, model: str, label: str | None = None) -> np.ndarray | None:
+        path = self.points_path(dataset, seed, model, label)
+        return np.load(path) if path.is_file() else None
+
+    def save_figure(self, fig, name: str, dpi: int = 100) -> str:
+        """A matplotlib figure as figures/<name>.png; returns the path the report links."""
+        path = self.figure_path(name)
+        atomic_write(path, png_bytes(fig, dpi))
+        return self.relative(path)
+
+    def write_report(self, markdown: str, html_text: str) -> None:
+        atomic_write(self.root / "report.md", markdown)
+        atomic_write(self.root / "report.html", html_text)
+
+
+def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> Path:
+    """The first nrow x nrow images of (N, C, H, W) in [-1, 1] as one PNG (atomic)."""
+    buf = io.BytesIO()
+    save_image((images[: nrow * nrow].float() + 1) / 2, buf, format="png", nrow=nrow, padding=1)
+    atomic_write(path, buf.getvalue())
+    return Path(path)

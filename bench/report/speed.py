@@ -1,0 +1,207 @@
+"""The speed side of the report: the throughput table and report blocks, and the quality-vs-cost figures.
+
+Reads what bench/throughput.py measured (its result dict, or results.json's "throughput") and what the runs recorded
+(results.json); measures nothing. `throughput_table` is what `gvd throughput` prints; `throughput_blocks` and
+`quality_cost_figures` are what bench/report.py puts in the report.
+"""
+
+import statistics
+from pathlib import Path
+
+from bench.core.rundir import RunDir, slug
+from bench.report.figures import FAMILY_COLOURS, LINE_STYLES, MARKERS, new_figure
+
+# ---------------------------------------------------------------- tables and report blocks
+
+
+def _fmt(value, spec: str = "{:.3g}", scale: float = 1.0) -> str:
+    return "n/a" if value is None else spec.format(value * scale if scale != 1.0 else value)
+
+
+def _table(result: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "stage", "NFE", "guidance", "batch", "images/s", "ms per image alone", "GFLOP/image",
+              "TFLOP/s", "MFU", "peak MB", "how"]
+    rows = []
+    for r in result["rows"]:
+        rows.append([r["model"], r["stage"], _fmt(r["nfe"], "{}"), _fmt(r["guidance"], "{:g}"), str(r["batch"]),
+                     _fmt(r["images_per_s"], "{:,.4g}"), _fmt(r["latency_s"], "{:.3g}", 1e3),
+                     _fmt(r["flops_per_image"], "{:.3g}", 1e-9), _fmt(r["tflops"], "{:.3g}"),
+                     _fmt(r["mfu"], "{:.1%}"), _fmt(r["peak_memory_mb"], "{:,.0f}"), r["method"]])
+    return header, rows
+
+
+def _summary_lines(result: dict) -> list[str]:
+    peak, v = result["matmul_peak"], result["versions"]
+    m = result["models"]
+    load = result["load_average"]
+    lines = [
+        (f"Device {result['device']} ({result['threads']} threads of {result.get('cpu_count')} CPU cores; 1-minute "
+         f"load average {load['start']:.1f} at the start, {load['end']:.1f} at the end: a load above the core count "
+         f"means other processes shared them), sampling {result['dtype']['sample']}, training "
+         f"{result['dtype']['train']}; {', '.join(f'{k} {val}' for k, val in v.items())}. Timer: {result['timer']}. "
+         f"MFU is against a {peak['dtype']} {peak['n']}x{peak['n']} matrix product measured in the same process: "
+         f"{peak['tflops']:.3g} TFLOP/s."),
+        "Parameters: GAN " + " + ".join(f"{k} {n:,}" for k, n in m["gan"]["params"].items()) + "; diffusion "
+        + " + ".join(f"{k} {n:,}" for k, n in m["diffusion"]["params"].items())
+        + f"; shared text encoder {m['text']['params']:,}. FLOPs are matmuls, convolutions and attention "
+        "(torch.utils.flop_counter), elementwise ops not counted; training FLOPs include the backward pass.",
+    ]
+    so = result["sampler_overhead"]
+    parts = [f"{k}: {so[k]['sampler_step_s'] * 1e6:.0f} us per step = {so[k]['fraction_of_network']:.2%} of the "
+             f"network call ({so[k]['network_step_s'] * 1e3:.3g} ms)" for k in ("unguided", "guided") if k in so]
+    lines.append(f"Sampler loop overhead ({so['sampler']}, batch {so['batch']}, network replaced by a constant): "
+                 + "; ".join(parts) + ".")
+    return lines + list(result.get("notes", []))
+
+
+def throughput_table(result: dict) -> str:
+    """The Markdown table `gvd throughput` prints, with the device, versions and method lines under it."""
+    header, rows = _table(result)
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(table) + "\n\n" + "\n".join(f"- {line}" for line in _summary_lines(result)) + "\n"
+
+
+def throughput_blocks(result: dict, figures: list[str] | tuple = ()) -> list:
+    """Report blocks (bench/report.py's format) for a throughput result, plus any quality-vs-cost figures."""
+    header, rows = _table(result)
+    blocks = [("h2", "Throughput"),
+              ("p", ("Fresh networks of this run's configs (speed does not depend on the weights). Sampling: images/s "
+                     f"at batch {result['batch']} and the time of one image alone (batch 1), VAE decode included for "
+                     "the diffusion model; guidance runs the conditional and unconditional halves in one batch. "
+                     f"Training: images/s at batch {result['train_batch']} through the harness's own training loops. "
+                     "Warm-up calls first; the median of the repeats.")),
+              ("table", header, rows)]
+    blocks += [("p", line) for line in _summary_lines(result)]
+    blocks += [("img", path, path) for path in figures]
+    return blocks
+
+
+# ---------------------------------------------------------------- quality against cost
+
+
+def _quality_key(runs: list[dict]) -> tuple[str, str] | None:
+    """FID where the runs have it (images), else reverse KL (2D mixtures); lower is better for both."""
+    for key, label in (("fid", "FID (judge features)"), ("reverse_kl", "reverse KL (nats)")):
+        if any(isinstance(r.get("metrics", {}).get(key), (int, float)) for r in runs):
+            return key, label
+    return None
+
+
+def _sampling_points(run: dict, key: str) -> list[tuple[str, float, float, float | None]]:
+    """(sampler name, NFE, quality, seconds per image) of a run: every sampler in by_sampler, else the headline."""
+    out = []
+    per = run.get("by_sampler") or {run.get("sampler") or run["model"]: {**run.get("metrics", {}),
+                                                                          **run.get("throughput", {})}}
+    for label, m in per.items():
+        if not isinstance(m.get(key), (int, float)) or m.get("nfe") is None:
+            continue
+        ips = m.get("samples_per_s")
+        if not ips and m.get("sample_seconds") and m.get("num_samples"):
+            ips = m["num_samples"] / m["sample_seconds"]
+        out.append((str(label).partition(":")[0], float(m["nfe"]), float(m[key]), 1.0 / ips if ips else None))
+    return out
+
+
+def _training_points(run: dict, key: str) -> list[tuple[float, float]]:
+    """(training wall seconds, quality) along a run's metric-over-training curve, else its final point. Curve points
+    without their own "seconds" are placed at step x (seconds per step), after any VAE stage."""
+    train = run.get("train") or {}
+    total, steps = train.get("seconds"), train.get("steps")
+    if not total:
+        return []
+    offset = (train.get("vae") or {}).get("seconds", 0.0)
+    points = []
+    for c in run.get("curve") or []:
+        if isinstance(c.get(key), (int, float)):
+            sec = c.get("seconds")
+            if sec is None and steps and c.get("step") is not None:
+                sec = offset + c["step"] * (total - offset) / steps
+            if sec is not None:
+                points.append((float(sec), float(c[key])))
+    final = run.get("metrics", {}).get(key)
+    if isinstance(final, (int, float)):
+        points.append((float(total), float(final)))
+    return sorted(points)
+
+
+def _sampling_curves(runs: list[dict], key: str) -> dict[tuple[str, str], list[tuple[float, float, float | None]]]:
+    """{(model, sampler name): [(NFE, quality, seconds per image or None)]}, each the mean over the seeds."""
+    by_curve: dict[tuple[str, str], dict[float, list]] = {}
+    for r in runs:
+        for name, nfe, q, spi in _sampling_points(r, key):
+            by_curve.setdefault((r["model"], name), {}).setdefault(nfe, []).append((q, spi))
+    out = {}
+    for curve, pts in by_curve.items():
+        out[curve] = [(nfe, statistics.mean(p[0] for p in pts[nfe]),
+                       statistics.mean(p[1] for p in pts[nfe]) if all(p[1] for p in pts[nfe]) else None)
+                      for nfe in sorted(pts)]
+    return out
+
+
+def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str]) -> str | None:
+    """Quality vs NFE and vs sampling ms per image: one line per diffusion sampler (blue, one line style and marker
+    each), the GAN as one vermillion star (one forward pass)."""
+    key, label = quality
+    curves = _sampling_curves(runs, key)
+    if not curves:
+        return None
+    fig, axes = new_figure(2, width=4.5, height=3.4)
+    k = 0
+    for (model, name), pts in curves.items():
+        if model == "gan":
+            style = {"marker": "*", "markersize": 12, "ls": "none"}
+            text = "GAN (1 forward)"
+        else:
+            style = {"marker": MARKERS[k % len(MARKERS)], "ls": LINE_STYLES[k % len(LINE_STYLES)]}
+            text = f"diffusion, {name}"
+            k += 1
+        style["color"] = FAMILY_COLOURS[model]
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=text, **style)
+        timed = [(p[2] * 1e3, p[1]) for p in pts if p[2]]
+        if timed:
+            axes[1].plot(*zip(*timed), label=text, **style)
+    axes[0].set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel=label, title="quality vs NFE")
+    axes[1].set(xscale="log", xlabel="sampling time per image (ms, at the evaluation batch)", ylabel=label,
+                title="quality vs sampling cost")
+    for ax in axes:
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{dataset}: lower is better; mean over seeds", fontsize=9)
+    return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_quality_vs_sampling")
+
+
+def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str]) -> str | None:
+    """Quality vs training wall time: one line per (model, seed), the family's colour, one line style per seed."""
+    key, label = quality
+    lines = {(r["model"], r["seed"]): _training_points(r, key) for r in runs}
+    if not any(lines.values()):
+        return None
+    fig, (ax,) = new_figure(1, width=5, height=3.4)
+    seeds = sorted({seed for _, seed in lines})
+    for (model, seed), pts in lines.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=FAMILY_COLOURS[model],
+                    ls=LINE_STYLES[seeds.index(seed) % len(LINE_STYLES)], label=f"{model}, seed {seed}")
+    ax.set(xlabel="training wall time (s; diffusion includes its VAE)", ylabel=label,
+           title=f"{dataset}: quality vs training time")
+    ax.legend(fontsize=7)
+    return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_quality_vs_training_time")
+
+
+def quality_cost_figures(run_dir, results: dict) -> list[str]:
+    """Per dataset: quality vs NFE and vs sampling seconds per image (one line per diffusion sampler, the GAN as one
+    point), and quality vs training wall time for both models. Uses whatever results.json holds (FID for image
+    runs, reverse KL for 2D runs; sampler sweeps in "by_sampler", metric-over-training in "curve"); a dataset with
+    nothing to plot is skipped. Returns the PNG paths relative to run_dir."""
+    paths = []
+    ok = [r for r in results.get("runs", []) if r.get("status") in ("ok", "diverged")]
+    for dataset in dict.fromkeys(r["dataset"] for r in ok):
+        runs = [r for r in ok if r["dataset"] == dataset]
+        quality = _quality_key(runs)
+        if quality is None:
+            continue
+        for figure in (_sampling_figure, _training_figure):
+            path = figure(Path(run_dir), dataset, runs, quality)
+            if path:
+                paths.append(path)
+    return paths

@@ -1,0 +1,268 @@
+"""study.json -> study.md / study.html and figures/ for `gvd study stability` (bench/study.py).
+
+Built as bench/report.py's blocks (heading, text, table, image), rendered by its to_markdown / to_html, so the two
+pages never disagree. Per dataset: the share of runs in each outcome per family; the verdict (how much more likely one
+family is to give a converged model from a random configuration, with a Newcombe interval); the empirical CDF of the
+final quality metrics across configurations and across seeds at each family's best configuration; the best
+configuration and the search budget it took to find it; the metrics against each knob's value.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from bench.core.rundir import atomic_write
+from bench.evaluate.stats import newcombe_interval
+from bench.report.build import to_html, to_markdown
+from bench.report.figures import FAMILY_COLOURS, plt, png_bytes
+
+COLOURS = FAMILY_COLOURS
+NAMES = {"gan": "GAN", "diffusion": "diffusion"}
+OUTCOME_ORDER = ("converged", "mode-collapsed", "low-quality", "diverged", "failed")
+KNOB_LABELS = {"lr_g": "learning rate of G", "lr_d": "learning rate of D", "lr": "peak learning rate",
+               "beta1": "Adam beta1", "d_steps": "D steps per G step", "loss": "GAN loss",
+               "spectral_norm": "spectral norm on D", "width": "width (hidden units)", "schedule": "noise schedule",
+               "prediction": "network predicts", "ema": "EMA decay"}
+MARKERS = {"converged": "o", "mode-collapsed": "s", "low-quality": "v", "diverged": "X", "failed": "X"}
+
+
+def _runs(record: dict, dataset: str | None, family: str) -> list[dict]:
+    return [r for r in record["runs"] if r["family"] == family and (dataset is None or r["dataset"] == dataset)]
+
+
+def _scored(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r.get("metrics")]
+
+
+def config_summaries(runs: list[dict]) -> list[dict]:
+    """Per configuration (in draw order): its knobs, seeds run, converged seeds, and the per-seed hq_fraction and
+    modes / num_modes (failed runs left out)."""
+    out: dict[int, dict] = {}
+    for r in sorted(runs, key=lambda r: (r["config_id"], r["seed"])):
+        s = out.setdefault(r["config_id"], {"config_id": r["config_id"], "knobs": r["knobs"], "runs": 0,
+                                            "converged": 0, "hq": [], "modes": []})
+        s["runs"] += 1
+        s["converged"] += r["outcome"] == "converged"
+        if r.get("metrics"):
+            s["hq"].append(r["metrics"]["hq_fraction"])
+            s["modes"].append(r["metrics"]["modes"] / r["metrics"]["num_modes"])
+    return list(out.values())
+
+
+def best_config(summaries: list[dict]) -> dict | None:
+    """The configuration with the most converged seeds, ties broken by mean modes captured, then mean hq_fraction."""
+    def key(s: dict) -> tuple:
+        return s["converged"] / s["runs"], _mean(s["modes"]), _mean(s["hq"])
+
+    return max(summaries, key=key) if summaries else None
+
+
+def _mean(values: list, empty: float = -1.0) -> float:
+    return float(np.mean(values)) if values else empty
+
+
+def _step_ecdf(ax, values, **style) -> None:
+    x = np.sort(np.asarray(values, dtype=float))
+    if len(x):
+        ax.step(np.concatenate([[0.0], x, [1.0]]), np.concatenate([[0.0], np.arange(1, len(x) + 1) / len(x), [1.0]]),
+                where="post", **style)
+
+
+def ecdf_figure(out: Path, record: dict, dataset: str) -> str:
+    """Empirical CDFs of the final hq_fraction and modes / num_modes: solid, over configurations (each the mean over
+    its seeds); dashed, over the seeds of the family's best configuration."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for family in ("gan", "diffusion"):
+        summaries = [s for s in config_summaries(_runs(record, dataset, family)) if s["hq"]]
+        best = best_config(summaries)
+        for ax, key in zip(axes, ("hq", "modes")):
+            _step_ecdf(ax, [np.mean(s[key]) for s in summaries], color=COLOURS[family],
+                       label=f"{NAMES[family]}: {len(summaries)} configurations")
+            if best is not None:
+                _step_ecdf(ax, best[key], color=COLOURS[family], linestyle="--",
+                           label=f"{NAMES[family]}: seeds of the best (c{best['config_id']:02d})")
+    axes[0].set(xlabel="high-quality fraction of samples (within 3 std of a mode)",
+                ylabel="share of configurations or seeds <= x")
+    axes[1].set(xlabel="modes captured / modes of the mixture", ylabel="share of configurations or seeds <= x")
+    for ax in axes:
+        ax.set(xlim=(-0.02, 1.02), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{dataset}: empirical CDF of the final metrics", fontsize=10)
+    name = f"figures/{dataset}_ecdf.png"
+    atomic_write(out / name, png_bytes(fig, dpi=110))
+    return name
+
+
+def _knob_axis(ax, values: list, space_entry: dict) -> list:
+    """x positions of the values: the values themselves on a log axis for a log-uniform knob, category indices for
+    a choice (labelled with the choices)."""
+    if "log_uniform" in space_entry:
+        ax.set_xscale("log")
+        ax.set_xlim(*space_entry["log_uniform"])  # the whole searched range
+        return [float(v) for v in values]
+    choices = space_entry["choice"]
+    ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=7)
+    ax.set_xlim(-0.5, len(choices) - 0.5)
+    return [choices.index(v) for v in values]
+
+
+def sensitivity_figure(out: Path, record: dict, dataset: str, family: str) -> str | None:
+    """Each run's hq_fraction (top) and modes / num_modes (bottom) against each knob's value; marker = outcome."""
+    runs = _scored(_runs(record, dataset, family))
+    if not runs:
+        return None
+    space = record["search_space"][family]
+    fig, axes = plt.subplots(2, len(space), figsize=(2.2 * len(space), 4.6), squeeze=False, sharey=True)
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(runs))  # spreads runs that share a choice
+    for col, (knob, entry) in enumerate(space.items()):
+        for row, (metric, label) in enumerate((("hq_fraction", "high-quality fraction"),
+                                               ("modes", "modes captured / modes"))):
+            ax = axes[row, col]
+            x = np.asarray(_knob_axis(ax, [r["knobs"][knob] for r in runs], entry), dtype=float)
+            x = x if "log_uniform" in entry else x + jitter
+            y = [r["metrics"][metric] / (r["metrics"]["num_modes"] if metric == "modes" else 1) for r in runs]
+            for outcome in OUTCOME_ORDER:
+                idx = [i for i, r in enumerate(runs) if r["outcome"] == outcome]
+                if idx:
+                    ax.scatter(x[idx], np.asarray(y)[idx], s=18, color=COLOURS[family], marker=MARKERS[outcome],
+                               alpha=0.7, label=outcome)
+            log = " (log)" if "log_uniform" in entry else ""
+            ax.set(ylim=(-0.05, 1.05), xlabel=KNOB_LABELS.get(knob, knob) + log)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(label)
+    axes[0, 0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"{dataset}, {NAMES[family]}: final metrics against each knob (one point per run)", fontsize=10)
+    name = f"figures/{dataset}_{family}_sensitivity.png"
+    atomic_write(out / name, png_bytes(fig))
+    return name
+
+
+def _pct(k: int, n: int) -> str:
+    return f"{100 * k / n:.0f}% ({k})" if n else "n/a"
+
+
+def outcome_rows(record: dict, dataset: str | None) -> list[list[str]]:
+    """One row per family: runs, then the share (count) of each outcome."""
+    rows = []
+    for family in ("gan", "diffusion"):
+        runs = _runs(record, dataset, family)
+        rows.append([NAMES[family], str(len(runs))]
+                    + [_pct(sum(r["outcome"] == o for r in runs), len(runs)) for o in OUTCOME_ORDER])
+    return rows
+
+
+def verdict(record: dict, dataset: str | None) -> str:
+    """How much more likely one family is to give a converged model from a random configuration and seed, with the
+    95% Newcombe (1998, method 10) interval on the difference of the two proportions."""
+    counts = {f: (sum(r["outcome"] == "converged" for r in _runs(record, dataset, f)), len(_runs(record, dataset, f)))
+              for f in ("gan", "diffusion")}
+    if not all(n for _, n in counts.values()):
+        return "Verdict: not enough runs."
+    first, second = sorted(counts, key=lambda f: -counts[f][0] / counts[f][1])
+    (k1, n1), (k2, n2) = counts[first], counts[second]
+    d, lo, hi = newcombe_interval(k1, n1, k2, n2)
+    where = f"on {dataset}" if dataset else "over every dataset"
+    text = (f"Verdict {where}: from a random configuration of its search space and a random seed, {NAMES[first]} gave "
+            f"a converged model in {k1}/{n1} runs ({100 * k1 / n1:.0f}%), {NAMES[second]} in {k2}/{n2} "
+            f"({100 * k2 / n2:.0f}%): {NAMES[first]} is {100 * d:.0f} percentage points more likely than "
+            f"{NAMES[second]} to give a usable model (95% interval {100 * lo:.0f} to {100 * hi:.0f}; Newcombe 1998 "
+            f"hybrid score interval)")
+    return text + (". The interval includes 0: the runs do not resolve a difference." if lo <= 0 else ".")
+
+
+def best_rows(record: dict, dataset: str) -> list[list[str]]:
+    """Each family's best configuration, its seeds' metrics, and the random-search budget spent when it was drawn
+    (configurations are tried in draw order, each with every seed)."""
+    study, rows = record["study"], []
+    for family in ("gan", "diffusion"):
+        summaries = config_summaries(_runs(record, dataset, family))
+        best = best_config(summaries)
+        if best is None:
+            continue
+        runs_spent = sum(s["runs"] for s in summaries if s["config_id"] <= best["config_id"])
+        first = next((s for s in summaries if s["converged"]), None)
+        knobs = ", ".join(f"{k}={v}" for k, v in best["knobs"].items())
+        rows.append([NAMES[family], f"c{best['config_id']:02d}", knobs, f"{best['converged']}/{best['runs']}",
+                     f"{100 * np.mean(best['hq']):.1f}" if best["hq"] else "n/a",
+                     f"{np.mean(best['modes']) * 100:.0f}" if best["modes"] else "n/a",
+                     f"{runs_spent} x {study['steps']:,} = {runs_spent * study['steps']:,}",
+                     f"c{first['config_id']:02d}" if first else "none"])
+    return rows
+
+
+def _space_rows(record: dict) -> list[list[str]]:
+    rows = []
+    for family, space in record["search_space"].items():
+        for knob, entry in space.items():
+            values = (f"log-uniform [{entry['log_uniform'][0]:.3g}, {entry['log_uniform'][1]:.3g}]"
+                      if "log_uniform" in entry else "{" + ", ".join(str(v) for v in entry["choice"]) + "}")
+            rows.append([NAMES[family], knob, values])
+    return rows
+
+
+def _intro_blocks(record: dict) -> list:
+    study, runs = record["study"], record["runs"]
+    cpu = sum(r.get("cpu_seconds", 0.0) for r in runs)
+    return [
+        ("h1", "Training stability study: GAN vs diffusion across hyperparameters and seeds"),
+        ("p", (f"Created {record['created']} on {record['device']} with {record['workers']} worker process(es). "
+               f"Each family: K = {study['k']} configurations drawn at random (seed {study['space_seed']}) from the "
+               f"search space below, each trained with S = {study['seeds']} seeds, on "
+               f"{', '.join(study['datasets'])}: {len(runs)} of the design's {record['planned_runs']} runs finished. "
+               f"Every run: {study['steps']:,} steps of batch "
+               f"{study['batch_size']} ({study['steps'] * study['batch_size']:,} real examples, the same data stream "
+               f"per seed for both families), scored on {study['num_samples']:,} samples (diffusion with "
+               f"{study['sampler']}). Compute: {cpu / 60:.1f} CPU-minutes in all; this invocation ran "
+               f"{record['runs_this_invocation']} runs in {record['wall_seconds'] / 60:.1f} minutes of wall time.")),
+        ("p", (f"Outcome of a run, the same rule for both families, the first that applies: diverged (a non-finite "
+               f"training loss), low-quality (under {100 * study['hq_threshold']:.0f}% of the samples within 3 std of "
+               f"a mode, VEEGAN's high-quality test), mode-collapsed (fewer modes captured than the mixture has), "
+               f"else converged (a usable model). Following Lucic et al. (2018), the comparison is over the "
+               f"distribution of outcomes of a random search, not one tuned setting. Learning rates are log-uniform "
+               f"over [tuned / 5, tuned x 5] around the toy preset's value for each family; widths are half, equal "
+               f"to and double the toy preset's; every other setting is the toy preset's.")),
+        ("table", ["family", "knob", "values"], _space_rows(record)),
+    ]
+
+
+def _dataset_blocks(out: Path, record: dict, dataset: str) -> list:
+    blocks = [("h2", dataset),
+              ("table", ["family", "runs", *OUTCOME_ORDER], outcome_rows(record, dataset)),
+              ("p", verdict(record, dataset)),
+              ("h3", "Best configuration found"),
+              ("p", ("Best = most converged seeds, then most modes, then highest high-quality fraction (means over "
+                     "seeds). Found after = the runs x steps a random search in draw order had spent when it drew "
+                     "that configuration; first usable = the first configuration with a converged seed.")),
+              ("table", ["family", "config", "knobs", "converged seeds", "high quality %", "modes %",
+                         "found after (runs x steps)", "first usable"], best_rows(record, dataset))]
+    figures = [ecdf_figure(out, record, dataset)]
+    figures += [f for f in (sensitivity_figure(out, record, dataset, fam) for fam in ("gan", "diffusion")) if f]
+    return blocks + [("img", f, f) for f in figures]
+
+
+def study_blocks(out: Path, record: dict) -> list:
+    """Every block of the study report (figures are written to out/figures as a side effect)."""
+    blocks = _intro_blocks(record)
+    for dataset in record["study"]["datasets"]:
+        blocks += _dataset_blocks(Path(out), record, dataset)
+    blocks += [("h2", "Over every dataset"),
+               ("table", ["family", "runs", *OUTCOME_ORDER], outcome_rows(record, None)),
+               ("p", verdict(record, None)),
+               ("p", ("The interval treats runs as independent; runs that share a configuration are not (its seeds "
+                      "vary only the initialisation and data order), so with few configurations it is too narrow."))]
+    failed = [r for r in record["runs"] if r["outcome"] == "failed"]
+    if failed:
+        blocks += [("h2", "Runs that failed (retried by the next `gvd study stability`)"),
+                   ("table", ["dataset", "family", "config", "seed", "error"],
+                    [[r["dataset"], r["family"], f"c{r['config_id']:02d}", str(r["seed"]), r["error"]]
+                     for r in failed])]
+    return blocks
+
+
+def write_study_report(out: Path, record: dict) -> None:
+    out = Path(out)
+    blocks = study_blocks(out, record)
+    atomic_write(out / "study.md", to_markdown(blocks))
+    atomic_write(out / "study.html", to_html(blocks))

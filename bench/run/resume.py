@@ -1,0 +1,71 @@
+"""`gvd run --resume RUN_DIR`: continue a stopped run from its own config.json and results.json.
+
+What is kept: every run entry that finished ("ok" or "diverged": a result, not a fault) and the throughput section
+when it was measured. Everything else ("failed", "interrupted", missing) is run again, each of its trainings from the
+state it last saved (bench/train_state.py: at an interval, after the last step and on SIGINT / SIGTERM). Every
+training seeds itself from (dataset, model, seed) alone, so a rerun entry gets the numbers it would have had in one
+unbroken run.
+"""
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+from bench.config import SuiteConfig, validate
+from bench.core.results import load_results
+from bench.run.preflight import PreflightError
+
+FINISHED = ("ok", "diverged")
+
+
+def _dataclass_in(hint):
+    """The dataclass a field's type names (`X` or `X | None`), or None."""
+    for t in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(t):
+            return t
+    return None
+
+
+def from_dict(cls, data: dict):
+    """The inverse of dataclasses.asdict for our configs: nested dataclasses rebuilt, JSON lists turned back into
+    tuples where the field holds a tuple. Keys the class does not know raise ValueError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown settings {', '.join(sorted(unknown))} in {cls.__name__}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_in(hints[name])
+        if sub is not None and isinstance(value, dict):
+            kwargs[name] = from_dict(sub, value)
+        elif typing.get_origin(hints[name]) is tuple and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_run(root: Path) -> tuple[SuiteConfig, dict]:
+    """(config, results) of the run folder to resume; PreflightError names what is missing or wrong."""
+    root = Path(root)
+    config_path, results_path = root / "config.json", root / "results.json"
+    if not config_path.is_file():
+        raise PreflightError(f"--resume {root}: no config.json there (is it a run folder?)")
+    try:
+        cfg = from_dict(SuiteConfig, json.loads(config_path.read_text()))
+        validate(cfg)
+    except (OSError, ValueError, TypeError) as exc:  # ConfigError is a ValueError
+        raise PreflightError(f"{config_path}: cannot rebuild the run's config ({str(exc).splitlines()[0]})") from None
+    if not results_path.is_file():  # stopped before the first entry was written
+        return cfg, {"runs": []}
+    try:
+        return cfg, load_results(results_path)
+    except ValueError as exc:
+        raise PreflightError(str(exc).splitlines()[0]) from None
+
+
+def finished(results: dict) -> dict[tuple, dict]:
+    """{(dataset, model, seed): entry} of the entries a resumed run keeps."""
+    return {(r["dataset"], r["model"], r["seed"]): r for r in results.get("runs", []) if r["status"] in FINISHED}
