@@ -1,14 +1,17 @@
 """The `gvd` command (also `python -m bench`).
 
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
-          [--force]               --out holds another run: move it to <out>.old-<timestamp> first
+          [--family NAME=MODULE:FACTORY ...] [--force]
   gvd run --resume RUN_DIR      continue a stopped run (its finished entries kept, the rest rerun)
+  gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
   gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
-  gvd datasets                  list the built-in datasets
-  gvd presets                   list the named presets
+  gvd throughput | study stability | datasets | presets
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
+A file that cannot be written (a full disk) is one line naming it, exit status 1. Each subcommand imports its own
+stack when it runs, so `gvd --help`, `gvd presets` and `gvd datasets` answer without loading torch; the imports
+inside the command functions below are there for that reason.
 """
 
 import argparse
@@ -17,47 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
-from bench.config import (
-    DEFAULT_PRESET,
-    PRESETS,
-    ConfigError,
-    apply_override,
-    preset,
-    set_steps,
-    validate,
-)
-from bench.core import distributed
+from bench import catalog
 from bench.core.guard import Interrupted
-from bench.core.results import load_results
-from bench.core.rundir import RunDir, save_grid, write_json
-from bench.data.images import DataError, load_image_dataset
-from bench.data.inception import load_cleanfid_backbone
-from bench.data.mixtures import list_datasets
-from bench.families.bundle import ImageModels
-from bench.report.build import write_report
-from bench.report.compare import CompareError, run_compare
-from bench.report.speed import throughput_table
-from bench.run.images import sample_from_checkpoint
-from bench.run.preflight import (
-    PreflightError,
-    check_finite,
-    check_output_file,
-    check_sample_count,
-    check_writable_dir,
-    claim_run_dir,
-)
-from bench.run.resume import load_run
-from bench.run.study import StudyConfig, run_study, validate_study
-from bench.run.suite import default_workers, resolve_device, run_suite
-from bench.speed.scaling import ddp_throughput, scaling_table
-from bench.speed.throughput import image_throughput
-from models.samplers import SAMPLERS
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+from bench.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,45 +30,82 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def _device(name: str):
+    from bench.run.suite import resolve_device  # the run stack: torch
+
+    try:
+        return resolve_device(name)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _run_config(args) -> tuple:
     """(config, run folder, previous results or None) from the flags, or from the run folder under --resume."""
+    from bench.config import apply_override, preset, set_steps
+    from bench.run.resume import load_run
+
     if args.resume:
         given = [f for f, v in (("--preset", args.preset), ("--seeds", args.seeds), ("--steps", args.steps),
-                                ("--set", args.set), ("--out", args.out), ("--force", args.force)) if v]
+                                ("--set", args.set), ("--out", args.out), ("--force", args.force),
+                                ("--family", args.family)) if v]
         if given:
             raise UserError(f"--resume continues a run with its own config.json; drop {', '.join(given)}")
         cfg, previous = load_run(Path(args.resume))
         return cfg, Path(args.resume), previous
-    cfg = preset(args.preset or DEFAULT_PRESET)
+    cfg = preset(args.preset or catalog.DEFAULT_PRESET)
     if args.seeds is not None:
         cfg.seeds = list(args.seeds)
     if args.steps is not None:
         set_steps(cfg, args.steps)
     for assignment in args.set or []:
         apply_override(cfg, assignment)
+    for spec in args.family or []:  # a user's family: it runs beside the preset's, through the same protocol
+        cfg.user_families.append(spec)
+        cfg.families.append(spec.partition("=")[0])
     return cfg, Path(args.out) if args.out else Path("reports") / cfg.name, None
 
 
-def _cmd_run(args) -> None:
-    cfg, out, previous = _run_config(args)
+def _check_inputs(cfg, args) -> None:
+    """Everything that can fail on the user's input, before anything is written: the config, the datasets (a
+    folder is read now), the Inception file, the families (a user's module is imported now), the batch sizes."""
+    from bench.config import validate
+    from bench.core import distributed
+    from bench.data.inception import load_cleanfid_backbone
+    from bench.data.registry import dataset_info
+    from bench.families import resolve
+
     if args.inception_weights:
         if cfg.images is None:
             raise UserError("--inception-weights needs a preset with the image benchmark")
         cfg.images.inception_weights = args.inception_weights
     validate(cfg)
-    check_writable_dir(out)
-    if cfg.images is not None:  # read every image dataset now, so a bad folder fails before anything is written
+    if cfg.images is not None:
         for name in cfg.images.datasets:
-            load_image_dataset(name, cfg.images.num_train, cfg.images.resolution, seed=0)
+            dataset_info(name, check=True)
         if cfg.images.inception_weights:  # a bad file fails now, not after the 2D training
             load_cleanfid_backbone(cfg.images.inception_weights)
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
+    resolve(cfg.families, cfg.user_families)
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
-    _check_batches(cfg)
+    sizes = {"mixtures.batch_size": cfg.mixtures.batch_size} if cfg.mixtures is not None else {}
+    if cfg.images is not None:
+        sizes.update({f"images.{k}": getattr(cfg.images, k) for k in ("batch_size", "vae_batch_size",
+                                                                       "text_batch_size")})
+    try:  # [ddp] under torchrun every global batch must split evenly over the processes
+        distributed.check_batches(sizes, distributed.planned_world())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _cmd_run(args) -> None:
+    from bench.core import distributed
+    from bench.run.preflight import check_writable_dir, claim_run_dir
+    from bench.run.suite import default_workers, run_suite
+
+    cfg, out, previous = _run_config(args)
+    _check_inputs(cfg, args)
+    check_writable_dir(out)
+    device = _device(args.device)
     if previous is None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns the folder
         if (archive := claim_run_dir(out, args.force)) is not None:
             print(f"moved the run that was in {out} to {archive}")
@@ -115,21 +117,10 @@ def _cmd_run(args) -> None:
         print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
 
 
-def _check_batches(cfg) -> None:
-    """[ddp] Under torchrun every global batch must split evenly over the processes (checked before anything runs)."""
-    sizes = {}
-    if cfg.mixtures is not None:
-        sizes["mixtures.batch_size"] = cfg.mixtures.batch_size
-    if cfg.images is not None:
-        sizes.update({f"images.{k}": getattr(cfg.images, k) for k in ("batch_size", "vae_batch_size",
-                                                                       "text_batch_size")})
-    try:
-        distributed.check_batches(sizes, distributed.planned_world())
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def _cmd_report(args) -> None:
+    from bench.core.results import load_results
+    from bench.report.build import write_report
+
     run_dir = Path(args.run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
@@ -143,39 +134,49 @@ def _cmd_report(args) -> None:
 
 
 def _cmd_compare(args) -> int:
-    """bench/compare.py does the work; a bad input or --fail-on spec is a UserError (exit 2), a regression exit 1."""
-    try:
-        code, failures, markdown = run_compare(args.run_dirs, args.fail_on or [], args.out, args.setting)
-    except CompareError as exc:
-        raise UserError(str(exc)) from None
+    """bench/report/compare.py does the work; a bad input or --fail-on spec is exit 2, a regression exit 1."""
+    from bench.report.compare import run_compare
+
+    code, failures, markdown = run_compare(args.run_dirs, args.fail_on or [], args.out, args.setting)
     print(markdown, end="")
     for line in failures:
         print(f"gvd compare: {line}", file=sys.stderr)
     return code
 
 
-def _find_checkpoint(run: RunDir, dataset: str | None, seed: int | None) -> tuple[Path, dict]:
-    """The image checkpoint of a run for (dataset, seed); the first one when they are not given."""
-    found = [(p, c) for p, c in run.checkpoints() if "tokenizer" in c
+def _find_checkpoint(run, family: str, dataset: str | None, seed: int | None) -> tuple[Path, dict]:
+    """The image checkpoint of a family in a run for (dataset, seed); the first one when they are not given."""
+    found = [(p, c) for p, c in run.checkpoints() if c.get("family") == family and "tokenizer" in c
              and (dataset is None or dataset in (c.get("dataset"), p.name.partition("_seed")[0]))
              and (seed is None or c.get("seed") == seed)]
     if not found:
         what = " ".join(x for x in (dataset and f"dataset {dataset}", seed is not None and f"seed {seed}") if x)
-        raise UserError(f"{run.root} has no image checkpoint{' for ' + what if what else ''} (was it an image run?)")
+        raise UserError(f"{run.root} has no image checkpoint of {family}{' for ' + what if what else ''} (was it an "
+                        "image run, and did that family train?)")
     return found[0]
 
 
-def _load_models(path: Path, device) -> tuple:
-    """ImageModels.load, with any way a damaged or foreign checkpoint can fail as one line naming the file."""
+def _sample_family(run, name: str):
+    """The family a `gvd sample` asks for: a built-in one, or a user's recorded in the run's config."""
+    from bench.families import FamilyError, resolve
+    from bench.run.resume import load_run
+
     try:
-        return ImageModels.load(path, device)
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- SafetensorError, TypeError, KeyError, shape mismatches ...
-        raise UserError(f"{path}: not a readable image checkpoint ({type(exc).__name__})") from None
+        specs = load_run(run.root)[0].user_families if (run.root / "config.json").is_file() else []
+        family = resolve([name], specs)[0]
+    except FamilyError as exc:
+        raise UserError(str(exc)) from None
+    if family.load_image is None:
+        raise UserError(f"the {name} family keeps no checkpoint to sample from")
+    return family
 
 
 def _cmd_sample(args) -> None:
+    from bench.core.rundir import RunDir, save_grid
+    from bench.run.images import sample_from_checkpoint
+    from bench.run.preflight import check_finite, check_output_file, check_sample_count
+    from models.samplers import SAMPLERS
+
     run = RunDir(args.run_dir)
     if not run.root.is_dir():
         raise UserError(f"{run.root} is not a folder")
@@ -187,20 +188,42 @@ def _cmd_sample(args) -> None:
         raise UserError("--steps must be at least 1")
     out = Path(args.out)
     check_output_file(out, ".png")
+    device = _device(args.device)
     try:
-        device = resolve_device(args.device)
-        path, _ = _find_checkpoint(run, args.dataset, args.seed)
-        models, meta = _load_models(path, device)
-        images, nfe = sample_from_checkpoint(models, meta, args.prompt, args.n, model=args.model,
-                                             seed=args.sample_seed, sampler=args.sampler, steps=args.steps,
-                                             guidance=args.guidance)
-    except (RuntimeError, ValueError) as exc:
+        path, meta = _find_checkpoint(run, args.model, args.dataset, args.seed)
+    except ValueError as exc:  # a checkpoint whose header cannot be read
         raise UserError(str(exc).splitlines()[0]) from None
+    family = _sample_family(run, args.model)
+    spec = _sampler_spec(meta, args.sampler, args.steps)
+    try:
+        images, nfe = sample_from_checkpoint(path, family, args.prompt, args.n, seed=args.sample_seed, device=device,
+                                             sampler=spec, knob=args.guidance)
+    except ValueError as exc:  # an unknown prompt word, a sampler the family cannot use
+        raise UserError(str(exc).splitlines()[0]) from None
+    except Exception as exc:  # noqa: BLE001 -- SafetensorError, KeyError, shape mismatches: a damaged checkpoint
+        raise UserError(f"{path}: not a readable image checkpoint ({type(exc).__name__})") from None
     save_grid(out, images, nrow=max(1, math.ceil(math.sqrt(args.n))))
-    print(f"wrote {out}: {args.n} images of {args.prompt!r} from {path.name} ({args.model}, {nfe} network evaluations)")
+    print(f"wrote {out}: {args.n} images of {args.prompt!r} from {path.name} ({args.model}, {nfe} network "
+          "evaluations)")
+
+
+def _sampler_spec(meta: dict, sampler: str | None, steps: int | None) -> str | None:
+    """The "name:steps" `gvd sample` asks for (the run's own where a part is not given), or None: the run's."""
+    if sampler is None and steps is None:
+        return None
+    name, _, default_steps = (meta.get("sampler") or "dpmpp2m:20").partition(":")
+    return f"{sampler or name}:{steps or default_steps}"
 
 
 def _cmd_throughput(args) -> None:
+    from bench.config import preset
+    from bench.core import distributed
+    from bench.core.files import write_json
+    from bench.data.registry import dataset_info
+    from bench.report.speed import throughput_table
+    from bench.run.preflight import check_finite, check_output_file
+    from bench.speed.throughput import image_throughput
+
     cfg = preset(args.preset).images
     if cfg is None:
         raise UserError(f"preset {args.preset!r} has no image benchmark to measure; try --preset quick")
@@ -216,12 +239,11 @@ def _cmd_throughput(args) -> None:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_output_file(out, ".json")
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
-    channels = 1 if cfg.datasets[0] == "digits" else 3  # the first dataset's; every other built-in one is RGB
+    device = _device(args.device)
+    channels = dataset_info(cfg.datasets[0]).channels
     if args.threads is not None:
+        import torch  # the speed stack already loaded it
+
         torch.set_num_threads(args.threads)
     if distributed.launched():  # [ddp] under torchrun: images/s per GPU and in total, scaling efficiency
         return _throughput_ddp(args, cfg, device, channels, out)
@@ -236,7 +258,11 @@ def _cmd_throughput(args) -> None:
 
 
 def _throughput_ddp(args, cfg, device, channels: int, out: Path | None) -> None:
-    """[ddp] `gvd throughput` under torchrun (bench/scaling.py): per-GPU batch = the preset's batch size."""
+    """[ddp] `gvd throughput` under torchrun (bench/speed/scaling.py): per-GPU batch = the preset's batch size."""
+    from bench.core import distributed
+    from bench.core.files import write_json
+    from bench.speed.scaling import ddp_throughput, scaling_table
+
     with distributed.session(device) as device:
         samples = max(args.batch, distributed.world())
         result = ddp_throughput(cfg, device, channels=channels, batch=cfg.batch_size, samples=samples)
@@ -251,17 +277,21 @@ def _throughput_ddp(args, cfg, device, channels: int, out: Path | None) -> None:
 
 
 def _cmd_datasets(args) -> None:
-    for name, desc in list_datasets().items():
-        print(f"{name:16s} {desc}")
+    for name, desc in catalog.dataset_names().items():
+        print(f"{name:20s} {desc}")
 
 
 def _cmd_presets(args) -> None:
-    for name, (_, desc) in PRESETS.items():
-        print(f"{name:8s} {desc}" + ("  [default]" if name == DEFAULT_PRESET else ""))
+    for name, desc in catalog.PRESETS.items():
+        print(f"{name:8s} {desc}" + ("  [default]" if name == catalog.DEFAULT_PRESET else ""))
 
 
 def _cmd_study(args) -> None:
-    """gvd study stability: K configurations x S seeds per family on the 2D mixtures (bench/study.py)."""
+    """gvd study stability: K configurations x S seeds per family on the 2D mixtures (bench/run/study.py)."""
+    from bench.config import apply_override
+    from bench.run.study import StudyConfig, run_study, validate_study
+    from bench.run.suite import default_workers
+
     study = StudyConfig()
     for name in ("k", "seeds", "steps", "datasets"):
         if getattr(args, name) is not None:
@@ -274,21 +304,18 @@ def _cmd_study(args) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} exists and is not a folder")
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from None
+    device = _device(args.device)
     if args.report_only and not (out / "runs").is_dir():
         raise UserError(f"{out} has no runs/ folder: no study to report")
     record = run_study(study, out, device, workers=args.workers or default_workers(device), train=not args.report_only)
-    converged = {f: sum(r["family"] == f and r["outcome"] == "converged" for r in record["runs"])
-                 for f in ("gan", "diffusion")}
-    print(f"wrote {out}/study.html ({len(record['runs'])} runs; converged: GAN {converged['gan']}, "
-          f"diffusion {converged['diffusion']})")
+    converged = {}
+    for r in record["runs"]:
+        converged[r["family"]] = converged.get(r["family"], 0) + (r["outcome"] == "converged")
+    print(f"wrote {out}/study.html ({len(record['runs'])} runs; converged: "
+          + ", ".join(f"{f} {n}" for f, n in converged.items()) + ")")
 
 
-def _add_compare_parser(sub) -> None:
-    """`gvd compare` (bench/compare.py)."""
+def _add_compare(sub) -> None:
     cmp_ = sub.add_parser("compare", help="runs (or throughput files) side by side, deltas against the first; "
                                           "--fail-on gates a change")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders, or `gvd throughput --out` JSON files")
@@ -299,8 +326,6 @@ def _add_compare_parser(sub) -> None:
     cmp_.add_argument("--setting", default="neutral", choices=["neutral", "tuned"],
                       help="which knob setting of the image runs to compare (default neutral)")
     cmp_.set_defaults(func=_cmd_compare)
-
-
 
 
 def _add_study(sub) -> None:
@@ -324,7 +349,7 @@ def _add_study(sub) -> None:
 
 def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train + evaluate + report")
-    run.add_argument("--preset", help=f"named config (default {DEFAULT_PRESET}; see `gvd presets`)")
+    run.add_argument("--preset", help=f"named config (default {catalog.DEFAULT_PRESET}; see `gvd presets`)")
     run.add_argument("--out", help="run folder (default reports/<preset>)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
@@ -338,6 +363,9 @@ def _add_run(sub) -> None:
                      help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
+    run.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
+                     help="run your own family beside the preset's: MODULE an importable module or a .py file, "
+                          "FACTORY() returns a bench.families.Family (README: Your own family; repeatable)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue a stopped run: keep its finished entries, run the rest on, each training from its "
                           "last saved state (state/)")
@@ -349,12 +377,15 @@ def _add_run(sub) -> None:
 def _add_sample(sub) -> None:
     smp = sub.add_parser("sample", help="images for a prompt from a trained image run")
     smp.add_argument("run_dir")
-    smp.add_argument("--model", choices=["diffusion", "gan"], default="diffusion")
+    smp.add_argument("--model", default="diffusion", metavar="FAMILY",
+                     help="which family's checkpoint: diffusion (default), gan, or a family of the run")
     smp.add_argument("--prompt", required=True, help='e.g. "a large blue square" (words from the training captions)')
     smp.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     smp.add_argument("--sampler", help="diffusion sampler (default: the run's)")
     smp.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-    smp.add_argument("--guidance", type=float, help="classifier-free guidance scale, 1 = none (default: the run's)")
+    smp.add_argument("--guidance", type=float,
+                     help="the family's knob (diffusion: guidance scale, 1 = none; GAN: truncation psi); default: the "
+                          "value the run tuned")
     smp.add_argument("--dataset", help="which dataset's checkpoint, e.g. shapes (default: the first)")
     smp.add_argument("--seed", type=int, help="which training seed's checkpoint (default: the first)")
     smp.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default 0)")
@@ -365,8 +396,8 @@ def _add_sample(sub) -> None:
 
 def _add_throughput(sub) -> None:
     thr = sub.add_parser("throughput", help="images/s, latency, FLOPs and memory of the preset's image models")
-    thr.add_argument("--preset", default=DEFAULT_PRESET,
-                     help=f"whose image configs to measure (default {DEFAULT_PRESET})")
+    thr.add_argument("--preset", default=catalog.DEFAULT_PRESET,
+                     help=f"whose image configs to measure (default {catalog.DEFAULT_PRESET})")
     thr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     thr.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
     thr.add_argument("--nfe", type=int, nargs="+", help="diffusion NFEs (default 10 20 50 1000, up to the preset's T)")
@@ -384,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_cmd_report)
-    _add_compare_parser(sub)
+    _add_compare(sub)
     _add_sample(sub)
     _add_throughput(sub)
     _add_study(sub)
@@ -397,9 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         code = args.func(args)  # None, or an exit status (gvd compare: 1 on a regression)
-    except (UserError, ConfigError, DataError, PreflightError) as exc:
+    except UserError as exc:
         print(f"gvd: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a write that failed (bench/core/files.py WriteError names the file): nothing is claimed
+        where = "" if type(exc).__name__ == "WriteError" else f"{exc.filename or ''}: "
+        print(f"gvd: error: {where}{exc.strerror if where else exc}; what was written before it is kept",
+              file=sys.stderr)
+        return 1
     except Interrupted as stop:
         print(f"gvd: interrupted ({stop}); finished runs are in results.json, `gvd run --resume` continues",
               file=sys.stderr)

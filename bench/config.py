@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.data.images import IMAGE_DATASETS
+from bench import catalog
 from bench.data.judge import JudgeConfig
-from bench.data.mixtures import MIXTURES
+from bench.errors import UserError
 from bench.train.loops import DiffusionTrainConfig, GANTrainConfig
 from models.dcgan import DCGANConfig
 from models.diffusion import DiffusionConfig
@@ -29,7 +29,7 @@ from models.unet import UNetConfig
 from models.vae import VAEConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad user setting; the message is one line naming it."""
 
 
@@ -58,19 +58,36 @@ def _check_samplers(specs) -> None:
         parse_sampler(spec)
 
 
-def _check_mixtures(names: list[str]) -> None:
-    _nonempty(names)
-    for name in names:
-        if name not in MIXTURES:
-            raise ConfigError(f"unknown 2D dataset {name!r}; choose from {', '.join(MIXTURES)}")
+def _check_datasets(kind: str, what: str):
+    def check(names: list[str]) -> None:
+        _nonempty(names)
+        for name in names:
+            if not catalog.known(name, kind):
+                raise ConfigError(f"unknown {what} {name!r}; choose from {', '.join(catalog.dataset_names(kind))}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a dataset is named twice in {names}")
+    return check
 
 
-def _check_image_datasets(names: list[str]) -> None:
+_check_mixtures = _check_datasets("mixture", "2D dataset")
+_check_image_datasets = _check_datasets("image", "image dataset")
+FAMILY_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+USER_FAMILY = re.compile(r"^[a-z][a-z0-9_-]*=[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_families(names: list[str]) -> None:
     _nonempty(names)
-    prefixes = {k.partition(":")[0] + k.partition(":")[1] for k in IMAGE_DATASETS}  # "shapes", "folder:", ...
     for name in names:
-        if name.partition(":")[0] + name.partition(":")[1] not in prefixes or name.endswith(":"):
-            raise ConfigError(f"unknown image dataset {name!r}; choose from {', '.join(IMAGE_DATASETS)}")
+        if not isinstance(name, str) or not FAMILY_NAME.match(name):
+            raise ConfigError(f"family name {name!r} must be lower case letters, digits, '-' or '_'")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a family is named twice in {names}")
+
+
+def _check_user_families(specs: list[str]) -> None:
+    for spec in specs:
+        if not isinstance(spec, str) or not USER_FAMILY.match(spec):
+            raise ConfigError(f"{spec!r}: expected NAME=MODULE:FACTORY, e.g. vae=my_family.py:make")
 
 
 def _check_power_of_two(n: int) -> None:
@@ -123,6 +140,7 @@ class ImageBenchConfig:
     # the budget axis: "examples" (both families take `steps` steps: equal examples seen) or "compute" (the GAN takes
     # as many steps as give it the diffusion side's training FLOPs, UNet and VAE together)
     budget: str = setting("examples", choices=("examples", "compute"))
+    budget_reference: str = setting("diffusion", check=lambda n: _check_families([n]))  # whose FLOPs "compute" matches
     batch_size: int = setting(128, min=1)  # images per GAN / UNet step
     vae_steps: int = setting(1500, min=1)  # autoencoder steps (diffusion only; recorded as extra examples seen)
     vae_batch_size: int = setting(64, min=1)  # images per autoencoder step
@@ -167,6 +185,10 @@ class SuiteConfig:
     seeds: list[int] = setting(factory=lambda: [0, 1, 2], min=0, lt=2**31, check=_nonempty)
     mixtures: MixtureBenchConfig | None = field(default_factory=MixtureBenchConfig)  # None = skip the 2D benchmark
     images: ImageBenchConfig | None = None  # None = skip the image benchmark
+    # the families that run (bench/families: built-in names, and the names given in user_families), in table order
+    families: list[str] = setting(factory=lambda: ["gan", "diffusion", "held-out-real", "copier"],
+                                  check=_check_families)
+    user_families: list[str] = setting(factory=list, check=_check_user_families)  # NAME=MODULE:FACTORY (--family)
     throughput_budget_s: float = setting(30.0, min=0)  # seconds the throughput section may spend measuring (0 = skip)
 
 
@@ -270,21 +292,16 @@ def _stacked() -> SuiteConfig:
     return SuiteConfig(name="stacked", seeds=[0], mixtures=None, images=img)
 
 
-# name -> (factory, one-line description). `gvd run` without --preset runs DEFAULT_PRESET.
-PRESETS = {
-    "quick": (_quick, "2D benchmarks (1 seed) + shapes 16x16: DCGAN vs latent diffusion (about 10 min on 2 CPU cores)"),
-    "full": (_full, "every dataset at 32x32, larger models, 3 seeds: for a GPU (--device cuda)"),
-    "toy": (_toy, "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 2 minutes on 2 CPU cores)"),
-    "smoke": (_smoke, "a seconds-long run of every stage on tiny models, for tests and trying the CLI"),
-    "stacked": (_stacked, "stacked digits 16x16 (1000 modes), 5,000 samples, vs published rows (~11 min on 2 CPUs)"),
-}
-DEFAULT_PRESET = "quick"
+# name -> factory; the names and their descriptions are bench/catalog.py's (so `gvd presets` needs no torch).
+PRESETS = {"quick": _quick, "full": _full, "toy": _toy, "smoke": _smoke, "stacked": _stacked}
+DEFAULT_PRESET = catalog.DEFAULT_PRESET
+assert PRESETS.keys() == catalog.PRESETS.keys(), "every preset is named in bench/catalog.py"
 
 
 def preset(name: str) -> SuiteConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name][0]()
+    return PRESETS[name]()
 
 
 # ---------------------------------------------------------------- the leaves of a config, `--set`, validation
@@ -412,4 +429,15 @@ def set_steps(cfg: SuiteConfig, steps: int) -> None:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The user's choices as JSON (config.json): every field except the shapes read from the data when the
+    networks are built (`derived`), which each run entry records with the networks it built ("networks")."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    return {f.name: to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name))
+            else _plain(getattr(cfg, f.name))
+            for f in dataclasses.fields(cfg) if not f.metadata.get("derived")}
+
+
+def _plain(value):
+    """asdict's copy of a leaf: lists and tuples copied (a saved config never aliases the live one)."""
+    return type(value)(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value

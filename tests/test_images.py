@@ -279,7 +279,8 @@ def _digit_channel_hashes(data) -> set[str]:
 @pytest.mark.parametrize("name, n_train, n_test", [("shapes", 300, 100), ("digits", 0, 360),
                                                    ("stacked-digits", 400, 200)])
 def test_splits_are_disjoint_deterministic_and_sized(name, n_train, n_test):
-    from bench.data.images import content_hash, image_hashes, load_splits, split_record
+    from bench.data.images import image_hashes, load_splits, split_record
+    from bench.data.images import split_hash as content_hash
 
     train, test = load_splits(name, n_train, n_test, 16)
     assert len(test.labels) == n_test == len(test.captions)
@@ -297,7 +298,8 @@ def test_splits_are_disjoint_deterministic_and_sized(name, n_train, n_test):
 
 
 def test_generated_train_split_of_seed_0_is_the_old_data_and_seeds_differ():
-    from bench.data.images import content_hash, load_splits
+    from bench.data.images import load_splits
+    from bench.data.images import split_hash as content_hash
 
     train, test = load_splits("shapes", 50, 20, 16)
     assert torch.equal(train.images, make_shapes(50, 16, 0).images)  # what load_image_dataset gave the models
@@ -319,7 +321,8 @@ def test_folder_split_drops_duplicates_before_splitting(tmp_path):
 
 
 def test_reference_set_never_repeats_and_says_when_it_is_short():
-    from bench.data.images import content_hash, image_hashes, load_splits, reference_set
+    from bench.data.images import image_hashes, load_splits, reference_set
+    from bench.data.images import split_hash as content_hash
 
     _, test = load_splits("shapes", 10, 40, 16)
     ref, record = reference_set(test, 25, seed=3)

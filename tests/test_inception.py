@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bench.core.files import content_hash
 from bench.data import featcache, inception
 from bench.data.images import DataError, make_shapes
 from bench.data.inception import Backbone, load_cleanfid_backbone, load_extra_backbone
 from bench.evaluate.metrics import fid, gaussian_moments
-from bench.evaluate.protocol import comparable, content_hash, module_hash, protocol_record
+from bench.evaluate.protocol import comparable, module_hash, protocol_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning",
                                         "ignore:`torch.jit.save` is deprecated:FutureWarning",

@@ -17,7 +17,7 @@ from PIL import Image
 from bench.cli import main
 from bench.core.results import SCHEMA, failed_entry
 from bench.core.rundir import RunDir, save_grid
-from bench.report.build import md_escape
+from bench.report.render import md_escape
 from bench.report.figures import grid_cells, upscale_nearest
 from bench.report.tables import verdict_blocks
 

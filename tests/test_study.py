@@ -17,7 +17,8 @@ from bench.cli import main
 from bench.config import MixtureBenchConfig
 from bench.core.rundir import RunDir
 from bench.data.mixtures import sample_mixture
-from bench.evaluate.metrics import mixture_modes, mixture_stats
+from bench.data.mixtures import mixture_modes
+from bench.evaluate.metrics import mixture_stats
 from bench.evaluate.stats import newcombe_interval, wilson_interval
 from bench.report.study import best_config, config_summaries, verdict
 from bench.run.mixtures import run_mixture

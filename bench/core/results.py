@@ -1,28 +1,29 @@
-"""results.json's content (schema versioned), the flat rows of metrics.csv and the per-model summary over seeds.
-The files themselves are read and written by bench/rundir.py.
+"""results.json's content (schema versioned) and the per-family summary over seeds. The files themselves are read
+and written by bench/core/rundir.py.
 
-results.json: {"schema", "suite", "created", "device", "versions", "config", "runs": [...]} with one run entry per
-(dataset, model, seed): {"dataset", "model", "seed", "status", "train": {...}, "metrics": {...}, "throughput": {...}}.
+results.json: {"schema", "suite", "created", "device", "versions", "config", "families": {name: description},
+"runs": [...]} with one run entry per (dataset, family, seed): {"dataset", "model" (the family's name), "seed",
+"status", "role", "train": {...}, "metrics": {...}, "throughput": {...}}. "families" describes every family of the
+run (bench/families/interface.py Family.record), so a report is rebuilt without any family's code.
 """
 
 import json
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from bench.core.files import versions
 
 # v2 (fair protocol): reverse_kl = KL(p_gen || p_data) everywhere and forward_kl apart (v1's image "kl" was the
 # forward direction), EMA headlines with raw metrics beside them, neutral and tuned settings, test-split references.
-SCHEMA = "gan-vs-diffusion/results/v2"
+# v3 (the family table): any family name in "model", its description under "families", calibration rows, training
+# FLOPs counted on the networks being trained, the resolved network configs per entry.
+SCHEMA = "gan-vs-diffusion/results/v3"
+THROUGHPUT_SCHEMA = "gan-vs-diffusion/throughput/v1"  # `gvd throughput --out` files (bench/speed/throughput.py)
 
 
-def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-
-
-def new_results(suite: str, config: dict, device: str) -> dict:
+def new_results(suite: str, config: dict, device: str, families: dict) -> dict:
     return {
         "schema": SCHEMA,
         "suite": suite,
@@ -30,6 +31,7 @@ def new_results(suite: str, config: dict, device: str) -> dict:
         "device": device,
         "versions": versions(),
         "config": config,
+        "families": families,
         "runs": [],
     }
 
@@ -59,6 +61,8 @@ def load_results(path: Path) -> dict:
         raise ValueError(f"{path}: not a gan-vs-diffusion results file (schema {schema!r})")
     if not isinstance(data.get("runs"), list) or not isinstance(data.get("config"), dict):
         raise ValueError(f"{path}: 'runs' must be a list and 'config' an object")
+    if not isinstance(data.get("families", {}), dict):
+        raise ValueError(f"{path}: 'families' must be an object")
     for i, run in enumerate(data["runs"]):
         problem = _entry_problem(run)
         if problem:
@@ -70,8 +74,8 @@ def _entry_problem(run) -> str | None:
     """What is wrong with one run entry's shape, or None."""
     if not isinstance(run, dict):
         return "is not an object"
-    if not isinstance(run.get("dataset"), str) or run.get("model") not in ("gan", "diffusion"):
-        return "needs a 'dataset' string and a 'model' of gan or diffusion"
+    if not isinstance(run.get("dataset"), str) or not isinstance(run.get("model"), str) or not run.get("model"):
+        return "needs a 'dataset' string and a 'model' string (a family's name)"
     if isinstance(run.get("seed"), bool) or not isinstance(run.get("seed"), int):
         return "needs an integer 'seed'"
     if run.get("status") not in STATUSES:
@@ -80,17 +84,6 @@ def _entry_problem(run) -> str | None:
         if not isinstance(run.get(key, {}), dict):
             return f"'{key}' must be an object"
     return None
-
-
-def metric_rows(results: dict) -> list[dict]:
-    """One flat row per run entry: dataset, model, seed, status, then every scalar metric."""
-    rows = []
-    for run in results["runs"]:
-        row = {k: run.get(k) for k in ("dataset", "model", "seed", "status")}
-        row.update({k: v for k, v in run.get("metrics", {}).items() if isinstance(v, (int, float)) or v is None})
-        row.update({f"train_{k}": v for k, v in run.get("train", {}).items() if isinstance(v, (int, float))})
-        rows.append(row)
-    return rows
 
 
 def summarise(results: dict) -> list[dict]:

@@ -1,7 +1,7 @@
 """The run folder: every path of a run and every read and write of its files, in one place.
 
     reports/<run>/config.json       the resolved config
-                  results.json      results (bench/results.py: schema, entries)
+                  results.json      results (bench/core/results.py: schema, entries)
                   metrics.csv       one flat row per run entry
                   history/<id>_<part>.csv          per-step training logs
                   checkpoints/<id>_<part>.safetensors  weights, with the config that rebuilds them as metadata
@@ -21,9 +21,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,51 +31,7 @@ from safetensors.torch import save_file
 from torchvision.utils import save_image
 
 from bench.core import distributed
-from bench.report.figures import png_bytes
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file.
-    [ddp] Under torchrun only rank 0 writes; the other ranks hold the same results and skip."""
-    if not distributed.is_main():
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def json_safe(value):
-    """NaN and inf are not JSON: store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(json_safe(obj), indent=2) + "\n")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts -> CSV with the union of keys as columns (first-seen order)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
+from bench.core.files import atomic_save, atomic_write, csv_text, json_text
 
 
 def slug(dataset: str) -> str:
@@ -91,6 +45,12 @@ def slug(dataset: str) -> str:
     return f"{kind}-{name}-{hashlib.sha256(dataset.encode()).hexdigest()[:6]}"
 
 
+def _write(path: Path, data: str | bytes) -> None:
+    """atomic_write, by rank 0 alone under torchrun (the other ranks hold the same results) [ddp]."""
+    if distributed.is_main():
+        atomic_write(path, data)
+
+
 def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
     """safetensors file with every module's state under '<name>.<key>' and the config as JSON metadata, so the
     networks can be rebuilt from the checkpoint alone (no pickle). [ddp] Rank 0 alone writes."""
@@ -98,15 +58,7 @@ def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
         return
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
                for name, m in modules.items() for k, v in m.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"config": json.dumps(config)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"config": json.dumps(config)}))
 
 
 def checkpoint_config(path: Path) -> dict:
@@ -146,14 +98,21 @@ class RunDir:
         return self.root / "checkpoints" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
 
     def state_path(self, dataset: str, seed: int, part: str) -> Path:
-        """A training's resumable state (bench/train_state.py); removed once its entry is in results.json."""
+        """A training's resumable state (bench/train/state.py); removed once its entry is in results.json."""
         return self.root / "state" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
 
-    def remove_states(self, dataset: str, seed: int, parts) -> None:
-        """The trainings' states of entries that results.json now holds as finished. [ddp] Rank 0 owns the files."""
-        if distributed.is_main():
-            for part in parts:
-                self.state_path(dataset, seed, part).unlink(missing_ok=True)
+    def remove_states(self, dataset: str, seed: int, parts=None) -> None:
+        """The trainings' states of entries that results.json now holds as finished: the given parts, or every state
+        of (dataset, seed). [ddp] Rank 0 owns the files."""
+        if not distributed.is_main():
+            return
+        if parts is None:
+            folder = self.root / "state"
+            found = sorted(folder.glob(f"{self.run_id(dataset, seed)}_*.safetensors")) if folder.is_dir() else []
+        else:
+            found = [self.state_path(dataset, seed, part) for part in parts]
+        for path in found:
+            path.unlink(missing_ok=True)
 
     def grid_path(self, dataset: str, seed: int, part: str) -> Path:
         return self.root / "samples" / f"{self.run_id(dataset, seed)}_{part}.png"
@@ -178,19 +137,19 @@ class RunDir:
 
     # --- reads and writes
     def write_config(self, config: dict) -> None:
-        write_json(self.root / "config.json", config)
+        _write(self.root / "config.json", json_text(config))
 
     def write_results(self, results: dict) -> None:
-        write_json(self.results_path, results)
+        _write(self.results_path, json_text(results))
 
     def read_results_text(self) -> str:
         return self.results_path.read_text()
 
     def write_metrics(self, rows: list[dict]) -> None:
-        write_csv(self.root / "metrics.csv", rows)
+        _write(self.root / "metrics.csv", csv_text(rows))
 
     def write_history(self, dataset: str, seed: int, part: str, rows: list[dict]) -> None:
-        write_csv(self.history_path(dataset, seed, part), rows)
+        _write(self.history_path(dataset, seed, part), csv_text(rows))
 
     def read_history(self, dataset: str, seed: int, part: str) -> list[dict] | None:
         """The per-step rows of one training (numbers as floats), or None when the file is not there."""
@@ -212,10 +171,12 @@ class RunDir:
         return [(p, checkpoint_config(p)) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
 
     def save_grid(self, dataset: str, seed: int, part: str, images: torch.Tensor, nrow: int = 8) -> Path:
-        return save_grid(self.grid_path(dataset, seed, part), images, nrow)
+        path = self.grid_path(dataset, seed, part)
+        _write(path, grid_png(images, nrow))
+        return path
 
     def write_prompts(self, dataset: str, seed: int, prompts: list[str]) -> None:
-        atomic_write(self.prompts_path(dataset, seed), "\n".join(prompts) + "\n")
+        _write(self.prompts_path(dataset, seed), "\n".join(prompts) + "\n")
 
     def read_prompts(self, dataset: str, seed: int) -> list[str] | None:
         path = self.prompts_path(dataset, seed)
@@ -224,26 +185,31 @@ class RunDir:
     def save_points(self, dataset: str, seed: int, model: str, label: str | None, x: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, x)
-        atomic_write(self.points_path(dataset, seed, model, label), buf.getvalue())
+        _write(self.points_path(dataset, seed, model, label), buf.getvalue())
 
     def load_points(self, dataset: str, seed: int, model: str, label: str | None = None) -> np.ndarray | None:
         path = self.points_path(dataset, seed, model, label)
         return np.load(path) if path.is_file() else None
 
-    def save_figure(self, fig, name: str, dpi: int = 100) -> str:
-        """A matplotlib figure as figures/<name>.png; returns the path the report links."""
+    def write_figure(self, name: str, png: bytes) -> str:
+        """A figure's PNG bytes as figures/<name>.png; returns the path the report links."""
         path = self.figure_path(name)
-        atomic_write(path, png_bytes(fig, dpi))
+        _write(path, png)
         return self.relative(path)
 
     def write_report(self, markdown: str, html_text: str) -> None:
-        atomic_write(self.root / "report.md", markdown)
-        atomic_write(self.root / "report.html", html_text)
+        _write(self.root / "report.md", markdown)
+        _write(self.root / "report.html", html_text)
+
+
+def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
+    """The first nrow x nrow images of (N, C, H, W) in [-1, 1] as the bytes of one PNG grid."""
+    buf = io.BytesIO()
+    save_image((images[: nrow * nrow].float() + 1) / 2, buf, format="png", nrow=nrow, padding=1)
+    return buf.getvalue()
 
 
 def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> Path:
-    """The first nrow x nrow images of (N, C, H, W) in [-1, 1] as one PNG (atomic)."""
-    buf = io.BytesIO()
-    save_image((images[: nrow * nrow].float() + 1) / 2, buf, format="png", nrow=nrow, padding=1)
-    atomic_write(path, buf.getvalue())
+    """grid_png written to path (atomic)."""
+    atomic_write(path, grid_png(images, nrow))
     return Path(path)

@@ -10,20 +10,13 @@ or shape is corrupt. Either is recomputed and rewritten.
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from bench.evaluate.protocol import content_hash
+from bench.core.files import atomic_write, content_hash
 
 CACHE_VERSION = 1  # part of the key: bump when the feature pipeline changes
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: parallel workers may write the same entry
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _read_entry(npy: Path, meta_path: Path, key: str) -> np.ndarray | None:
@@ -54,9 +47,8 @@ def cached_features(images, backbone, cache_dir: str | Path) -> tuple[np.ndarray
     buf = io.BytesIO()
     np.save(buf, feats, allow_pickle=False)
     blob = buf.getvalue()
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(npy, blob)
+    atomic_write(npy, blob)
     meta = {"key": key, **ident, "backbone": backbone.name, "shape": list(feats.shape),
             "sha256": hashlib.sha256(blob).hexdigest()}
-    _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+    atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     return feats, False

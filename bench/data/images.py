@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,12 @@ import torchvision.datasets as tvd
 from PIL import Image, UnidentifiedImageError
 from sklearn.datasets import load_digits as sklearn_digits
 
+from bench import catalog
+from bench.core.files import content_hash
+from bench.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad user input (a missing folder, an unreadable image, an unknown dataset name). The message is one line."""
 
 
@@ -389,36 +394,33 @@ def load_torchvision(name: str, root: str, resolution: int = 32, train: bool = T
     )
 
 
-# ------------------------------------------------------------------------------------------------ registry
+# ------------------------------------------------------------------------------------------------ dispatch
 
-IMAGE_DATASETS = {
-    "shapes": "procedurally drawn coloured shapes with captions ('a small red circle'); 4 shapes x 6 colours = 24 "
-              "modes",
-    "digits": "scikit-learn's 1,797 real 8x8 handwritten digits, resized, 1 channel; 10 modes",
-    "stacked-digits": "three real digits stacked as RGB channels (Stacked MNIST protocol); 1000 modes",
-    "folder:PATH": "an image folder with class sub-folders (ImageFolder), optional metadata.csv captions",
-    "mnist:ROOT": "torchvision MNIST from a local root (no download); 10 modes",
-    "fashion-mnist:ROOT": "torchvision Fashion-MNIST from a local root (no download); 10 modes",
-    "cifar10:ROOT": "torchvision CIFAR-10 from a local root (no download); 10 modes",
+GENERATED = {"shapes": make_shapes, "stacked-digits": make_stacked_digits}  # (n, resolution, seed) -> ImageData
+FIXED = {  # (where, resolution) -> every image of a fixed dataset (the training files of torchvision's)
+    "digits": lambda where, resolution: load_digits(resolution),
+    "folder": lambda where, resolution: load_folder(where, resolution),
+    **{kind: partial(lambda kind, where, resolution: load_torchvision(kind, where, resolution), kind)
+       for kind in TORCHVISION_DATASETS},
 }
 
 
-def load_image_dataset(name: str, n: int, resolution: int, seed: int) -> ImageData:
-    """Dispatch on a dataset name. Generated datasets (shapes, stacked-digits) draw n images from seed; fixed ones
-    (digits, folder:, mnist:, ...) return all their images, or a seeded random subset of n when they have more."""
+def parse_name(name: str) -> tuple[str, str]:
+    """(kind, where) of an image dataset name ("shapes" -> ("shapes", ""), "folder:/x" -> ("folder", "/x")); a name
+    the suite cannot load is a DataError naming the choices (bench/catalog.py)."""
     kind, _, where = name.partition(":")
-    if kind == "shapes" and not where:
-        return make_shapes(n, resolution, seed)
-    if kind == "stacked-digits" and not where:
-        return make_stacked_digits(n, resolution, seed)
-    if kind == "digits" and not where:
-        data = load_digits(resolution)
-    elif kind == "folder" and where:
-        data = load_folder(where, resolution)
-    elif kind in TORCHVISION_DATASETS and where:
-        data = load_torchvision(kind, where, resolution)
-    else:
-        raise DataError(f"unknown image dataset {name!r}; choose from {', '.join(IMAGE_DATASETS)}")
+    if not catalog.known(name, "image"):
+        raise DataError(f"unknown image dataset {name!r}; choose from {', '.join(catalog.dataset_names('image'))}")
+    return kind, where
+
+
+def load_image_dataset(name: str, n: int, resolution: int, seed: int) -> ImageData:
+    """A dataset by name, unsplit. Generated datasets (shapes, stacked-digits) draw n images from seed; fixed ones
+    (digits, folder:, mnist:, ...) return all their images, or a seeded random subset of n when they have more."""
+    kind, where = parse_name(name)
+    if kind in GENERATED:
+        return GENERATED[kind](n, resolution, seed)
+    data = FIXED[kind](where, resolution)
     if 0 < n < len(data.labels):
         order = torch.from_numpy(np.random.default_rng(seed).permutation(len(data.labels))[:n])
         data = _subset(data, order)
@@ -436,12 +438,9 @@ def image_hashes(data: ImageData) -> list[str]:
     return [hashlib.sha256(img.tobytes()).hexdigest() for img in x]
 
 
-def content_hash(data: ImageData) -> str:
-    """sha256 of a split's content: image shape, image bytes (float32) and labels (int64), in order."""
-    h = hashlib.sha256(json.dumps(list(data.images.shape)).encode())
-    h.update(data.images.detach().cpu().float().contiguous().numpy().tobytes())
-    h.update(data.labels.detach().cpu().long().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def split_hash(data: ImageData) -> str:
+    """sha256 of a split's content: its images (float32) and labels (int64), in order (core/files.content_hash)."""
+    return content_hash(data.images.float(), data.labels.long())
 
 
 def _dedupe(data: ImageData) -> tuple[ImageData, int]:
@@ -487,14 +486,14 @@ def load_splits(name: str, n_train: int, n_test: int, resolution: int, seed: int
     seeded), then stack each split from its own digits. digits and folder: a seeded permutation of the
     deduplicated images (test first). mnist / fashion-mnist / cifar10: torchvision's own train and test files,
     seeded subsets of n_train / n_test, test images identical to a training image dropped."""
-    kind, _, where = name.partition(":")
+    kind, where = parse_name(name)
     if n_test < 1:
         raise DataError(f"the test split needs at least one image, got n_test={n_test}")
-    if kind == "shapes" and not where:
+    if kind == "shapes":
         how = {"how": "separate generator seeds", "seed": seed, "train_seed": 2 * seed, "test_seed": 2 * seed + 1}
         return (_mark(make_shapes(n_train, resolution, 2 * seed), "train", how),
                 _mark(make_shapes(n_test, resolution, 2 * seed + 1), "test", how))
-    if kind == "stacked-digits" and not where:
+    if kind == "stacked-digits":
         digits = load_digits(resolution)
         n_digits_test = round(STACKED_TEST_DIGITS * len(digits.labels))
         train_digits, test_digits = _seeded_split(digits, 0, n_digits_test, seed)
@@ -502,13 +501,9 @@ def load_splits(name: str, n_train: int, n_test: int, resolution: int, seed: int
                "digits": {"train": len(train_digits.labels), "test": len(test_digits.labels)}}
         return (_mark(stack_digits(train_digits, n_train, 2 * seed), "train", how),
                 _mark(stack_digits(test_digits, n_test, 2 * seed + 1), "test", how))
-    if kind == "digits" and not where:
-        return _seeded_split(load_digits(resolution), n_train, n_test, seed)
-    if kind == "folder" and where:
-        return _seeded_split(load_folder(where, resolution), n_train, n_test, seed)
-    if kind in TORCHVISION_DATASETS and where:
+    if kind in TORCHVISION_DATASETS:
         return _official_split(kind, where, n_train, n_test, resolution, seed)
-    raise DataError(f"unknown image dataset {name!r}; choose from {', '.join(IMAGE_DATASETS)}")
+    return _seeded_split(FIXED[kind](where, resolution), n_train, n_test, seed)
 
 
 def _official_split(kind: str, root: str, n_train: int, n_test: int, resolution: int,
@@ -531,16 +526,18 @@ def _official_split(kind: str, root: str, n_train: int, n_test: int, resolution:
 
 def split_record(train: ImageData, test: ImageData) -> dict:
     """What results.json should record about a split: sizes, content hashes and how it was drawn."""
-    return {part: {"size": len(d.labels), "hash": content_hash(d), **(d.split or {})}
+    return {part: {"size": len(d.labels), "hash": split_hash(d), **(d.split or {})}
             for part, d in (("train", train), ("test", test))}
 
 
-def reference_set(test: ImageData, n: int, seed: int = 0) -> tuple[ImageData, dict]:
+def reference_set(test: ImageData, n: int, seed: int = 0) -> tuple[ImageData, dict, torch.Tensor]:
     """The real images a metric compares against: n distinct test images (a seeded draw, no repeats), or all of
     them when the test split has fewer. The record says how many were asked for and how many could be given, so a
-    run with too small a test split says so in its entry instead of silently repeating images."""
+    run with too small a test split says so in its entry instead of silently repeating images. Also returns the
+    indices of the test images left out of it, in the draw's order (the held-out pool: validation reference,
+    held-out real calibration row)."""
     given = min(n, len(test.labels))
-    idx = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(test.labels))[:given]))
-    ref = _subset(test, idx)
-    record = {"split": "test", "asked": n, "given": given, "short": given < n, "hash": content_hash(ref)}
-    return ref, record
+    order = np.random.default_rng(seed).permutation(len(test.labels))
+    ref = _subset(test, torch.from_numpy(np.sort(order[:given])))
+    record = {"split": "test", "asked": n, "given": given, "short": given < n, "hash": split_hash(ref)}
+    return ref, record, torch.from_numpy(order[given:].copy())

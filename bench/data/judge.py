@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bench.data.images import DataError, ImageData, content_hash
+from bench.data.images import DataError, ImageData, split_hash
 from models.layers import setting
 
 JUDGE_VERSION = 1  # part of the cache key: bump when the network or training changes
@@ -159,7 +159,7 @@ def judge_key(data: ImageData, test: ImageData, data_key: dict, cfg: JudgeConfig
     blob = {"version": JUDGE_VERSION, "data": data_key, "judge": asdict(cfg),
             "shape": list(data.images.shape[1:]), "num_modes": data.num_modes,
             "per_channel": data.channel_source is not None}
-    blob["splits"] = [content_hash(d.channel_source or d) for d in (data, test)]
+    blob["splits"] = [split_hash(d.channel_source or d) for d in (data, test)]
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,20 +1,31 @@
-"""The dataset registry and the built-in 2D mixtures.
+"""The built-in 2D mixtures.
 
-2D mixtures (the VEEGAN / PacGAN protocol; centres and std in bench.evaluate.metrics.mixture_modes):
+2D mixtures (the VEEGAN / PacGAN protocol; mixture_modes below; scored by bench.evaluate.metrics.mixture_stats):
   ring8   8 Gaussians evenly on a circle of radius 1, std 0.01
   grid25  25 Gaussians on {-4, -2, 0, 2, 4}^2, std 0.05
-Image datasets (shapes, digits, stacked digits, image folders) live in bench/images.py.
+Image datasets (shapes, digits, stacked digits, image folders) live in bench/data/images.py; every dataset's
+name and description in bench/catalog.py.
 """
 
+import numpy as np
 import torch
 
-from bench.data.images import IMAGE_DATASETS
-from bench.evaluate.metrics import mixture_modes
+from bench import catalog
+from bench.core import distributed
 
-MIXTURES = {
-    "ring8": "8 Gaussians on a circle of radius 1, std 0.01 (VEEGAN, PacGAN 2D ring)",
-    "grid25": "25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (VEEGAN, PacGAN 2D grid)",
-}
+MIXTURES = catalog.dataset_names("mixture")  # name -> description
+
+
+def mixture_modes(name: str) -> tuple[np.ndarray, float]:
+    """Centers (K, 2) and per-coordinate std of a built-in 2D Gaussian mixture."""
+    if name == "ring8":  # 8 modes evenly on the unit circle
+        angles = 2 * np.pi * np.arange(8) / 8
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1), 0.01  # (8, 2)
+    if name == "grid25":  # 25 modes on {-4, -2, 0, 2, 4}^2
+        xs = np.arange(-4.0, 5.0, 2.0)
+        gx, gy = np.meshgrid(xs, xs, indexing="ij")
+        return np.stack([gx.ravel(), gy.ravel()], axis=1), 0.05  # (25, 2)
+    raise ValueError(f"unknown mixture {name!r}; known: ring8, grid25")
 
 
 def sample_mixture(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -35,6 +46,8 @@ def mixture_scale(name: str) -> float:
     return float((centers.var(axis=0).mean() + std**2) ** 0.5)
 
 
-def list_datasets() -> dict[str, str]:
-    """Every built-in dataset name -> one-line description, for `gvd datasets`."""
-    return {**MIXTURES, **IMAGE_DATASETS}
+def real_batches(dataset: str, batch_size: int, device, data_gen: torch.Generator):
+    """The real examples of each step, scaled to unit variance, drawn in order from data_gen: seeded from the run
+    seed alone, the same stream for every family. [ddp] Every rank draws the global batch and keeps its rows."""
+    scale = mixture_scale(dataset)
+    return lambda step: (distributed.local_rows(sample_mixture(dataset, batch_size, data_gen)).to(device) / scale, None)

@@ -1,14 +1,14 @@
-"""Scoring the image models: one protocol for both families.
+"""The evaluation stage of the image benchmark: one protocol for every family (bench/families).
 
-    reference   the test split (never a training image), the same images for every seed and model
-    prompts     drawn from the data's caption distribution; per-sample seeds, the same for both families
-    neutral     each family at its neutral knob (GAN truncation psi = 1, diffusion guidance scale s = 1)
-    tuned       each family at its best knob value by one rule: the lowest FID over its sweep grid on validation
+    reference   test images (never a training image), the same for every seed and family
+    prompts     drawn from the data's caption distribution; per-sample seeds, the same for every family
+    neutral     each family at its knob's neutral value (GAN truncation psi = 1, diffusion guidance scale s = 1)
+    tuned       each family at its best knob value by one rule: the lowest FID over its knob grid on validation
                 prompts and seeds disjoint from the scored ones; then scored on the scored prompts and seeds
-    raw / EMA   both families sample from their EMA weights; the raw networks are scored beside them
-    cost        network passes per sample count both halves of classifier-free guidance
+    raw / EMA   families that keep an EMA sample from it; the raw networks are scored beside them
+    cost        network passes per sample, both halves of classifier-free guidance counted (the family says)
     memorisation  nearest-neighbour distances of the samples to the training vs the test split, the share of
-                near-copies and the data-copying statistic C_T (Meehan et al. 2020), the same for both families
+                near-copies and the data-copying statistic C_T (Meehan et al. 2020), the same for every family
 
 Metrics (image_metrics): FID / KID on features (judge, or Inception for data without classes), precision/recall
 (Kynkaanniemi et al. 2019, k = 3), density/coverage (Naeem et al. 2020, k = 5), modes and reverse KL(p_gen ||
@@ -17,7 +17,7 @@ p_test) over the judge's labels, prompt accuracy.
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -25,11 +25,10 @@ import torch
 from scipy.linalg import LinAlgWarning
 from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-from bench.config import ImageBenchConfig, parse_sampler
 from bench.core import distributed
+from bench.core.guard import error_text
 from bench.core.seeding import sample_seeds
 from bench.data.featcache import cached_features
-from bench.data.images import reference_set
 from bench.data.inception import missing_inception
 from bench.evaluate.metrics import (
     cond_accuracy,
@@ -39,89 +38,87 @@ from bench.evaluate.metrics import (
     fid_curve,
     fid_extrapolate,
     kid,
+    kid_report,
     label_probs,
     memorisation,
     mode_stats,
     prdc,
 )
+from bench.evaluate.protocol import feature_protocols
+from bench.evaluate.stability import stability, steps_to_threshold
 from bench.evaluate.sweeps import sweep
-from bench.families.bundle import ImageModels
+from bench.evaluate.table import extra_metrics
+from bench.families.interface import Prompts
 from bench.train.loops import initial_weight_share
+from models.vae import psnr
 
-FAMILIES = ("gan", "diffusion")
-KNOBS = {"gan": "truncation psi", "diffusion": "guidance scale"}
-NEUTRAL = {"gan": 1.0, "diffusion": 1.0}  # psi = 1: untruncated; s = 1: the plain conditional model
-TUNING_RULE = "the lowest FID over the family's sweep grid on validation prompts and seeds (disjoint from the scored)"
+TUNING_RULE = "the lowest FID over the family's knob grid on validation prompts and seeds (disjoint from the scored)"
 CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
-              "num_samples", "initial_weight_share")
+              "num_samples", "initial_weight_share", "train_flops")
 COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
 
 
 @dataclass
-class Prompts:
-    """A set of prompts with their per-sample seeds and text encodings."""
-
-    captions: list[str]
-    labels: torch.Tensor  # (N,) the mode each prompt asks for
-    text: tuple  # (states (N, L, W), pooled (N, E), mask (N, L))
-    seeds: torch.Tensor  # (N,) per-sample seeds
-
-
-@dataclass
 class EvalSet:
-    """What both families are scored on."""
+    """What every family is scored on, the same for all of them."""
 
     scored: Prompts  # the prompts and seeds every reported number uses
     validation: Prompts  # disjoint prompts and seeds: where each family's knob is tuned
-    real: torch.Tensor  # (N, C, H, W) reference images: the test split
+    real: torch.Tensor  # (N, C, H, W) reference images: test images, the same for every seed and family
     reference: dict  # how they were drawn (bench.data.images.reference_set): asked, given, short, hash
     real_feats: np.ndarray | None  # their features (judge, or Inception for data without classes)
     real_inception: np.ndarray | None  # their Inception features, when Inception is on (cached across runs)
     p_test: np.ndarray | None  # the test split's mode distribution, p_data of the mode KL (None without a judge)
-    split_feats: tuple | None = None  # judge features of (train, test) for memorisation (None without a judge)
+    split_feats: tuple | None  # judge features of (train, test) for memorisation (None without a judge)
+    protocols: dict  # how the feature metrics are computed, by feature family (bench/evaluate/protocol.py)
+    unavailable: dict | None  # which metrics this dataset cannot have, and why
 
 
-def _prompts(models: ImageModels, data, n: int, prompt_seed: int, seeds: torch.Tensor) -> Prompts:
+def occurrences(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) k for each row: the row is the k-th (from 0) with its label."""
+    seen: dict[int, int] = {}
+    out = []
+    for label in labels.tolist():
+        out.append(seen.get(label, 0))
+        seen[label] = out[-1] + 1
+    return torch.tensor(out, dtype=torch.long)
+
+
+def prompts_for(text, data, n: int, prompt_seed: int, seeds: torch.Tensor) -> Prompts:
+    """n prompts from the data's caption distribution (a seeded draw), encoded by the shared text encoder."""
     captions, labels = data.prompts(n, seed=prompt_seed)
-    return Prompts(captions, labels, models.encode(captions), seeds)
+    return Prompts(captions, labels, text.encode(captions), seeds, occurrences(labels))
 
 
-def eval_set(prep, models: ImageModels, cfg: ImageBenchConfig, seed: int) -> EvalSet:
-    """The scored and validation prompts, and the reference set: the first num_samples distinct test images of a
-    fixed draw (the same for every seed, so every run of a dataset is scored against the same images)."""
+def eval_set(prep, text, cfg, seed: int) -> EvalSet:
+    """The scored and validation prompts and the reference set (prep.reference: the same test images for every
+    seed, so every run of a dataset is scored against the same images), with their features."""
     n_val = min(cfg.sweep_samples, cfg.num_samples)
     seeds = sample_seeds(seed, cfg.num_samples + n_val)  # the validation seeds follow the scored ones: disjoint
-    scored = _prompts(models, prep.data, cfg.num_samples, 10_000 + seed, seeds[: cfg.num_samples])
-    validation = _prompts(models, prep.data, n_val, 20_000 + seed, seeds[cfg.num_samples :])
-    ref, record = reference_set(prep.test, cfg.num_samples, seed=0)
-    real_inception = (cached_features(ref.images, prep.inception, prep.cache_dir)[0]
-                      if prep.inception is not None else None)
-    ev = EvalSet(scored, validation, ref.images, record, real_inception, real_inception, None)
+    scored = prompts_for(text, prep.data, cfg.num_samples, 10_000 + seed, seeds[: cfg.num_samples])
+    validation = prompts_for(text, prep.data, n_val, 20_000 + seed, seeds[cfg.num_samples :])
+    ref = prep.reference.images
+    real_inception = (cached_features(ref, prep.inception, prep.cache_dir)[0] if prep.inception is not None
+                      else None)
+    description = f"{prep.dataset}: test split, {prep.reference_record['given']} of {len(prep.test.labels)} images"
+    protocols = feature_protocols(ref, cfg.num_samples, description, inception=prep.inception,
+                                  judge_net=prep.judge.net if prep.judge is not None else None)
+    missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
+    ev = EvalSet(scored, validation, ref, prep.reference_record, real_inception, real_inception, None, None,
+                 protocols, missing)
     if prep.judge is not None:
-        ev.real_feats = prep.judge.features(ref.images)
+        ev.real_feats = prep.judge.features(ref)
         ev.p_test = label_probs(prep.test.labels.numpy(), prep.data.num_modes,
                                 None if prep.test.channel_labels is None else prep.test.channel_labels.numpy())
         ev.split_feats = (prep.judge.features(prep.data.images), prep.judge.features(prep.test.images))
     return ev
 
 
-def draw(models: ImageModels, prompts: Prompts, family: str, n: int, knob: float, sampler: str, net=None):
-    """The first n images of one family for a prompt set at one knob setting (truncation psi for the GAN, the
-    guidance scale for diffusion), from the final networks or another network `net` of the same shape (a snapshot,
-    the raw weights). Returns (images, network passes per sample: both halves of guidance counted).
+def draw(family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tuple[torch.Tensor, int]:
+    """The first n images of a family for a prompt set at one knob value, from its trained model or another network
+    `net` of the same shape (a snapshot, the raw weights). Returns (images, network passes per sample).
     [ddp] Each rank draws its block of the n per-sample seeds; the blocks are gathered back to all n, in order."""
-    return distributed.sample_sharded(partial(_draw_rows, models, prompts, family, knob, sampler, net), n)
-
-
-def _draw_rows(models: ImageModels, prompts: Prompts, family: str, knob: float, sampler: str, net, rows: slice):
-    """draw() for the rows `rows` (one rank's block)."""
-    states, pooled, mask = (x[rows] for x in prompts.text)
-    if family == "gan":
-        return models.sample_gan(pooled, prompts.seeds[rows], psi=knob, G=net), 1
-    name, steps = parse_sampler(sampler)
-    images, nfe = models.sample_diffusion(states, mask, prompts.seeds[rows], sampler=name, steps=steps,
-                                          guidance=knob, unet=net)
-    return images, nfe * (1 if knob == 1.0 else 2)  # guidance runs the conditional and unconditional halves
+    return distributed.sample_sharded(lambda rows: family.sample_image(trained, prompts.rows(rows), knob, net), n)
 
 
 def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, **extra) -> dict:
@@ -133,107 +130,161 @@ def _score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, **extra) -
     feats, judged = describe(images, prep.judge, prep.inception)
     # One BLAS thread: the metrics' matrices are small (128 features), and OpenBLAS threads spinning against
     # torch's on a busy 2-core machine made each FID's sqrtm 250x slower (1.2 s instead of 5 ms).
+    prompted = prompts.labels[: len(images)]
     with threadpool_limits(limits=1, user_api="blas"):
-        return image_metrics(ev.real_feats, feats, judged, prompts.labels[: len(images)], prep.data.num_modes,
-                             reference_probs=ev.p_test, **extra)
+        out = image_metrics(ev.real_feats, feats, judged, prompted, prep.data.num_modes, reference_probs=ev.p_test,
+                            **extra)
+    sample_set = {"real_feats": ev.real_feats, "feats": feats, "judged": judged, "prompted": prompted,
+                  "num_modes": prep.data.num_modes, "images": images.numpy()}
+    return {**out, **extra_metrics(sample_set)}
 
 
 @dataclass
 class Setting:
-    """One knob setting of a family, scored on the scored prompts and seeds at full size."""
+    """One knob value of a family, drawn on the scored prompts and seeds at full size, and scored."""
 
     value: float  # the knob's value
     images: torch.Tensor
     nfe: int  # network passes per sample
     seconds: float  # wall time of drawing the images
+    metrics: dict  # every metric of the images (empty when they could not be scored)
 
 
 @dataclass
-class FamilyEval:
+class FamilyScore:
+    """Everything the evaluation stage measured of one family on one (dataset, seed)."""
+
     neutral: Setting  # the headline: the neutral knob
-    tuned: Setting  # the best knob by TUNING_RULE (the same object as neutral when that is the best)
+    tuned: Setting  # the best knob value by TUNING_RULE (the same object as neutral when that is the best)
     validation: list[dict]  # the sweep on the validation prompts the tuned value was chosen from
     curve: list[dict]  # metrics of the training snapshots' EMAs, at the neutral knob
     raw: dict  # the raw (non-EMA) network at the neutral knob on the curve's prompts and seeds
-    memorisation: dict = field(default_factory=dict)  # of the neutral samples (judge features)
+    memorisation: dict  # of the neutral samples (judge features)
+    stability: dict  # the training history's diagnostics (bench/evaluate/stability.py)
+    autoencoder: dict | None = None  # a latent family's autoencoder on the reference images: PSNR, kept classes
+    problem: dict | None = None  # status fields when the samples could not be scored (non-finite: diverged)
 
 
-def _setting(models, ev: EvalSet, family: str, knob: float, cfg: ImageBenchConfig) -> Setting:
+def _metrics(prep, ev: EvalSet, images: torch.Tensor, cfg, seed: int) -> dict:
+    """Every metric of one setting's images on the scored prompts (raises FloatingPointError on non-finite ones)."""
+    out = score(prep, ev, ev.scored, images, fid_boot=cfg.fid_bootstrap, fid_counts=tuple(cfg.fid_counts), seed=seed)
+    if prep.judge is not None:
+        out["judge_accuracy"] = prep.judge.accuracy
+    if ev.real_inception is not None and prep.judge is not None:  # beside the judge's, comparable with papers'
+        out.update(inception_metrics(ev.real_inception, prep.inception.features(images))[0])
+    return out
+
+
+def _setting(prep, ev: EvalSet, family, trained, knob: float, cfg, seed: int) -> Setting:
     t0 = time.perf_counter()
-    images, nfe = draw(models, ev.scored, family, cfg.num_samples, knob, cfg.sampler)
-    return Setting(knob, images, nfe, time.perf_counter() - t0)
+    images, nfe = draw(family, trained, ev.scored, cfg.num_samples, knob)
+    seconds = time.perf_counter() - t0
+    return Setting(knob, images, nfe, seconds, _metrics(prep, ev, images, cfg, seed))
 
 
-def tune(prep, models, ev: EvalSet, cfg: ImageBenchConfig, family: str) -> tuple[float, list[dict]]:
-    """The family's knob value by TUNING_RULE, and the validation sweep it was read from. Without features to
-    compute FID (or without a grid) the neutral value."""
-    values = cfg.truncation_sweep if family == "gan" else cfg.guidance_sweep
+def tune(prep, ev: EvalSet, family, trained, cfg) -> tuple[float | None, list[dict]]:
+    """The family's knob value by TUNING_RULE, and the validation sweep it was read from. Without a knob, a grid or
+    features to compute FID: (the neutral value, [])."""
+    neutral = family.knob.neutral if family.knob else None
+    values = family.grid(cfg) if family.knob else []
     if ev.real_feats is None or not values:
-        return NEUTRAL[family], []
+        return neutral, []
     n = len(ev.validation.seeds)
-    generate = partial(_validation_images, models, ev, family, n, cfg.sampler)
+    generate = lambda value: draw(family, trained, ev.validation, n, value)[0]  # noqa: E731
     points = _points(sweep(values, generate, partial(score, prep, ev, ev.validation)))
     finite = [p for p in points if p.get("fid") is not None and np.isfinite(p["fid"])]
-    return (min(finite, key=lambda p: p["fid"])["value"] if finite else NEUTRAL[family]), points
+    return (min(finite, key=lambda p: p["fid"])["value"] if finite else neutral), points
 
 
-def _validation_images(models, ev, family, n, sampler, value) -> torch.Tensor:
-    return draw(models, ev.validation, family, n, value, sampler)[0]
-
-
-def _snapshot_images(models, ev, family, n, sampler, headline, final, at_step, step) -> torch.Tensor:
-    """The curve's images at one training step: the headline's first n at the final step (the same network)."""
-    if step == final:
-        return headline[:n]
-    return draw(models, ev.scored, family, n, NEUTRAL[family], sampler, net=at_step[step])[0]
-
-
-def curve_points(prep, trained, ev: EvalSet, cfg: ImageBenchConfig, family: str, headline) -> list[dict]:
-    """Metric-over-training: each snapshot's EMA at the neutral knob on the first curve_samples scored prompts."""
-    if ev.real_feats is None:
-        trained.snapshots[family] = []
+def curve_points(prep, ev: EvalSet, family, trained, cfg, headline) -> list[dict]:
+    """Metric-over-training: each snapshot's EMA at the neutral knob on the first curve_samples scored prompts (at the
+    final step, the headline's first images: the same network)."""
+    if ev.real_feats is None or not trained.snapshots:
         return []
-    at_step = {s.step: s.ema for s in trained.snapshots[family]}
-    trained.snapshots[family] = []  # the dict holds the copies until the curve is scored
-    n = min(cfg.curve_samples, cfg.num_samples)
-    snaps = partial(_snapshot_images, trained.models, ev, family, n, cfg.sampler, headline,
-                    len(trained.histories[family]), at_step)
-    points = _points(sweep(list(at_step), snaps, partial(score, prep, ev, ev.scored), key="step"))
+    n, final = min(cfg.curve_samples, cfg.num_samples), len(trained.history)
+    at_step = {s.step: s.ema for s in trained.snapshots}
+    knob = family.knob.neutral if family.knob else 1.0
+
+    def images(step):
+        return headline[:n] if step == final else draw(family, trained, ev.scored, n, knob, net=at_step[step])[0]
+
+    points = _points(sweep(list(at_step), images, partial(score, prep, ev, ev.scored), key="step"))
     for point in points:
-        point["initial_weight_share"] = initial_weight_share(point["step"], trained.ema_decay[family])
+        point["initial_weight_share"] = initial_weight_share(point["step"], trained.ema_decay)
+        point["train_flops"] = train_flops_at(trained.train, point["step"])
     return points
 
 
-def raw_point(prep, trained, ev: EvalSet, cfg: ImageBenchConfig, family: str) -> dict:
-    """The raw network at the neutral knob, on the curve's prompts and seeds (comparable with the curve's last,
-    EMA point)."""
-    if ev.real_feats is None:
+def train_flops_at(train: dict, step: int) -> float | None:
+    """The training FLOPs spent by a step (the compute axis of the curves): the stage before the steps (an
+    autoencoder) and `step` steps."""
+    if "step_flops" not in train:
+        return None
+    return train.get("setup_flops", 0.0) + step * train["step_flops"]
+
+
+def raw_point(prep, ev: EvalSet, family, trained, cfg) -> dict:
+    """The raw network at the neutral knob, on the curve's prompts and seeds (comparable with the curve's last, EMA
+    point)."""
+    if ev.real_feats is None or trained.raw is None:
         return {}
     n = min(cfg.curve_samples, cfg.num_samples)
-    images = draw(trained.models, ev.scored, family, n, NEUTRAL[family], cfg.sampler, net=trained.raw[family])[0]
+    knob = family.knob.neutral if family.knob else 1.0
+    images = draw(family, trained, ev.scored, n, knob, net=trained.raw)[0]
     return _points(sweep([n], lambda _: images, partial(score, prep, ev, ev.scored), key="num_samples"))[0]
 
 
 def memorisation_record(ev: EvalSet, prep, images: torch.Tensor) -> dict:
-    """Memorisation of one sample set, on judge features: distances to train vs test, near-copies, C_T."""
+    """Memorisation of one sample set, on judge features, against the training split and the scored reference
+    (held-out test images, which no family trains on or replays): near-copies of each, their excess, C_T."""
     if ev.split_feats is None or not torch.isfinite(images).all():
         return {}
-    train_feats, test_feats = ev.split_feats
+    train_feats, held_feats = ev.split_feats[0], ev.real_feats
     fake = prep.judge.features(images)
     with threadpool_limits(limits=1, user_api="blas"):
-        out = memorisation(train_feats, test_feats, fake)
-        out["c_t"] = data_copying(train_feats, test_feats, fake)["c_t"]
+        out = memorisation(train_feats, held_feats, fake)
+        out["c_t"] = data_copying(train_feats, held_feats, fake)["c_t"]
     return out
 
 
-def evaluate_family(prep, trained, ev: EvalSet, cfg: ImageBenchConfig, family: str) -> FamilyEval:
-    """Both knob settings on the scored prompts, the validation sweep, the curve, the raw network, memorisation."""
-    models = trained.models
-    neutral = _setting(models, ev, family, NEUTRAL[family], cfg)
-    best, validation = tune(prep, models, ev, cfg, family)
-    tuned = neutral if best == NEUTRAL[family] else _setting(models, ev, family, best, cfg)
-    return FamilyEval(neutral, tuned, validation, curve_points(prep, trained, ev, cfg, family, neutral.images),
-                      raw_point(prep, trained, ev, cfg, family), memorisation_record(ev, prep, neutral.images))
+def autoencoder_report(prep, ev: EvalSet, family, trained) -> dict | None:
+    """A latent family's autoencoder on the reference images: PSNR of the round trip and the share the judge still
+    labels the same (the ceiling of that family's prompt accuracy)."""
+    if family.autoencode is None:
+        return None
+    recon = family.autoencode(trained, ev.real)
+    judge = prep.judge
+    same = float((judge.labels(recon) == judge.labels(ev.real)).float().mean()) if judge is not None else None
+    return {"psnr": psnr(recon, ev.real), "recon_accuracy": same}
+
+
+def _unscorable(exc: Exception) -> dict:
+    """The status fields of a family whose samples could not be scored: non-finite samples are a divergence."""
+    if isinstance(exc, FloatingPointError):
+        return {"status": "diverged", "diverged_at_step": None, "diverged_in": "sampling", "error": error_text(exc)}
+    return {"status": "failed", "error": error_text(exc)}
+
+
+def evaluate_family(prep, ev: EvalSet, family, trained, cfg, seed: int) -> FamilyScore:
+    """Both knob settings on the scored prompts, the validation sweep, the curve, the raw network, memorisation,
+    stability; samples that cannot be scored (NaN) make the family diverged in sampling."""
+    neutral_value = family.knob.neutral if family.knob else 1.0
+    history_stability = stability(trained.history) if trained.history else {}
+    try:
+        neutral = _setting(prep, ev, family, trained, neutral_value, cfg, seed)
+    except (FloatingPointError, ValueError) as exc:
+        empty = Setting(neutral_value, torch.zeros(0), 0, 0.0, {})
+        curve = curve_points(prep, ev, family, trained, cfg, torch.zeros(0))
+        return FamilyScore(empty, empty, [], curve, {}, {}, history_stability, problem=_unscorable(exc))
+    best, validation = tune(prep, ev, family, trained, cfg)
+    tuned = neutral if best is None or best == neutral_value else _setting(prep, ev, family, trained, best, cfg, seed)
+    curve = curve_points(prep, ev, family, trained, cfg, neutral.images)
+    if curve and prep.judge is not None:
+        history_stability.update(threshold=f"cond_accuracy >= {COND_THRESHOLD}",
+                                 steps_to_threshold=steps_to_threshold(curve, "cond_accuracy", COND_THRESHOLD))
+    return FamilyScore(neutral, tuned, validation, curve, raw_point(prep, ev, family, trained, cfg),
+                       memorisation_record(ev, prep, neutral.images), history_stability,
+                       autoencoder_report(prep, ev, family, trained))
 
 
 # ---------------------------------------------------------------- metrics
@@ -277,6 +328,15 @@ def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judge
         out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
     out["num_samples"] = len(prompted)
     return out
+
+
+def inception_metrics(real_feats: np.ndarray, fake_feats: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
+    """FID, KID and precision/recall/density/coverage on Inception features, the keys suffixed `_inception` so they
+    stand beside the judge's; and KID's subset size and why it was shrunk, if it was (for the protocol record)."""
+    kid_rec = kid_report(real_feats, fake_feats, seed=seed)
+    metrics = {"fid_inception": fid(real_feats, fake_feats), "kid_inception": kid_rec["kid"],
+               **{f"{name}_inception": value for name, value in prdc(real_feats, fake_feats).items()}}
+    return metrics, {"kid_subset_size": kid_rec["kid_subset_size"], "kid_subset_note": kid_rec["kid_subset_note"]}
 
 
 def unavailable_metrics(has_judge: bool, has_inception: bool, inception_missing: str | None = None) -> dict | None:

@@ -55,18 +55,6 @@ def _feature_pair(real_feats, fake_feats, min_rows: int = 2) -> tuple[np.ndarray
 # 2D mixtures: VEEGAN (Srivastava et al. 2017, sec. 5.1) / PacGAN (Lin et al. 2018, sec. 5)
 
 
-def mixture_modes(name: str) -> tuple[np.ndarray, float]:
-    """Centers (K, 2) and per-coordinate std of a built-in 2D Gaussian mixture."""
-    if name == "ring8":  # 8 modes evenly on the unit circle
-        angles = 2 * np.pi * np.arange(8) / 8
-        return np.stack([np.cos(angles), np.sin(angles)], axis=1), 0.01  # (8, 2)
-    if name == "grid25":  # 25 modes on {-4, -2, 0, 2, 4}^2
-        xs = np.arange(-4.0, 5.0, 2.0)
-        gx, gy = np.meshgrid(xs, xs, indexing="ij")
-        return np.stack([gx.ravel(), gy.ravel()], axis=1), 0.05  # (25, 2)
-    raise ValueError(f"unknown mixture {name!r}; known: ring8, grid25")
-
-
 def mixture_stats(samples: np.ndarray, centers: np.ndarray, std: float) -> dict:
     """Mode capture on a 2D mixture (VEEGAN sec. 5.1; PacGAN sec. 5).
 
@@ -175,6 +163,15 @@ def cond_accuracy(prompted_labels, judged_labels) -> float:
         raise ValueError(f"need two equal non-empty 1D label arrays, got {prompted.shape} "
                          f"and {judged.shape}")
     return float(np.mean(prompted == judged))
+
+
+def duplicate_share(samples) -> float:
+    """The share of samples identical, value for value, to an earlier sample of the same set: 0 for a generator
+    that never repeats itself, (N - distinct) / N in general. A collapsed generator or a replayed image set repeats."""
+    flat = np.asarray(samples).reshape(len(samples), -1)
+    if len(flat) == 0:
+        raise ValueError("duplicate_share needs at least one sample")
+    return float(1 - len(np.unique(flat, axis=0)) / len(flat))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,38 +428,48 @@ def nn_distances(query, ref, chunk: int = 1024, exclude_self: bool = False) -> n
     return np.sqrt(out)
 
 
-def memorisation(train_feats, test_feats, fake_feats, quantile: float = 0.05, chunk: int = 1024) -> dict:
-    """Nearest-neighbour distances of the samples to the training split and to the test split, and the share of
-    near-copies of training points.
+def memorisation(train_feats, held_out_feats, fake_feats, quantile: float = 0.05, chunk: int = 1024) -> dict:
+    """Nearest-neighbour distances of the samples to the training split and to held-out real data, the share of
+    near-copies of each, and the excess that separates copying from concentration.
 
-    Near-copy: a sample whose distance to its nearest training point is below tau, the `quantile` of the
-    leave-one-out nearest-neighbour distances within the training split (each training point to the nearest other
-    one). A fresh draw from the data distribution is, to the training set, what a training point is to the other
-    training points (exchangeability; one point fewer), so its chance of falling below tau is about `quantile`:
-    near_copy_share well above that means samples sit closer to training points than new data do. The test split,
-    scored the same way, gives that baseline as measured (test_near_copy_share). Alaa et al. 2022 ("How faithful
-    is your synthetic data?", ICML, sec. 3: authenticity) compare the same two distances point by point.
+    Near-copy of a set S: a sample closer to its nearest point of S than tau_S, the `quantile` of the leave-one-out
+    nearest-neighbour distances within S (each point of S to the nearest other one). A fresh draw from the data
+    distribution is, to S, what a point of S is to the others (exchangeability; one point fewer), so its chance of
+    being a near-copy of S is about `quantile`, whatever the size of S. A generator that concentrates its samples
+    where the data are dense (truncation, mode-seeking) makes near-copies of the training set and of held-out data
+    alike; one that copies training images makes them of the training set only; one that under-fits (blur) makes
+    neither. So
 
-    nn_train / nn_test: median distance of a sample to its nearest training / test point; with equal-size splits a
-    generator that copies training points has nn_train far below nn_test, a fresh one about equal (the splits are
-    the same size only if the caller makes them so: ratio_median is reported, not judged).
+        near_copy_share       share of samples within tau_T of a training point (T: the training split)
+        near_copy_share_held  share of samples within tau_H of a held-out point (H: real data no model saw)
+        copy_excess           near_copy_share - near_copy_share_held: ~0 for fresh, concentrated or blurry samples
+                              alike, ~1 - quantile for a copier (Alaa et al. 2022, "How faithful is your synthetic
+                              data?", compare the same two distances point by point)
+        test_near_copy_share  the held-out points' own share of near-copies of the training set (~quantile)
+
+    nn_train / nn_held: median distance of a sample to its nearest training / held-out point (their ratio is reported,
+    not judged: it depends on the two sets' sizes).
     """
     train = _features(train_feats, "train_feats")
-    test, fake = _features(test_feats, "test_feats", 1), _features(fake_feats, "fake_feats", 1)
-    if not train.shape[1] == test.shape[1] == fake.shape[1]:
-        raise ValueError(f"feature sizes differ: train {train.shape[1]}, test {test.shape[1]}, fake {fake.shape[1]}")
-    tau = float(np.quantile(nn_distances(train, train, chunk, exclude_self=True), quantile))
-    d_train, d_test = nn_distances(fake, train, chunk), nn_distances(fake, test, chunk)  # (m,), (m,)
-    test_to_train = nn_distances(test, train, chunk)  # (n,)
+    held, fake = _features(held_out_feats, "held_out_feats"), _features(fake_feats, "fake_feats", 1)
+    if not train.shape[1] == held.shape[1] == fake.shape[1]:
+        raise ValueError(f"feature sizes differ: train {train.shape[1]}, held-out {held.shape[1]}, "
+                         f"fake {fake.shape[1]}")
+    tau_t = float(np.quantile(nn_distances(train, train, chunk, exclude_self=True), quantile))
+    tau_h = float(np.quantile(nn_distances(held, held, chunk, exclude_self=True), quantile))
+    d_train, d_held = nn_distances(fake, train, chunk), nn_distances(fake, held, chunk)  # (m,), (m,)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.median(d_train / d_test)
+        ratio = np.median(d_train / d_held)
+    share_t, share_h = float(np.mean(d_train < tau_t)), float(np.mean(d_held < tau_h))
     return {
         "nn_train": float(np.median(d_train)),
-        "nn_test": float(np.median(d_test)),
+        "nn_held": float(np.median(d_held)),
         "nn_ratio": float(ratio),
-        "near_copy_share": float(np.mean(d_train < tau)),
-        "test_near_copy_share": float(np.mean(test_to_train < tau)),
-        "near_copy_threshold": tau,
+        "near_copy_share": share_t,
+        "near_copy_share_held": share_h,
+        "copy_excess": share_t - share_h,
+        "test_near_copy_share": float(np.mean(nn_distances(held, train, chunk) < tau_t)),
+        "near_copy_threshold": tau_t,
         "near_copy_quantile": quantile,
     }
 

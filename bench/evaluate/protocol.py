@@ -7,24 +7,14 @@ two runs can flag numbers that are not comparable instead of printing a misleadi
 """
 
 import hashlib
-import importlib.metadata
 import json
-import platform
 
-import numpy as np
 import torch
 
+from bench.core.files import content_hash, versions
 from bench.evaluate.metrics import kid_subset_size
 
 PROTOCOL_VERSION = 1  # bump when the record's fields change
-
-
-def content_hash(array) -> str:
-    """sha256 of an array's dtype, shape and values (a torch tensor or numpy array): the identity of an image set."""
-    arr = array.detach().cpu().contiguous().numpy() if isinstance(array, torch.Tensor) else np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    digest.update(arr.tobytes())
-    return digest.hexdigest()
 
 
 def module_hash(module: torch.nn.Module) -> str:
@@ -35,19 +25,6 @@ def module_hash(module: torch.nn.Module) -> str:
         digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def library_versions() -> dict:
-    """Versions of everything that changes the numbers: torch (the network), numpy and scipy (the maths), clean-fid
-    (the resizer and KID), Pillow (the bicubic resize itself)."""
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": version("scipy"), "clean-fid": version("clean-fid"), "pillow": version("pillow")}
 
 
 def protocol_record(*, backbone: str, weights_sha256: str, resize: str, resize_size: int | None, num_real: int,
@@ -64,7 +41,7 @@ def protocol_record(*, backbone: str, weights_sha256: str, resize: str, resize_s
     return {"protocol": PROTOCOL_VERSION, "backbone": backbone, "weights_sha256": weights_sha256, "resize": resize,
             "resize_size": resize_size, "num_real": int(num_real), "num_fake": int(num_fake),
             "reference_split": reference_split, "reference_hash": reference_hash, "num_seeds": int(num_seeds),
-            "kid_subset_size": kid_subset_size, "kid_subset_note": kid_subset_note, "versions": library_versions()}
+            "kid_subset_size": kid_subset_size, "kid_subset_note": kid_subset_note, "versions": versions()}
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:

@@ -25,8 +25,22 @@ TAIL_FRACTION = 0.2  # the "end of training" the tail statistics look at
 SPIKE_WINDOW = 50  # steps of history a gradient norm is compared with
 SPIKE_FACTOR = 10.0  # a spike is a gradient norm this many times the recent median
 
-LOSS_KEYS = {"gan": ("d_loss", "g_loss"), "diffusion": ("loss",)}
-GRAD_KEYS = {"gan": ("d_grad_norm", "g_grad_norm"), "diffusion": ("grad_norm",)}
+
+
+def history_losses(row: dict) -> list[str]:
+    """The losses a history logs: its keys ending in "loss" ("g_loss", "d_loss"; "loss")."""
+    return [k for k in row if k.endswith("loss")]
+
+
+def grad_key(loss: str) -> str:
+    """The gradient norm logged beside a loss ("d_loss" -> "d_grad_norm"), also from a stability key
+    ("d_loss_final" -> "d_grad_norm")."""
+    return loss.removesuffix("_final").removesuffix("loss") + "grad_norm"
+
+
+def loss_keys(stats: dict) -> list[str]:
+    """The "<loss>_final" keys of a stability record, one per loss of the history it came from."""
+    return [k for k in stats if k.endswith("loss_final")]
 
 
 def column(history: list[dict], key: str) -> np.ndarray:
@@ -91,17 +105,49 @@ def steps_to_threshold(curve: list[dict], key: str, threshold: float) -> int | N
     return None
 
 
-def stability(history: list[dict], model: str) -> dict:
+def stability(history: list[dict]) -> dict:
     """Every history diagnostic of one run, flat: {"<loss>_final", "<loss>_min", "<loss>_tail_var", "<grad>_spikes",
-    "<grad>_first_spike", "d_gap" (GAN), "diverged_at_step", "steps"}."""
+    "<grad>_first_spike", "d_gap" (a history with a discriminator's outputs), "diverged_at_step", "steps"}, for
+    every loss the history logs (history_losses) and the gradient norm beside it."""
     out: dict = {"steps": len(history)}
-    for key in LOSS_KEYS[model]:
+    losses = history_losses(history[0]) if history else []
+    for key in losses:
         out.update({f"{key}_{name}": v for name, v in loss_stats(column(history, key)).items()})
-    for key in GRAD_KEYS[model]:
-        spikes = grad_spikes(column(history, key))
-        out[f"{key}_spikes"] = len(spikes)
-        out[f"{key}_first_spike"] = int(history[spikes[0]]["step"]) if spikes else None
-    if model == "gan":
+        if grad_key(key) in history[0]:
+            spikes = grad_spikes(column(history, grad_key(key)))
+            out[f"{grad_key(key)}_spikes"] = len(spikes)
+            out[f"{grad_key(key)}_first_spike"] = int(history[spikes[0]]["step"]) if spikes else None
+    if history and "d_real" in history[0]:
         out["d_gap"] = d_gap(history)
-    out["diverged_at_step"] = divergence_step(history, LOSS_KEYS[model])
+    out["diverged_at_step"] = divergence_step(history, tuple(losses))
     return out
+
+
+HQ_THRESHOLD = 0.5  # a 2D run with fewer high-quality samples is low-quality (the study's default too)
+OUTCOMES = ("converged", "mode-collapsed", "low-quality", "diverged", "failed")
+
+
+def at_chance(accuracy: float, num_modes: int, n: int) -> bool:
+    """Prompt accuracy no better than a generator that ignores its prompt: within the one-sided 99% binomial band
+    above chance 1 / num_modes (normal approximation) at n samples."""
+    p = 1 / num_modes
+    return accuracy <= p + 2.326 * math.sqrt(p * (1 - p) / max(n, 1))
+
+
+def outcome(status: str, metrics: dict, hq_threshold: float = HQ_THRESHOLD) -> str:
+    """The outcome of one run, one rule for every family and for `gvd run` and `gvd study` alike, the first that
+    applies: failed (its training or scoring raised), diverged (a non-finite loss, or non-finite samples),
+    low-quality (2D: under hq_threshold of the samples within 3 std of a mode), mode-collapsed (fewer modes than the
+    data has; on images also prompt accuracy at chance), else converged (a usable model)."""
+    if status in ("failed", "diverged"):
+        return status
+    if "hq_fraction" in metrics and not metrics["hq_fraction"] >= hq_threshold:
+        return "low-quality"
+    modes, num_modes = metrics.get("modes"), metrics.get("num_modes")
+    if modes is not None and num_modes is not None and modes < num_modes:
+        return "mode-collapsed"
+    accuracy = metrics.get("cond_accuracy")
+    if accuracy is not None and num_modes and at_chance(accuracy, num_modes, metrics.get("num_samples", 0)):
+        return "mode-collapsed"
+    return "converged"
+

@@ -24,12 +24,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.core.results import load_results
-from bench.core.rundir import atomic_write
+from bench.core.files import atomic_write
+from bench.core.results import THROUGHPUT_SCHEMA, load_results
+from bench.errors import UserError
 from bench.evaluate.protocol import comparable, compare_protocols
 from bench.evaluate.stats import mean_interval
-from bench.report.build import to_html, to_markdown
-from bench.speed.throughput import SCHEMA as THROUGHPUT_SCHEMA
+from bench.report.render import to_html, to_markdown
 
 RUN_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "hq_fraction", "reverse_kl",
                "forward_kl", "cond_accuracy", "near_copy_share", "c_t", "fid_inception", "kid_inception")
@@ -39,7 +39,7 @@ NOT_PROTOCOL = ("versions", "num_seeds")  # listed when they differ, but the num
 SPEC = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):([+-])([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)(%?)$")
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """Bad input to gvd compare (the CLI prints it as one line and exits 2)."""
 
 

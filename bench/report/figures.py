@@ -18,6 +18,18 @@ import matplotlib.pyplot as plt  # noqa: E402 -- must follow the backend choice
 
 FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
 REAL_COLOUR = "#999999"  # the real data, behind the samples
+CALIBRATION_COLOURS = {"held-out-real": "#999999", "copier": "#000000"}  # grey as the data; black
+OTHER_COLOURS = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442")  # Okabe-Ito, for a user's families
+
+
+def family_colour(name: str, index: int = 0, role: str = "model") -> str:
+    """A family's colour, the same in every figure: the built-in families' own, calibration rows grey or black, any
+    other family the next unused Okabe-Ito colour by its place in the run's family table."""
+    if name in FAMILY_COLOURS:
+        return FAMILY_COLOURS[name]
+    if role == "calibration":
+        return CALIBRATION_COLOURS.get(name, "#555555")
+    return OTHER_COLOURS[index % len(OTHER_COLOURS)]
 MIN_GRID_PX = 512  # a sample grid is shown at least this many pixels wide (nearest-neighbour upscaling)
 LINE_STYLES = ("-", "--", ":", "-.")  # within one family: the k-th line of the same colour ...
 MARKERS = ("o", "s", "^", "D", "v", "P")  # ... and its marker (a curve of one point has no line style to show)
@@ -37,6 +49,12 @@ def png_bytes(fig, dpi: int = 100) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
+
+
+def save_figure(run, fig, name: str, dpi: int = 100) -> str:
+    """A figure as figures/<name>.png of a run folder (a bench.core.rundir.RunDir); returns the path the report
+    links."""
+    return run.write_figure(name, png_bytes(fig, dpi))
 
 
 # ---------------------------------------------------------------- sample grids

@@ -9,7 +9,9 @@ import statistics
 from pathlib import Path
 
 from bench.core.rundir import RunDir, slug
-from bench.report.figures import FAMILY_COLOURS, LINE_STYLES, MARKERS, new_figure
+from bench.report.families import colour, families_of
+from bench.report.families import label as label_of
+from bench.report.figures import LINE_STYLES, MARKERS, new_figure, save_figure
 
 # ---------------------------------------------------------------- tables and report blocks
 
@@ -19,11 +21,14 @@ def _fmt(value, spec: str = "{:.3g}", scale: float = 1.0) -> str:
 
 
 def _table(result: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "stage", "NFE", "guidance", "batch", "images/s", "ms per image alone", "GFLOP/image",
-              "TFLOP/s", "MFU", "peak MB", "how"]
+    header = ["model", "stage", "steps", "NFE (network passes)", "guidance", "batch", "images/s", "ms per image alone",
+              "GFLOP/image", "TFLOP/s", "MFU", "peak MB", "how"]
     rows = []
     for r in result["rows"]:
-        rows.append([r["model"], r["stage"], _fmt(r["nfe"], "{}"), _fmt(r["guidance"], "{:g}"), str(r["batch"]),
+        guided = r["guidance"] is not None and r["guidance"] != 1
+        passes = None if r["nfe"] is None else r["nfe"] * (2 if guided else 1)  # guidance runs both halves
+        rows.append([r["model"], r["stage"], _fmt(r["nfe"], "{}"), _fmt(passes, "{}"), _fmt(r["guidance"], "{:g}"),
+                     str(r["batch"]),
                      _fmt(r["images_per_s"], "{:,.4g}"), _fmt(r["latency_s"], "{:.3g}", 1e3),
                      _fmt(r["flops_per_image"], "{:.3g}", 1e-9), _fmt(r["tflops"], "{:.3g}"),
                      _fmt(r["mfu"], "{:.1%}"), _fmt(r["peak_memory_mb"], "{:,.0f}"), r["method"]])
@@ -41,8 +46,8 @@ def _summary_lines(result: dict) -> list[str]:
          f"{result['dtype']['train']}; {', '.join(f'{k} {val}' for k, val in v.items())}. Timer: {result['timer']}. "
          f"MFU is against a {peak['dtype']} {peak['n']}x{peak['n']} matrix product measured in the same process: "
          f"{peak['tflops']:.3g} TFLOP/s."),
-        "Parameters: GAN " + " + ".join(f"{k} {n:,}" for k, n in m["gan"]["params"].items()) + "; diffusion "
-        + " + ".join(f"{k} {n:,}" for k, n in m["diffusion"]["params"].items())
+        "Parameters: " + "; ".join(f"{name} " + " + ".join(f"{k} {n:,}" for k, n in spec["params"].items())
+                                   for name, spec in m.items() if name != "text")
         + f"; shared text encoder {m['text']['params']:,}. FLOPs are matmuls, convolutions and attention "
         "(torch.utils.flop_counter), elementwise ops not counted; training FLOPs include the backward pass.",
     ]
@@ -138,9 +143,10 @@ def _sampling_curves(runs: list[dict], key: str) -> dict[tuple[str, str], list[t
     return out
 
 
-def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str]) -> str | None:
-    """Quality vs NFE and vs sampling ms per image: one line per diffusion sampler (blue, one line style and marker
-    each), the GAN as one vermillion star (one forward pass)."""
+def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str],
+                     families: dict) -> str | None:
+    """Quality vs NFE and vs sampling ms per image: one line per sampler of a family that has several (its colour,
+    one line style and marker each), a one-pass family as one star."""
     key, label = quality
     curves = _sampling_curves(runs, key)
     if not curves:
@@ -148,14 +154,14 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
     fig, axes = new_figure(2, width=4.5, height=3.4)
     k = 0
     for (model, name), pts in curves.items():
-        if model == "gan":
+        if len(pts) == 1 and pts[0][0] <= 1:  # one pass per sample: a point, not a line
             style = {"marker": "*", "markersize": 12, "ls": "none"}
-            text = "GAN (1 forward)"
+            text = f"{label_of(families, model)} ({pts[0][0]:g} forward)"
         else:
             style = {"marker": MARKERS[k % len(MARKERS)], "ls": LINE_STYLES[k % len(LINE_STYLES)]}
-            text = f"diffusion, {name}"
+            text = f"{label_of(families, model)}, {name}"
             k += 1
-        style["color"] = FAMILY_COLOURS[model]
+        style["color"] = colour(families, model)
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=text, **style)
         timed = [(p[2] * 1e3, p[1]) for p in pts if p[2]]
         if timed:
@@ -167,10 +173,11 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.suptitle(f"{dataset}: lower is better; mean over seeds", fontsize=9)
-    return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_quality_vs_sampling")
+    return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_quality_vs_sampling")
 
 
-def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str]) -> str | None:
+def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str],
+                     families: dict) -> str | None:
     """Quality vs training wall time: one line per (model, seed), the family's colour, one line style per seed."""
     key, label = quality
     lines = {(r["model"], r["seed"]): _training_points(r, key) for r in runs}
@@ -180,12 +187,13 @@ def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
     seeds = sorted({seed for _, seed in lines})
     for (model, seed), pts in lines.items():
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=FAMILY_COLOURS[model],
-                    ls=LINE_STYLES[seeds.index(seed) % len(LINE_STYLES)], label=f"{model}, seed {seed}")
-    ax.set(xlabel="training wall time (s; diffusion includes its VAE)", ylabel=label,
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour(families, model),
+                    ls=LINE_STYLES[seeds.index(seed) % len(LINE_STYLES)],
+                    label=f"{label_of(families, model)}, seed {seed}")
+    ax.set(xlabel="training wall time (s; a latent family's autoencoder included)", ylabel=label,
            title=f"{dataset}: quality vs training time")
     ax.legend(fontsize=7)
-    return RunDir(run_dir).save_figure(fig, f"{slug(dataset)}_quality_vs_training_time")
+    return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_quality_vs_training_time")
 
 
 def quality_cost_figures(run_dir, results: dict) -> list[str]:
@@ -193,15 +201,16 @@ def quality_cost_figures(run_dir, results: dict) -> list[str]:
     point), and quality vs training wall time for both models. Uses whatever results.json holds (FID for image
     runs, reverse KL for 2D runs; sampler sweeps in "by_sampler", metric-over-training in "curve"); a dataset with
     nothing to plot is skipped. Returns the PNG paths relative to run_dir."""
-    paths = []
-    ok = [r for r in results.get("runs", []) if r.get("status") in ("ok", "diverged")]
+    paths, families = [], families_of(results)
+    ok = [r for r in results.get("runs", [])
+          if r.get("status") in ("ok", "diverged") and r.get("role") != "calibration"]
     for dataset in dict.fromkeys(r["dataset"] for r in ok):
         runs = [r for r in ok if r["dataset"] == dataset]
         quality = _quality_key(runs)
         if quality is None:
             continue
         for figure in (_sampling_figure, _training_figure):
-            path = figure(Path(run_dir), dataset, runs, quality)
+            path = figure(Path(run_dir), dataset, runs, quality, families)
             if path:
                 paths.append(path)
     return paths

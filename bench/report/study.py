@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.core.rundir import atomic_write
+from bench.core.files import atomic_write
 from bench.evaluate.stats import newcombe_interval
-from bench.report.build import to_html, to_markdown
 from bench.report.figures import FAMILY_COLOURS, plt, png_bytes
+from bench.report.render import to_html, to_markdown
 
 COLOURS = FAMILY_COLOURS
 NAMES = {"gan": "GAN", "diffusion": "diffusion"}

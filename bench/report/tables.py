@@ -1,212 +1,266 @@
-"""The image benchmark's fair-comparison tables (bench/report.py's block format): each family at its neutral and its
-tuned knob, an interval for every mean, the GAN-minus-diffusion difference and whether the seeds resolve it, the
-training recipe of each family, memorisation.
+"""The report's tables, each read from the family table (results.json "families") and the metric table
+(bench/evaluate/table.py): per dataset every family at its neutral and tuned knob with the calibration rows, the
+paired differences between model families, each family's recipe and budget, the 2D mixture tables, the stability
+diagnostics and the runs that did not finish.
 
-Intervals (bench/stats.py): with two or more seeds, Student's t interval for the mean over seeds; with one seed, the
-FID column shows the run's basic bootstrap interval for the population FID at its sample count (resampling both
-sets: metrics.fid_bootstrap) and the differences cannot be called.
+Cells average seeds: "mean [95% t interval]" with two or more seeds, the value alone with one (never a +- 0), and
+every table says n. Student's t interval for the mean over seeds assumes roughly normal per-seed values.
 """
 
-import numpy as np
+from bench.evaluate import table
+from bench.evaluate.stability import grad_key, loss_keys
+from bench.evaluate.stats import mean_interval, paired_difference
+from bench.report.families import calibrations, families_of, knob_symbol, label, models
 
-from bench.evaluate.stats import family_differences, mean_interval
-
-FAMILIES = ("gan", "diffusion")
-COLUMNS = [("fid", "FID", "{:.2f}", 1), ("kid", "KID x1e3", "{:.2f}", 1e3), ("precision", "precision", "{:.2f}", 1),
-           ("recall", "recall", "{:.2f}", 1), ("density", "density", "{:.2f}", 1),
-           ("coverage", "coverage", "{:.2f}", 1), ("modes", "modes", "{:.0f}", 1),
-           ("reverse_kl", "reverse KL", "{:.3f}", 1), ("forward_kl", "forward KL", "{:.3f}", 1),
-           ("cond_accuracy", "prompt accuracy", "{:.3f}", 1), ("near_copy_share", "near-copies", "{:.3f}", 1),
-           ("c_t", "C_T", "{:.2f}", 1)]
-DIFFERENCE_KEYS = ("fid", "precision", "recall", "coverage", "modes", "cond_accuracy", "near_copy_share")
+BOOTSTRAP_COVERAGE = "about 82% in simulation at 128 features and N = 1,000"  # bench/evaluate/metrics.fid_bootstrap
+CALIBRATION_NOTE = {
+    "held-out-real": "floor: real test images no model saw",
+    "copier": "warning line: training images replayed",
+}
 
 
-def _mean(values: list, fmt: str, scale: float = 1.0) -> str:
-    """Mean over seeds, with the t interval for the mean when there are two or more."""
-    stat = mean_interval([v * scale for v in values if v is not None])
+def cell(values, m=None, fmt: str = "{:.3g}", scale: float = 1.0) -> str:
+    """The mean of the finite values, with the t interval over them when there are two or more."""
+    stat = mean_interval([v for v in values if v is not None])
     if stat["mean"] is None:
         return "n/a"
-    text = fmt.format(stat["mean"])
-    return text if stat["lo"] is None else f"{text} [{fmt.format(stat['lo'])}, {fmt.format(stat['hi'])}]"
+    show = m.display if m is not None else (lambda v: fmt.format(v * scale))
+    text = show(stat["mean"])
+    return text if stat["lo"] is None else f"{text} [{show(stat['lo'])}, {show(stat['hi'])}]"
 
 
-def setting_runs(per: list[dict], setting: str) -> list[dict]:
+def setting_runs(runs: list[dict], setting: str) -> list[dict]:
     """The entries as seen at one knob setting: "neutral" (entry metrics) or "tuned" (entry["tuned"]["metrics"])."""
     if setting == "neutral":
-        return per
-    return [{**r, "metrics": r["tuned"]["metrics"]} for r in per if r.get("tuned")]
+        return runs
+    return [{**r, "metrics": r["tuned"]["metrics"]} for r in runs if r.get("tuned")]
+
+
+def _setting_label(families: dict, family: str, runs: list[dict], setting: str) -> str:
+    symbol = knob_symbol(families, family)
+    if symbol is None:
+        return CALIBRATION_NOTE.get(family, "no knob")
+    knob = families[family]["knob"]
+    values = sorted({r["tuned"]["value"] for r in runs if r.get("tuned")}) if setting == "tuned" else [knob["neutral"]]
+    return f"{setting} ({symbol} = {', '.join(f'{v:g}' for v in values)})"
 
 
 def _fid_interval(runs: list[dict]) -> str:
-    """The FID column's interval: over seeds with 2+ seeds, else the single run's bootstrap interval."""
+    """What the FID column's interval is: over seeds with 2+ seeds, else the run's bootstrap interval."""
     if len(runs) >= 2:
-        return "over seeds"
+        return f"t over {len(runs)} seeds"
     m = runs[0].get("metrics", {}) if runs else {}
-    return f"[{m['fid_lo']:.2f}, {m['fid_hi']:.2f}] (bootstrap)" if m.get("fid_lo") is not None else "n/a"
+    if m.get("fid_lo") is None:
+        return "n/a"
+    return f"[{m['fid_lo']:.2f}, {m['fid_hi']:.2f}] bootstrap (one seed: see below)"
 
 
-def _label(runs: list[dict], family: str, setting: str) -> str:
-    values = sorted({r["tuned"]["value"] for r in runs if r.get("tuned")}) if setting == "tuned" else [1.0]
-    knob = "psi" if family == "gan" else "s"
-    return f"{setting} ({knob} = {', '.join(f'{v:g}' for v in values)})"
-
-
-def image_table(per: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """One dataset's table: a row per (family, setting), mean [95% interval] over the seeds whose run is ok."""
-    header = ["model", "setting", "runs ok", "FID interval"] + [h for _, h, _, _ in COLUMNS] + ["NFE", "samples"]
+def image_table(results: dict, per: list[dict]) -> tuple[list[str], list[list[str]], list]:
+    """One dataset's table: a row per (family, setting), mean [95% interval] over the seeds whose run is ok, the
+    calibration rows last. Returns (header, rows, the metrics shown)."""
+    families = families_of(results)
+    shown = [m for m in table.of("image", columns_only=True) if any(table.value(r, m) is not None for r in per)]
+    header = (["family", "setting", "runs ok", "FID interval", "FID bias-corrected"] + [m.label for m in shown]
+              + ["NFE", "samples"])
     rows = []
-    for family in FAMILIES:
+    for family in models(families) + calibrations(families):
         mine = [r for r in per if r["model"] == family]
-        for setting in ("neutral", "tuned"):
+        for setting in ("neutral", "tuned") if knob_symbol(families, family) else ("neutral",):
             runs = [r for r in setting_runs(mine, setting) if r.get("status") == "ok"]
             if not runs:
                 continue
             nfe = sorted({r["throughput"].get("nfe" if setting == "neutral" else "nfe_tuned") for r in runs
                           if r.get("throughput")} - {None})
-            rows.append([family, _label(runs, family, setting), f"{len(runs)}/{len(mine)}", _fid_interval(runs)]
-                        + [_mean([r["metrics"].get(k) for r in runs], fmt, scale) for k, _, fmt, scale in COLUMNS]
-                        + [", ".join(map(str, nfe)) or "n/a", _mean([r["metrics"].get("num_samples") for r in runs],
-                                                                   "{:.0f}")])
-    return header, rows
+            rows.append([label(families, family), _setting_label(families, family, runs, setting),
+                         f"{len(runs)}/{len(mine)}", _fid_interval(runs),
+                         cell([r["metrics"].get("fid_bc") for r in runs], fmt="{:.2f}")]
+                        + [cell([table.value(r, m) for r in runs], m) for m in shown]
+                        + [", ".join(map(str, nfe)) or "n/a", cell([r["metrics"].get("num_samples") for r in runs],
+                                                                   fmt="{:.0f}")])
+    return header, rows, shown
 
 
-def difference_blocks(per: list[dict]) -> list:
-    """GAN minus diffusion at each setting, paired by seed, with its 95% interval and whether it is resolved."""
+def difference_blocks(results: dict, per: list[dict]) -> list:
+    """Each model family minus the first, at each setting, paired by seed, with its 95% interval, the sign-flip p
+    and whether it is resolved (bench/evaluate/stats.py paired_difference)."""
+    families = families_of(results)
+    names = [f for f in models(families) if any(r["model"] == f for r in per)]
+    keys = [m for m in table.verdict_metrics() if m.where()[0] == "metrics" and m.better]
     rows = []
-    for setting in ("neutral", "tuned"):
-        diffs = family_differences(setting_runs(per, setting), DIFFERENCE_KEYS).get(per[0]["dataset"], {})
-        for key, d in diffs.items():
-            diff = d["difference"]
-            if diff.get("mean") is None:
-                continue
-            interval = "n/a (one seed)" if diff.get("lo") is None else f"[{diff['lo']:.3g}, {diff['hi']:.3g}]"
-            verdict = ("not resolved: one seed" if diff.get("lo") is None else
-                       "resolved" if diff.get("resolved") else "not resolved")
-            rows.append([setting, key, f"{diff['mean']:+.3g}", interval, verdict])
+    for other in names[1:]:
+        for setting in ("neutral", "tuned"):
+            runs = setting_runs(per, setting)
+            for m in keys:
+                a, b = ({r["seed"]: table.value(r, m) for r in runs if r["model"] == f and r["status"] == "ok"
+                         and table.value(r, m) is not None} for f in (names[0], other))
+                if not a or not b:
+                    continue
+                d = paired_difference(a, b)
+                if d["mean"] is None:
+                    continue
+                interval = "n/a" if d["lo"] is None else f"[{d['lo']:+.3g}, {d['hi']:+.3g}]"
+                verdict = "resolved" if d["resolved"] else f"not resolved ({d['why']})"
+                rows.append([f"{label(families, names[0])} − {label(families, other)}", setting, m.label,
+                             f"{d['mean']:+.3g}", str(d["n"]), interval, f"{d['p_sign']:.3g}", verdict])
     if not rows:
         return []
-    return [("p", "GAN minus diffusion, paired by seed (both families share each seed's data stream, prompts and "
-                  "sample seeds), with Student's t 95% interval of the mean difference; a difference is called only "
-                  "when its interval excludes 0."),
-            ("table", ["setting", "metric", "GAN − diffusion", "95% interval", "verdict"], rows)]
-
-
-def recipe_blocks(per: list[dict], config: dict) -> list:
-    """What each family got: optimiser, learning-rate schedule, EMA, clipping, parameters, examples, wall time."""
-    images = config.get("images") or {}
-    gan, dif = images.get("gan", {}), images.get("diffusion_train", {})
-    rows = []
-    for family in FAMILIES:
-        mine = [r for r in per if r["model"] == family and r.get("train")]
-        if not mine:
-            continue
-        train, ema = mine[0]["train"], mine[0].get("ema", {})
-        recipe = (f"Adam({gan.get('lr')}, betas {gan.get('betas')}), constant LR, {gan.get('loss')} loss, no clipping"
-                  if family == "gan" else
-                  f"AdamW({dif.get('lr')}, betas {dif.get('betas')}), one-cycle LR (warm-up {dif.get('warmup')}), "
-                  f"gradient clipping at {dif.get('grad_clip')}; VAE: Adam, cosine LR")
-        rows.append([family, recipe, f"{ema.get('decay')} (EDM ramp-up; initial weights left "
-                                     f"{ema.get('initial_weight_share', float('nan')):.1e})",
-                     " + ".join(f"{k} {v:,}" for k, v in train["params"].items()),
-                     f"{train['examples_seen']:,}", f"{np.mean([r['train']['seconds'] for r in mine]):.0f}"])
-    text = next((r["train"]["text_encoder"] for r in per if r.get("train", {}).get("text_encoder")), None)
-    note = (f" The shared, frozen text encoder ({text['params']:,} parameters, {text['steps']} CLIP steps, "
-            f"{text['seconds']:.0f} s) is counted on neither side." if text else "")
-    axis = ("examples seen: both families take the same number of steps at the same batch size from the same data "
-            "stream (the VAE's images come on top for diffusion)" if images.get("budget", "examples") == "examples"
-            else "training FLOPs: the GAN takes as many steps as give it the diffusion side's training FLOPs (UNet "
-                 "and VAE), from the same data stream")
-    return [("p", f"Recipes. The budget axis is {axis}." + note),
-            ("table", ["model", "optimiser and schedule", "EMA decay", "parameters", "examples seen", "train s"],
+    return [("p", "Differences between the model families, paired by seed (every family shares each seed's data "
+                  "stream, prompts and sample seeds): the mean difference, n pairs, Student's t 95% interval, the "
+                  "exact sign-flip p; a difference is resolved with n >= 3 pairs, a non-zero spread and an interval "
+                  "that excludes 0."),
+            ("table", ["pair", "setting", "metric", "difference", "n", "95% interval", "sign-flip p", "verdict"],
              rows)]
 
 
-def memorisation_note(per: list[dict]) -> str | None:
-    """One sentence on memorisation, from the entries' records (judge features)."""
+def recipe_blocks(results: dict, per: list[dict]) -> list:
+    """What each family got: its recipe (optimiser, schedule, loss, clipping), EMA, parameters, training FLOPs,
+    examples seen and wall time, means over its seeds."""
+    families = families_of(results)
+    rows = []
+    for family in models(families):
+        mine = [r for r in per if r["model"] == family and r.get("train")]
+        if not mine:
+            continue
+        train, ema = mine[0]["train"], mine[0].get("ema") or {}
+        ema_text = (f"{ema['decay']} (EDM ramp-up; initial weights left {ema['initial_weight_share']:.1e})"
+                    if ema else "none")
+        rows.append([label(families, family), train.get("recipe", "n/a"), ema_text,
+                     " + ".join(f"{k} {v:,}" for k, v in train.get("params", {}).items()),
+                     cell([r["train"].get("flops") for r in mine]), f"{train.get('examples_seen', 0):,}",
+                     cell([r["train"].get("seconds") for r in mine], fmt="{:.0f}")])
+    text = next((r["train"]["text_encoder"] for r in per if (r.get("train") or {}).get("text_encoder")), None)
+    note = (f" The shared, frozen text encoder ({text['params']:,} parameters, {text['steps']} CLIP steps, "
+            f"{text['seconds']:.0f} s, {text.get('flops', 0):.3g} FLOPs) is counted on no family's side." if text
+            else "")
+    budget = (results.get("config", {}).get("images") or {}).get("budget", "examples")
+    axis = ("examples seen: every model family takes the same number of steps at the same batch size from the same "
+            "data stream (a latent family's autoencoder images come on top)" if budget == "examples" else
+            "training FLOPs: every model family spends the reference family's training FLOPs")
+    return [("p", f"Recipes. The budget axis is {axis}; training FLOPs count every network pass of training "
+                  f"(forward and backward), a latent family's autoencoder and its encoding of the training split "
+                  f"included." + note),
+            ("table", ["family", "optimiser and schedule", "EMA decay", "parameters", "training FLOPs",
+                       "examples seen", "train s"], rows)]
+
+
+def calibration_note(results: dict, per: list[dict]) -> str | None:
+    """What the calibration rows are, and where one could not run or had to repeat images."""
+    families = families_of(results)
+    names = [f for f in calibrations(families) if any(r["model"] == f for r in per)]
+    if not names:
+        return None
     parts = []
-    for family in FAMILIES:
-        recs = [r["memorisation"] for r in per if r["model"] == family and r.get("memorisation")]
-        if recs:
-            share = np.mean([m["near_copy_share"] for m in recs])
-            base = np.mean([m["test_near_copy_share"] for m in recs])
-            ct = np.mean([m["c_t"] for m in recs])
-            parts.append(f"{family}: {share:.1%} near-copies of training images (test images: {base:.1%}), "
-                         f"C_T {ct:+.2f}")
-    if not parts:
-        return None
-    return ("Memorisation (judge features; a near-copy is closer to a training image than 95% of training images "
-            "are to their nearest other one; C_T of Meehan et al. 2020, well below 0 = copying): " + "; ".join(parts)
-            + ".")
+    for family in names:
+        mine = [r for r in per if r["model"] == family]
+        failed = next((r.get("error") for r in mine if r["status"] == "failed"), None)
+        dup = [table.value(r, table.metric("duplicate_share")) for r in mine if r["status"] == "ok"]
+        what = f"{label(families, family)} ({(families[family].get('description') or '').rstrip('.')})"
+        if failed:
+            what += f": not scored here: {failed}"
+        elif any(d for d in dup if d):
+            what += f": its pool repeats images (duplicate share up to {max(d for d in dup if d is not None):.1%})"
+        parts.append(what)
+    return ("Calibration rows, scored like the models and never in the verdict: " + "; ".join(parts) + ". FID "
+            "cannot see copying (the copier's FID is near the floor); the copy excess can.")
 
 
-# ---------------------------------------------------------------- the verdict at the top of the report
-
-# (aspect, metric key, label, +1 when higher is better / -1 when lower is better); a row only where both families
-# report the key. sample_seconds and train_seconds come from the entries' throughput and train records.
-VERDICT = [("quality", "fid", "FID", -1), ("quality", "hq_fraction", "high-quality share", +1),
-           ("diversity", "recall", "recall", +1), ("diversity", "coverage", "coverage", +1),
-           ("diversity", "modes", "modes", +1), ("diversity", "reverse_kl", "reverse KL", -1),
-           ("prompt adherence", "cond_accuracy", "prompt accuracy", +1),
-           ("memorisation", "near_copy_share", "near-copy share", -1),
-           ("cost: sampling", "sample_seconds", "sampling s (same sample count)", -1),
-           ("cost: training", "train_seconds", "training s", -1)]
-FAMILY_NAMES = {"gan": "GAN", "diffusion": "diffusion"}
+def metric_notes(shown: list, per: list[dict]) -> str | None:
+    """The notes of the metric table for the columns shown, and what the one-seed FID interval covers."""
+    notes = [m.note for m in shown if m.note]
+    if any(r.get("metrics", {}).get("fid_lo") is not None for r in per) and len({r["seed"] for r in per}) == 1:
+        notes.append(f"with one seed the FID interval is that run's basic bootstrap interval for the population FID at "
+                     f"this N (resampling both sets; it covers the population FID {BOOTSTRAP_COVERAGE}: it is not an "
+                     "interval over seeds), with the bias-corrected FID beside it")
+    return " ".join(n[0].upper() + n[1:] + "." for n in notes) if notes else None
 
 
-def _with_costs(runs: list[dict]) -> list[dict]:
-    """The entries with their sampling and training seconds beside the metrics (so they pair by seed too)."""
-    out = []
-    for r in runs:
-        extra = {"sample_seconds": (r.get("throughput") or {}).get("sample_seconds"),
-                 "train_seconds": (r.get("train") or {}).get("seconds")}
-        out.append({**r, "metrics": {**(r.get("metrics") or {}), **{k: v for k, v in extra.items() if v is not None}}})
-    return out
+# ---------------------------------------------------------------- the 2D mixtures
 
 
-def _verdict_row(aspect: str, label: str, better: int, d: dict) -> list[str] | None:
-    gan, dif, diff = d["gan"]["mean"], d["diffusion"]["mean"], d["difference"]
-    if gan is None or dif is None:
-        return None
-    if gan == dif:
-        leader, by = "tie", "0"
-    else:
-        leader = "GAN" if (gan - dif) * better > 0 else "diffusion"
-        by = f"{abs(gan - dif):.3g}"
-        if aspect.startswith("cost") and min(gan, dif) > 0:
-            by += f" ({max(gan, dif) / min(gan, dif):.3g}x)"
-    resolved = ("not resolved (one seed)" if diff.get("lo") is None else
-                "resolved" if diff["resolved"] else "not resolved")
-    return [aspect, label, f"{gan:.3g}", f"{dif:.3g}", leader, by, resolved]
+def mixture_table(results: dict, runs: list[dict]) -> list[list[str]]:
+    """Per dataset and family: runs ok, modes, high-quality %, reverse KL (mean [t interval] over seeds), parameters,
+    examples seen, training seconds and FLOPs."""
+    families = families_of(results)
+    rows = []
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        for family in models(families) + calibrations(families):
+            mine = [r for r in runs if r["dataset"] == dataset and r["model"] == family]
+            ok = [r for r in mine if r["status"] == "ok"]
+            if not mine:
+                continue
+            train = [r["train"] for r in ok if r.get("train")]
+            sampler = mine[0].get("sampler") if mine[0].get("by_sampler") else None
+            rows.append([dataset, label(families, family) + (f" ({sampler})" if sampler else ""),
+                         f"{len(ok)}/{len(mine)}", cell([r["metrics"].get("modes") for r in ok], fmt="{:.1f}"),
+                         cell([r["metrics"].get("hq_fraction") for r in ok], fmt="{:.1f}", scale=100),
+                         cell([r["metrics"].get("reverse_kl") for r in ok], fmt="{:.3f}"),
+                         f"{train[0]['params_total']:,}" if train else "n/a",
+                         f"{train[0]['examples_seen']:,}" if train else "n/a",
+                         cell([t.get("seconds") for t in train], fmt="{:.1f}"),
+                         cell([t.get("flops") for t in train])])
+    return rows
 
 
-def _stability_row(runs: list[dict]) -> list[str]:
-    """Runs that finished (no divergence, no failure) per family: counts, no interval."""
-    done = {f: (sum(r["status"] == "ok" for r in runs if r["model"] == f), sum(r["model"] == f for r in runs))
-            for f in FAMILIES}
-    share = {f: ok / n if n else 0.0 for f, (ok, n) in done.items()}
-    leader = "tie" if share["gan"] == share["diffusion"] else max(FAMILIES, key=share.get)
-    return ["stability", "runs finished (not diverged)", "{}/{}".format(*done["gan"]),
-            "{}/{}".format(*done["diffusion"]), FAMILY_NAMES.get(leader, leader),
-            f"{abs(share['gan'] - share['diffusion']):.0%} of seeds", "counts, no interval"]
+def sampler_rows(runs: list[dict]) -> list[list[str]]:
+    """Every sampler of a family with several, on the same trained networks: mean [t interval] over seeds."""
+    rows = []
+    for r0 in runs:
+        if not r0.get("by_sampler") or any(x[:2] == [r0["dataset"], r0["model"]] for x in rows):
+            continue
+        mine = [r for r in runs if r["dataset"] == r0["dataset"] and r["model"] == r0["model"] and r.get("by_sampler")]
+        for sampler in r0["by_sampler"]:
+            vals = [r["by_sampler"][sampler] for r in mine if sampler in r["by_sampler"]]
+            rows.append([r0["dataset"], r0["model"], sampler, cell([v.get("nfe") for v in vals], fmt="{:.0f}"),
+                         cell([v.get("modes") for v in vals], fmt="{:.1f}"),
+                         cell([v.get("hq_fraction") for v in vals], fmt="{:.1f}", scale=100),
+                         cell([v.get("reverse_kl") for v in vals], fmt="{:.3f}"),
+                         cell([v.get("sample_seconds") for v in vals], fmt="{:.2f}")])
+    return rows
 
 
-def verdict_blocks(runs: list[dict]) -> list:
-    """Per dataset, which family leads on each aspect (neutral knobs), by how much, and whether the seeds resolve it
-    (the GAN-minus-diffusion t interval paired by seed excludes 0: bench/stats.py family_differences)."""
-    blocks = [("h2", "Verdict"),
-              ("p", "Per dataset: which family leads on each aspect at its neutral knob (GAN psi = 1, diffusion "
-                    "s = 1), means over seeds, by how much, and whether the seeds resolve it (the paired 95% "
-                    "interval of GAN - diffusion excludes 0). 'Not resolved' means these seeds cannot tell the "
-                    "families apart; one seed never can.")]
-    diffs = family_differences(_with_costs(runs), [k for _, k, _, _ in VERDICT])
-    for dataset, rows_by_key in diffs.items():
-        rows = []
-        for aspect, key, label, better in VERDICT:
-            row = _verdict_row(aspect, label, better, rows_by_key[key]) if key in rows_by_key else None
-            if row:
-                rows.append(row)
-        rows.insert(next((i for i, r in enumerate(rows) if r[0] in ("memorisation", "cost: sampling")), len(rows)),
-                    _stability_row([r for r in runs if r["dataset"] == dataset]))
-        blocks += [("h3", f"Verdict: {dataset}"),
-                   ("table", ["aspect", "measure", "GAN", "diffusion", "leads", "by", "seeds"], rows)]
-    return blocks if len(blocks) > 2 else []
+# ---------------------------------------------------------------- stability and status
+
+
+def stability_rows(results: dict) -> list[list[str]]:
+    """One row per (dataset, family, loss of its history): loss statistics, gradient spikes, D gap, divergence,
+    time to threshold; mean [t interval] over seeds."""
+    families = families_of(results)
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["runs"]:
+        if r.get("stability"):
+            groups.setdefault((r["dataset"], r["model"]), []).append(r["stability"])
+    rows = []
+    for (dataset, family), st in groups.items():
+        diverged = [s["diverged_at_step"] for s in st if s.get("diverged_at_step") is not None]
+        reached = [s["steps_to_threshold"] for s in st if s.get("steps_to_threshold") is not None]
+        threshold = next((s["threshold"] for s in st if "threshold" in s), None)
+        for i, loss in enumerate(loss_keys(st[0])):
+            first = i == 0
+            rows.append([dataset, label(families, family), loss.removesuffix("_final"),
+                         cell([s.get(loss) for s in st]), cell([s.get(loss.replace("_final", "_min")) for s in st]),
+                         cell([s.get(loss.replace("_final", "_tail_var")) for s in st], fmt="{:.2g}"),
+                         cell([s.get(grad_key(loss) + "_spikes") for s in st], fmt="{:.1f}"),
+                         cell([s.get("d_gap") for s in st], fmt="{:.2f}") if first and "d_gap" in st[0] else "",
+                         (f"{len(diverged)}/{len(st)}" + (f" (step {min(diverged)})" if diverged else "")) if first
+                         else "",
+                         (f"{cell(reached, fmt='{:.0f}')} ({len(reached)}/{len(st)} reached {threshold})"
+                          if threshold and first else "")])
+    return rows
+
+
+def status_rows(results: dict) -> list[list[str]]:
+    """Every entry that did not finish cleanly, with what went wrong."""
+    rows = []
+    for r in results["runs"]:
+        if r.get("status") == "ok":
+            continue
+        if r.get("status") == "diverged":
+            where = r.get("diverged_in") or (f"step {r['diverged_at_step']}" if r.get("diverged_at_step") is not None
+                                            else "")
+            detail = f"non-finite at {where}" if where else "non-finite"
+        elif r.get("status") == "interrupted":
+            detail = "stopped before it finished; `gvd run --resume` reruns it"
+        else:
+            detail = str(r.get("error", ""))
+        rows.append([str(r.get("dataset")), str(r.get("model")), str(r.get("seed")), str(r.get("status")), detail])
+    return rows

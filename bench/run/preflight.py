@@ -9,11 +9,13 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from bench.errors import UserError
+
 MAX_SAMPLE_IMAGES = 4096  # `gvd sample --n`: one PNG grid; more images would hold them all in memory at once
 RUN_FILES = ("results.json", "config.json")  # a folder holding either is a run folder
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError):
     """A bad input found before any work started (printed as one line, exit status 2)."""
 
 

@@ -21,10 +21,8 @@ that family, and each width is half, equal to or double the preset's: the same r
 import dataclasses
 import json
 import math
-import multiprocessing
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,52 +32,27 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import ConfigError, MixtureBenchConfig, parse_sampler
-from bench.core.results import versions
-from bench.core.rundir import write_json
+from bench.core.files import versions, write_json
+from bench.core.guard import Interrupted, stop_on_signals
+from bench.core.pool import run_jobs, torch_threads
 from bench.data.mixtures import MIXTURES
-from bench.evaluate.stability import LOSS_KEYS, divergence_step, stability
+from bench.evaluate.stability import divergence_step, history_losses, outcome, stability
+from bench.families import BUILT_IN, Choice
 from bench.report.study import write_study_report
 from bench.run.mixtures import evaluate_mixture, train_mixture
-from models.diffusion import DiffusionConfig
 
 SCHEMA = "gan-vs-diffusion/study/v1"
-FAMILIES = ("gan", "diffusion")
+# the families with a search space (bench/families: gan.SEARCH_SPACE, diffusion.SEARCH_SPACE), in table order
+FAMILIES = tuple(name for name, f in BUILT_IN.items() if f.search_space)
 OUTCOMES = ("converged", "mode-collapsed", "low-quality", "diverged")  # "failed" (an exception) is kept apart
+MAX_K, MAX_SEEDS = 1000, 100  # configurations and seeds a study may ask for (each a run of every dataset)
 
 
 # ---------------------------------------------------------------- the search space
 
 
-@dataclass(frozen=True)
-class Choice:
-    values: tuple  # drawn uniformly
-
-
-@dataclass(frozen=True)
-class LogUniform:
-    low: float  # drawn log-uniformly in [low, high], rounded to 3 significant digits
-    high: float
-
-
 _TOY = MixtureBenchConfig()  # the toy preset's 2D settings: every knob the study does not vary keeps its value there
-SPACES = {
-    "gan": {
-        "lr_g": LogUniform(_TOY.gan.lr / 5, _TOY.gan.lr * 5),  # Adam learning rate of G
-        "lr_d": LogUniform(_TOY.gan.lr_d / 5, _TOY.gan.lr_d * 5),  # Adam learning rate of D
-        "beta1": Choice((0.0, 0.5, 0.9)),  # Adam beta1 (0.5: Radford et al. 2015; 0: Miyato et al. 2018)
-        "d_steps": Choice((1, 2)),  # D updates per G update (Goodfellow et al. 2014, Algorithm 1's k)
-        "loss": Choice(("nonsaturating", "hinge")),  # Goodfellow et al. 2014 / Lim & Ye 2017
-        "spectral_norm": Choice((False, True)),  # on D (Miyato et al. 2018)
-        "width": Choice((_TOY.gan_net.width // 2, _TOY.gan_net.width, _TOY.gan_net.width * 2)),  # of G and D
-    },
-    "diffusion": {
-        "lr": LogUniform(_TOY.diffusion_train.lr / 5, _TOY.diffusion_train.lr * 5),  # peak one-cycle lr
-        "schedule": Choice(("linear", "cosine")),  # Ho et al. 2020 / Nichol & Dhariwal 2021
-        "prediction": Choice(("eps", "v", "x0")),  # what the denoiser predicts (Salimans & Ho 2022 for v)
-        "ema": Choice((0.99, 0.995, 0.999)),  # EMA decay of the sampling weights
-        "width": Choice((_TOY.denoiser_net.width // 2, _TOY.denoiser_net.width, _TOY.denoiser_net.width * 2)),
-    },
-}
+SPACES = {name: BUILT_IN[name].search_space for name in FAMILIES}
 
 
 def describe_space(space: dict) -> dict:
@@ -108,14 +81,10 @@ def sample_configs(space: dict, k: int, seed: int, family: str) -> list[dict]:
 
 
 def classify(history: list[dict], family: str, metrics: dict, hq_threshold: float) -> str:
-    """The outcome of one run (module docstring), from its per-step history and its final mixture metrics."""
-    if divergence_step(history, LOSS_KEYS[family]) is not None:
-        return "diverged"
-    if not metrics["hq_fraction"] >= hq_threshold:
-        return "low-quality"
-    if metrics["modes"] < metrics["num_modes"]:
-        return "mode-collapsed"
-    return "converged"
+    """The outcome of one run (module docstring; bench/evaluate/stability.py outcome, the rule `gvd run`'s verdict
+    uses too), from its per-step history and its final mixture metrics."""
+    status = "diverged" if history and divergence_step(history, tuple(history_losses(history[0]))) is not None else "ok"
+    return outcome(status, metrics, hq_threshold)
 
 
 # ---------------------------------------------------------------- one run
@@ -141,8 +110,13 @@ class StudyConfig:
 def validate_study(study: StudyConfig) -> None:
     """Raise ConfigError naming the first bad field of a study config."""
     for name in ("k", "seeds", "steps", "batch_size", "num_samples"):
-        if not getattr(study, name) >= 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(study, name)}")
+        value = getattr(study, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+    for name, most in (("k", MAX_K), ("seeds", MAX_SEEDS)):
+        if getattr(study, name) > most:
+            raise ConfigError(f"{name} must be at most {most} (a study of that size would run for weeks), got "
+                              f"{getattr(study, name)}")
     if not 0 <= study.hq_threshold <= 1:
         raise ConfigError(f"hq_threshold must be in [0, 1], got {study.hq_threshold}")
     if not study.datasets:
@@ -156,21 +130,11 @@ def validate_study(study: StudyConfig) -> None:
 
 
 def study_mixture_config(family: str, knobs: dict, study: StudyConfig) -> MixtureBenchConfig:
-    """The suite's 2D config of one study run: the toy preset's settings with the family's knobs set, the study's
-    budget and sampler, no metric-over-training curve."""
+    """The suite's 2D config of one study run: the toy preset's settings with the family's knobs set (its
+    study_config), the study's budget and sampler, no metric-over-training curve."""
     mix = dataclasses.replace(_TOY, steps=study.steps, batch_size=study.batch_size, num_samples=study.num_samples,
                               samplers=[study.sampler], eval_checkpoints=0)
-    if family == "gan":
-        mix.gan_net = dataclasses.replace(_TOY.gan_net, width=knobs["width"], spectral_norm=knobs["spectral_norm"])
-        mix.gan = dataclasses.replace(_TOY.gan, lr=knobs["lr_g"], lr_d=knobs["lr_d"],
-                                      betas=(knobs["beta1"], _TOY.gan.betas[1]), loss=knobs["loss"],
-                                      d_steps=knobs["d_steps"])
-    else:
-        mix.denoiser_net = dataclasses.replace(_TOY.denoiser_net, width=knobs["width"])
-        mix.diffusion = DiffusionConfig(schedule=knobs["schedule"], num_steps=_TOY.diffusion.num_steps,
-                                        prediction=knobs["prediction"])
-        mix.diffusion_train = dataclasses.replace(_TOY.diffusion_train, lr=knobs["lr"], ema=knobs["ema"])
-    return mix
+    return BUILT_IN[family].study_config(knobs, mix)
 
 
 def run_one(family: str, knobs: dict, dataset: str, seed: int, study: StudyConfig, device="cpu") -> dict:
@@ -179,20 +143,20 @@ def run_one(family: str, knobs: dict, dataset: str, seed: int, study: StudyConfi
     included. Both families are scored on their EMA weights, as in the suite."""
     wall, cpu = time.perf_counter(), time.process_time()
     mix = study_mixture_config(family, knobs, study)
-    trained = train_mixture(dataset, family, seed, mix, device, progress=False)
-    by_sampler, _, raw, _, _ = evaluate_mixture(trained, dataset, seed, mix, device)
-    metrics = {k: v for k, v in next(iter(by_sampler.values())).items()
+    trained = train_mixture(BUILT_IN[family], dataset, seed, mix, device, progress=False)
+    score = evaluate_mixture(BUILT_IN[family], trained, dataset, seed, mix)
+    metrics = {k: v for k, v in next(iter(score.by_sampler.values())).items()
                if k not in ("nfe", "sample_seconds", "samples_per_s")}
     history = trained.history
     return {
         "dataset": dataset, "family": family, "knobs": knobs, "seed": seed, **trained.status,
         "outcome": classify(history, family, metrics, study.hq_threshold),
-        "metrics": metrics, "metrics_raw": raw,
+        "metrics": metrics, "metrics_raw": score.raw,
         "train": {"steps": len(history), "examples_seen": len(history) * study.batch_size,
-                  "params": sum(trained.params.values())},
+                  "params": trained.train["params_total"]},
         "seconds": time.perf_counter() - wall,  # training + sampling + scoring
         "cpu_seconds": time.process_time() - cpu,  # the same, in this process's CPU time (what a busy machine hides)
-        "stability": stability(history, family),
+        "stability": stability(history),
     }
 
 
@@ -220,35 +184,38 @@ def _finished(path: Path, knobs: dict, spec: dict) -> dict | None:
 
 
 def _job(job) -> dict:
-    """One run in a worker process (one torch thread each: these MLPs gain nothing from more); writes its file."""
+    """One run, in a worker process or in this one, on `threads` torch threads (restored after); writes its file."""
     family, config_id, knobs, dataset, seed, study, device, threads, path = job
-    torch.set_num_threads(threads)
-    try:
-        entry = run_one(family, knobs, dataset, seed, study, device)
-    except Exception as exc:  # noqa: BLE001 -- a broken run is a result (retried by the next invocation)
-        entry = {"dataset": dataset, "family": family, "knobs": knobs, "seed": seed, "status": "failed",
-                 "outcome": "failed", "error": f"{type(exc).__name__}: {exc}",
-                 "traceback": traceback.format_exc(limit=5)}
+    with torch_threads(threads):
+        try:
+            entry = run_one(family, knobs, dataset, seed, study, device)
+        except Exception as exc:  # noqa: BLE001 -- a broken run is a result (retried by the next invocation)
+            entry = {"dataset": dataset, "family": family, "knobs": knobs, "seed": seed, "status": "failed",
+                     "outcome": "failed", "error": f"{type(exc).__name__}: {exc}",
+                     "traceback": traceback.format_exc(limit=5)}
     entry.update(config_id=config_id, spec=_spec(study))
     write_json(path, entry)
     return entry
 
 
 def _run_pool(jobs: list, workers: int) -> list[dict]:
-    """Run the jobs, `workers` at a time in separate processes (in this process when workers == 1)."""
+    """Run the jobs, `workers` at a time in separate processes (in this process with one worker); on SIGINT /
+    SIGTERM the workers stop (none is left behind) and Interrupted propagates with the runs that finished in
+    `.finished` (bench/core/pool.py)."""
     bar = tqdm(total=len(jobs), desc="study runs", unit="run")
-    entries = []
-    if workers <= 1:
-        for job in jobs:
-            entries.append(_job(job))
-            bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for future in as_completed([pool.submit(_job, job) for job in jobs]):
-                entries.append(future.result())
-                bar.update()
-    bar.close()
+    entries: list[dict] = []
+
+    def record(job, entry):
+        entries.append(entry)
+        bar.update()
+
+    try:
+        run_jobs(_job, jobs, workers, record)
+    except Interrupted as stop:
+        stop.finished = entries
+        raise
+    finally:
+        bar.close()
     return entries
 
 
@@ -278,7 +245,18 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int,
     jobs = jobs if train else []
     tqdm.write(f"study: {len(done)} runs already finished in {out}, {len(jobs)} to run on {workers} worker(s)")
     start = time.perf_counter()
-    entries = done + _run_pool(jobs, min(workers, max(1, len(jobs))))
+    with stop_on_signals():  # SIGINT / SIGTERM: the finished runs are kept (their files), the report is written
+        try:
+            entries = done + _run_pool(jobs, workers)
+        except Interrupted as stop:
+            _write_record(study, out, device, workers, configs, done + stop.finished, start, len(jobs))
+            raise
+    return _write_record(study, out, device, workers, configs, entries, start, len(jobs))
+
+
+def _write_record(study: StudyConfig, out: Path, device, workers: int, configs: dict, entries: list[dict],
+                  start: float, invoked: int) -> dict:
+    """study.json and the report of the runs in `entries` (all of the design's, or those finished so far)."""
     order = {(d, s, c, f): i for i, (d, s, c, f) in enumerate(
         (d, s, c, f) for d in study.datasets for s in range(study.seeds) for c in range(study.k) for f in FAMILIES)}
     entries.sort(key=lambda e: order[(e["dataset"], e["seed"], e["config_id"], e["family"])])
@@ -295,7 +273,7 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int,
         "configs": configs,
         "planned_runs": len(order),
         "wall_seconds": time.perf_counter() - start,  # this invocation's runs (0 when every run was reused)
-        "runs_this_invocation": len(jobs),
+        "runs_this_invocation": invoked,
         "runs": entries,
     }
     write_json(out / "study.json", record)

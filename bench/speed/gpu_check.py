@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import preset
-from bench.core.rundir import write_json
+from bench.core.files import versions, write_json
 from bench.report.speed import throughput_table
 from bench.run.suite import resolve_device
 from bench.speed.fastpaths import (
@@ -41,7 +41,7 @@ from bench.speed.fastpaths import (
     cuda_graph_denoiser,
 )
 from bench.speed.throughput import build_image_models, image_throughput
-from bench.speed.timing import count_flops, matmul_peak, measure, versions
+from bench.speed.timing import count_flops, matmul_peak, measure
 from bench.train.loops import autocast, train_gan
 from models.mlp import num_params
 from models.unet import UNet, UNetConfig

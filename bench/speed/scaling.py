@@ -18,11 +18,13 @@ from functools import partial
 
 import torch
 
-from bench.config import parse_sampler
 from bench.core import distributed
 from bench.core.seeding import sample_seeds
-from bench.families.bundle import ImageModels, network_configs, schedule
+from bench.families import Prompts, Trained, diffusion, gan
+from bench.families.diffusion import LatentDiffusion
+from bench.families.text import build_networks, network_configs
 from bench.speed.throughput import GUIDED_SCALE, sync
+from bench.train.images import schedule
 from bench.train.loops import train_diffusion, train_gan
 from models.dcgan import Discriminator, Generator
 from models.text import Tokenizer
@@ -71,16 +73,24 @@ def _train_steps(model: str, cfg, cfgs: dict, x: dict, steps: int, device) -> fl
     return time.perf_counter() - t0
 
 
-def _sample_seconds(model: str, models: ImageModels, x: dict, cfg, n: int, device) -> float:
-    """Seconds to draw this process's block of n evaluation samples (one warm-up sample first)."""
+def _samplers(cfg, nets: dict, x: dict) -> dict:
+    """The built-in image families' Trained records around fresh networks, as their sample functions read them."""
+    empty = (x["states"][:1], x["mask"][:1])
+    return {"gan": Trained(nets["G"], {"status": "ok"}, {}),
+            "diffusion": Trained(LatentDiffusion(nets["vae"], nets["unet"], cfg.diffusion, cfg.sampler, empty),
+                                 {"status": "ok"}, {})}
+
+
+def _sample_seconds(model: str, trained: Trained, x: dict, n: int, device) -> float:
+    """Seconds to draw this process's block of n evaluation samples (one warm-up sample first); the diffusion model
+    guided, both halves of the batch, as `gvd throughput` measures it."""
     seeds = sample_seeds(0, n)
+    prompts = Prompts([""] * n, torch.zeros(n, dtype=torch.long), (x["states"][:n], x["pooled"][:n], x["mask"][:n]),
+                      seeds, torch.arange(n))
+    family, knob = {"gan": (gan.FAMILY, 1.0), "diffusion": (diffusion.FAMILY, GUIDED_SCALE)}[model]
 
     def draw(part: slice):
-        if model == "gan":
-            return models.sample_gan(x["pooled"][part], seeds[part])
-        name, steps = parse_sampler(cfg.sampler)
-        return models.sample_diffusion(x["states"][part], x["mask"][part], seeds[part], sampler=name, steps=steps,
-                                       guidance=GUIDED_SCALE)  # guided: both halves of the batch, as gvd throughput
+        return family.sample_image(trained, prompts.rows(part), knob)
 
     draw(slice(0, 1))
     distributed.barrier()
@@ -109,12 +119,13 @@ def ddp_throughput(cfg, device, *, channels: int, batch: int, steps: int = 3, sa
     cfgs = network_configs(cfg, channels=channels, resolution=cfg.resolution, vocab_size=len(TOKENIZER))
     x = _inputs(cfg, cfgs, max(batch, samples), channels, device)
     x_train = {k: v[:batch] for k, v in x.items()}
-    models = ImageModels.build(cfg, tokenizer=TOKENIZER, channels=channels, resolution=cfg.resolution, device=device)
+    nets = build_networks(cfg, channels=channels, resolution=cfg.resolution, vocab_size=len(TOKENIZER), device=device)
+    trained = _samplers(cfg, nets, x)
     rows = []
     for model in ("gan", "diffusion"):
         for stage in ("train", "sample"):
             measure = (partial(_train_steps, model, cfg, cfgs, x_train, steps, device) if stage == "train"
-                       else partial(_sample_seconds, model, models, x, cfg, samples, device))
+                       else partial(_sample_seconds, model, trained[model], x, samples, device))
             with distributed.alone() as mine:  # one process's speed, the others waiting
                 one = measure() if mine else None
             one = distributed.on_main(partial(float, one or 0.0))  # every rank learns rank 0's baseline

@@ -32,17 +32,17 @@ from functools import partial
 import torch
 
 from bench.config import parse_sampler
-from bench.families.bundle import ImageModels
+from bench.core.files import versions
+from bench.core.results import THROUGHPUT_SCHEMA
+from bench.families.diffusion import conditioned
+from bench.families.text import build_networks
 from bench.speed.fastpaths import FastPaths, fast_denoiser, fast_sampler
-from bench.speed.timing import count_flops, matmul_peak, measure, peak_rss_mb, sync, versions
+from bench.speed.timing import count_flops, matmul_peak, measure, peak_rss_mb, sync
 from bench.train.loops import autocast, drop_captions, train_diffusion, train_gan, vae_step
 from models.diffusion import alphas_cumprod
 from models.mlp import num_params
-from models.samplers import guided, sample
-from models.text import BOS, PAD, SPECIALS, TextConfig, Tokenizer
-
-SCHEMA = "gan-vs-diffusion/throughput/v1"
-
+from models.samplers import sample
+from models.text import BOS, PAD, TextConfig
 
 # ---------------------------------------------------------------- models and inputs, as the harness builds them
 
@@ -54,9 +54,7 @@ VOCAB_SIZE = 64  # placeholder words of the timed text encoder: more than the bu
 def build_image_models(cfg, channels: int, device) -> dict:
     """Fresh networks of an ImageBenchConfig through the one wiring (bench/image_models.py), frozen, by name: text,
     G, D, vae, unet. Speed does not depend on trained weights or on which words the vocabulary holds."""
-    tokenizer = Tokenizer(list(SPECIALS) + [f"w{i}" for i in range(VOCAB_SIZE - len(SPECIALS))])
-    m = ImageModels.build(cfg, tokenizer=tokenizer, channels=channels, resolution=cfg.resolution, device=device)
-    return {"text": m.text, "G": m.G, "D": m.D, "vae": m.vae, "unet": m.unet}
+    return build_networks(cfg, channels=channels, resolution=cfg.resolution, vocab_size=VOCAB_SIZE, device=device)
 
 
 def caption_tokens(n: int, text_cfg: TextConfig, generator: torch.Generator, words: int = 4) -> torch.Tensor:
@@ -69,14 +67,12 @@ def caption_tokens(n: int, text_cfg: TextConfig, generator: torch.Generator, wor
 
 
 def _denoiser(unet, states, mask, uncond, scale: float | None):
-    """The network as the harness samples it (bench/imagebench.py): bound to the text, or guided (one batched call on
-    the conditional and unconditional halves, Ho & Salimans 2021)."""
+    """The network as the harness samples it (bench/families/diffusion.py conditioned): bound to the text, or guided
+    (one batched call on the conditional and unconditional halves, Ho & Salimans 2021). scale None: unguided."""
     n = len(states)
     cond = {"context": states, "context_mask": mask}
-    if scale is None:
-        return lambda x, t: unet(x, t, **cond)
     u = {"context": uncond[0].expand(n, -1, -1), "context_mask": uncond[1].expand(n, -1)}
-    return guided(unet, scale, cond, u)
+    return conditioned(unet, 1.0 if scale is None else scale, cond, u)
 
 
 # ---------------------------------------------------------------- budget
@@ -308,7 +304,7 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
         r["mfu"] = r["tflops"] / peak["tflops"]
     load["end"] = os.getloadavg()[0]
     return {
-        "schema": SCHEMA,
+        "schema": THROUGHPUT_SCHEMA,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "device_type": device.type,
         "dtype": {"train": _train_dtype(cfg, device), "sample": dtype},

@@ -18,8 +18,6 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.core.results import versions as base_versions
-
 
 def sync(device) -> None:
     """Wait for the device's queued work (a no-op on the CPU, where every call is synchronous)."""
@@ -75,16 +73,6 @@ def matmul_peak(device, dtype: torch.dtype | None = None, n: int | None = None) 
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     m = measure(lambda: a @ b, warmup=3, repeats=10, device=device)
     return {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": 2 * n**3 / m["min_s"] / 1e12}
-
-
-def versions(device) -> dict:
-    """The software versions of results.json, plus CUDA, cuDNN and the device's name on a GPU."""
-    out = base_versions()
-    device = torch.device(device)
-    if device.type == "cuda":
-        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   device_name=torch.cuda.get_device_name(device))
-    return out
 
 
 def peak_rss_mb() -> float:

@@ -22,10 +22,12 @@ after training, so the loop stays a loop and the evaluation stays out of it.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench.core import distributed
 from bench.train import state as train_state
@@ -67,6 +69,18 @@ class TrainResult:
     history: list[dict]  # one row per step
     status: dict  # {"status": "ok"} or {"status": "diverged", "diverged_at_step": k}
     ema_decay: float  # the configured decay (the cap of the warm-up rule)
+
+
+def flops_per_step(step: Callable[[int], object], batch: int, probe: int = 2) -> float:
+    """FLOPs of one training step at batch `batch`: step(probe), one step of throwaway copies of the networks being
+    trained at batch `probe`, counted by torch.utils.flop_counter (matmuls, convolutions and attention, forward and
+    backward; the convention of `gvd throughput`), times batch / probe (every such layer here does the same work per
+    example). Counted on copies because a dispatch mode reorders the backward's arithmetic (the gradients differ in
+    the last bits) and the real steps must stay as they are; the random generators are left as they were."""
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
+        with FlopCounterMode(display=False) as counter:
+            step(probe)
+    return counter.get_total_flops() / probe * batch
 
 
 def grad_norm(module: nn.Module) -> float:

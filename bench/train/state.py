@@ -190,7 +190,7 @@ def steps_to_run(steps: int, state: TrainState | None, parts: dict, history: lis
                  raw: str | None = None, ema: str | None = None, desc: str = "", progress: bool = True):
     """The steps a training loop still has to take (all of range(steps) without a state), with a progress bar; with
     a state, restored first and saved after each step as due (module docstring). A signal held during a step
-    (bench/guard.hold_signals, entered by the caller around its trainings) stops the loop when the step ends: the
+    (bench/core/guard.hold_signals, entered by the caller around its trainings) stops the loop when the step ends: the
     state is saved, then Interrupted raised. raw / ema: the parts a Snapshot copies (restore)."""
     start = state.restore(parts, history, snapshots, raw, ema) if state is not None else 0
     if distributed.agree(start) != -distributed.agree(-start):  # [ddp] ranks that restored different steps

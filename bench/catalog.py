@@ -1,0 +1,74 @@
+"""What the suite offers, by name: presets and datasets. Imports nothing heavy (no torch), so `gvd --help`,
+`gvd presets` and `gvd datasets` answer at once; bench/config.py builds the presets named here and
+bench/data/registry.py loads the datasets.
+"""
+
+from dataclasses import dataclass
+
+# name -> one-line description; `gvd run` without --preset runs DEFAULT_PRESET. bench/config.py has one factory each.
+PRESETS = {
+    "quick": "2D benchmarks + shapes 16x16: DCGAN vs latent diffusion, 3 seeds (the default; CPU)",
+    "full": "every dataset at 32x32, larger models, 3 seeds: for a GPU (--device cuda)",
+    "toy": "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 2 minutes on 2 CPU cores)",
+    "smoke": "a seconds-long run of every stage on tiny models, for tests and trying the CLI",
+    "stacked": "stacked digits 16x16 (1000 modes), 5,000 samples, vs published rows (~11 min on 2 CPUs)",
+}
+DEFAULT_PRESET = "quick"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is, before it is loaded: its benchmark, channels and modes (None: read from the data)."""
+
+    name: str  # as given: "shapes", "folder:/data/cats", ...
+    kind: str  # "mixture" (2D points) or "image"
+    channels: int | None  # 2D mixtures: 2 coordinates; images: 1 or 3; None until a folder is read
+    num_modes: int | None  # mixture components or classes; None until a folder is read
+    description: str
+
+
+# name (or "kind:" prefix) -> (kind, channels, modes, description)
+_BUILT_IN = {
+    "ring8": ("mixture", 2, 8, "8 Gaussians on a circle of radius 1, std 0.01 (VEEGAN, PacGAN 2D ring)"),
+    "grid25": ("mixture", 2, 25, "25 Gaussians on {-4,-2,0,2,4}^2, std 0.05 (VEEGAN, PacGAN 2D grid)"),
+    "shapes": ("image", 3, 24, "procedurally drawn coloured shapes with captions ('a small red circle'); "
+                               "4 shapes x 6 colours = 24 modes"),
+    "digits": ("image", 1, 10, "scikit-learn's 1,797 real 8x8 handwritten digits, resized, 1 channel; 10 modes"),
+    "stacked-digits": ("image", 3, 1000, "three real digits stacked as RGB channels (Stacked MNIST protocol); "
+                                         "1000 modes"),
+    "folder:": ("image", None, None, "an image folder with class sub-folders (ImageFolder), optional metadata.csv "
+                                     "captions"),
+    "mnist:": ("image", 1, 10, "torchvision MNIST from a local root (no download); 10 modes"),
+    "fashion-mnist:": ("image", 1, 10, "torchvision Fashion-MNIST from a local root (no download); 10 modes"),
+    "cifar10:": ("image", 3, 10, "torchvision CIFAR-10 from a local root (no download); 10 modes"),
+}
+_PLACEHOLDER = {"folder:": "folder:PATH", "mnist:": "mnist:ROOT", "fashion-mnist:": "fashion-mnist:ROOT",
+                "cifar10:": "cifar10:ROOT"}
+
+
+def _key(name: str) -> str | None:
+    """The _BUILT_IN key a dataset name falls under, or None."""
+    kind, sep, where = name.partition(":")
+    if not sep:
+        return name if name in _BUILT_IN and not name.endswith(":") else None
+    return f"{kind}:" if f"{kind}:" in _BUILT_IN and where else None
+
+
+def known(name: str, kind: str | None = None) -> bool:
+    """Whether a dataset name is one the suite can load (of the given kind: "mixture" or "image")."""
+    key = _key(name)
+    return key is not None and (kind is None or _BUILT_IN[key][0] == kind)
+
+
+def static_info(name: str) -> DatasetInfo:
+    """DatasetInfo from the name alone (channels and modes None for a folder); KeyError for an unknown name."""
+    key = _key(name)
+    if key is None:
+        raise KeyError(name)
+    kind, channels, modes, description = _BUILT_IN[key]
+    return DatasetInfo(name, kind, channels, modes, description)
+
+
+def dataset_names(kind: str | None = None) -> dict[str, str]:
+    """Every dataset name (a placeholder such as folder:PATH for the kinds that take a path) -> description."""
+    return {_PLACEHOLDER.get(k, k): v[3] for k, v in _BUILT_IN.items() if kind is None or v[0] == kind}

@@ -1,0 +1,64 @@
+"""Jobs in worker processes, stopped cleanly: the one process pool of `gvd run` (2D trainings) and `gvd study`.
+
+run_jobs(fn, jobs, workers, record) calls record(job, fn(job)) for every job, in job order. With one worker (or one
+job) it runs them in this process. Otherwise in `workers` spawned processes (fork after torch has started threads
+can hang), each of which ignores SIGINT (a terminal's Ctrl-C reaches the whole group: the parent decides) and, on the
+parent's SIGTERM, lets a held training save its state before it exits (bench/core/guard.worker_signals). On
+Interrupted in the parent (SIGINT / SIGTERM under guard.stop_on_signals) the jobs that had finished are recorded,
+every worker is terminated (each saves what it holds first; none is left behind) and Interrupted propagates.
+"""
+
+import contextlib
+import multiprocessing
+
+import torch
+
+from bench.core.guard import Interrupted, exit_worker, worker_signals
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n within the block and restored after it, so a job run in this process
+    leaves the next one (and its numbers) as it found them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _in_worker(fn, job):
+    """fn(job) in a pool worker: stopped by the parent's terminate, a held training saves its state at the end of
+    its step and the worker exits at once with the shell's status."""
+    try:
+        return fn(job)
+    except Interrupted as stop:
+        exit_worker(stop.exit_code)
+
+
+def run_jobs(fn, jobs: list, workers: int, record) -> None:
+    """record(job, fn(job)) for every job in job order, `workers` at a time (module docstring). fn must be a
+    module-level function (it is pickled to the workers), jobs picklable."""
+    if min(workers, len(jobs)) <= 1:
+        for job in jobs:
+            record(job, fn(job))
+        return
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=worker_signals)
+    try:
+        pending = [(job, pool.apply_async(_in_worker, (fn, job))) for job in jobs]
+        recorded = 0
+        try:
+            for job, res in pending:
+                while not res.ready():
+                    res.wait(0.2)  # short waits: the signal handler runs between them
+                record(job, res.get())
+                recorded += 1
+        except Interrupted:
+            for job, res in pending[recorded:]:
+                if res.ready() and res.successful():
+                    record(job, res.get())
+            raise
+    finally:
+        pool.terminate()
+        pool.join()

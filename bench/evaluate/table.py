@@ -1,0 +1,126 @@
+"""The metric table: one declaration per metric, read by every table of the report, the verdict, `gvd compare`'s
+gates and metrics.csv. Adding a metric is one Metric here (and, when its maths is new, a pure function in
+bench/evaluate/metrics.py that `compute` calls).
+
+A Metric says what a number is (key, label, format, display scale, note), which way is better (+1 higher, -1 lower,
+0 neither: a count or a diagnostic), where it applies (the benchmarks; "labels" when it needs the judge's classes),
+where it lives in a run entry (path), its sane range (a compare gate's amount is checked against it) and whether it
+enters the verdict (its aspect). `compute`, when given, is how the evaluation stage computes it from the scored
+sample set (bench/evaluate/images.py image_metrics): {"real_feats", "feats", "judged", "prompted", "num_modes",
+"images"} -> float.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.evaluate.metrics import duplicate_share
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the key in a run entry's metrics (or the last part of `path`)
+    label: str  # as a table header writes it
+    fmt: str = "{:.3g}"  # format of the displayed value (after `scale`)
+    better: int = 0  # +1 higher is better, -1 lower is better, 0 neither
+    benchmarks: tuple[str, ...] = ("image",)  # "mixture", "image"
+    aspect: str | None = None  # the verdict's aspect when the metric enters the verdict ("quality", ...)
+    scale: float = 1.0  # displayed value = value x scale
+    note: str = ""  # what a reader must know to read it (printed under the tables that show it)
+    bounds: tuple[float, float] = (-INF, INF)  # the values it can take
+    path: tuple[str, ...] = ()  # where it lives in a run entry; () = ("metrics", key)
+    needs: str = ""  # "labels": only where a judge gives classes
+    column: bool = True  # shown as a column of the per-family table
+    compute: Callable[[dict], float] | None = None  # how the evaluation stage computes it (None: built in)
+
+    def where(self) -> tuple[str, ...]:
+        return self.path or ("metrics", self.key)
+
+    def display(self, value: float) -> str:
+        return self.fmt.format(value * self.scale)
+
+
+FRACTION = (0.0, 1.0)
+METRICS = [
+    # ---- quality
+    Metric("fid", "FID", "{:.2f}", -1, aspect="quality", bounds=(0, INF),
+           note="FID on the judge's features, biased upward at small N (Chong & Forsyth 2020): compare at equal N"),
+    Metric("hq_fraction", "high-quality share", "{:.3f}", +1, ("mixture",), aspect="quality", bounds=FRACTION),
+    Metric("kid", "KID x1e3 (judge)", "{:.2f}", -1, scale=1e3,
+           note="KID on the judge's features (not Inception KID: not comparable with published KID)"),
+    Metric("precision", "precision", "{:.2f}", +1, bounds=FRACTION),
+    Metric("density", "density", "{:.2f}", +1, bounds=(0, INF)),
+    # ---- diversity
+    Metric("recall", "recall", "{:.2f}", +1, aspect="diversity", bounds=FRACTION),
+    Metric("coverage", "coverage", "{:.2f}", +1, aspect="diversity", bounds=FRACTION),
+    Metric("modes", "modes", "{:.0f}", +1, ("mixture", "image"), aspect="diversity", bounds=(0, INF), needs="labels"),
+    Metric("reverse_kl", "reverse KL", "{:.3f}", -1, ("mixture", "image"), aspect="diversity", bounds=(0, INF),
+           needs="labels"),
+    Metric("forward_kl", "forward KL", "{:.3f}", -1, bounds=(0, INF), needs="labels"),
+    Metric("duplicate_share", "duplicates", "{:.3f}", -1, bounds=FRACTION,
+           compute=lambda s: duplicate_share(s["images"]),
+           note="duplicates: the share of samples identical to an earlier sample of the same set"),
+    # ---- prompt adherence
+    Metric("cond_accuracy", "prompt accuracy", "{:.3f}", +1, aspect="prompt adherence", bounds=FRACTION,
+           needs="labels"),
+    # ---- memorisation
+    Metric("copy_excess", "copy excess", "{:+.3f}", 0, aspect="memorisation", bounds=(-1, 1), needs="labels",
+           note="copy excess: near-copies of training images minus near-copies of held-out test images (each by "
+                "its own set's 5% nearest-neighbour distance); ~0 for fresh, concentrated or blurry samples, ~0.95 "
+                "for a copier. The verdict ranks it by closeness to the held-out real row, never lower-is-better"),
+    Metric("near_copy_share", "near-copies of train", "{:.3f}", 0, bounds=FRACTION, needs="labels"),
+    Metric("c_t", "C_T", "{:.2f}", 0, needs="labels",
+           note="C_T: Meehan et al. 2020's data-copying statistic against held-out images (well below 0 = samples "
+                "nearer the training set than held-out data are; concentrated samples read low too)"),
+    # ---- Inception features (with the extra)
+    Metric("fid_inception", "FID (Inception)", "{:.2f}", -1, bounds=(0, INF), column=False),
+    Metric("kid_inception", "KID x1e3 (Inception)", "{:.2f}", -1, scale=1e3, column=False),
+    # ---- cost (from the train and throughput records)
+    Metric("sample_seconds", "sampling s (same sample count)", "{:.3g}", -1, ("mixture", "image"),
+           aspect="cost: sampling", bounds=(0, INF), path=("throughput", "sample_seconds"), column=False),
+    Metric("train_seconds", "training s", "{:.3g}", -1, ("mixture", "image"), aspect="cost: training",
+           bounds=(0, INF), path=("train", "seconds"), column=False),
+    Metric("train_flops", "training FLOPs", "{:.3g}", -1, ("mixture", "image"), bounds=(0, INF),
+           path=("train", "flops"), column=False),
+    # ---- the sample count and FID's resampling (recorded, not columns)
+    Metric("num_samples", "samples", "{:.0f}", 0, ("mixture", "image"), bounds=(0, INF), column=False),
+    Metric("fid_bc", "FID, bias-corrected", "{:.2f}", -1, bounds=(0, INF), column=False),
+    Metric("judge_accuracy", "judge accuracy", "{:.3f}", 0, bounds=FRACTION, column=False, needs="labels"),
+]
+BY_KEY = {m.key: m for m in METRICS}
+
+
+def metric(key: str) -> Metric | None:
+    return BY_KEY.get(key)
+
+
+def of(benchmark: str, columns_only: bool = False) -> list[Metric]:
+    """The metrics of a benchmark ("mixture" or "image"), in table order."""
+    return [m for m in METRICS if benchmark in m.benchmarks and (m.column or not columns_only)]
+
+
+def verdict_metrics() -> list[Metric]:
+    """The metrics that enter the verdict, in the verdict's order of aspects."""
+    return [m for m in METRICS if m.aspect is not None]
+
+
+def value(entry: dict, m: Metric, setting: str = "neutral") -> float | None:
+    """A metric's value in a run entry (at the tuned knob with setting="tuned", for the per-sample metrics), or None
+    when the entry does not have it (or has a non-number there)."""
+    where = m.where()
+    if setting == "tuned" and where[0] == "metrics":
+        where = ("tuned", "metrics", *where[1:])
+    node = entry
+    for part in where:
+        node = node.get(part) if isinstance(node, dict) else None
+    ok = isinstance(node, (int, float, np.number)) and not isinstance(node, bool)
+    return float(node) if ok else None
+
+
+def extra_metrics(sample_set: dict) -> dict:
+    """The table's metrics with a `compute`, of one scored sample set (bench/evaluate/images.py image_metrics)."""
+    return {m.key: m.compute(sample_set) for m in METRICS if m.compute is not None}
