@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _device(name: str):
-    from bench.run.suite import resolve_device  # the run stack: torch
+    from bench.core.distributed import resolve_device  # the run stack: torch
 
     try:
         return resolve_device(name)
@@ -85,6 +85,9 @@ def _check_inputs(cfg, args) -> None:
         if cfg.images.inception_weights:  # a bad file fails now, not after the 2D training
             load_cleanfid_backbone(cfg.images.inception_weights)
     resolve(cfg.families, cfg.user_families)
+    if cfg.images is not None and cfg.images.budget == "compute" and cfg.images.budget_reference not in cfg.families:
+        raise UserError(f"images.budget_reference: {cfg.images.budget_reference!r} is not a family of this run "
+                        f"({', '.join(cfg.families)})")
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
     sizes = {"mixtures.batch_size": cfg.mixtures.batch_size} if cfg.mixtures is not None else {}
@@ -220,8 +223,8 @@ def _cmd_throughput(args) -> None:
     from bench.core import distributed
     from bench.core.files import write_json
     from bench.data.registry import dataset_info
-    from bench.report.speed import throughput_table
     from bench.run.preflight import check_finite, check_output_file
+    from bench.speed.summary import throughput_table
     from bench.speed.throughput import image_throughput
 
     cfg = preset(args.preset).images

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from bench.config import MixtureBenchConfig
 from bench.core import distributed
 from bench.core.guard import Interrupted, hold_signals, stop_on_signals
 from bench.core.rundir import RunDir
 from bench.core.seeding import sample_seeds
 from bench.evaluate.metrics import fid
-from bench.evaluate.mixtures import sample_gan
+from bench.families import BUILT_IN, Trained
 from bench.run.mixtures import draw_points
 from bench.train.loops import GANTrainConfig, train_gan
 from bench.train.state import TrainState
@@ -178,10 +177,11 @@ def check_fid() -> dict:
     process; FID on the gathered features (rank 0, float64) against FID on one process's."""
     torch.manual_seed(0)
     G = MLPGenerator(MLPConfig(width=16, depth=2)).eval()
-    mix = MixtureBenchConfig(gan_net=MLPConfig(width=16, depth=2))
     seeds = sample_seeds(0, 301)
-    points, _ = draw_points(G, "gan", None, seeds, mix, "cpu")
-    one = sample_gan(G, seeds, mix.gan_net.z_dim, "cpu").cpu()  # one process, all N at once
+    family, trained = BUILT_IN["gan"], Trained(G, {"status": "ok"}, {})
+    points, _ = draw_points(family, trained, "G", seeds)
+    with distributed.solo():  # one process, all N at once
+        one, _ = family.sample_mixture(trained, seeds, "G")
     real = np.random.default_rng(0).normal(size=(400, 2))
     feats = np.concatenate([points.double().numpy(), points.double().numpy() ** 2], 1)  # (N, 4) features
     mine = feats[distributed.shard(len(feats))]

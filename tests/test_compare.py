@@ -7,10 +7,9 @@ import pytest
 from scipy import stats as sps
 
 from bench.cli import main
-from bench.core.results import SCHEMA
+from bench.core.results import SCHEMA, THROUGHPUT_SCHEMA
 from bench.evaluate.stats import mean_interval
 from bench.report.compare import FailOn, outside_spread, parse_fail_on, run_compare
-from bench.core.results import THROUGHPUT_SCHEMA
 
 PROTOCOL = {"judge": {"backbone": "judge", "weights_sha256": "a" * 64, "resize": "none", "resize_size": None,
                       "num_real": 512, "num_fake": 512, "reference_split": "test", "reference_hash": "b" * 64,

@@ -11,14 +11,17 @@ import pytest
 import scipy.stats
 import torch
 
-import bench.run.mixtures
+import bench.data.mixtures
 from bench.config import preset
 from bench.core.results import summarise
 from bench.core.rundir import RunDir
 from bench.data.images import make_shapes
 from bench.evaluate.stability import stability
+from bench.families import BUILT_IN
 from bench.run.images import run_image_dataset
 from bench.run.mixtures import run_mixture
+
+MODELS = [BUILT_IN["gan"], BUILT_IN["diffusion"]]
 
 
 def _same(stored: dict, expected: dict) -> bool:
@@ -66,9 +69,9 @@ def mixture_runs(tmp_path_factory):
     runs = {}
     for m in ("gan", "diffusion"):
         with pytest.MonkeyPatch.context() as patch:  # count the training examples where the data is drawn
-            patch.setattr(bench.run.mixtures, "sample_mixture", _Counted(bench.run.mixtures.sample_mixture))
-            runs[m] = run_mixture("ring8", m, 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
-            runs[m]["drawn"] = bench.run.mixtures.sample_mixture.examples
+            patch.setattr(bench.data.mixtures, "sample_mixture", _Counted(bench.data.mixtures.sample_mixture))
+            runs[m] = run_mixture("ring8", BUILT_IN[m], 0, mix, torch.device("cpu"), RunDir(out), progress=False)[0]
+            runs[m]["drawn"] = bench.data.mixtures.sample_mixture.examples
     return mix, out, runs
 
 
@@ -112,7 +115,7 @@ def test_mixture_stability_matches_the_history_file(mixture_runs):
     _, out, runs = mixture_runs
     for model, run in runs.items():
         history = _read_history(RunDir(out).history_path("ring8", 0, model))
-        assert _same(run["stability"], stability(history, model))
+        assert _same(run["stability"], stability(history))
         assert run["stability"]["threshold"] == "modes == 8"
 
 
@@ -158,7 +161,7 @@ def image_runs(tmp_path_factory):
     out, cache = tmp_path_factory.mktemp("img"), tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:  # images.inception with a stand-in for the extra's file
         _use_extra(mp, _stand_in_extra(tmp_path_factory.mktemp("extra")))
-        entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, progress=False)
+        entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(out), cache, MODELS, progress=False)
     return cfg, out, {e["model"]: e for e in entries}
 
 
@@ -203,7 +206,7 @@ def test_image_models_share_counts_and_are_scored_along_training(image_runs):
 def test_image_stability_matches_the_history_files(image_runs):
     _, out, runs = image_runs
     for model, run in runs.items():
-        assert _same(run["stability"], stability(_read_history(RunDir(out).history_path("shapes", 0, model)), model))
+        assert _same(run["stability"], stability(_read_history(RunDir(out).history_path("shapes", 0, model))))
         assert run["stability"]["threshold"] == "cond_accuracy >= 0.5"
 
 
@@ -250,7 +253,7 @@ def classless_folder(tmp_path_factory):
 def _classless_run(dataset: str, weights: str, tmp_path, monkeypatch, use_extra: bool = False) -> dict:
     cfg = dataclasses.replace(preset("smoke").images, inception_weights=weights, eval_checkpoints=2,
                               truncation_sweep=[1.0], guidance_sweep=[3.0], fid_bootstrap=0, inception=use_extra)
-    entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), RunDir(tmp_path), tmp_path / "cache",
+    entries = run_image_dataset(dataset, 0, cfg, torch.device("cpu"), RunDir(tmp_path), tmp_path / "cache", MODELS,
                                 progress=False)
     return {e["model"]: e for e in entries}
 
@@ -272,7 +275,7 @@ def test_data_without_classes_or_inception_says_what_is_missing(classless_folder
     dataset, _ = classless_folder
     for run in _classless_run(dataset, "", tmp_path, monkeypatch).values():
         assert run["status"] == "ok"
-        assert run["features"] is None and set(run["metrics"]) == {"num_samples"}
+        assert run["features"] is None and set(run["metrics"]) == {"num_samples", "duplicate_share"}
         assert {"fid", "precision", "modes", "cond_accuracy"} <= set(run["unavailable"]["metrics"])
         assert "no Inception weights" in run["unavailable"]["why"]
         assert run["curve"] == [] and run["sweep"]["points"] == []
@@ -280,12 +283,12 @@ def test_data_without_classes_or_inception_says_what_is_missing(classless_folder
 
 def test_a_missing_inception_extra_is_named_with_the_command_that_adds_it(classless_folder, tmp_path, monkeypatch):
     from bench.data import inception
-    from bench.run.images import unavailable_metrics
+    from bench.evaluate.images import unavailable_metrics
 
     monkeypatch.setattr(inception, "find_extra_weights", lambda: None)
     dataset, _ = classless_folder
     for run in _classless_run(dataset, "", tmp_path, monkeypatch, use_extra=True).values():
-        assert run["status"] == "ok" and set(run["metrics"]) == {"num_samples"}
+        assert run["status"] == "ok" and set(run["metrics"]) == {"num_samples", "duplicate_share"}
         assert run["unavailable"]["fix"] == 'pip install -e ".[inception]"' in run["unavailable"]["why"]
         assert "fid" in run["unavailable"]["metrics"] and "inception" not in run["protocol"]
     # with a judge, only the Inception metrics are missing
@@ -324,20 +327,25 @@ def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_pat
                                                    ("diffusion", 1, 7.0)]]
     runs.append({"dataset": "stacked-digits", "model": "gan", "seed": 2, "status": "failed", "error": "boom",
                  "train": {}, "metrics": {}, "throughput": {}})
+    families = {"gan": {"label": "GAN", "role": "model", "knob": {"name": "truncation psi", "symbol": "psi",
+                                                                 "neutral": 1.0}},
+                "diffusion": {"label": "diffusion", "role": "model", "knob": {"name": "guidance scale", "symbol": "s",
+                                                                              "neutral": 1.0}}}
     results = {"suite": "stacked", "created": "now", "device": "cpu", "versions": {}, "config": {"seeds": [0, 1, 2]},
-               "runs": runs}
+               "families": families, "runs": runs}
     md = to_markdown(build_blocks(tmp_path, results))
     # FID: mean [95% t interval over the seeds] (scipy as the second implementation), failed seed left out
     lo, hi = scipy.stats.t.interval(0.95, 1, loc=12.0, scale=np.std([10.0, 14.0], ddof=1) / np.sqrt(2))
-    assert f"| gan | neutral (psi = 1) | 2/3 | over seeds | 12.00 [{lo:.2f}, {hi:.2f}] |" in md
-    # the Stacked MNIST table: our modes/KL beside the published rows
-    assert "| model | modes (of 1000) | reverse KL | samples |" in md
-    assert "| gan | 900 ± 1 | 0.200 ± 0.000 | 5000 ± 0 |" in md  # modes 900 and 901: 900.5 ± 0.71
+    assert f"| GAN | neutral (psi = 1) | 2/3 | t over 2 seeds | n/a | 12.00 [{lo:.2f}, {hi:.2f}] |" in md
+    # the Stacked MNIST table: our modes/KL beside the published rows; modes 900 and 901: 900.5 [894.1, 906.9]
+    lo, hi = scipy.stats.t.interval(0.95, 1, loc=900.5, scale=np.std([900.0, 901.0], ddof=1) / np.sqrt(2))
+    assert "| family | modes (of 1000) | reverse KL | samples |" in md
+    assert f"| GAN | 900 [{lo:.0f}, {hi:.0f}] | 0.200 [0.200, 0.200] | 5000 [5000, 5000] |" in md
     assert "| *PacDCGAN2 (Lin et al. 2018, Table 2)* | 1000 | 0.06 | 26,000 |" in md
-    # stability: one row per network, mean ± std over the seeds that have diagnostics
-    assert "| stacked-digits | gan | D | 1 ± 0 | 0.9 ± 0 | 0.01 ± 0 | 1.0 ± 0.0 | 0.40 ± 0.00 | 0/2 | 10 ± 0 (2/2" in md
-    assert "| stacked-digits | gan | G | 2 ± 0 |" in md
-    # sweeps: a table row per knob setting, and the figures on disk
-    assert "| diffusion | guidance scale 3 | 18.00 ± 4.24 |" in md  # FID 5 x 3 and 7 x 3
+    # stability: one row per loss of the history, mean [interval] over the seeds that have diagnostics
+    assert "| stacked-digits | GAN | d_loss | 1 [1, 1] | 0.9 [0.9, 0.9] | 0.01 [0.01, 0.01] | 1.0 [1.0, 1.0] |" in md
+    assert "| stacked-digits | GAN | loss | 0.1 [0.1, 0.1] |" in md and "| 0/2 | 10 [10, 10] (2/2 reached" in md
+    # sweeps: a table row per knob setting (the mean over seeds: FID 5 x 3 and 7 x 3), and the figures on disk
+    assert "| diffusion | guidance scale 3 | 18 |" in md
     for fig in ("stacked-digits_curve.png", "stacked-digits_sweeps.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000

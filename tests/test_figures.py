@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_hex
 
-from bench.core.rundir import RunDir, write_csv
+from bench.core.rundir import RunDir
 from bench.report import build as report
 from bench.report import figures
 from bench.report.build import build_blocks
@@ -31,7 +31,7 @@ def test_family_colours_are_okabe_ito_vermillion_and_blue():
 def test_save_figure_writes_a_png_atomically(tmp_path):
     fig, (ax,) = figures.new_figure()
     ax.plot([0, 1], [1, 0])
-    assert RunDir(tmp_path).save_figure(fig, "x") == "figures/x.png"
+    assert figures.save_figure(RunDir(tmp_path), fig, "x") == "figures/x.png"
     assert (tmp_path / "figures" / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["x.png"]  # no temporary file left behind
 
@@ -63,7 +63,7 @@ def _mixture_runs(run_dir: Path) -> list[dict]:
         steps = np.arange(60)
         rows = ([{"step": s, "d_loss": 1.3, "g_loss": 0.7 + s / 100, "d_real": 0.6, "d_fake": 0.4} for s in steps]
                 if model == "gan" else [{"step": s, "loss": 1.0 / (s + 1)} for s in steps])
-        write_csv(RunDir(run_dir).history_path("ring8", 0, model), rows)
+        RunDir(run_dir).write_history("ring8", 0, model, rows)
         run = {"dataset": "ring8", "model": model, "seed": 0, "status": "ok", "metrics": dict(scores),
                "train": {"steps": 60, "seconds": 2.0, "examples_seen": 60 * 64, "params_total": 10},
                "curve": [{"step": 30, **scores}, {"step": 60, **scores}]}
@@ -105,14 +105,19 @@ def drawn(tmp_path_factory):
     results = {"suite": "test", "created": "now", "device": "cpu", "versions": {}, "runs": [],
                "config": {"seeds": [0], "mixtures": {"num_samples": 50}}}
     results["runs"] = _mixture_runs(run_dir) + [_image_run("gan"), _image_run("diffusion")]
-    seen = {}
+    seen, drawing = {}, []
 
-    def record(self, fig, name, dpi=100):  # keeps the figure to inspect; writing PNGs is tested above
-        seen[f"{name}.png"] = fig
+    def render(fig, dpi=100):  # keeps the figure to inspect; writing PNGs is tested above
+        drawing.append(fig)
+        return b""
+
+    def record(self, name, png):
+        seen[f"{name}.png"] = drawing.pop()
         return f"figures/{name}.png"
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(RunDir, "save_figure", record)
+        mp.setattr(figures, "png_bytes", render)
+        mp.setattr(RunDir, "write_figure", record)
         blocks = build_blocks(run_dir, results)
     linked = {Path(b[1]).name for b in blocks if b[0] == "img"}
     assert linked == set(seen)  # the report links every figure it drew

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bench import catalog
 from bench.data.images import (
     COLOURS,
-    IMAGE_DATASETS,
     SHAPES,
     SIZES,
     DataError,
@@ -251,7 +251,7 @@ def test_torchvision_mnist_from_local_root_and_missing_root(tmp_path):
 
 
 def test_dispatch(tmp_path):
-    assert set(IMAGE_DATASETS) >= {"shapes", "digits", "stacked-digits", "folder:PATH"}
+    assert set(catalog.dataset_names("image")) >= {"shapes", "digits", "stacked-digits", "folder:PATH"}
     assert torch.equal(load_image_dataset("shapes", 10, 16, 3).images, make_shapes(10, 16, 3).images)
     sub = load_image_dataset("digits", 100, 16, 0)
     assert sub.images.shape == (100, 1, 16, 16) and len(sub.captions) == len(sub.fields) == 100
@@ -325,13 +325,15 @@ def test_reference_set_never_repeats_and_says_when_it_is_short():
     from bench.data.images import split_hash as content_hash
 
     _, test = load_splits("shapes", 10, 40, 16)
-    ref, record = reference_set(test, 25, seed=3)
+    ref, record, held_out = reference_set(test, 25, seed=3)
     assert len(ref.labels) == 25 and record == {"split": "test", "asked": 25, "given": 25, "short": False,
                                                  "hash": content_hash(ref)}
     assert set(image_hashes(ref)) <= set(image_hashes(test))
-    short, record = reference_set(test, 100)
+    # the held-out pool: the other 15 test images, none of them in the reference
+    assert sorted(held_out.tolist() + [image_hashes(test).index(h) for h in image_hashes(ref)]) == list(range(40))
+    short, record, none_left = reference_set(test, 100)
     assert len(short.labels) == 40 and record["short"] and record["given"] == 40 and record["asked"] == 100
-    assert len(set(image_hashes(short))) == 40  # every test image once, no repeats
+    assert len(set(image_hashes(short))) == 40 and len(none_left) == 0  # every test image once, no repeats
 
 
 def test_torchvision_split_uses_the_official_files_and_drops_test_copies_of_train(tmp_path):

@@ -9,6 +9,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import chi2
 from threadpoolctl import threadpool_limits
 
+from bench.data.mixtures import mixture_modes
 from bench.evaluate import metrics
 
 # ----------------------------------------------------------------------------------------------
@@ -16,25 +17,25 @@ from bench.evaluate import metrics
 
 
 def sample_mixture(name, n, rng):
-    centers, std = metrics.mixture_modes(name)
+    centers, std = mixture_modes(name)
     return centers[rng.integers(len(centers), size=n)] + std * rng.normal(size=(n, 2))
 
 
 def test_mixture_modes_match_their_definitions():
-    ring, ring_std = metrics.mixture_modes("ring8")
+    ring, ring_std = mixture_modes("ring8")
     np.testing.assert_allclose(np.linalg.norm(ring, axis=1), 1.0)
     np.testing.assert_allclose(np.arctan2(ring[:, 1], ring[:, 0]) % (2 * np.pi),
                                2 * np.pi * np.arange(8) / 8, atol=1e-12)
-    grid, grid_std = metrics.mixture_modes("grid25")
+    grid, grid_std = mixture_modes("grid25")
     assert {tuple(p) for p in grid} == {(x, y) for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)}
     assert (ring_std, grid_std) == (0.01, 0.05)
     with pytest.raises(ValueError, match="unknown mixture"):
-        metrics.mixture_modes("ring9")
+        mixture_modes("ring9")
 
 
 @pytest.mark.parametrize("name", ["ring8", "grid25"])
 def test_exact_mixture_samples_capture_every_mode(name):
-    centers, std = metrics.mixture_modes(name)
+    centers, std = mixture_modes(name)
     n = 2500
     stats = metrics.mixture_stats(sample_mixture(name, n, np.random.default_rng(0)), centers, std)
     assert stats["modes"] == stats["num_modes"] == len(centers)
@@ -47,7 +48,7 @@ def test_exact_mixture_samples_capture_every_mode(name):
 
 
 def test_samples_at_one_mode_capture_one_mode_with_reverse_kl_log_k():
-    centers, std = metrics.mixture_modes("grid25")
+    centers, std = mixture_modes("grid25")
     samples = np.repeat(centers[7:8], 100, axis=0) + 0.1 * std  # all within 3 std of mode 7
     stats = metrics.mixture_stats(samples, centers, std)
     assert stats["modes"] == 1 and stats["hq_fraction"] == 1.0
@@ -55,7 +56,7 @@ def test_samples_at_one_mode_capture_one_mode_with_reverse_kl_log_k():
 
 
 def test_samples_far_from_every_mode_are_not_high_quality():
-    centers, std = metrics.mixture_modes("ring8")
+    centers, std = mixture_modes("ring8")
     at_origin = np.zeros((50, 2))  # distance 1 = 100 std from every mode
     stats = metrics.mixture_stats(at_origin, centers, std)
     assert stats["modes"] == 0 and stats["hq_fraction"] == 0.0
@@ -70,7 +71,7 @@ def test_mixture_reverse_kl_counts_high_quality_samples_only():
     # PacGAN's released code histograms the samples within 3 std of their nearest mode. Half the samples sit on
     # mode 0, half near mode 1 but 10 std off it: the histogram is all mode 0, KL(p_gen || uniform) = log 8.
     # (Counting every sample, as before, gave KL((1/2, 1/2, 0, ...) || uniform) = log 4.)
-    centers, std = metrics.mixture_modes("ring8")
+    centers, std = mixture_modes("ring8")
     on_mode = np.repeat(centers[:1], 100, axis=0)
     off_mode = np.repeat(centers[1:2] * (1 + 10 * std), 100, axis=0)
     stats = metrics.mixture_stats(np.concatenate([on_mode, off_mode]), centers, std)
@@ -83,7 +84,7 @@ def test_mixture_reverse_kl_counts_high_quality_samples_only():
 
 
 def test_non_finite_samples_do_not_crash_and_are_not_high_quality():
-    centers, std = metrics.mixture_modes("ring8")
+    centers, std = mixture_modes("ring8")
     samples = np.concatenate([centers, np.full((4, 2), np.nan), np.full((4, 2), np.inf)])
     stats = metrics.mixture_stats(samples, centers, std)
     assert stats["num_samples"] == 16 and stats["hq_fraction"] == 0.5 and stats["modes"] == 8
@@ -469,11 +470,28 @@ def test_near_copy_share_separates_copies_from_fresh_samples(copy_setting):
     train, test, copies, fresh = copy_setting
     copied = metrics.memorisation(train, test, copies, quantile=0.05)
     new = metrics.memorisation(train, test, fresh, quantile=0.05)
-    assert copied["near_copy_share"] > 0.95 and copied["nn_train"] < 0.1 * copied["nn_test"]
+    assert copied["near_copy_share"] > 0.95 and copied["nn_train"] < 0.1 * copied["nn_held"]
     # fresh samples fall below the 5% train-to-train quantile about 5% of the time, like the test split itself
     assert new["near_copy_share"] < 0.12 and abs(new["test_near_copy_share"] - 0.05) < 0.04
     assert new["near_copy_threshold"] == copied["near_copy_threshold"]  # a property of the training split alone
     assert 0.7 < new["nn_ratio"] < 1.3
+
+
+@pytest.mark.parametrize("make, low, high", [
+    (lambda rng, train: rng.normal(size=(1000, 16)), -0.05, 0.05),  # fresh draws from the data distribution
+    (lambda rng, train: 0.5 * rng.normal(size=(1000, 16)), -0.05, 0.05),  # concentrated at half the spread
+    (lambda rng, train: 3.0 * rng.normal(size=(1000, 16)), -0.01, 0.01),  # blurry: far from everything
+    (lambda rng, train: train[rng.integers(0, len(train), 1000)], 0.9, 1.0),  # a copier of training points
+])
+def test_copy_excess_separates_copying_from_concentration_and_blur(make, low, high):
+    """Near-copies of training points minus near-copies of held-out points, each by its own set's 5% leave-one-out
+    distance: fresh, concentrated (truncation, mode-seeking) and blurry (under-fitting) samples all come out near 0,
+    so neither concentration reads as copying nor under-fitting as the best memorisation; a copier near 0.95."""
+    rng = np.random.default_rng(0)
+    train, held = rng.normal(size=(5000, 16)), rng.normal(size=(1000, 16))
+    out = metrics.memorisation(train, held, make(rng, train))
+    assert low <= out["copy_excess"] <= high, out
+    assert out["copy_excess"] == pytest.approx(out["near_copy_share"] - out["near_copy_share_held"])
 
 
 def test_mann_whitney_z_matches_scipy():

@@ -17,9 +17,8 @@ from PIL import Image
 from bench.cli import main
 from bench.core.results import SCHEMA, failed_entry
 from bench.core.rundir import RunDir, save_grid
-from bench.report.render import md_escape
 from bench.report.figures import grid_cells, upscale_nearest
-from bench.report.tables import verdict_blocks
+from bench.report.render import md_escape
 
 SCRIPT = "<script>alert(1)</script>"
 ATTR = '"><img src=x onerror=alert(1)>'
@@ -132,47 +131,6 @@ def test_report_draws_the_grids_at_least_512_pixels_wide(run_dir):
         assert f"(figures/{name})" in markdown
         with Image.open(run_dir / "figures" / name) as im:
             assert im.size[0] >= 512
-
-
-def _verdict(runs):
-    blocks = verdict_blocks(runs)
-    tables = [b for b in blocks if b[0] == "table"]
-    assert len(tables) == 1
-    return {row[1]: row for row in tables[0][2]}
-
-
-def _seeds(gan_fid, dif_fid, status=None):
-    runs = []
-    for seed, (g, d) in enumerate(zip(gan_fid, dif_fid)):
-        for model, fid in (("gan", g), ("diffusion", d)):
-            runs.append({**_entry(model, seed, fid), "throughput": {"sample_seconds": 1.0 if model == "gan" else 30.0},
-                         "train": {"seconds": 10.0}})
-    if status:
-        runs[-1]["status"] = status
-    return runs
-
-
-def test_verdict_resolves_a_clear_difference():
-    # GAN - diffusion per seed: 10, 11, 9 -> mean 10, sd 1, 95% half-width t(0.975, 2) / sqrt(3) = 2.48: excludes 0
-    rows = _verdict(_seeds([30.0, 32.0, 31.0], [20.0, 21.0, 22.0]))
-    assert rows["FID"][2:] == ["31", "21", "diffusion", "10", "resolved"]
-    assert rows["sampling s (same sample count)"][4:6] == ["GAN", "29 (30x)"]
-    assert rows["training s"][4:] == ["tie", "0", "not resolved"]  # equal: every difference 0, interval [0, 0]
-    assert rows["runs finished (not diverged)"][2:5] == ["3/3", "3/3", "tie"]
-
-
-def test_verdict_does_not_call_noise_or_one_seed():
-    # per-seed differences 10, -8, 1: mean 1, interval about [-21, 23]
-    rows = _verdict(_seeds([30.0, 12.0, 22.0], [20.0, 20.0, 21.0]))
-    assert rows["FID"][4] == "diffusion" and rows["FID"][6] == "not resolved"  # leads (lower FID), not called
-    rows = _verdict(_seeds([30.0], [20.0]))
-    assert rows["FID"][6] == "not resolved (one seed)"
-
-
-def test_verdict_counts_diverged_runs():
-    rows = _verdict(_seeds([30.0, 32.0], [20.0, 21.0], status="diverged"))
-    assert rows["runs finished (not diverged)"][2:6] == ["2/2", "1/2", "GAN", "50% of seeds"]
-    assert [b[1] for b in verdict_blocks(_seeds([1.0], [2.0])) if b[0] == "h2"] == ["Verdict"]
 
 
 @pytest.mark.slow

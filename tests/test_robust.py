@@ -1,6 +1,7 @@
 """Runs that survive (issue 13): faults are results, bad input is one line, no clobbering, clean interruption,
 resume, content-keyed caches."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -17,8 +18,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import bench.families.gan
 from bench.cli import main
 from bench.config import preset
+from bench.core import pool as bench_pool
 from bench.core.guard import (
     Interrupted,
     hold_signals,
@@ -29,10 +32,11 @@ from bench.core.guard import (
 )
 from bench.core.results import SCHEMA, failed_entry, load_results
 from bench.core.rundir import RunDir
+from bench.families import BUILT_IN, Trained
 from bench.report.build import write_report
 from bench.run import images as imagebench
 from bench.run import suite
-from bench.run.mixtures import MixtureTrained, record_mixture, run_mixture
+from bench.run.mixtures import MixtureScore, record_mixture, run_mixture
 from bench.train import loops as train_module
 from bench.train import state as train_state
 from bench.train.state import TrainState, steps_to_run
@@ -85,18 +89,19 @@ def test_results_of_the_wrong_shape_are_refused_naming_the_file(tmp_path):
 
 def test_nonfinite_2d_samples_make_the_entry_diverged():
     """A finite training loss with NaN samples (the issue's NaN diffusion run recorded ok) is diverged."""
-    mix = preset("smoke").mixtures
-    trained = MixtureTrained("diffusion", None, None, 0.995, {}, [{"step": 0, "loss": 1.0, "grad_norm": 1.0,
-                                                                   "lr": 1e-3}], {"status": "ok"}, 1.0, {"denoiser": 1})
+    trained = Trained(None, {"status": "ok"}, {"steps": 1}, {"diffusion": [{"step": 0, "loss": 1.0, "grad_norm": 1.0,
+                                                                            "lr": 1e-3}]}, ema_decay=0.995)
     pts = np.zeros((4, 2))
     pts[1] = np.nan
     by_sampler = {"ddpm:50": {"modes": 1, "num_modes": 8, "hq_fraction": 0.75, "reverse_kl": 1.0, "nfe": 50,
                               "sample_seconds": 0.1, "samples_per_s": 40.0}}
-    entry = record_mixture(trained, "ring8", 0, mix, (by_sampler, {"ddpm:50": pts}, {}, [], 0.0))
+    family = BUILT_IN["diffusion"]
+    entry = record_mixture(family, trained, MixtureScore(by_sampler, {"ddpm:50": pts}, {}, [], 0.0), "ring8", 0)
     assert entry["status"] == "diverged" and entry["diverged_in"] == "sampling"
     assert entry["nonfinite_fraction"] == {"ddpm:50": 0.25}
     pts[1] = 0.0
-    assert record_mixture(trained, "ring8", 0, mix, (by_sampler, {"ddpm:50": pts}, {}, [], 0.0))["status"] == "ok"
+    ok = record_mixture(family, trained, MixtureScore(by_sampler, {"ddpm:50": pts}, {}, [], 0.0), "ring8", 0)
+    assert ok["status"] == "ok"
 
 
 def _tiny_images():
@@ -106,7 +111,7 @@ def _tiny_images():
     return cfg
 
 
-def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch):
+def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch, capsys):
     """The GAN raising in training fails the GAN entry alone; the diffusion entry is scored as usual; NaN diffusion
     samples make the diffusion entry diverged, and the GAN entry stays ok."""
     monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
@@ -114,18 +119,23 @@ def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the GAN broke")
 
-    monkeypatch.setattr(imagebench, "train_dcgan", broken)
+    families = [BUILT_IN["gan"], BUILT_IN["diffusion"]]
+    monkeypatch.setattr(bench.families.gan, "train_dcgan", broken)
     run = RunDir(tmp_path / "run")
     gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
-                                                  tmp_path / "cache", progress=False)
+                                                  tmp_path / "cache", families, progress=False)
     assert gan["status"] == "failed" and "the GAN broke" in gan["error"]
     assert diffusion["status"] == "ok" and "fid" in diffusion["metrics"], diffusion.get("error")
     assert not run.grid_path("shapes", 0, "gan").exists() and run.grid_path("shapes", 0, "diffusion").exists()
+    # a family that failed to train keeps no checkpoint: `gvd sample` says so in one line
+    assert main(["sample", str(run.root), "--model", "gan", "--prompt", "a", "--device", "cpu",
+                 "--out", str(tmp_path / "s.png")]) == 2
+    assert "no image checkpoint of gan" in capsys.readouterr().err
     monkeypatch.undo()
-    monkeypatch.setattr(imagebench.ImageModels, "sample_diffusion",
-                        lambda self, states, *a, **k: (torch.full((len(states), 3, 16, 16), float("nan")), 3))
+    nan = dataclasses.replace(BUILT_IN["diffusion"], sample_image=lambda trained, prompts, knob, net=None: (
+        torch.full((len(prompts.seeds), 3, 16, 16), float("nan")), 3))
     gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
-                                                  tmp_path / "cache", progress=False)
+                                                  tmp_path / "cache", [BUILT_IN["gan"], nan], progress=False)
     assert gan["status"] == "ok" and diffusion["status"] == "diverged" and diffusion["diverged_in"] == "sampling"
 
 
@@ -189,13 +199,13 @@ def _checkpoint_dir(tmp_path, kind: str):
         save_file({"G.w": torch.zeros(2)}, str(path))
     else:  # an image checkpoint's keys, configs that do not build the networks
         save_file({"G.w": torch.zeros(2)}, str(path), metadata={"config": json.dumps(
-            {"tokenizer": {"words": []}, "dcgan": {"bogus": 1}, "unet": {}, "text": {}, "vae": {}, "diffusion": {}})})
+            {"family": "diffusion", "tokenizer": {"words": []}, "networks": {"unet": {"bogus": 1}}, "text": {}})})
     return run
 
 
 @pytest.mark.parametrize("kind, needle", [("damaged", "not a readable gan-vs-diffusion checkpoint"),
                                           ("no-metadata", "not a readable gan-vs-diffusion checkpoint"),
-                                          ("foreign", "not an image-model checkpoint")])
+                                          ("foreign", "not a readable image checkpoint")])
 def test_sample_refuses_damaged_checkpoints(kind, needle, tmp_path, capsys):
     run = _checkpoint_dir(tmp_path, kind)
     _one_line_exit_2(["sample", str(run), "--prompt", "a", "--device", "cpu", "--out", str(tmp_path / "s.png")],
@@ -242,7 +252,7 @@ def test_a_second_run_into_a_run_folder_is_refused_then_forced(tmp_path, capsys)
     capsys.readouterr()
     archived = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(archived) == 1 and (archived[0] / "results.json").read_text() == "the first run's"
-    assert [r["status"] for r in load_results(out / "results.json")["runs"]] == ["ok", "ok"]
+    assert [r["status"] for r in load_results(out / "results.json")["runs"]] == ["ok"] * 3  # GAN, diffusion, real
     _one_line_exit_2(["run", "--resume", str(out), "--preset", "smoke"], "drop --preset", capsys)
     _one_line_exit_2(["run", "--resume", str(tmp_path / "nope")], "no config.json", capsys)
 
@@ -355,7 +365,7 @@ def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monke
     one unbroken training ends (the same history, metrics and curve)."""
     mix = preset("smoke").mixtures
     mix.num_samples, mix.samplers, mix.eval_checkpoints = 100, ["ddim:5"], 5
-    unbroken, _ = run_mixture("ring8", model, 0, mix, "cpu", RunDir(tmp_path / "a"), progress=False)
+    unbroken, _ = run_mixture("ring8", BUILT_IN[model], 0, mix, "cpu", RunDir(tmp_path / "a"), progress=False)
     run = RunDir(tmp_path / "b")
     original = TrainState.step_done
     monkeypatch.setattr(train_state, "STATE_SAVES", 1)
@@ -367,13 +377,13 @@ def test_a_2d_training_resumes_mid_way_to_the_same_result(model, tmp_path, monke
 
     monkeypatch.setattr(TrainState, "step_done", signal_after_14)
     with pytest.raises(Interrupted), stop_on_signals():
-        run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
+        run_mixture("ring8", BUILT_IN[model], 0, mix, "cpu", run, progress=False)
     assert run.state_path("ring8", 0, model).is_file()
     monkeypatch.undo()
     resumed_steps = []
     monkeypatch.setattr(TrainState, "step_done",
                         lambda self, n, *a, **k: (resumed_steps.append(n), original(self, n, *a, **k)))
-    resumed, _ = run_mixture("ring8", model, 0, mix, "cpu", run, progress=False)
+    resumed, _ = run_mixture("ring8", BUILT_IN[model], 0, mix, "cpu", run, progress=False)
     assert resumed_steps[0] == 16, "the resumed training starts after the 15 steps saved at the signal"
     assert _steps_done(run.state_path("ring8", 0, model)) == 30  # kept, final, until results.json holds the entry
     assert run.history_path("ring8", 0, model).read_text() == RunDir(tmp_path / "a").history_path(
@@ -457,7 +467,7 @@ def test_a_signal_in_the_step_where_a_2d_gan_diverges_still_stops_the_run(tmp_pa
     monkeypatch.setattr(train_module, "gan_g_loss", nan_at_the_fifth)
     mix = preset("smoke").mixtures
     with stop_on_signals(), pytest.raises(Interrupted):
-        run_mixture("ring8", "gan", 0, mix, "cpu", RunDir(tmp_path), progress=False)
+        run_mixture("ring8", BUILT_IN["gan"], 0, mix, "cpu", RunDir(tmp_path), progress=False)
     assert len(losses) == 5
 
 
@@ -471,7 +481,8 @@ def test_a_pool_worker_saves_its_training_state_when_terminated(tmp_path):
     path = RunDir(tmp_path).state_path("ring8", 0, "diffusion")
     pool = multiprocessing.get_context("spawn").Pool(1, initializer=worker_signals)
     try:
-        pool.apply_async(suite._worker_job, (("ring8", "diffusion", 0, mix, "cpu", tmp_path),))
+        job = ("ring8", "diffusion", 0, mix, "cpu", tmp_path, [])
+        pool.apply_async(bench_pool._in_worker, (suite._mixture_job, job))
         deadline = time.monotonic() + 120
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -507,10 +518,12 @@ def test_an_image_run_resumes_mid_way_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(train_state, "STATE_SAVES", 1)  # no interval saves: only the end of a training and the signal
     cfg = _tiny_images()
     cfg.steps, cfg.eval_checkpoints = 12, 2
+    families = [BUILT_IN["gan"], BUILT_IN["diffusion"]]
     run = lambda name: imagebench.run_image_dataset(  # noqa: E731
-        "shapes", 0, cfg, torch.device("cpu"), RunDir(tmp_path / name), tmp_path / "cache", progress=False)
+        "shapes", 0, cfg, torch.device("cpu"), RunDir(tmp_path / name), tmp_path / "cache", families, progress=False)
     unbroken = run("a")
     assert [e["status"] for e in unbroken] == ["ok", "ok"]
+    parts = ("text", "gan", "vae", "diffusion")  # the state of every training: the shared encoder, GAN, VAE, UNet
     original, taken = TrainState.step_done, []
 
     def signal_in_the_unet(self, steps_done, *args, **kwargs):
@@ -522,21 +535,16 @@ def test_an_image_run_resumes_mid_way_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(TrainState, "step_done", signal_in_the_unet)
     with pytest.raises(Interrupted), stop_on_signals():
         run("b")
-    states = {part: RunDir(tmp_path / "b").state_path("shapes", 0, part) for part in imagebench.STATE_PARTS}
+    states = {part: RunDir(tmp_path / "b").state_path("shapes", 0, part) for part in parts}
     assert all(path.is_file() for path in states.values())
     taken.clear()
     resumed = run("b")
     assert taken == [("diffusion", n) for n in range(7, 13)], "only the UNet's last six steps are taken again"
-    assert [_steps_done(states[part]) for part in imagebench.STATE_PARTS] == [4, 12, 4, 12]
+    assert [_steps_done(states[part]) for part in parts] == [4, 12, 4, 12]
     assert json.dumps(_timeless(resumed), sort_keys=True) == json.dumps(_timeless(unbroken), sort_keys=True)
-    for part in imagebench.STATE_PARTS:
+    for part in ("text", "gan", "diffusion-vae", "diffusion"):  # every history file
         assert (RunDir(tmp_path / "b").history_path("shapes", 0, part).read_text()
                 == RunDir(tmp_path / "a").history_path("shapes", 0, part).read_text())
     assert resumed[1]["train"]["seconds"] > 0
 
 
-def test_sample_refuses_a_family_that_failed_to_train():
-    """The checkpoint of a run whose GAN failed holds an untrained G; `gvd sample --model gan` must say so."""
-    with pytest.raises(ValueError, match="failed to train"):
-        imagebench.sample_from_checkpoint(None, {"failed": ["gan"]}, "a", 4, model="gan", seed=0, sampler=None,
-                                          steps=None, guidance=None)

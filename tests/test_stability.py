@@ -26,7 +26,7 @@ def gan_history(n: int, **columns) -> list[dict]:
 
 
 def test_constant_loss_has_zero_tail_variance_and_no_spikes():
-    out = stability(gan_history(100), "gan")
+    out = stability(gan_history(100))
     assert out["g_loss_final"] == out["g_loss_min"] == 0.7
     assert out["g_loss_tail_var"] == pytest.approx(0, abs=1e-20)  # (mean of 0.7s is 0.7 up to rounding)
     assert out["d_loss_tail_var"] == pytest.approx(0, abs=1e-20)
@@ -50,7 +50,7 @@ def test_a_single_spike_is_found_at_its_step():
     norms = np.ones(200)
     norms[120] = 50.0
     assert grad_spikes(norms) == [120]
-    out = stability(gan_history(200, g_grad_norm=norms), "gan")
+    out = stability(gan_history(200, g_grad_norm=norms))
     assert out["g_grad_norm_spikes"] == 1 and out["g_grad_norm_first_spike"] == 120
     assert out["d_grad_norm_spikes"] == 0
 
@@ -69,7 +69,7 @@ def test_nan_at_step_k_is_divergence_at_k():
     loss = [0.7] * 30 + [float("nan")]
     hist = gan_history(31, g_loss=loss)
     assert divergence_step(hist, ("d_loss", "g_loss")) == 30
-    out = stability(hist, "gan")
+    out = stability(hist)
     assert out["diverged_at_step"] == 30
     assert math.isnan(out["g_loss_final"])  # the last value, as it was
     assert out["g_loss_min"] == 0.7  # over the finite values
@@ -80,7 +80,7 @@ def test_nan_at_step_k_is_divergence_at_k():
 def test_inf_in_a_diffusion_loss_and_grad_norm():
     hist = [{"step": 10 + i, "loss": 0.1, "grad_norm": 1.0, "lr": 1e-3} for i in range(20)]
     hist.append({"step": 30, "loss": float("inf"), "grad_norm": float("inf"), "lr": 1e-3})
-    out = stability(hist, "diffusion")
+    out = stability(hist)
     assert out["diverged_at_step"] == 30  # the row's own step, not its index
     assert out["grad_norm_spikes"] == 1 and out["grad_norm_first_spike"] == 30
     assert "d_gap" not in out
@@ -109,7 +109,7 @@ def test_diagnostics_of_a_real_gan_run_match_its_history():
     gen = torch.Generator().manual_seed(0)
     history = train_gan(G, D, lambda s: (torch.randn(16, 2, generator=gen), None),
                         lambda n: torch.randn(n, cfg.z_dim, generator=gen), GANTrainConfig(), steps=20).history
-    out = stability(history, "gan")
+    out = stability(history)
     assert out["g_loss_final"] == history[-1]["g_loss"]
     assert out["d_loss_min"] == min(r["d_loss"] for r in history)
     assert out["d_gap"] == pytest.approx(np.mean([r["d_real"] - r["d_fake"] for r in history[-4:]]))

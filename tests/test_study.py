@@ -11,23 +11,21 @@ import pytest
 import torch
 from scipy import stats
 
-import bench.run.mixtures
+import bench.data.mixtures
 import bench.run.study as study_mod
 from bench.cli import main
 from bench.config import MixtureBenchConfig
 from bench.core.rundir import RunDir
-from bench.data.mixtures import sample_mixture
-from bench.data.mixtures import mixture_modes
+from bench.data.mixtures import mixture_modes, sample_mixture
 from bench.evaluate.metrics import mixture_stats
 from bench.evaluate.stats import newcombe_interval, wilson_interval
+from bench.families import BUILT_IN, Choice, LogUniform
 from bench.report.study import best_config, config_summaries, verdict
 from bench.run.mixtures import run_mixture
 from bench.run.study import (
     FAMILIES,
     OUTCOMES,
     SPACES,
-    Choice,
-    LogUniform,
     StudyConfig,
     classify,
     run_one,
@@ -223,14 +221,14 @@ def test_spectral_norm_makes_every_discriminator_layer_1_lipschitz():
 def test_both_families_see_the_same_real_batches(monkeypatch):
     seen: dict[str, list] = {"gan": [], "diffusion": []}
     family = {"now": None}
-    real_sampler = bench.run.mixtures.sample_mixture  # where the study's runs draw their data (the suite's 2D stages)
+    real_sampler = bench.data.mixtures.sample_mixture  # where the study's runs draw their data (the suite's 2D stages)
 
     def recording(name, n, generator):
         x = real_sampler(name, n, generator)
         seen[family["now"]].append(x.clone())
         return x
 
-    monkeypatch.setattr(bench.run.mixtures, "sample_mixture", recording)
+    monkeypatch.setattr(bench.data.mixtures, "sample_mixture", recording)
     tiny = StudyConfig(steps=3, batch_size=32, num_samples=50, sampler="ddim:3")
     for f in FAMILIES:
         family["now"] = f
@@ -332,9 +330,11 @@ def test_report_only_without_a_study_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--k", "0"], "k must be at least 1"),
-    (["--seeds", "0"], "seeds must be at least 1"),
-    (["--steps", "-3"], "steps must be at least 1"),
+    (["--k", "0"], "k must be a whole number of at least 1"),
+    (["--seeds", "0"], "seeds must be a whole number of at least 1"),
+    (["--steps", "-3"], "steps must be a whole number of at least 1"),
+    (["--k", "1000000"], "k must be at most 1000"),
+    (["--seeds", "101"], "seeds must be at most 100"),
     (["--workers", "0"], "--workers must be at least 1"),
     (["--datasets", "moons"], "unknown 2D dataset 'moons'"),
     (["--set", "sampler=nope:3"], "unknown sampler 'nope'"),
@@ -385,7 +385,8 @@ def test_the_toy_configuration_reproduces_the_suites_2d_run(tmp_path):
                          "prediction": mix.diffusion.prediction, "ema": mix.diffusion_train.ema,
                          "width": mix.denoiser_net.width}}
     for family in FAMILIES:
-        suite_entry, _ = run_mixture("grid25", family, 3, mix, torch.device("cpu"), RunDir(tmp_path), progress=False)
+        suite_entry, _ = run_mixture("grid25", BUILT_IN[family], 3, mix, torch.device("cpu"), RunDir(tmp_path),
+                                     progress=False)
         ours = run_one(family, toy[family], "grid25", 3, tiny)
         same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 -- NaN == NaN
         assert same(ours["metrics"], {k: suite_entry["metrics"][k] for k in ours["metrics"]})

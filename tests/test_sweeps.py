@@ -10,8 +10,10 @@ import torch
 from bench.config import preset
 from bench.core.seeding import per_sample_randn, sample_seeds
 from bench.evaluate.metrics import prdc
-from bench.evaluate.sweeps import summarise_sweeps, sweep, truncate
-from bench.families.bundle import ImageModels
+from bench.evaluate.sweeps import summarise_sweeps, sweep
+from bench.families import Prompts, Trained, diffusion, gan
+from bench.families.gan import truncate
+from bench.families.text import TextModels, build_networks
 from models.text import Tokenizer
 
 
@@ -56,46 +58,61 @@ def test_summarise_sweeps_is_mean_and_sample_std_per_value():
     assert rows[1]["fid"] == (20.0, 0.0)  # only one seed scored it
 
 
+CAPTIONS = ["a small red circle", "a large blue square"]
+
+
 @pytest.fixture(scope="module")
 def models():
-    """Untrained smoke-sized image models (the UNet's zero-initialised output perturbed so text and guidance matter)."""
+    """Untrained smoke-sized image models (the UNet's zero-initialised output perturbed so text and guidance matter),
+    as the families' Trained records, and the text encoder."""
     torch.manual_seed(0)
-    tokenizer = Tokenizer.build(["a small red circle", "a large blue square"])
-    m = ImageModels.build(preset("smoke").images, tokenizer=tokenizer, channels=3, resolution=16, device="cpu")
+    cfg = preset("smoke").images
+    tokenizer = Tokenizer.build(CAPTIONS)
+    nets = build_networks(cfg, channels=3, resolution=16, vocab_size=len(tokenizer), device="cpu")
     with torch.no_grad():
-        for p in m.unet.parameters():
+        for p in nets["unet"].parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return m
+    text = TextModels(tokenizer, nets["text"], torch.device("cpu"))
+    model = diffusion.LatentDiffusion(nets["vae"], nets["unet"], cfg.diffusion, "ddim:3", text.empty_caption())
+    return {"text": text, "G": nets["G"], "gan": Trained(nets["G"], {"status": "ok"}, {}),
+            "diffusion": Trained(model, {"status": "ok"}, {})}
+
+
+def _prompts(models, n: int) -> Prompts:
+    captions = (CAPTIONS * n)[:n]
+    return Prompts(captions, torch.zeros(n, dtype=torch.long), models["text"].encode(captions), sample_seeds(0, n),
+                   torch.arange(n))
 
 
 def test_gan_samples_are_per_sample_seeded_and_psi_zero_gives_one_image_per_prompt(models):
-    seeds = sample_seeds(0, 12)
-    pooled = models.encode(["a small red circle", "a large blue square"] * 6)[1]
-    full = models.sample_gan(pooled, seeds, batch=5)
+    prompts = _prompts(models, 12)
+    full = gan.sample_image(models["gan"], prompts, 1.0, batch=5)[0]
     # the sweeps and the last curve point reuse the first n headline images: they must be what n would give
-    assert torch.equal(models.sample_gan(pooled[:7], seeds[:7]), full[:7])
+    assert torch.equal(gan.sample_image(models["gan"], prompts.rows(slice(0, 7)), 1.0)[0], full[:7])
     # sample i is G(z_i, prompt i), z_i drawn from seed i alone and untruncated by default; psi scales that z toward
     # the mean latent 0 (truncate), so psi = 0.5 must give G(z_i / 2)
-    z = per_sample_randn(seeds, (models.G.cfg.z_dim,))
+    z, pooled = per_sample_randn(prompts.seeds, (models["G"].cfg.z_dim,)), prompts.text[1]
     with torch.no_grad():
-        torch.testing.assert_close(full, models.G(z, pooled).clamp(-1, 1))
-        torch.testing.assert_close(models.sample_gan(pooled, seeds, psi=0.5), models.G(0.5 * z, pooled).clamp(-1, 1))
-    same_prompt = pooled[:1].expand(12, -1)
-    collapsed = models.sample_gan(same_prompt, seeds, psi=0.0)
+        torch.testing.assert_close(full, models["G"](z, pooled).clamp(-1, 1))
+        torch.testing.assert_close(gan.sample_image(models["gan"], prompts, 0.5)[0],
+                                   models["G"](0.5 * z, pooled).clamp(-1, 1))
+    same = Prompts(["a small red circle"] * 12, prompts.labels, tuple(x[:1].expand(12, *x.shape[1:])
+                                                                      for x in prompts.text),
+                   prompts.seeds, prompts.occurrence)
+    collapsed = gan.sample_image(models["gan"], same, 0.0)[0]
     assert torch.allclose(collapsed, collapsed[:1].expand_as(collapsed), atol=1e-6)
-    assert not torch.allclose(models.sample_gan(same_prompt, seeds, psi=0.5)[0],
-                              models.sample_gan(same_prompt, seeds, psi=0.5)[1])
+    half = gan.sample_image(models["gan"], same, 0.5)[0]
+    assert not torch.allclose(half[0], half[1])
 
 
 def test_diffusion_samples_are_per_sample_seeded_at_every_guidance(models):
     n = 6
-    states, _, mask = models.encode(["a small red circle", "a large blue square"] * 3)
-    seeds = sample_seeds(0, n)
+    prompts = _prompts(models, n)
 
     def draw(k, guidance, batch=256):
-        return models.sample_diffusion(states[:k], mask[:k], seeds[:k], sampler="ddim", steps=3, guidance=guidance,
-                                       batch=batch)[0]
+        return diffusion.sample_image(models["diffusion"], prompts.rows(slice(0, k)), guidance, batch=batch)[0]
 
     full = draw(n, 3.0, batch=4)
     torch.testing.assert_close(draw(3, 3.0), full[:3], atol=1e-5, rtol=0)
     assert not torch.allclose(draw(3, 1.0), full[:3], atol=1e-3)  # the knob changes the images
+    assert diffusion.sample_image(models["diffusion"], prompts, 3.0)[1] == 2 * 3  # guided: both halves, 3 steps

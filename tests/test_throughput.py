@@ -11,8 +11,9 @@ from torch import nn
 
 from bench.cli import main
 from bench.config import preset
-from bench.report.speed import quality_cost_figures, throughput_blocks, throughput_table
+from bench.report.speed import quality_cost_figures, throughput_blocks
 from bench.speed import gpu_check
+from bench.speed.summary import throughput_table
 from bench.speed.throughput import _plan, _prepare, _train_inputs, image_throughput, run_entry_throughput
 from bench.speed.timing import count_flops, measure
 from models.mlp import num_params

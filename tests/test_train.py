@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data.mixtures import mixture_scale, sample_mixture
-from bench.data.mixtures import mixture_modes
+from bench.data.mixtures import mixture_modes, mixture_scale, sample_mixture
 from bench.train.loops import GANTrainConfig, autocast, drop_captions, ema_update, one_cycle, train_gan, vae_step
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 from models.vae import KLAutoencoder, VAEConfig, vae_loss

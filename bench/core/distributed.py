@@ -82,6 +82,16 @@ def alone():
     barrier()
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device of --device auto|cpu|cuda (auto: CUDA when torch sees one); RuntimeError when CUDA is asked for
+    and absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
 def launched() -> bool:
     """Started by torchrun (or anything else that sets the env:// rendezvous variables)."""
     return "WORLD_SIZE" in os.environ

@@ -1,4 +1,5 @@
-"""Fidelity/diversity sweeps: one knob per family, the same prompts and per-sample seeds at every setting.
+"""Fidelity/diversity sweeps: one knob per family (declared by the family: bench/families), the same prompts and
+per-sample seeds at every setting. The built-in ones:
 
   diffusion: the classifier-free guidance scale s, eps = eps_u + s (eps_c - eps_u) (Ho & Salimans 2021, eq. 6 with
              w = s - 1); s = 1 is the plain conditional model, larger s trades diversity for prompt fidelity.
@@ -17,11 +18,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
-
-
-def truncate(z: torch.Tensor, psi: float) -> torch.Tensor:
-    """Latent truncation by scaling: psi * z (psi = 1 leaves z alone, psi = 0 maps every z to the mean latent 0)."""
-    return psi * z
 
 
 def sweep(values: Iterable, generate: Callable[..., torch.Tensor], score: Callable[[torch.Tensor], dict],

@@ -86,6 +86,6 @@ def resolve(names: list[str], user_specs: list[str] = ()) -> list[Family]:
         known[family.name] = family
     missing = [n for n in names if n not in known]
     if missing:
-        raise FamilyError(f"unknown family {', '.join(map(repr, missing))}; choose from {', '.join(known)} or add "
-                          "one with --family NAME=MODULE:FACTORY")
+        raise FamilyError(f"families: unknown family {', '.join(map(repr, missing))}; choose from {', '.join(known)} "
+                          "or add one with --family NAME=MODULE:FACTORY")
     return [known[n] for n in names]

@@ -17,17 +17,20 @@ from PIL import Image
 from bench.core.guard import error_text
 from bench.core.rundir import RunDir, slug
 from bench.report.charts import curve_figure, loss_figure, scatter_figure, sweep_figure, sweep_summaries
-from bench.report.families import calibrations, families_of, label, models
 from bench.report.figures import grid_cells, grids_figure, prompt_groups_figure, save_figure
 from bench.report.render import to_html, to_markdown
 from bench.report.speed import quality_cost_figures, throughput_blocks
 from bench.report.tables import (
     calibration_note,
+    calibrations,
     cell,
     difference_blocks,
+    families_of,
     image_table,
+    label,
     metric_notes,
     mixture_table,
+    models,
     recipe_blocks,
     sampler_rows,
     stability_rows,

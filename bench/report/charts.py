@@ -12,8 +12,8 @@ import torch
 from bench.core.rundir import RunDir, slug
 from bench.data.mixtures import sample_mixture
 from bench.evaluate.sweeps import summarise_sweeps
-from bench.report.families import colour, families_of, label
 from bench.report.figures import LINE_STYLES, REAL_COLOUR, new_figure, save_figure
+from bench.report.tables import colour, families_of, label
 
 
 def _scatter_panels(run: RunDir, results: dict, dataset: str, seed: int) -> list[tuple[str, str, np.ndarray]]:

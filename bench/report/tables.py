@@ -1,7 +1,7 @@
-"""The report's tables, each read from the family table (results.json "families") and the metric table
-(bench/evaluate/table.py): per dataset every family at its neutral and tuned knob with the calibration rows, the
-paired differences between model families, each family's recipe and budget, the 2D mixture tables, the stability
-diagnostics and the runs that did not finish.
+"""The report's tables and metrics.csv, each read from the family table (results.json "families") and the metric
+table (bench/evaluate/table.py): per dataset every family at its neutral and tuned knob with the calibration rows,
+the paired differences between model families, each family's recipe and budget, the 2D mixture tables, the
+stability diagnostics and the runs that did not finish.
 
 Cells average seeds: "mean [95% t interval]" with two or more seeds, the value alone with one (never a +- 0), and
 every table says n. Student's t interval for the mean over seeds assumes roughly normal per-seed values.
@@ -10,7 +10,65 @@ every table says n. Student's t interval for the mean over seeds assumes roughly
 from bench.evaluate import table
 from bench.evaluate.stability import grad_key, loss_keys
 from bench.evaluate.stats import mean_interval, paired_difference
-from bench.report.families import calibrations, families_of, knob_symbol, label, models
+from bench.report.figures import family_colour
+
+# ---------------------------------------------------------------- the families as the report sees them: results.json's
+# "families" (the family table as it ran), so a report is rebuilt without any family's code, a user's included
+
+
+def families_of(results: dict) -> dict:
+    """name -> description ({"label", "role", "knob", ...}) of every family in the results, in the run's order;
+    a name found only in the entries gets a plain description (role "model")."""
+    out = dict(results.get("families") or {})
+    for r in results.get("runs", []):
+        out.setdefault(r["model"], {"label": r["model"], "role": r.get("role", "model"), "knob": None})
+    return out
+
+
+def models(families: dict) -> list[str]:
+    """The families that compete (role "model"), in order."""
+    return [f for f, d in families.items() if d.get("role", "model") == "model"]
+
+
+def calibrations(families: dict) -> list[str]:
+    """The reference rows (role "calibration"), in order."""
+    return [f for f, d in families.items() if d.get("role") == "calibration"]
+
+
+def label(families: dict, name: str) -> str:
+    return (families.get(name) or {}).get("label") or name
+
+
+def knob_symbol(families: dict, name: str) -> str | None:
+    knob = (families.get(name) or {}).get("knob")
+    return knob.get("symbol") if knob else None
+
+
+def colour(families: dict, name: str) -> str:
+    """The family's colour in every figure (bench/report/figures.py family_colour)."""
+    return family_colour(name, list(families).index(name) if name in families else 0,
+                         (families.get(name) or {}).get("role", "model"))
+
+
+# ---------------------------------------------------------------- metrics.csv
+
+
+def metric_rows(results: dict) -> list[dict]:
+    """dataset, model, seed, status, role, then every metric of the table the entry has (at the neutral knob), then
+    the tuned knob's value and metrics (tuned_<key>), then the train record's scalars (train_<key>)."""
+    rows = []
+    for run in results["runs"]:
+        row = {k: run.get(k) for k in ("dataset", "model", "seed", "status", "role")}
+        row.update({m.key: v for m in table.METRICS if (v := table.value(run, m)) is not None})
+        if run.get("tuned"):
+            row["tuned_value"] = run["tuned"].get("value")
+            row.update({f"tuned_{m.key}": v for m in table.METRICS
+                        if m.where()[0] == "metrics" and (v := table.value(run, m, "tuned")) is not None})
+        row.update({f"train_{k}": v for k, v in (run.get("train") or {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        rows.append(row)
+    return rows
+
 
 BOOTSTRAP_COVERAGE = "about 82% in simulation at 128 features and N = 1,000"  # bench/evaluate/metrics.fid_bootstrap
 CALIBRATION_NOTE = {

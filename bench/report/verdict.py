@@ -22,7 +22,7 @@ import math
 from bench.evaluate import table
 from bench.evaluate.stability import OUTCOMES, outcome
 from bench.evaluate.stats import mean_interval, paired_difference
-from bench.report.families import families_of, label, models
+from bench.report.tables import families_of, label, models
 
 ASPECTS = ("quality", "diversity", "prompt adherence", "memorisation", "stability", "cost: sampling",
            "cost: training")

@@ -124,7 +124,9 @@ def train_families(families: list[Family], task: ImageTask) -> dict[str, Trained
     """Every family's training from the same task. On the compute budget axis the reference family
     (cfg.budget_reference) trains first and every other model family gets its training FLOPs to spend."""
     cfg = task.cfg
-    reference = cfg.budget_reference if cfg.budget == "compute" else None
+    reference = cfg.budget_reference  # whose training FLOPs the others spend, on the compute axis only
+    if cfg.budget != "compute":
+        reference = None
     trained = {}
     for family in sorted(families, key=lambda f: f.name != reference):
         budget = None

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from bench.config import SuiteConfig, to_dict
 from bench.core import distributed
+from bench.core.distributed import resolve_device  # noqa: F401 -- the CLI's and the tests' way in
 from bench.core.guard import Interrupted, error_text, interrupted_entry, stop_on_signals
 from bench.core.pool import run_jobs, torch_threads
 from bench.core.results import failed_entry, new_results
@@ -22,19 +23,11 @@ from bench.data.images import DataError
 from bench.data.registry import dataset_info
 from bench.families import resolve
 from bench.report import build
-from bench.report.csv import metric_rows
+from bench.report.tables import metric_rows
 from bench.run.images import run_image_dataset
 from bench.run.mixtures import run_mixture
 from bench.run.resume import FINISHED, finished
 from bench.speed.throughput import image_throughput, run_entry_throughput
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def cache_dir() -> Path:

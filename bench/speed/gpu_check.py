@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import preset
+from bench.core.distributed import resolve_device
 from bench.core.files import versions, write_json
-from bench.report.speed import throughput_table
-from bench.run.suite import resolve_device
 from bench.speed.fastpaths import (
     FastPaths,
     autocast_denoiser,
@@ -40,6 +39,7 @@ from bench.speed.fastpaths import (
     compile_denoiser,
     cuda_graph_denoiser,
 )
+from bench.speed.summary import throughput_table
 from bench.speed.throughput import build_image_models, image_throughput
 from bench.speed.timing import count_flops, matmul_peak, measure
 from bench.train.loops import autocast, train_gan
