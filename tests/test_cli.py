@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,51 @@ def test_compute_budget_gives_the_gan_the_diffusion_sides_training_flops(tmp_pat
     assert gan["train"]["steps"] != cfg["steps"]  # the GAN's step is cheaper than the UNet's and the VAE's together
     assert abs(gan["train"]["flops"] - target) <= per_step / 2
     assert "training FLOPs" in (out / "report.md").read_text()
+
+
+def test_config_json_agrees_with_the_networks_each_entry_built(smoke_run):
+    """config.json holds the user's choices only (no shape read from the data), and no leaf of it disagrees with the
+    resolved network configs an entry records."""
+    config = json.loads((smoke_run / "config.json").read_text())
+    assert "resolution" not in config["images"]["dcgan"] and "in_channels" not in config["images"]["unet"]
+    assert "vocab_size" not in config["images"]["text"] and "cond_dim" not in config["images"]["dcgan"]
+    sections = {"dcgan": "dcgan", "vae": "vae", "unet": "unet", "diffusion": "diffusion", "gan_net": "gan_net",
+                "denoiser_net": "denoiser_net"}
+    checked = 0
+    for r in json.loads((smoke_run / "results.json").read_text())["runs"]:
+        bench = config["images"] if r["dataset"] == "shapes" else config["mixtures"]
+        for net, built in (r.get("networks") or {}).items():
+            for key, value in bench[sections[net]].items():
+                assert json.dumps(built[key]) == json.dumps(value), (r["model"], net, key)
+                checked += 1
+    assert checked > 20
+    dcgan = next(r for r in json.loads((smoke_run / "results.json").read_text())["runs"] if r["model"] == "gan"
+                 and r["dataset"] == "shapes")["networks"]["dcgan"]
+    assert dcgan["resolution"] == config["images"]["resolution"] and dcgan["cond_dim"] > 0  # the derived shapes
+
+
+def test_a_users_family_runs_beside_the_built_in_ones_and_shows_everywhere(tmp_path):
+    """tests/mean_family.py (the README's example, word for word) through --family: its entries in results.json, its
+    rows in the report's tables and verdict, in metrics.csv and in `gvd compare`; `gvd report` and `gvd run --resume`
+    need nothing but the run folder."""
+    family = Path(__file__).with_name("mean_family.py")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert family.read_text().strip() in readme, "README shows the example family in full"
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(SMOKE + ["--out", str(out), "--family", f"mean={family}:make", "--set", "mixtures=null",
+                             "--set", "throughput_budget_s=0", "--set", "images.eval_checkpoints=0"]) == 0
+        runs.append(out)
+    results = json.loads((runs[0] / "results.json").read_text())
+    mine = next(r for r in results["runs"] if r["model"] == "mean")
+    assert mine["status"] == "ok" and mine["metrics"]["num_samples"] == results["config"]["images"]["num_samples"]
+    assert mine["tuned"]["value"] in (0.0, 0.2, 0.5) and results["families"]["mean"]["label"] == "class means"
+    report = (runs[0] / "report.md").read_text()
+    assert "| class means | neutral (sigma = 0.2) |" in report  # the family's table row, at its own knob
+    assert "| aspect | measure | GAN | diffusion | class means | leads | by | seeds |" in report  # in the verdict
+    assert "mean" in (runs[0] / "metrics.csv").read_text()
+    assert main(["report", str(runs[0])]) == 0 and (runs[0] / "report.md").read_text() == report
+    assert main(["compare", str(runs[0]), str(runs[1]), "--out", str(tmp_path)]) == 0
+    assert "| shapes | mean | fid |" in (tmp_path / "compare.md").read_text()
+    assert main(["run", "--resume", str(runs[0])]) == 0  # the spec is in config.json: nothing to rerun

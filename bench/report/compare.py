@@ -27,12 +27,12 @@ from pathlib import Path
 from bench.core.files import atomic_write
 from bench.core.results import THROUGHPUT_SCHEMA, load_results
 from bench.errors import UserError
+from bench.evaluate import table
 from bench.evaluate.protocol import comparable, compare_protocols
 from bench.evaluate.stats import mean_interval
 from bench.report.render import to_html, to_markdown
 
-RUN_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "hq_fraction", "reverse_kl",
-               "forward_kl", "cond_accuracy", "near_copy_share", "c_t", "fid_inception", "kid_inception")
+RUN_METRICS = tuple(m.key for m in table.METRICS)  # every metric of the metric table (bench/evaluate/table.py)
 THROUGHPUT_METRICS = ("images_per_s", "latency_s", "flops_per_image", "tflops", "mfu", "peak_memory_mb")
 THROUGHPUT_SETUP = ("device", "device_type", "dtype", "threads", "batch", "train_batch", "preset", "versions")
 NOT_PROTOCOL = ("versions", "num_seeds")  # listed when they differ, but the numbers stay comparable
@@ -89,16 +89,17 @@ class Source:
 
 
 def _run_values(runs: list[dict], setting: str) -> dict:
+    """{(dataset, family): {metric: [value per ok seed]}}, the metrics read through the metric table; a pair whose
+    every seed failed stays, empty."""
     out: dict = {}
     for r in runs:
-        row = out.setdefault((r["dataset"], r["model"]), {})  # a pair whose every seed failed stays, empty
-        metrics = (r.get("tuned") or {}).get("metrics") if setting == "tuned" else r.get("metrics")
-        if r.get("status") != "ok" or not metrics:
+        row = out.setdefault((r["dataset"], r["model"]), {})
+        if r.get("status") != "ok" or (setting == "tuned" and not r.get("tuned")):
             continue
-        for key in RUN_METRICS:
-            value = metrics.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                row.setdefault(key, []).append(float(value))
+        for m in table.METRICS:
+            value = table.value(r, m, setting)
+            if value is not None:
+                row.setdefault(m.key, []).append(value)
     return out
 
 
