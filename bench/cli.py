@@ -112,8 +112,10 @@ def _cmd_run(args) -> None:
     if previous is None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns the folder
         if (archive := claim_run_dir(out, args.force)) is not None:
             print(f"moved the run that was in {out} to {archive}")
+    study = str(_study_dir(args.study)) if args.study else None
     with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave it cleanly
-        results = run_suite(cfg, out, device, workers=args.workers or default_workers(device), previous=previous)
+        results = run_suite(cfg, out, device, workers=args.workers or default_workers(device), previous=previous,
+                            study=study)
         main = distributed.is_main()
     bad = [r for r in results["runs"] if r["status"] != "ok"]
     if main:
@@ -132,8 +134,17 @@ def _cmd_report(args) -> None:
         results = load_results(path)
     except ValueError as exc:
         raise UserError(str(exc).splitlines()[0]) from None
+    if args.study:
+        results["study"] = str(_study_dir(args.study))
     write_report(run_dir, results)
     print(f"wrote {run_dir}/report.md and {run_dir}/report.html")
+
+
+def _study_dir(path: str) -> Path:
+    """--study DIR: a `gvd study stability` folder whose study.json the verdict shows beside its stability row."""
+    if not (Path(path) / "study.json").is_file():
+        raise UserError(f"--study {path}: no study.json there (a `gvd study stability --out` folder)")
+    return Path(path).absolute()
 
 
 def _cmd_compare(args) -> int:
@@ -369,6 +380,9 @@ def _add_run(sub) -> None:
     run.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
                      help="run your own family beside the preset's: MODULE an importable module or a .py file, "
                           "FACTORY() returns a bench.families.Family (README: Your own family; repeatable)")
+    run.add_argument("--study", metavar="DIR",
+                     help="a `gvd study stability` folder: its outcome shares stand beside the verdict's stability row "
+                          "(default: RUN_DIR/study-stability when there is one)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue a stopped run: keep its finished entries, run the rest on, each training from its "
                           "last saved state (state/)")
@@ -417,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
     rep.add_argument("run_dir")
+    rep.add_argument("--study", metavar="DIR", help="a `gvd study stability` folder to show beside the verdict's "
+                                                   "stability row (default: RUN_DIR/study-stability, if any)")
     rep.set_defaults(func=_cmd_report)
     _add_compare(sub)
     _add_sample(sub)

@@ -284,7 +284,7 @@ def _stacked() -> SuiteConfig:
         text_steps=200,
         num_samples=5000,
         guidance_sweep=[1.0, 3.0, 5.0],
-        truncation_sweep=[0.5, 1.0],
+        truncation_sweep=[0.5, 0.75, 1.0],  # as many values as the guidance grid: the same tuning effort
         vae=VAEConfig(channels=(32, 64), latent_channels=4),
         unet=UNetConfig(channels=(32, 64), layers_per_block=1, attention=(False, True)),
         dcgan=DCGANConfig(width=32, z_dim=64),

@@ -155,3 +155,11 @@ def test_validate_refuses_a_bad_value_set_in_code():
     cfg.images.caption_dropout = 2.0
     with pytest.raises(ConfigError, match="images.caption_dropout must be >= 0 and < 1"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_tunes_both_knobs_over_grids_of_one_size(name):
+    """The same tuning effort for both families: as many truncation values as guidance values."""
+    images = preset(name).images
+    if images is not None:
+        assert len(images.truncation_sweep) == len(images.guidance_sweep)

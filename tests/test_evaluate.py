@@ -349,3 +349,36 @@ def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_pat
     assert "| diffusion | guidance scale 3 | 18 |" in md
     for fig in ("stacked-digits_curve.png", "stacked-digits_sweeps.png"):
         assert (tmp_path / "figures" / fig).stat().st_size > 1000
+
+
+def test_both_image_families_train_on_the_same_batches_and_tune_on_held_out_images(tmp_path, monkeypatch):
+    """One batch-index stream per seed (bench/core/seeding.py batch_stream): the GAN's steps and the UNet's steps
+    read the same training images in the same order; each draws its own noise. The knobs are tuned against held-out
+    test images disjoint from the scored reference."""
+    import bench.train.images as image_loops
+
+    drawn: list[list] = []
+    real_stream = image_loops.batch_stream
+
+    def recording(n, batch_size, seed):
+        draw, mine = real_stream(n, batch_size, seed), []
+        drawn.append(mine)
+
+        def indices(step):
+            out = draw(step)
+            mine.append(out.tolist())
+            return out
+        return indices
+
+    monkeypatch.setattr(image_loops, "batch_stream", recording)
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(preset("smoke").images, steps=5, eval_checkpoints=0, fid_bootstrap=0)
+    entries = run_image_dataset("shapes", 0, cfg, torch.device("cpu"), RunDir(tmp_path), tmp_path / "cache", MODELS,
+                                progress=False)
+    gan_batches, unet_batches = drawn  # the GAN trains first, then the UNet (after the VAE, which has its own)
+    assert len(gan_batches) == len(unet_batches) == 5 and gan_batches == unet_batches
+    for entry in entries:
+        validation = entry["tuned"]["validation"]
+        assert validation["disjoint"] is True and validation["seeds"] == "disjoint"
+        assert validation["images"] == min(cfg.sweep_samples, cfg.num_samples, cfg.num_test - cfg.num_samples)
+        assert 0 <= validation["prompt_strings_also_scored"] <= 1

@@ -222,3 +222,14 @@ def test_one_cycle_schedule_where_the_warm_up_is_one_step(steps):
         lrs.append(sched.get_last_lr()[0])
     assert lrs[0] == pytest.approx(1e-3 / 25) and lrs[1] == pytest.approx(1e-3, rel=0.05)
     assert all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+
+
+def test_one_cycle_keeps_the_configured_betas():
+    """torch's OneCycleLR cycles Adam's beta1 by default (0.95 -> 0.85 -> 0.95), so a configured 0.9 held for one step
+    of 1,600: the schedule moves the learning rate only."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, betas=(0.9, 0.99))
+    sched = one_cycle(opt, 1e-3, 0.1, 50)
+    for _ in range(49):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["betas"] == (0.9, 0.99)

@@ -98,3 +98,21 @@ def test_the_compute_gap_heads_the_verdict_and_the_rows_tested_are_counted():
     assert header[1] == ["family", "parameters", "ratio", "training FLOPs", "ratio", "examples seen"]
     note = next(b[1] for b in blocks if b[0] == "p" and "rows were each tested" in b[1])
     assert f"{len(verdict[2])} rows" in note and "0.05 / " in note
+
+
+def test_a_stability_study_of_the_dataset_stands_beside_the_stability_row():
+    """A study of 3 configurations x 2 seeds per family on ring8: diffusion converged in 2 configurations, the GAN in
+    none; its shares and its cluster interval (the configuration as the unit) follow the verdict table."""
+    runs = [{"family": f, "dataset": "ring8", "config_id": c, "seed": s,
+             "outcome": "converged" if f == "diffusion" and c < 2 else "low-quality"}
+            for f in ("gan", "diffusion") for c in range(3) for s in range(2)]
+    study = {"study": {"datasets": ["ring8"], "k": 3, "seeds": 2, "steps": 2000},
+             "search_space": {"gan": {}, "diffusion": {}}, "runs": runs}
+    entries = [_entry(m, s, dataset="ring8", modes=8, num_modes=8, hq_fraction=0.9) for s in range(3)
+               for m in ("gan", "diffusion")]
+    blocks = verdict_blocks({"families": FAMILIES, "runs": entries, "config": {}}, study)
+    line = next(b[1] for b in blocks if b[0] == "p" and b[1].startswith("Stability study"))
+    assert "GAN 0/6 runs (0% per configuration)" in line and "diffusion 4/6 runs (67% per configuration)" in line
+    assert "diffusion leads by 67%" in line and "the configuration as the unit" in line
+    assert not [b for b in verdict_blocks({"families": FAMILIES, "runs": entries, "config": {}}, None)
+                if b[0] == "p" and b[1].startswith("Stability study")]

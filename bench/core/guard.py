@@ -12,6 +12,8 @@ import sys
 import traceback
 from contextlib import contextmanager
 
+from tqdm.std import tqdm
+
 
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived: stop, keep what finished. exit_code is the shell's 128 + signal number."""
@@ -131,3 +133,4 @@ def worker_signals() -> None:
     save its state at the end of its step before the worker exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_worker_signal)
+    tqdm.monitor_interval = 0  # no monitor thread: a signal for this process should reach its main thread

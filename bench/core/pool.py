@@ -10,6 +10,7 @@ every worker is terminated (each saves what it holds first; none is left behind)
 
 import contextlib
 import multiprocessing
+import time
 
 import torch
 
@@ -37,6 +38,9 @@ def _in_worker(fn, job):
         exit_worker(stop.exit_code)
 
 
+STOP_SECONDS = 30.0  # how long a stopped worker may take to save its training's state before it is killed
+
+
 def run_jobs(fn, jobs: list, workers: int, record) -> None:
     """record(job, fn(job)) for every job in job order, `workers` at a time (module docstring). fn must be a
     module-level function (it is pickled to the workers), jobs picklable."""
@@ -45,6 +49,7 @@ def run_jobs(fn, jobs: list, workers: int, record) -> None:
             record(job, fn(job))
         return
     pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=worker_signals)
+    finished = False
     try:
         pending = [(job, pool.apply_async(_in_worker, (fn, job))) for job in jobs]
         recorded = 0
@@ -59,6 +64,28 @@ def run_jobs(fn, jobs: list, workers: int, record) -> None:
                 if res.ready() and res.successful():
                     record(job, res.get())
             raise
+        finished = True
     finally:
-        pool.terminate()
+        _stop(pool, finished)
+
+
+def _stop(pool, finished: bool) -> None:
+    """Every job done: the workers take the pool's end-of-work sentinel and exit. Stopped early: each worker gets
+    SIGTERM (a training saves its state at the end of its step, then the worker exits) and STOP_SECONDS to go; one
+    still there is killed. (A worker waiting for work can sleep through the SIGTERM when a thread other than its main
+    one, which Python's handler needs, takes the signal; with nothing to save, killing it loses nothing.)"""
+    if finished:
+        pool.close()
         pool.join()
+        return
+    workers = multiprocessing.active_children()
+    for process in workers:
+        process.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.terminate()
+    pool.join()

@@ -67,3 +67,15 @@ def sample_seeds(run_seed: int, num_samples: int) -> torch.Tensor:
 def noise_fn(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device | str = "cpu"):
     """The `noise(k)` callable the samplers take: fresh per-sample noise for the k-th stochastic step."""
     return lambda k: per_sample_randn(seeds, shape, stream=k + 1).to(device)
+
+
+def batch_stream(n: int, batch_size: int, seed: int):
+    """The real-data stream of one training seed: step k's batch indices (batch_size of range(n), with replacement)
+    come from a generator seeded by (seed, k) alone. Every family that trains on the same data at the same batch
+    size draws the same batches at the same steps, whatever else it draws (its noise comes from its own generators),
+    and a resumed training needs no saved stream state."""
+    def indices(step: int) -> torch.Tensor:
+        key = int(_splitmix64(torch.tensor([seed * 1_000_003 + step], dtype=torch.int64))[0])  # (seed, step) -> key
+        return torch.randint(n, (batch_size,), generator=torch.Generator().manual_seed(key & (2**63 - 1)))
+    return indices
+

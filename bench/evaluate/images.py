@@ -52,7 +52,8 @@ from bench.families.interface import Prompts
 from bench.train.loops import initial_weight_share
 from models.vae import psnr
 
-TUNING_RULE = "the lowest FID over the family's knob grid on validation prompts and seeds (disjoint from the scored)"
+TUNING_RULE = ("the lowest FID over the family's knob grid on validation prompts and seeds, against validation "
+               "reference images (both disjoint from the scored ones where the test split allows: tuned.validation)")
 CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
               "num_samples", "initial_weight_share", "train_flops")
 COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
@@ -72,6 +73,8 @@ class EvalSet:
     split_feats: tuple | None  # judge features of (train, test) for memorisation (None without a judge)
     protocols: dict  # how the feature metrics are computed, by feature family (bench/evaluate/protocol.py)
     unavailable: dict | None  # which metrics this dataset cannot have, and why
+    validation_feats: np.ndarray | None = None  # features of the validation reference: where the knobs are tuned
+    validation_reference: dict | None = None  # what it is: held-out test images disjoint from the scored reference
 
 
 def occurrences(labels: torch.Tensor) -> torch.Tensor:
@@ -111,7 +114,25 @@ def eval_set(prep, text, cfg, seed: int) -> EvalSet:
         ev.p_test = label_probs(prep.test.labels.numpy(), prep.data.num_modes,
                                 None if prep.test.channel_labels is None else prep.test.channel_labels.numpy())
         ev.split_feats = (prep.judge.features(prep.data.images), prep.judge.features(prep.test.images))
+    ev.validation_feats, ev.validation_reference = _validation_reference(prep, ev, n_val)
     return ev
+
+
+def _validation_reference(prep, ev: EvalSet, n: int) -> tuple[np.ndarray | None, dict]:
+    """The real images the knobs are tuned against: up to n held-out test images, disjoint from the scored
+    reference; where the test split has none left, the scored reference itself (and the record says so). The record
+    also says how many validation prompt strings occur among the scored prompts: a caption space of a few hundred
+    strings (shapes: 240) cannot give 1,000 scored prompts and disjoint validation ones."""
+    scored = set(ev.scored.captions)
+    overlap = sum(c in scored for c in ev.validation.captions) / max(len(ev.validation.captions), 1)
+    record = {"prompts": len(ev.validation.captions), "prompt_strings_also_scored": overlap, "seeds": "disjoint"}
+    held = prep.held_out[:n]
+    if len(held) == 0 or ev.real_feats is None:
+        return ev.real_feats, {**record, "images": ev.reference["given"], "disjoint": False,
+                               "why": "the test split holds no image outside the scored reference"}
+    images = prep.test.images[held]
+    feats = prep.judge.features(images) if prep.judge is not None else prep.inception.features(images)
+    return feats, {**record, "images": len(held), "disjoint": True}
 
 
 def draw(family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tuple[torch.Tensor, int]:
@@ -121,20 +142,22 @@ def draw(family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tu
     return distributed.sample_sharded(lambda rows: family.sample_image(trained, prompts.rows(rows), knob, net), n)
 
 
-def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, **extra) -> dict:
-    """image_metrics of generated images against the reference set; raises FloatingPointError on NaN images."""
-    return distributed.on_main(partial(_score, prep, ev, prompts, images, **extra))  # [ddp] once, on rank 0
+def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, against: np.ndarray | None = None,
+          **extra) -> dict:
+    """image_metrics of generated images against the reference set (`against`: other reference features, the
+    validation reference's); raises FloatingPointError on NaN images."""
+    return distributed.on_main(partial(_score, prep, ev, prompts, images, against, **extra))  # [ddp] once, on rank 0
 
 
-def _score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, **extra) -> dict:
+def _score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, against, **extra) -> dict:
     feats, judged = describe(images, prep.judge, prep.inception)
+    real = ev.real_feats if against is None else against
     # One BLAS thread: the metrics' matrices are small (128 features), and OpenBLAS threads spinning against
     # torch's on a busy 2-core machine made each FID's sqrtm 250x slower (1.2 s instead of 5 ms).
     prompted = prompts.labels[: len(images)]
     with threadpool_limits(limits=1, user_api="blas"):
-        out = image_metrics(ev.real_feats, feats, judged, prompted, prep.data.num_modes, reference_probs=ev.p_test,
-                            **extra)
-    sample_set = {"real_feats": ev.real_feats, "feats": feats, "judged": judged, "prompted": prompted,
+        out = image_metrics(real, feats, judged, prompted, prep.data.num_modes, reference_probs=ev.p_test, **extra)
+    sample_set = {"real_feats": real, "feats": feats, "judged": judged, "prompted": prompted,
                   "num_modes": prep.data.num_modes, "images": images.numpy()}
     return {**out, **extra_metrics(sample_set)}
 
@@ -191,7 +214,7 @@ def tune(prep, ev: EvalSet, family, trained, cfg) -> tuple[float | None, list[di
         return neutral, []
     n = len(ev.validation.seeds)
     generate = lambda value: draw(family, trained, ev.validation, n, value)[0]  # noqa: E731
-    points = _points(sweep(values, generate, partial(score, prep, ev, ev.validation)))
+    points = _points(sweep(values, generate, partial(score, prep, ev, ev.validation, against=ev.validation_feats)))
     finite = [p for p in points if p.get("fid") is not None and np.isfinite(p["fid"])]
     return (min(finite, key=lambda p: p["fid"])["value"] if finite else neutral), points
 

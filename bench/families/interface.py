@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.core import distributed
+from bench.core.seeding import batch_stream
 from bench.data.mixtures import real_batches
 from bench.train.loops import checkpoint_interval
 
@@ -127,6 +128,11 @@ class ImageTask:
     states: object  # bench.train.state.StateFiles: where each training resumes from and saves to
     progress: bool = True
     flops_budget: float | None = None  # budget axis "compute": the training FLOPs to spend (None: cfg.steps)
+
+    def batches(self, batch_size: int):
+        """The seed's real-data stream: step -> (batch_size,) indices into the training split, the same for every
+        family at the same batch size (bench/core/seeding.py batch_stream; the built-in families draw from it)."""
+        return batch_stream(len(self.data.labels), batch_size, self.seed)
 
 
 @dataclass

@@ -9,6 +9,7 @@ Sections: the verdict (bench/report/verdict.py), runs that did not finish, the 2
 dataset (every family with the calibration rows, differences, recipes, grids, curves, sweeps), throughput, stability.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -330,12 +331,25 @@ def _throughput_blocks(run_dir: Path, results: dict) -> list:
     return [("h2", "Quality vs cost")] + [("img", f, f) for f in figures] if figures else []
 
 
+def load_study(run_dir: Path, results: dict) -> dict | None:
+    """The stability study the verdict shows beside its stability row: the one results.json names ("study", from
+    `gvd run --study DIR`), else one in the run folder (<run>/study-stability/study.json); None without one or when
+    it cannot be read."""
+    named = results.get("study")
+    path = Path(named) / "study.json" if named else Path(run_dir) / "study-stability" / "study.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_blocks(run_dir: Path, results: dict) -> list:
     """Every section of the report; a section that cannot be built from these results says so in one line and the
     rest of the report is still written (entries may be ok, diverged, failed or interrupted, metrics may be missing)."""
     results = {**results, "runs": [r for r in results.get("runs", []) if isinstance(r, dict)]}
     results.setdefault("config", {}).setdefault("seeds", sorted({r.get("seed", 0) for r in results["runs"]}) or [0])
-    sections = [lambda: _head_blocks(results), lambda: verdict_blocks(results), lambda: _status_blocks(results),
+    study = load_study(run_dir, results)
+    sections = [lambda: _head_blocks(results), lambda: verdict_blocks(results, study), lambda: _status_blocks(results),
                 lambda: _mixture_blocks(run_dir, results), lambda: _image_blocks(run_dir, results),
                 lambda: _throughput_blocks(run_dir, results), lambda: _stability_blocks(results)]
     blocks = []

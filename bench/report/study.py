@@ -12,12 +12,24 @@ from pathlib import Path
 import numpy as np
 
 from bench.core.files import atomic_write
-from bench.evaluate.stats import newcombe_interval
-from bench.report.figures import FAMILY_COLOURS, plt, png_bytes
+from bench.evaluate.stats import cluster_difference
+from bench.report.figures import family_colour, plt, png_bytes
 from bench.report.render import to_html, to_markdown
 
-COLOURS = FAMILY_COLOURS
-NAMES = {"gan": "GAN", "diffusion": "diffusion"}
+NAMES = {"gan": "GAN"}  # a family's name as the text writes it (its own name otherwise)
+
+
+def _name(family: str) -> str:
+    return NAMES.get(family, family)
+
+
+def _colour(record: dict, family: str) -> str:
+    return family_colour(family, _families(record).index(family))
+
+
+def _families(record: dict) -> list[str]:
+    """The study's families, in its search space's order (the family table's: bench/run/study.py FAMILIES)."""
+    return list(record["search_space"])
 OUTCOME_ORDER = ("converged", "mode-collapsed", "low-quality", "diverged", "failed")
 KNOB_LABELS = {"lr_g": "learning rate of G", "lr_d": "learning rate of D", "lr": "peak learning rate",
                "beta1": "Adam beta1", "d_steps": "D steps per G step", "loss": "GAN loss",
@@ -72,15 +84,15 @@ def ecdf_figure(out: Path, record: dict, dataset: str) -> str:
     """Empirical CDFs of the final hq_fraction and modes / num_modes: solid, over configurations (each the mean over
     its seeds); dashed, over the seeds of the family's best configuration."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for family in ("gan", "diffusion"):
+    for family in _families(record):
         summaries = [s for s in config_summaries(_runs(record, dataset, family)) if s["hq"]]
         best = best_config(summaries)
         for ax, key in zip(axes, ("hq", "modes")):
-            _step_ecdf(ax, [np.mean(s[key]) for s in summaries], color=COLOURS[family],
-                       label=f"{NAMES[family]}: {len(summaries)} configurations")
+            _step_ecdf(ax, [np.mean(s[key]) for s in summaries], color=_colour(record, family),
+                       label=f"{_name(family)}: {len(summaries)} configurations")
             if best is not None:
-                _step_ecdf(ax, best[key], color=COLOURS[family], linestyle="--",
-                           label=f"{NAMES[family]}: seeds of the best (c{best['config_id']:02d})")
+                _step_ecdf(ax, best[key], color=_colour(record, family), linestyle="--",
+                           label=f"{_name(family)}: seeds of the best (c{best['config_id']:02d})")
     axes[0].set(xlabel="high-quality fraction of samples (within 3 std of a mode)",
                 ylabel="share of configurations or seeds <= x")
     axes[1].set(xlabel="modes captured / modes of the mixture", ylabel="share of configurations or seeds <= x")
@@ -125,7 +137,7 @@ def sensitivity_figure(out: Path, record: dict, dataset: str, family: str) -> st
             for outcome in OUTCOME_ORDER:
                 idx = [i for i, r in enumerate(runs) if r["outcome"] == outcome]
                 if idx:
-                    ax.scatter(x[idx], np.asarray(y)[idx], s=18, color=COLOURS[family], marker=MARKERS[outcome],
+                    ax.scatter(x[idx], np.asarray(y)[idx], s=18, color=_colour(record, family), marker=MARKERS[outcome],
                                alpha=0.7, label=outcome)
             log = " (log)" if "log_uniform" in entry else ""
             ax.set(ylim=(-0.05, 1.05), xlabel=KNOB_LABELS.get(knob, knob) + log)
@@ -133,7 +145,7 @@ def sensitivity_figure(out: Path, record: dict, dataset: str, family: str) -> st
             if col == 0:
                 ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=6, loc="best")
-    fig.suptitle(f"{dataset}, {NAMES[family]}: final metrics against each knob (one point per run)", fontsize=10)
+    fig.suptitle(f"{dataset}, {_name(family)}: final metrics against each knob (one point per run)", fontsize=10)
     name = f"figures/{dataset}_{family}_sensitivity.png"
     atomic_write(out / name, png_bytes(fig))
     return name
@@ -146,37 +158,62 @@ def _pct(k: int, n: int) -> str:
 def outcome_rows(record: dict, dataset: str | None) -> list[list[str]]:
     """One row per family: runs, then the share (count) of each outcome."""
     rows = []
-    for family in ("gan", "diffusion"):
+    for family in _families(record):
         runs = _runs(record, dataset, family)
-        rows.append([NAMES[family], str(len(runs))]
+        rows.append([_name(family), str(len(runs))]
                     + [_pct(sum(r["outcome"] == o for r in runs), len(runs)) for o in OUTCOME_ORDER])
     return rows
 
 
+def converged_by_config(record: dict, dataset: str | None, family: str) -> list[list[float]]:
+    """Per configuration of the family (over its seeds, and its datasets when dataset is None): 1 for each converged
+    run, 0 for each other."""
+    by_config: dict[int, list[float]] = {}
+    for r in _runs(record, dataset, family):
+        by_config.setdefault(r["config_id"], []).append(float(r["outcome"] == "converged"))
+    return list(by_config.values())
+
+
+def share_difference(record: dict, dataset: str | None) -> dict | None:
+    """The families ranked by the share of converged runs per configuration (each configuration's share, averaged),
+    and the leader's lead over the runner-up with its 95% cluster-bootstrap interval: the configuration is the unit,
+    since the runs of one configuration share everything but their seed (bench/evaluate/stats.py
+    cluster_difference). None without runs of two families."""
+    shares = {f: converged_by_config(record, dataset, f) for f in _families(record)}
+    shares = {f: s for f, s in shares.items() if s}
+    if len(shares) < 2:
+        return None
+    mean = {f: sum(sum(c) / len(c) for c in s) / len(s) for f, s in shares.items()}
+    first, second = sorted(shares, key=lambda f: -mean[f])[:2]
+    d, lo, hi = cluster_difference(shares[first], shares[second])
+    runs = {f: (round(sum(map(sum, s))), sum(map(len, s)), len(s)) for f, s in shares.items()}
+    return {"first": first, "second": second, "share": mean, "runs": runs, "difference": d, "lo": lo, "hi": hi}
+
+
 def verdict(record: dict, dataset: str | None) -> str:
     """How much more likely one family is to give a converged model from a random configuration and seed, with the
-    95% Newcombe (1998, method 10) interval on the difference of the two proportions."""
-    counts = {f: (sum(r["outcome"] == "converged" for r in _runs(record, dataset, f)), len(_runs(record, dataset, f)))
-              for f in ("gan", "diffusion")}
-    if not all(n for _, n in counts.values()):
+    95% interval of the difference computed with the configuration as the unit (share_difference)."""
+    s = share_difference(record, dataset)
+    if s is None:
         return "Verdict: not enough runs."
-    first, second = sorted(counts, key=lambda f: -counts[f][0] / counts[f][1])
-    (k1, n1), (k2, n2) = counts[first], counts[second]
-    d, lo, hi = newcombe_interval(k1, n1, k2, n2)
+    first, second, (k1, n1, c1), (k2, n2, c2) = s["first"], s["second"], s["runs"][s["first"]], s["runs"][s["second"]]
     where = f"on {dataset}" if dataset else "over every dataset"
-    text = (f"Verdict {where}: from a random configuration of its search space and a random seed, {NAMES[first]} gave "
-            f"a converged model in {k1}/{n1} runs ({100 * k1 / n1:.0f}%), {NAMES[second]} in {k2}/{n2} "
-            f"({100 * k2 / n2:.0f}%): {NAMES[first]} is {100 * d:.0f} percentage points more likely than "
-            f"{NAMES[second]} to give a usable model (95% interval {100 * lo:.0f} to {100 * hi:.0f}; Newcombe 1998 "
-            f"hybrid score interval)")
-    return text + (". The interval includes 0: the runs do not resolve a difference." if lo <= 0 else ".")
+    text = (f"Verdict {where}: from a random configuration of its search space and a random seed, {_name(first)} gave "
+            f"a converged model in {k1}/{n1} runs ({c1} configurations; per configuration "
+            f"{100 * s['share'][first]:.0f}%), {_name(second)} in {k2}/{n2} ({c2}; {100 * s['share'][second]:.0f}%): "
+            f"{_name(first)} is "
+            f"{100 * s['difference']:.0f} percentage points more likely than {_name(second)} to give a usable model "
+            f"(95% interval {100 * s['lo']:.0f} to {100 * s['hi']:.0f}, a cluster bootstrap over configurations: the "
+            "runs of one configuration share all but their seed, so the configuration is the unit)")
+    return text + (". The interval includes 0: the configurations do not resolve a difference." if s["lo"] <= 0
+                   else ".")
 
 
 def best_rows(record: dict, dataset: str) -> list[list[str]]:
     """Each family's best configuration, its seeds' metrics, and the random-search budget spent when it was drawn
     (configurations are tried in draw order, each with every seed)."""
     study, rows = record["study"], []
-    for family in ("gan", "diffusion"):
+    for family in _families(record):
         summaries = config_summaries(_runs(record, dataset, family))
         best = best_config(summaries)
         if best is None:
@@ -184,7 +221,7 @@ def best_rows(record: dict, dataset: str) -> list[list[str]]:
         runs_spent = sum(s["runs"] for s in summaries if s["config_id"] <= best["config_id"])
         first = next((s for s in summaries if s["converged"]), None)
         knobs = ", ".join(f"{k}={v}" for k, v in best["knobs"].items())
-        rows.append([NAMES[family], f"c{best['config_id']:02d}", knobs, f"{best['converged']}/{best['runs']}",
+        rows.append([_name(family), f"c{best['config_id']:02d}", knobs, f"{best['converged']}/{best['runs']}",
                      f"{100 * np.mean(best['hq']):.1f}" if best["hq"] else "n/a",
                      f"{np.mean(best['modes']) * 100:.0f}" if best["modes"] else "n/a",
                      f"{runs_spent} x {study['steps']:,} = {runs_spent * study['steps']:,}",
@@ -198,7 +235,7 @@ def _space_rows(record: dict) -> list[list[str]]:
         for knob, entry in space.items():
             values = (f"log-uniform [{entry['log_uniform'][0]:.3g}, {entry['log_uniform'][1]:.3g}]"
                       if "log_uniform" in entry else "{" + ", ".join(str(v) for v in entry["choice"]) + "}")
-            rows.append([NAMES[family], knob, values])
+            rows.append([_name(family), knob, values])
     return rows
 
 
@@ -238,7 +275,7 @@ def _dataset_blocks(out: Path, record: dict, dataset: str) -> list:
               ("table", ["family", "config", "knobs", "converged seeds", "high quality %", "modes %",
                          "found after (runs x steps)", "first usable"], best_rows(record, dataset))]
     figures = [ecdf_figure(out, record, dataset)]
-    figures += [f for f in (sensitivity_figure(out, record, dataset, fam) for fam in ("gan", "diffusion")) if f]
+    figures += [f for f in (sensitivity_figure(out, record, dataset, fam) for fam in _families(record)) if f]
     return blocks + [("img", f, f) for f in figures]
 
 
@@ -250,8 +287,9 @@ def study_blocks(out: Path, record: dict) -> list:
     blocks += [("h2", "Over every dataset"),
                ("table", ["family", "runs", *OUTCOME_ORDER], outcome_rows(record, None)),
                ("p", verdict(record, None)),
-               ("p", ("The interval treats runs as independent; runs that share a configuration are not (its seeds "
-                      "vary only the initialisation and data order), so with few configurations it is too narrow."))]
+               ("p", ("The interval takes the configuration as the unit: runs that share a configuration are not "
+                      "independent (its seeds vary only the initialisation and the data order), so an interval that "
+                      "counted every run as independent would be narrower than the evidence allows."))]
     failed = [r for r in record["runs"] if r["outcome"] == "failed"]
     if failed:
         blocks += [("h2", "Runs that failed (retried by the next `gvd study stability`)"),

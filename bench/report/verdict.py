@@ -22,6 +22,7 @@ import math
 from bench.evaluate import table
 from bench.evaluate.stability import OUTCOMES, outcome
 from bench.evaluate.stats import mean_interval, paired_difference
+from bench.report.study import share_difference
 from bench.report.tables import families_of, label, models
 
 ASPECTS = ("quality", "diversity", "prompt adherence", "memorisation", "stability", "cost: sampling",
@@ -166,8 +167,28 @@ def multiplicity_line(tested: int) -> str:
             "on its own.")
 
 
-def verdict_blocks(results: dict) -> list:
-    """The verdict section: per dataset, the budget table and the verdict table (report blocks)."""
+def study_line(study: dict, dataset: str, labels: dict) -> str | None:
+    """The stability study's outcome on this dataset, beside the run's stability row: the share of converged runs
+    per configuration of each family, and the lead with its interval taking the configuration as the unit."""
+    if dataset not in study.get("study", {}).get("datasets", []):
+        return None
+    s = share_difference(study, dataset)
+    if s is None:
+        return None
+    info = study["study"]
+    shares = ", ".join(f"{labels.get(f, f)} {s['runs'][f][0]}/{s['runs'][f][1]} runs ({s['share'][f]:.0%} per "
+                       f"configuration)" for f in s["share"])
+    resolved = "resolved" if s["lo"] > 0 else "not resolved (the interval includes 0)"
+    lead = labels.get(s["first"], s["first"])
+    return (f"Stability study beside it ({info['k']} random configurations x {info['seeds']} seeds per family, "
+            f"{info['steps']:,} steps; `gvd study stability`): converged {shares}; {lead} leads by "
+            f"{s['difference']:.0%} (95% cluster-bootstrap interval {s['lo']:.0%} to {s['hi']:.0%}, the "
+            f"configuration as the unit): {resolved}.")
+
+
+def verdict_blocks(results: dict, study: dict | None = None) -> list:
+    """The verdict section: per dataset, the budget table and the verdict table (report blocks); where a stability
+    study of the dataset is given, its outcome beside the stability row."""
     families = families_of(results)
     names, labels = models(families), {f: label(families, f) for f in families}
     if len(names) < 2:
@@ -191,6 +212,8 @@ def verdict_blocks(results: dict) -> list:
                    ("table", ["family", "parameters", "ratio", "training FLOPs", "ratio", "examples seen"],
                     budget_rows(runs, present, labels)),
                    ("table", ["aspect", "measure"] + [labels[f] for f in present] + ["leads", "by", "seeds"], rows)]
+        if study and (line := study_line(study, dataset, labels)):
+            blocks.append(("p", line))
     if line := multiplicity_line(tested):
         blocks.append(("p", line))
     return blocks

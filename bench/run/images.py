@@ -175,7 +175,7 @@ def _train(trained: Trained, score: FamilyScore, shared: Shared) -> dict:
     return record
 
 
-def _scores(family: Family, score: FamilyScore) -> dict:
+def _scores(family: Family, score: FamilyScore, validation: dict) -> dict:
     """metrics (the neutral knob, with memorisation's headline numbers), tuned, throughput, sweep, curve."""
     memorised = ("near_copy_share", "near_copy_share_held", "copy_excess", "c_t")
     metrics = {**score.neutral.metrics, **{k: score.memorisation[k] for k in memorised if k in score.memorisation}}
@@ -187,7 +187,7 @@ def _scores(family: Family, score: FamilyScore) -> dict:
     if family.knob is not None:
         tuned = {k: v for k, v in score.tuned.metrics.items() if k != "fid_curve"}
         out["tuned"] = {"knob": family.knob.name, "value": score.tuned.value, "rule": TUNING_RULE,
-                        "nfe": score.tuned.nfe, "metrics": tuned}
+                        "nfe": score.tuned.nfe, "metrics": tuned, "validation": validation}
         out["sweep"] = {"knob": family.knob.name, "prompts": "validation", "points": score.validation}
     return out
 
@@ -200,7 +200,8 @@ def record_entry(prep: Prepared, ev: EvalSet, shared: Shared, family: Family, tr
         return failed_entry(prep.dataset, family.name, seed, status.get("error", "failed"), status.get("traceback"))
     entry = {"dataset": prep.dataset, "model": family.name, "seed": seed, **trained.status,
              **(score.problem or {}), "role": family.role, "knob": _knob(family),
-             "sampler": trained.train.get("sampler"), "train": _train(trained, score, shared), **_scores(family, score)}
+             "sampler": trained.train.get("sampler"), "train": _train(trained, score, shared),
+             **_scores(family, score, ev.validation_reference)}
     if trained.ema_decay is not None:
         entry["ema"] = {"decay": trained.ema_decay,
                         "initial_weight_share": initial_weight_share(len(trained.history), trained.ema_decay)}

@@ -161,7 +161,7 @@ def finish(run: RunDir, results: dict) -> None:
 
 
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1,
-              previous: dict | None = None) -> dict:
+              previous: dict | None = None, study: str | None = None) -> dict:
     """Run every benchmark of the suite with every family of its config; the 2D runs go `workers` at a time in
     separate processes. previous: the results.json of the run being resumed (its finished entries are kept, not
     rerun). SIGINT / SIGTERM raise Interrupted after results.json, metrics.csv and the report have recorded what
@@ -179,6 +179,8 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     if "error" not in (previous or {}).get("throughput", {"error": None}):
         results["throughput"] = previous["throughput"]  # measured already
     results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
+    if study or (previous or {}).get("study"):
+        results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
     workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the 2D jobs together, one at a time
     order = planned(cfg, families)
     with stop_on_signals():

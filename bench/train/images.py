@@ -13,6 +13,7 @@ from functools import partial
 import torch
 
 from bench.core import distributed
+from bench.core.seeding import batch_stream
 from bench.data.images import ImageData
 from bench.train.loops import (
     autocast,
@@ -112,8 +113,8 @@ def train_dcgan(images: torch.Tensor, pooled: torch.Tensor, cfg, cfgs: dict, dev
     G, D = Generator(cfgs["dcgan"]).to(device), Discriminator(cfgs["dcgan"]).to(device)
     # [ddp] BatchNorm over the global batch, then DDP (both no-ops in one process; bench/distributed.py)
     G, D = (distributed.wrap(distributed.sync_batchnorm(m), device) for m in (G, D))
-    gen = torch.Generator().manual_seed(seed + 1)
-    draw = _batches(len(images), cfg.batch_size, gen)
+    gen = torch.Generator().manual_seed(seed + 1)  # the GAN's own noise: its latents
+    draw = batch_stream(len(images), cfg.batch_size, seed)  # the seed's data stream, the UNet's too
 
     def real_batch(step):
         idx = distributed.local_rows(draw(step)).to(device)  # [ddp] this rank's rows of the global batch
@@ -181,8 +182,8 @@ def train_unet(latents: torch.Tensor, text: tuple, uncond: tuple, cfg, cfgs: dic
     torch.manual_seed(seed)
     unet = distributed.wrap(UNet(cfgs["unet"]).to(device), device)  # [ddp]
     alpha_bar = schedule(cfg.diffusion, device)
-    gen = torch.Generator().manual_seed(seed + 3)
-    draw = _batches(len(latents), cfg.batch_size, gen)
+    gen = torch.Generator().manual_seed(seed + 3)  # the UNet's own noise: caption dropout, timesteps, noise
+    draw = batch_stream(len(latents), cfg.batch_size, seed)  # the seed's data stream, the GAN's too
     text_states, mask = text
 
     def batch(step):

@@ -219,10 +219,13 @@ def one_cycle(opt: torch.optim.Optimizer, lr: float, warmup: float, steps: int):
     """torch's OneCycleLR (Smith & Topin 2019): a cosine rise to lr over the first `warmup` of the steps, then a
     cosine fall. Its first phase ends at step warmup x steps - 1; where that is exactly 0 (10 steps at warm-up 0.1)
     torch divides 0 by 0, so the fraction is nudged to make step 0 the one warm-up step, as it is at 11 steps.
-    Every other step count gets torch's schedule unchanged."""
+    Every other step count gets torch's schedule unchanged. The momentum is not cycled (torch's default cycles
+    Adam's beta1 from 0.95 down to 0.85 and back, so the configured beta1 would hold for one step only): the
+    optimiser keeps the betas the config names."""
     total = max(steps, 2)
     pct = warmup * (1 + 1e-6) if warmup * total == 1 else warmup
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct,
+                                               cycle_momentum=False)
 
 
 def train_diffusion(model, x0_batch, alpha_bar, prediction: str, cfg: DiffusionTrainConfig, steps: int,
