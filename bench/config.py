@@ -152,7 +152,7 @@ class ImageBenchConfig:
     sampler: str = setting("dpmpp2m:20", check=_check_samplers)  # diffusion sampler:steps used for the scores
     num_samples: int = setting(1000, min=2)  # generated images scored per (dataset, model, seed); as many test ones
     num_test: int = setting(2000, min=2)  # images of the test split (fixed datasets: at most 20% of their images)
-    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
+    amp: bool = True  # bf16 autocast of training and sampling, both families, where the device has bf16 instructions
     eval_checkpoints: int = setting(4, min=0)  # metric-over-training: score at this many evenly spaced steps (0 = off)
     curve_samples: int = setting(256, min=2)  # images per checkpoint: the first of the evaluation's prompts and seeds
     # the knob grids each family is tuned over (the lowest validation FID wins) and swept along: the CFG scale s,

@@ -4,6 +4,7 @@ mean +- std over seeds."""
 
 import csv
 import dataclasses
+import json
 import warnings
 
 import numpy as np
@@ -183,7 +184,10 @@ def test_inception_metrics_and_protocol_records_stand_beside_the_judges(image_ru
         assert comparable(judge, inc) == ["backbone", "resize", "resize_size", "weights_sha256"]
         assert "unavailable" not in run
     assert runs["gan"]["protocol"] == runs["diffusion"]["protocol"]  # one protocol for both families
-    assert cache is not None and len(list(cache.glob("*.npy"))) == 1  # the reference features, cached
+    backbones = [json.loads(p.read_text())["backbone"] for p in cache.glob("*.json")] if cache else []
+    # Inception's features of the reference set, cached; the judge's of the real image sets (reference, validation
+    # reference, both splits for memorisation) beside them
+    assert sum(b.startswith("inception-v3") for b in backbones) == 1 and backbones.count("judge") == 4, backbones
 
 
 def test_image_models_share_counts_and_are_scored_along_training(image_runs):

@@ -15,7 +15,8 @@ from bench.report.speed import quality_cost_figures, throughput_blocks
 from bench.speed import gpu_check
 from bench.speed.summary import throughput_table
 from bench.speed.throughput import _plan, _prepare, _train_inputs, image_throughput, run_entry_throughput
-from bench.speed.timing import count_flops, measure
+from bench.speed.timing import measure
+from bench.train.loops import bf16_supported, count_flops, precision
 from models.mlp import num_params
 from models.unet import UNet
 
@@ -64,7 +65,9 @@ def tiny(tmp_path_factory):
 
 def test_tiny_run_has_every_field_positive(tiny):
     assert tiny["schema"] == "gan-vs-diffusion/throughput/v1"
-    assert tiny["device"] == "cpu" and tiny["dtype"] == {"train": "float32", "sample": "float32"}
+    arithmetic = precision("cpu", True)  # the smoke preset's amp, as `gvd run` trains and samples
+    assert tiny["device"] == "cpu" and tiny["dtype"] == {"train": arithmetic, "sample": arithmetic}
+    assert set(tiny["matmul_peaks"]) == ({"float32", "bfloat16"} if bf16_supported("cpu") else {"float32"})
     assert {"python", "torch", "numpy"} <= set(tiny["versions"])
     assert tiny["matmul_peak"]["tflops"] > 0
     seen = {(r["model"], r["stage"], r["nfe"], r["guidance"]) for r in tiny["rows"]}

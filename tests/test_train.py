@@ -7,7 +7,18 @@ import pytest
 import torch
 
 from bench.data.mixtures import mixture_modes, mixture_scale, sample_mixture
-from bench.train.loops import GANTrainConfig, autocast, drop_captions, ema_update, one_cycle, train_gan, vae_step
+from bench.train.loops import (
+    GANTrainConfig,
+    autocast,
+    bf16_supported,
+    count_flops,
+    drop_captions,
+    ema_update,
+    one_cycle,
+    precision,
+    train_gan,
+    vae_step,
+)
 from models.mlp import MLPConfig, MLPDiscriminator, MLPGenerator
 from models.vae import KLAutoencoder, VAEConfig, vae_loss
 
@@ -61,15 +72,44 @@ def test_ema_update_is_a_convex_combination():
     assert torch.allclose(a.weight, expected)
 
 
-def test_autocast_is_bf16_on_cuda_only_when_asked():
-    with autocast("cpu", True):  # the CPU ignores amp: bf16 is slower there
+def test_autocast_is_bf16_where_the_device_has_bf16_arithmetic_and_only_when_asked():
+    with autocast("cpu", False):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast("cpu", True):  # bf16 where oneDNN reports bf16 dot-product instructions, else float32
+        expect = torch.bfloat16 if bf16_supported("cpu") else torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == expect
+    assert precision("cpu", True) == ("bf16 autocast" if bf16_supported("cpu") else "float32")
+    assert precision("cpu", False) == "float32"
     if torch.cuda.is_available():
         x = torch.ones(2, 2, device="cuda")
         with autocast("cuda", True):
             assert (x @ x).dtype == torch.bfloat16
         with autocast("cuda", False):
             assert (x @ x).dtype == torch.float32
+
+
+def test_a_training_under_autocast_reads_the_updated_weights():
+    """The harness's autocast spans whole training loops: every forward pass must see the weights the optimiser has
+    updated in place (torch.autocast's weight cache would hand back the first step's bf16 copy)."""
+    lin, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with autocast("cpu", True):
+        before = lin(x)
+        with torch.no_grad():
+            lin.weight.add_(1.0)
+        after = lin(x)
+    with torch.no_grad():
+        assert torch.allclose(after.float() - before.float(), x.sum(1, keepdim=True).expand(2, 4), atol=0.1)
+
+
+def test_flops_are_counted_for_attention_whatever_its_kernel():
+    """torch.utils.flop_counter has no formula for the CPU's flash-attention kernel; count_flops counts attention on
+    the math kernel: forward QK^T and PV (2 x 2bhqkd) and backward twice that, for q (b, h, q, d), k and v (b, h, k,
+    d)."""
+    b, h, q, k, d = 2, 4, 16, 6, 8
+    Q, K, V = (torch.randn(b, h, n, d, requires_grad=True) for n in (q, k, k))
+    fwd = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(Q, K, V))
+    both = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(Q, K, V).sum().backward())
+    assert fwd == 2 * (2 * b * h * q * k * d) and both == 3 * fwd
 
 
 def test_drop_captions_replaces_a_fraction_p_by_the_empty_caption():
@@ -102,7 +142,7 @@ def test_vae_step_takes_one_step_on_the_published_loss():
     opt = torch.optim.SGD(vae.parameters(), lr=0.1)
     before = [p.detach().clone() for p in vae.parameters()]
     torch.manual_seed(1)
-    loss, stats = vae_step(vae, opt, x, amp=True)
+    loss, stats = vae_step(vae, opt, x, amp=False)
     assert torch.allclose(loss, expect) and set(stats) == {"recon", "kl"}  # the loss of the weights before the step
     assert any(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))
     assert loss_now() < expect  # a descent step on a fixed batch

@@ -122,6 +122,16 @@ def content_hash(*arrays) -> str:
     return digest.hexdigest()
 
 
+def module_hash(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and values in name order): the identity of trained weights
+    that are not a file, such as the judge's."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

@@ -101,17 +101,15 @@ class RunDir:
         """A training's resumable state (bench/train/state.py); removed once its entry is in results.json."""
         return self.root / "state" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
 
-    def remove_states(self, dataset: str, seed: int, parts=None) -> None:
-        """The trainings' states of entries that results.json now holds as finished: the given parts, or every state
-        of (dataset, seed). [ddp] Rank 0 owns the files."""
+    def remove_states(self, dataset: str, seed: int, family: str) -> None:
+        """The states of a family's trainings (bench/train/state.py StateFiles: "<family>" and "<family>-<part>") once
+        results.json holds its entry as finished. [ddp] Rank 0 owns the files."""
         if not distributed.is_main():
             return
-        if parts is None:
-            folder = self.root / "state"
-            found = sorted(folder.glob(f"{self.run_id(dataset, seed)}_*.safetensors")) if folder.is_dir() else []
-        else:
-            found = [self.state_path(dataset, seed, part) for part in parts]
-        for path in found:
+        self.state_path(dataset, seed, family).unlink(missing_ok=True)
+        folder = self.root / "state"
+        parts = folder.glob(f"{self.run_id(dataset, seed)}_{family}-*.safetensors") if folder.is_dir() else []
+        for path in sorted(parts):
             path.unlink(missing_ok=True)
 
     def grid_path(self, dataset: str, seed: int, part: str) -> Path:

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bench.core.files import module_hash
 from bench.data.images import DataError, ImageData, split_hash
 from models.layers import setting
 
@@ -51,6 +52,14 @@ class Judge:
     accuracy: float  # accuracy on the test split (else on a held-out part); per channel digit for stacked digits
     per_channel: bool = False  # stacked digits: classify each channel as a one-channel digit image
     train_seconds: float = 0.0  # wall time of the training run (also when loaded from the cache)
+    name: str = "judge"  # as a feature backbone (bench/data/featcache.py caches its features of the real images)
+    resize: str = "none"  # images reach it at their own size
+    size: int | None = None
+
+    @property
+    def weights_sha256(self) -> str:
+        """The identity of its trained weights (the feature cache's key; the protocol record's)."""
+        return module_hash(self.net)
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor, part: slice) -> torch.Tensor:

@@ -27,7 +27,9 @@ from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from bench.core import distributed
 from bench.core.guard import error_text
+from bench.core.pool import torch_threads
 from bench.core.seeding import sample_seeds
+from bench.core.stages import stage
 from bench.data.featcache import cached_features
 from bench.data.inception import missing_inception
 from bench.evaluate.metrics import (
@@ -49,7 +51,7 @@ from bench.evaluate.stability import stability, steps_to_threshold
 from bench.evaluate.sweeps import sweep
 from bench.evaluate.table import extra_metrics
 from bench.families.interface import Prompts
-from bench.train.loops import initial_weight_share
+from bench.train.loops import autocast, initial_weight_share, precision
 from models.vae import psnr
 
 TUNING_RULE = ("the lowest FID over the family's knob grid on validation prompts and seeds, against validation "
@@ -75,6 +77,16 @@ class EvalSet:
     unavailable: dict | None  # which metrics this dataset cannot have, and why
     validation_feats: np.ndarray | None = None  # features of the validation reference: where the knobs are tuned
     validation_reference: dict | None = None  # what it is: held-out test images disjoint from the scored reference
+    device: torch.device = torch.device("cpu")  # where every family samples
+    amp: bool = False  # bf16 autocast of sampling, for every family alike (bench/train/loops.py autocast)
+
+
+def real_features(prep, images: torch.Tensor) -> np.ndarray:
+    """The judge's features of real images, from the feature cache (bench/data/featcache.py): they depend on the
+    images and the judge's weights alone, so every seed and family of a dataset reads the copy the first computed.
+    Computed on one thread, so the cached values do not depend on which process filled the cache."""
+    with torch_threads(1):
+        return cached_features(images, prep.judge, prep.cache_dir)[0]
 
 
 def occurrences(labels: torch.Tensor) -> torch.Tensor:
@@ -93,7 +105,7 @@ def prompts_for(text, data, n: int, prompt_seed: int, seeds: torch.Tensor) -> Pr
     return Prompts(captions, labels, text.encode(captions), seeds, occurrences(labels))
 
 
-def eval_set(prep, text, cfg, seed: int) -> EvalSet:
+def eval_set(prep, text, cfg, seed: int, device="cpu") -> EvalSet:
     """The scored and validation prompts and the reference set (prep.reference: the same test images for every
     seed, so every run of a dataset is scored against the same images), with their features."""
     n_val = min(cfg.sweep_samples, cfg.num_samples)
@@ -105,15 +117,16 @@ def eval_set(prep, text, cfg, seed: int) -> EvalSet:
                       else None)
     description = f"{prep.dataset}: test split, {prep.reference_record['given']} of {len(prep.test.labels)} images"
     protocols = feature_protocols(ref, cfg.num_samples, description, inception=prep.inception,
-                                  judge_net=prep.judge.net if prep.judge is not None else None)
+                                  judge_net=prep.judge.net if prep.judge is not None else None,
+                                  arithmetic=precision(device, cfg.amp))
     missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
     ev = EvalSet(scored, validation, ref, prep.reference_record, real_inception, real_inception, None, None,
-                 protocols, missing)
+                 protocols, missing, device=torch.device(device), amp=cfg.amp)
     if prep.judge is not None:
-        ev.real_feats = prep.judge.features(ref)
+        ev.real_feats = real_features(prep, ref)
         ev.p_test = label_probs(prep.test.labels.numpy(), prep.data.num_modes,
                                 None if prep.test.channel_labels is None else prep.test.channel_labels.numpy())
-        ev.split_feats = (prep.judge.features(prep.data.images), prep.judge.features(prep.test.images))
+        ev.split_feats = (real_features(prep, prep.data.images), real_features(prep, prep.test.images))
     ev.validation_feats, ev.validation_reference = _validation_reference(prep, ev, n_val)
     return ev
 
@@ -131,15 +144,21 @@ def _validation_reference(prep, ev: EvalSet, n: int) -> tuple[np.ndarray | None,
         return ev.real_feats, {**record, "images": ev.reference["given"], "disjoint": False,
                                "why": "the test split holds no image outside the scored reference"}
     images = prep.test.images[held]
-    feats = prep.judge.features(images) if prep.judge is not None else prep.inception.features(images)
+    feats = real_features(prep, images) if prep.judge is not None else prep.inception.features(images)
     return feats, {**record, "images": len(held), "disjoint": True}
 
 
-def draw(family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tuple[torch.Tensor, int]:
+def draw(ev: EvalSet, family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tuple[torch.Tensor, int]:
     """The first n images of a family for a prompt set at one knob value, from its trained model or another network
-    `net` of the same shape (a snapshot, the raw weights). Returns (images, network passes per sample).
+    `net` of the same shape (a snapshot, the raw weights), in the evaluation's arithmetic (the same for every
+    family). Returns (images in float32, network passes per sample).
     [ddp] Each rank draws its block of the n per-sample seeds; the blocks are gathered back to all n, in order."""
-    return distributed.sample_sharded(lambda rows: family.sample_image(trained, prompts.rows(rows), knob, net), n)
+    def rows(part: slice):
+        with autocast(ev.device, ev.amp):
+            images, nfe = family.sample_image(trained, prompts.rows(part), knob, net)
+        return images.float(), nfe
+
+    return distributed.sample_sharded(rows, n)
 
 
 def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, against: np.ndarray | None = None,
@@ -200,7 +219,7 @@ def _metrics(prep, ev: EvalSet, images: torch.Tensor, cfg, seed: int) -> dict:
 
 def _setting(prep, ev: EvalSet, family, trained, knob: float, cfg, seed: int) -> Setting:
     t0 = time.perf_counter()
-    images, nfe = draw(family, trained, ev.scored, cfg.num_samples, knob)
+    images, nfe = draw(ev, family, trained, ev.scored, cfg.num_samples, knob)
     seconds = time.perf_counter() - t0
     return Setting(knob, images, nfe, seconds, _metrics(prep, ev, images, cfg, seed))
 
@@ -213,7 +232,7 @@ def tune(prep, ev: EvalSet, family, trained, cfg) -> tuple[float | None, list[di
     if ev.real_feats is None or not values:
         return neutral, []
     n = len(ev.validation.seeds)
-    generate = lambda value: draw(family, trained, ev.validation, n, value)[0]  # noqa: E731
+    generate = lambda value: draw(ev, family, trained, ev.validation, n, value)[0]  # noqa: E731
     points = _points(sweep(values, generate, partial(score, prep, ev, ev.validation, against=ev.validation_feats)))
     finite = [p for p in points if p.get("fid") is not None and np.isfinite(p["fid"])]
     return (min(finite, key=lambda p: p["fid"])["value"] if finite else neutral), points
@@ -229,7 +248,7 @@ def curve_points(prep, ev: EvalSet, family, trained, cfg, headline) -> list[dict
     knob = family.knob.neutral if family.knob else 1.0
 
     def images(step):
-        return headline[:n] if step == final else draw(family, trained, ev.scored, n, knob, net=at_step[step])[0]
+        return headline[:n] if step == final else draw(ev, family, trained, ev.scored, n, knob, net=at_step[step])[0]
 
     points = _points(sweep(list(at_step), images, partial(score, prep, ev, ev.scored), key="step"))
     for point in points:
@@ -253,7 +272,7 @@ def raw_point(prep, ev: EvalSet, family, trained, cfg) -> dict:
         return {}
     n = min(cfg.curve_samples, cfg.num_samples)
     knob = family.knob.neutral if family.knob else 1.0
-    images = draw(family, trained, ev.scored, n, knob, net=trained.raw)[0]
+    images = draw(ev, family, trained, ev.scored, n, knob, net=trained.raw)[0]
     return _points(sweep([n], lambda _: images, partial(score, prep, ev, ev.scored), key="num_samples"))[0]
 
 
@@ -294,20 +313,28 @@ def evaluate_family(prep, ev: EvalSet, family, trained, cfg, seed: int) -> Famil
     neutral_value = family.knob.neutral if family.knob else 1.0
     history_stability = stability(trained.history) if trained.history else {}
     try:
-        neutral = _setting(prep, ev, family, trained, neutral_value, cfg, seed)
+        with stage("sample and score (neutral knob)"):
+            neutral = _setting(prep, ev, family, trained, neutral_value, cfg, seed)
     except (FloatingPointError, ValueError) as exc:
         empty = Setting(neutral_value, torch.zeros(0), 0, 0.0, {})
         curve = curve_points(prep, ev, family, trained, cfg, torch.zeros(0))
         return FamilyScore(empty, empty, [], curve, {}, {}, history_stability, problem=_unscorable(exc))
-    best, validation = tune(prep, ev, family, trained, cfg)
-    tuned = neutral if best is None or best == neutral_value else _setting(prep, ev, family, trained, best, cfg, seed)
-    curve = curve_points(prep, ev, family, trained, cfg, neutral.images)
+    with stage("knob sweeps (validation)"):
+        best, validation = tune(prep, ev, family, trained, cfg)
+    with stage("sample and score (tuned knob)"):
+        tuned = (neutral if best is None or best == neutral_value
+                 else _setting(prep, ev, family, trained, best, cfg, seed))
+    with stage("curves (training snapshots, raw weights)"):
+        curve, raw = curve_points(prep, ev, family, trained, cfg, neutral.images), raw_point(prep, ev, family,
+                                                                                              trained, cfg)
     if curve and prep.judge is not None:
         history_stability.update(threshold=f"cond_accuracy >= {COND_THRESHOLD}",
                                  steps_to_threshold=steps_to_threshold(curve, "cond_accuracy", COND_THRESHOLD))
-    return FamilyScore(neutral, tuned, validation, curve, raw_point(prep, ev, family, trained, cfg),
-                       memorisation_record(ev, prep, neutral.images), history_stability,
-                       autoencoder_report(prep, ev, family, trained))
+    with stage("memorisation"):
+        memorised = memorisation_record(ev, prep, neutral.images)
+    with stage("autoencoder report"):
+        autoencoder = autoencoder_report(prep, ev, family, trained)
+    return FamilyScore(neutral, tuned, validation, curve, raw, memorised, history_stability, autoencoder)
 
 
 # ---------------------------------------------------------------- metrics

@@ -6,42 +6,35 @@ carries one of these records; `comparable(a, b)` names the fields on which two o
 two runs can flag numbers that are not comparable instead of printing a misleading delta.
 """
 
-import hashlib
 import json
 
 import torch
 
-from bench.core.files import content_hash, versions
+from bench.core.files import content_hash, module_hash, versions
 from bench.evaluate.metrics import kid_subset_size
 
 PROTOCOL_VERSION = 1  # bump when the record's fields change
 
 
-def module_hash(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes and values in name order): the identity of trained weights
-    that are not a file, such as the judge's."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def protocol_record(*, backbone: str, weights_sha256: str, resize: str, resize_size: int | None, num_real: int,
                     num_fake: int, reference_split: str, reference_hash: str, num_seeds: int,
-                    kid_subset_size: int | None = None, kid_subset_note: str | None = None) -> dict:
+                    kid_subset_size: int | None = None, kid_subset_note: str | None = None,
+                    arithmetic: str = "float32") -> dict:
     """How a set of feature-based metrics was computed.
 
     backbone: the feature network ("judge", or an Inception file's name); weights_sha256: its weights' hash;
     resize / resize_size: how images reach the network's input (None when fed at their own size); num_real /
     num_fake: the sample counts FID is biased by; reference_split / reference_hash: which real images, and their
     content hash; num_seeds: training seeds behind the number; kid_subset_size / kid_subset_note: KID's subset
-    size as used, and why it is smaller than asked for (bench.evaluate.metrics.kid_subset_size).
+    size as used, and why it is smaller than asked for (bench.evaluate.metrics.kid_subset_size); arithmetic: what
+    the families trained and sampled in ("bf16 autocast" or "float32": bench/train/loops.py precision), the same for
+    every family, and a difference that moves every number a little.
     """
     return {"protocol": PROTOCOL_VERSION, "backbone": backbone, "weights_sha256": weights_sha256, "resize": resize,
             "resize_size": resize_size, "num_real": int(num_real), "num_fake": int(num_fake),
             "reference_split": reference_split, "reference_hash": reference_hash, "num_seeds": int(num_seeds),
-            "kid_subset_size": kid_subset_size, "kid_subset_note": kid_subset_note, "versions": versions()}
+            "kid_subset_size": kid_subset_size, "kid_subset_note": kid_subset_note, "arithmetic": arithmetic,
+            "versions": versions()}
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:
@@ -67,13 +60,14 @@ def comparable(rec_a: dict | None, rec_b: dict | None, ignore: tuple[str, ...] =
 
 
 def feature_protocols(real, num_fake: int, reference_split: str, *, judge_net: torch.nn.Module | None = None,
-                      inception=None, num_seeds: int = 1) -> dict:
+                      inception=None, num_seeds: int = 1, arithmetic: str = "float32") -> dict:
     """The protocol records of one run entry, by feature family: "judge" (the judge's own features, images at their
     own size) and "inception" (a bench.data.inception.Backbone), each where it was used. real: the reference images."""
     reference_hash = content_hash(real)
     m, note = kid_subset_size(len(real), num_fake)  # KID's default subset size, as both families use it
     common = dict(num_real=len(real), num_fake=num_fake, reference_split=reference_split,
-                  reference_hash=reference_hash, num_seeds=num_seeds, kid_subset_size=m, kid_subset_note=note)
+                  reference_hash=reference_hash, num_seeds=num_seeds, kid_subset_size=m, kid_subset_note=note,
+                  arithmetic=arithmetic)
     out = {}
     if judge_net is not None:
         out["judge"] = protocol_record(backbone="judge", weights_sha256=module_hash(judge_net), resize="none",

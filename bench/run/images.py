@@ -14,8 +14,10 @@ The data and the judge do not depend on the seed (the judge trains once per data
 measure training variance only.
 """
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -25,16 +27,17 @@ from tqdm.auto import tqdm
 from bench.core import distributed
 from bench.core.guard import error_text, failed_status, hold_signals
 from bench.core.results import failed_entry
-from bench.core.rundir import RunDir, load_checkpoint
+from bench.core.rundir import RunDir, load_checkpoint, save_checkpoint
 from bench.core.seeding import sample_seeds
-from bench.data.images import ImageData, load_splits, reference_set, split_record
+from bench.core.stages import stage
+from bench.data.images import ImageData, load_splits, reference_set, split_hash, split_record
 from bench.data.inception import Backbone, inception_backbone
 from bench.data.judge import Judge, judge_failure, load_or_train_judge
 from bench.evaluate.images import TUNING_RULE, EvalSet, FamilyScore, eval_set, evaluate_family
 from bench.families import Family, ImageTask, Prompts, Trained
 from bench.families.text import TextModels, network_configs
 from bench.train.images import train_text_encoder
-from bench.train.loops import initial_weight_share
+from bench.train.loops import autocast, initial_weight_share, precision
 from bench.train.state import StateFiles
 from models.mlp import num_params
 from models.text import Tokenizer
@@ -90,18 +93,57 @@ class Shared:
     record: dict  # steps, seconds, params, FLOPs: recorded once, counted on no family's side
 
 
-def train_shared(prep: Prepared, cfg, device, seed: int, states: StateFiles, progress: bool = True) -> Shared:
-    """CLIP pre-training of the text encoder on the training split's (caption, image) pairs."""
+TEXT_VERSION = 1  # part of the text encoder's cache key: bump when its network or training changes
+TEXT_SEED = 0  # the text encoder is shared infrastructure, like the judge: one per dataset, not one per seed
+
+
+def _text_key(prep: Prepared, cfg, device) -> str:
+    """sha256 of everything the trained text encoder depends on: the training split (images, labels, captions), its
+    configs and training settings, the arithmetic it trains in."""
+    blob = {"version": TEXT_VERSION, "split": split_hash(prep.data), "text": asdict(cfg.text),
+            "tower": asdict(cfg.tower), "steps": cfg.text_steps, "batch": cfg.text_batch_size, "lr": cfg.text_lr,
+            "precision": precision(device, cfg.amp), "device": torch.device(device).type,
+            "captions": hashlib.sha256("\n".join(prep.data.captions).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _train_text(prep: Prepared, cfg, device, progress: bool) -> tuple[TextModels, list, dict]:
+    """CLIP pre-training of the text encoder on the training split's (caption, image) pairs, from TEXT_SEED."""
     tokenizer = Tokenizer.build(prep.data.captions)
     configs = network_configs(cfg, channels=prep.data.images.shape[1], resolution=cfg.resolution,
                               vocab_size=len(tokenizer))
     t0 = time.perf_counter()
-    encoder, history, step_flops = train_text_encoder(prep.data, tokenizer, cfg, configs, device, seed, progress,
-                                                      states)
-    seconds = time.perf_counter() - t0 + states.offset("text")
-    text = TextModels(tokenizer, encoder, torch.device(device))
-    record = {"steps": len(history), "seconds": seconds, "params": num_params(encoder),
-              "flops": len(history) * step_flops, "counted": "on no family's side (shared, frozen)"}
+    with distributed.solo():  # [ddp] rank 0 trains it alone (the others read the cache it writes)
+        encoder, history, step_flops = train_text_encoder(prep.data, tokenizer, cfg, configs, device, TEXT_SEED,
+                                                          progress)
+    record = {"steps": len(history), "seconds": time.perf_counter() - t0, "params": num_params(encoder),
+              "flops": len(history) * step_flops, "counted": "on no family's side (shared, frozen)",
+              "precision": precision(device, cfg.amp), "trained": "once per dataset (seed 0), cached"}
+    return TextModels(tokenizer, encoder, torch.device(device)), history, record
+
+
+def load_or_train_text(prep: Prepared, cfg, device, progress: bool = True) -> tuple[TextModels, list, dict]:
+    """The dataset's frozen text encoder: from the cache in prep.cache_dir when a sound entry of the same split and
+    settings exists (a damaged one is retrained), else trained (_train_text) and cached. Returns (text models, its
+    training history, its record)."""
+    path = prep.cache_dir / f"text-{_text_key(prep, cfg, device)[:20]}.safetensors"
+    with distributed.main_first():  # [ddp] rank 0 trains and caches it; the others read the cache
+        try:
+            states, meta = load_checkpoint(path)
+            return TextModels.load(states, meta, device), meta["history"], meta["record"]
+        except (OSError, ValueError, KeyError, RuntimeError):
+            text, history, record = _train_text(prep, cfg, device, progress)
+            modules, meta = text.checkpoint()
+            save_checkpoint(path, modules, {**meta, "history": history, "record": record})
+            return text, history, record
+
+
+def train_shared(prep: Prepared, cfg, device, progress: bool = True) -> Shared:
+    """The shared stage of one dataset: the frozen text encoder (load_or_train_text) and its encodings of every
+    training caption and of the empty caption."""
+    text, history, record = load_or_train_text(prep, cfg, device, progress)
+    configs = network_configs(cfg, channels=prep.data.images.shape[1], resolution=cfg.resolution,
+                              vocab_size=len(text.tokenizer))
     states_, _, mask = text.encode([""])
     return Shared(text, text.encode(prep.data.captions), (states_, mask), configs, history, record)
 
@@ -112,7 +154,8 @@ def train_shared(prep: Prepared, cfg, device, seed: int, states: StateFiles, pro
 def _train_one(family: Family, task: ImageTask) -> Trained:
     """family.train_image(task); a family that raises is a failed Trained (the other families go on)."""
     try:
-        return family.train_image(task)
+        with stage(f"train {family.name}"):
+            return family.train_image(task)
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
             raise
@@ -132,12 +175,13 @@ def train_families(families: list[Family], task: ImageTask) -> dict[str, Trained
         budget = None
         if reference is not None and family.name != reference and family.role == "model":
             budget = (trained.get(reference) or Trained(None, {}, {})).train.get("flops")
-        trained[family.name] = _train_one(family, task if budget is None else _with_budget(task, budget))
+        mine = _with(task, states=task.states.scoped(family.name), flops_budget=budget)  # its own state files
+        trained[family.name] = _train_one(family, mine)
     return {f.name: trained[f.name] for f in families}
 
 
-def _with_budget(task: ImageTask, flops: float) -> ImageTask:
-    return ImageTask(**{**task.__dict__, "flops_budget": flops})
+def _with(task: ImageTask, **changes) -> ImageTask:
+    return ImageTask(**{**task.__dict__, **changes})
 
 
 # ---------------------------------------------------------------- stage 4: evaluation (bench/evaluate/images.py)
@@ -169,7 +213,7 @@ def _knob(family: Family) -> dict | None:
 def _train(trained: Trained, score: FamilyScore, shared: Shared) -> dict:
     """The entry's train record: the family's own, the shared text encoder's (counted on no side), and a latent
     family's autoencoder report merged into its stage-1 record."""
-    record = {**trained.train, "text_encoder": shared.record}
+    record = {**trained.train, "text_encoder": shared.record, "precision": shared.record["precision"]}
     if score.autoencoder is not None:
         record["vae"] = {**record.get("vae", {}), **score.autoencoder}
     return record
@@ -240,7 +284,8 @@ def write_outputs(run: RunDir, prep: Prepared, shared: Shared, ev: EvalSet, fami
             tuned = score.tuned.value if family.knob is not None else None
             run.save_checkpoint(prep.dataset, seed, family.name, {**text_modules, **mine.modules},
                                 {**text_meta, "dataset": prep.dataset, "seed": seed, "family": family.name,
-                                 "networks": mine.networks, "sampler": mine.train.get("sampler"), "knob": tuned})
+                                 "networks": mine.networks, "sampler": mine.train.get("sampler"), "knob": tuned,
+                                 "amp": ev.amp})
     generator = torch.Generator().manual_seed(30_000 + seed)
     run.save_grid(prep.dataset, seed, "real", real_for_prompts(prep.test, ev.scored.labels[:64], generator))
     for name, score in scores.items():
@@ -256,20 +301,24 @@ def run_image_dataset(dataset: str, seed: int, cfg, device: torch.device, run: R
     """Train and score every family on one image dataset for one seed. Returns their run entries. A stage the
     families share (data, judge, text encoder, evaluation set) raises to the caller; a family's own training,
     evaluation or record failing marks that family's entry failed only."""
-    prep = prepare(dataset, cfg, device, cache_dir)
+    with stage("data and judge"):
+        prep = prepare(dataset, cfg, device, cache_dir)
     if prep.failure is not None:
         return [failed_entry(dataset, f.name, seed, prep.failure) for f in families]
     states = StateFiles(partial(run.state_path, dataset, seed))
     with hold_signals():  # a signal stops the training under way when its step ends, with its state saved
-        shared = train_shared(prep, cfg, device, seed, states, progress)
+        with stage("text encoder"):
+            shared = train_shared(prep, cfg, device, progress)
         task = ImageTask(dataset, seed, cfg, torch.device(device), prep.data, prep.data.images.to(device),
                          shared.text, shared.captions, shared.empty, shared.configs, prep.test, prep.held_out,
                          states, progress)
         trained = train_families(families, task)
-    ev = eval_set(prep, shared.text, cfg, seed)
+    with stage("evaluation set (prompts, reference features)"):
+        ev = eval_set(prep, shared.text, cfg, seed, device)
     scores = _evaluate(families, trained, prep, ev, cfg, seed)
     try:
-        write_outputs(run, prep, shared, ev, families, trained, scores, seed)
+        with stage("checkpoints and sample grids"):
+            write_outputs(run, prep, shared, ev, families, trained, scores, seed)
     except Exception as exc:  # noqa: BLE001 -- the entries below still carry the numbers
         tqdm.write(f"{dataset} seed {seed}: writing checkpoints or grids failed: {error_text(exc)}")
     return [record_entry(prep, ev, shared, f, trained[f.name], scores.get(f.name), seed) for f in families]
@@ -295,7 +344,9 @@ def sample_from_checkpoint(path: Path, family: Family, prompt: str, n: int, *, s
     value = knob if knob is not None else meta.get("knob") if meta.get("knob") is not None else (
         family.knob.neutral if family.knob else 1.0)
     prompts_ = _prompts_of(captions, encoded, sample_seeds(seed, n))
-    return family.sample_image(trained, prompts_, value)
+    with autocast(device, meta.get("amp", False)):  # the arithmetic the run sampled in
+        images, nfe = family.sample_image(trained, prompts_, value)
+    return images.float(), nfe
 
 
 def _prompts_of(captions: list[str], encoded: tuple, seeds: torch.Tensor) -> Prompts:

@@ -83,7 +83,7 @@ def _record_mixture(run: RunDir, results: dict, order: list, job: tuple, outcome
         run.save_points(dataset, seed, name, label if len(points) > 1 else None, x)
     _add(run, results, [entry], order)
     if entry["status"] in FINISHED:  # in results.json: a resume keeps it and never needs its training's state
-        run.remove_states(dataset, seed, [name])
+        run.remove_states(dataset, seed, name)
 
 
 def run_mixtures(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, workers: int, families: list,
@@ -128,8 +128,9 @@ def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.devic
                 trace = traceback.format_exc(limit=5)
                 entries = [failed_entry(dataset, f.name, seed, error_text(exc), trace) for f in mine]
             _add(run, results, entries, order)
-            if all(e["status"] in FINISHED for e in entries):  # the text encoder's state is every family's
-                run.remove_states(dataset, seed)
+            for entry in entries:
+                if entry["status"] in FINISHED:
+                    run.remove_states(dataset, seed, entry["model"])
 
 
 def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:

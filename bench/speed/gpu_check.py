@@ -41,8 +41,8 @@ from bench.speed.fastpaths import (
 )
 from bench.speed.summary import throughput_table
 from bench.speed.throughput import build_image_models, image_throughput
-from bench.speed.timing import count_flops, matmul_peak, measure
-from bench.train.loops import autocast, train_gan
+from bench.speed.timing import matmul_peak, measure
+from bench.train.loops import autocast, count_flops, train_gan
 from models.mlp import num_params
 from models.unet import UNet, UNetConfig
 

@@ -9,8 +9,12 @@ under classifier-free guidance) and a VAE decode. `image_throughput` builds fres
   - sampling images/s at a batch, and the latency of one image alone (batch 1), at NFE 1 (GAN) and at each NFE of
     `nfes` for the diffusion model, with and without guidance, VAE decode included;
   - FLOPs per image (torch.utils.flop_counter: matmuls, convolutions and attention, the usual convention; elementwise
-    ops are not counted), parameters, achieved TFLOP/s and MFU against a matrix-product peak measured in the same
-    process (bf16 on CUDA, float32 on the CPU), and on CUDA the peak memory (max_memory_allocated).
+    ops are not counted), parameters, achieved TFLOP/s and MFU against the matrix-product peak of the row's own
+    precision measured in the same process (float32, and bf16 where the device has it), and on CUDA the peak memory
+    (max_memory_allocated).
+
+Every row computes in the arithmetic `gvd run` uses (bench/train/loops.autocast: bf16 autocast when cfg.amp and the
+device has bf16 instructions, CPU included); on CUDA the sampling rows follow FastPaths.bf16 instead.
 
 Timing, FLOP counting and the matmul peak are bench/timing.py's (warm-up first, the median of the repeats, CUDA events
 on a GPU). Text encodings are computed once before timing: both models read the same frozen encoder, whose cost per
@@ -22,6 +26,7 @@ The sampler's own per-step cost is measured exactly by running the loop with the
 (`sampler_overhead`): everything but the network.
 """
 
+import contextlib
 import copy
 import os
 import time
@@ -37,8 +42,17 @@ from bench.core.results import THROUGHPUT_SCHEMA
 from bench.families.diffusion import conditioned
 from bench.families.text import build_networks
 from bench.speed.fastpaths import FastPaths, fast_denoiser, fast_sampler
-from bench.speed.timing import count_flops, matmul_peak, measure, peak_rss_mb, sync
-from bench.train.loops import autocast, drop_captions, train_diffusion, train_gan, vae_step
+from bench.speed.timing import matmul_peak, measure, peak_rss_mb, sync
+from bench.train.loops import (
+    autocast,
+    bf16_supported,
+    count_flops,
+    drop_captions,
+    precision,
+    train_diffusion,
+    train_gan,
+    vae_step,
+)
 from models.diffusion import alphas_cumprod
 from models.mlp import num_params
 from models.samplers import sample
@@ -292,16 +306,23 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     cuda = device.type == "cuda"
     fast = fast or FastPaths(bf16=False)
     b = _prepare(cfg, device, channels, batch, None if budget_s is None else t_start + budget_s, seed)
-    peak_start = matmul_peak(device)
+    peak_start = _peaks(device)
     flops = _flops(b)
-    dtype = "bf16 autocast" if fast.bf16 and cuda else "float32"
-    rows = _forward_rows(b, flops)
-    diffusion, overhead, decode = _diffusion_rows(b, flops, nfes, fast, dtype)
+    # sampling as `gvd run` samples (the harness's arithmetic, bench/train/loops.autocast); on CUDA the bf16 fast path
+    if cuda:
+        dtype, arithmetic = "bf16 autocast" if fast.bf16 else "float32", contextlib.nullcontext()
+    else:
+        dtype, arithmetic = precision(device, cfg.amp), autocast(device, cfg.amp)
+    with arithmetic:
+        rows = _forward_rows(b, flops)
+        diffusion, overhead, decode = _diffusion_rows(b, flops, nfes, fast, dtype)
     rows += diffusion + _training_rows(b, channels)
-    # the MFU denominator: the better of two measurements, at the start and at the end (a busy moment lowers one)
-    peak = max(peak_start, matmul_peak(device), key=lambda p: p["tflops"])
+    # the MFU denominator: the matmul peak of the precision a row computes in, the better of two measurements, at
+    # the start and at the end (a busy moment lowers one)
+    peaks = {k: max(p, _peaks(device)[k], key=lambda q: q["tflops"]) for k, p in peak_start.items()}
     for r in rows:
-        r["mfu"] = r["tflops"] / peak["tflops"]
+        r["mfu"] = r["tflops"] / peaks[_peak_key(r["dtype"])]["tflops"]
+    peak = peaks[_peak_key(_train_dtype(cfg, device))]
     load["end"] = os.getloadavg()[0]
     return {
         "schema": THROUGHPUT_SCHEMA,
@@ -315,7 +336,8 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
         "batch": batch,
         "train_batch": cfg.batch_size,
         "timer": "CUDA events, median of repeats" if cuda else "perf_counter, median of repeats",
-        "matmul_peak": peak,
+        "matmul_peak": peak,  # of the training precision
+        "matmul_peaks": peaks,  # by dtype: float32, and bfloat16 where the device has bf16 arithmetic
         "models": _models(b, flops, decode),
         "rows": rows,
         "sampler_overhead": {"sampler": b.sampler, "batch": batch, **overhead},
@@ -328,7 +350,19 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
 
 
 def _train_dtype(cfg, device: torch.device) -> str:
-    return "bf16 autocast" if bool(cfg.amp) and device.type == "cuda" else "float32"
+    return precision(device, bool(cfg.amp))
+
+
+def _peaks(device) -> dict:
+    """The matmul peak of each precision a row can compute in: float32 always, bfloat16 where the device has it."""
+    out = {"float32": matmul_peak(device, torch.float32)}
+    if bf16_supported(device):
+        out["bfloat16"] = matmul_peak(device, torch.bfloat16)
+    return out
+
+
+def _peak_key(dtype: str) -> str:
+    return "bfloat16" if dtype.startswith("bf16") else "float32"
 
 
 def _trainable(module: torch.nn.Module) -> torch.nn.Module:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def sync(device) -> None:
@@ -54,13 +53,6 @@ def measure(fn: Callable[[], object], *, warmup: int = 2, repeats: int = 5, devi
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats,
             "timer": "cuda events" if cuda else "perf_counter",
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None}
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of fn (forward and, if fn runs it, backward), as torch.utils.flop_counter counts them."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def matmul_peak(device, dtype: torch.dtype | None = None, n: int | None = None) -> dict:

@@ -84,7 +84,8 @@ def train_text_encoder(data: ImageData, tokenizer: Tokenizer, cfg, cfgs: dict, d
                     tokens, images, groups)
     step_flops = flops_per_step(probe, cfg.text_batch_size, probe=cfg.text_batch_size)  # its loss is B x B
     state = states.open("text", cfg.text_steps, {"data": data_gen})
-    for step in steps_to_run(cfg.text_steps, state, parts, history, desc="text encoder (CLIP)", progress=progress):
+    for step in steps_to_run(cfg.text_steps, state, parts, history, desc="text encoder (CLIP)",
+                             progress=progress and distributed.is_main()):
         idx = draw(step).to(device)
         mine = distributed.local_rows(idx)  # [ddp] this rank's rows; the loss contrasts the whole global batch
         with autocast(device, cfg.amp):

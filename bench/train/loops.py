@@ -21,12 +21,14 @@ copy, EMA copy) after every k-th step, both eval-mode copies, so either can be s
 after training, so the loop stays a loop and the evaluation stays out of it.
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.core import distributed
@@ -71,16 +73,24 @@ class TrainResult:
     ema_decay: float  # the configured decay (the cap of the warm-up rule)
 
 
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of fn (forward and, if fn runs it, backward) as torch.utils.flop_counter counts them
+    (matmuls, convolutions, attention). Attention is counted on PyTorch's math kernel, whose batched matmuls the
+    counter sees: it has no formula for the CPU's flash kernel, which would count as 0 FLOPs."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def flops_per_step(step: Callable[[int], object], batch: int, probe: int = 2) -> float:
     """FLOPs of one training step at batch `batch`: step(probe), one step of throwaway copies of the networks being
-    trained at batch `probe`, counted by torch.utils.flop_counter (matmuls, convolutions and attention, forward and
-    backward; the convention of `gvd throughput`), times batch / probe (every such layer here does the same work per
-    example). Counted on copies because a dispatch mode reorders the backward's arithmetic (the gradients differ in
-    the last bits) and the real steps must stay as they are; the random generators are left as they were."""
+    trained at batch `probe`, counted by count_flops (the convention of `gvd throughput`), times batch / probe (every
+    such layer here does the same work per example). Counted on copies because a dispatch mode reorders the
+    backward's arithmetic (the gradients differ in the last bits) and the real steps must stay as they are; the
+    random generators are left as they were."""
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
-        with FlopCounterMode(display=False) as counter:
-            step(probe)
-    return counter.get_total_flops() / probe * batch
+        flops = count_flops(lambda: step(probe))
+    return flops / probe * batch
 
 
 def grad_norm(module: nn.Module) -> float:
@@ -98,11 +108,36 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def autocast(device, amp: bool) -> torch.autocast:
-    """The mixed precision of every training loop and timing of one: bf16 autocast on CUDA when `amp`, plain float32
-    otherwise (on the CPU bf16 is slower, so `amp` is ignored there)."""
+def bf16_supported(device) -> bool:
+    """Whether the device has bf16 arithmetic worth using: a CUDA GPU that supports it, or a CPU with bf16 dot-product
+    instructions (AVX512-BF16 or AMX, as oneDNN reports them; without them bf16 on the CPU is emulated and slower)."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision(device, amp: bool) -> str:
+    """What `autocast(device, amp)` computes in, as results.json and the protocol record name it."""
+    return "bf16 autocast" if amp and bf16_supported(device) else "float32"
+
+
+@contextlib.contextmanager
+def autocast(device, amp: bool):
+    """The arithmetic of every image training loop and of sampling, for every family alike: bf16 autocast when `amp`
+    and the device has bf16 instructions (weights and optimiser state stay float32; losses are taken in float32),
+    plain float32 otherwise. On the CPU attention runs on PyTorch's math kernel: the sequences here are 4-64 tokens,
+    where its batched matmuls beat the flash kernel's per-block overhead (forward and backward of the quick UNet's
+    training step 1.1-1.3x faster, measured on the project's 2-core CPU; tests/test_fastpaths.py checks they agree)."""
+    device = torch.device(device)
+    kernel = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+    # cache_enabled=False: the context spans whole training loops, and autocast's cache keeps each weight's first
+    # bf16 copy until the outermost context exits, blind to the optimiser's in-place updates (the forward passes would
+    # read the first step's weights all along)
+    enabled = amp and bf16_supported(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False), kernel:
+        yield
 
 
 def drop_captions(states: torch.Tensor, mask: torch.Tensor, uncond: tuple, p: float, generator: torch.Generator):

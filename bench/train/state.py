@@ -164,18 +164,25 @@ class TrainState:
 
 
 class StateFiles:
-    """The states of the trainings of one run entry, one file per part ("text", "gan", "vae", ...): path_of(part)
-    names it. Without path_of there is no state (the loops neither restore nor save)."""
+    """The states of the trainings of one run entry, one file per part ("gan", "vae", "diffusion", ...): path_of(part)
+    names it. Without path_of there is no state (the loops neither restore nor save). Scoped to a family, a part
+    other than the family's own name is filed as "<family>-<part>" ("diffusion-vae"), so the states of one family's
+    trainings can be found, and removed, without touching another's."""
 
-    def __init__(self, path_of=None):
-        self.path_of, self.opened = path_of, {}
+    def __init__(self, path_of=None, family: str | None = None):
+        self.path_of, self.family, self.opened = path_of, family, {}
+
+    def scoped(self, family: str) -> "StateFiles":
+        """The same files, named for one family's trainings."""
+        return StateFiles(self.path_of, family)
 
     def open(self, part: str, steps: int, generators: dict[str, torch.Generator]) -> TrainState | None:
         """The TrainState of one training of `steps` steps (None without path_of); generators: the loop's own."""
         if self.path_of is None:
             return None
         every = max(1, math.ceil(steps / STATE_SAVES))  # at most STATE_SAVES saves on the interval
-        self.opened[part] = TrainState(self.path_of(part), every, generators)
+        name = part if self.family in (None, part) else f"{self.family}-{part}"
+        self.opened[part] = TrainState(self.path_of(name), every, generators)
         return self.opened[part]
 
     def offset(self, part: str) -> float:

@@ -1,0 +1,54 @@
+"""Where a run's time goes: wall and CPU seconds per stage, recorded by every stage of `gvd run` and written to
+results.json ("stages"), shown by the report in one small table.
+
+    with stage("train diffusion"):
+        ...
+
+Each process keeps its own ledger (LEDGER); a pool job starts from an empty one and hands its record back with its
+result, and the parent merges it (merge). Stages nest (a family's training inside an image job): each is timed on its
+own. CPU seconds are this process's (time.process_time: every thread of it), so a stage that kept two cores busy
+shows about twice its wall time, and stages of parallel jobs add up to more wall time than the run took.
+"""
+
+import time
+from contextlib import contextmanager
+
+
+class Ledger:
+    """Seconds per stage name: {"wall_s", "cpu_s", "count"}."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    def add(self, name: str, wall: float, cpu: float, count: int = 1) -> None:
+        entry = self.stages.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0, "count": 0})
+        entry["wall_s"] += wall
+        entry["cpu_s"] += cpu
+        entry["count"] += count
+
+    @contextmanager
+    def stage(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
+
+    def merge(self, record: dict) -> None:
+        """Add another ledger's record (a pool job's) to this one."""
+        for name, entry in record.items():
+            self.add(name, entry["wall_s"], entry["cpu_s"], entry["count"])
+
+    def record(self) -> dict:
+        return {name: dict(entry) for name, entry in self.stages.items()}
+
+    def reset(self) -> None:
+        self.stages = {}
+
+
+LEDGER = Ledger()  # this process's
+
+
+def stage(name: str):
+    """Time a block as stage `name` in this process's ledger."""
+    return LEDGER.stage(name)
