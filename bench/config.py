@@ -190,6 +190,9 @@ class SuiteConfig:
                                   check=_check_families)
     user_families: list[str] = setting(factory=list, check=_check_user_families)  # NAME=MODULE:FACTORY (--family)
     throughput_budget_s: float = setting(30.0, min=0)  # seconds the throughput section may spend measuring (0 = skip)
+    # torch threads of each job (one (dataset, seed, family) run): fixed, so a job's numbers do not depend on how many
+    # run beside it (--workers); the jobs, not the threads, fill the cores
+    job_threads: int = setting(1, min=1)
 
 
 def _toy() -> SuiteConfig:
@@ -246,7 +249,7 @@ def _quick() -> SuiteConfig:
         unet=UNetConfig(channels=(32, 64, 64), layers_per_block=1, attention=(False, True, True)),
         dcgan=DCGANConfig(width=32, z_dim=64),
     )
-    return SuiteConfig(name="quick", seeds=[0], mixtures=MixtureBenchConfig(), images=img)
+    return SuiteConfig(name="quick", seeds=[0, 1, 2], mixtures=MixtureBenchConfig(), images=img)
 
 
 def _full() -> SuiteConfig:

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 import bench.families.gan
 from bench.cli import main
-from bench.config import preset
+from bench.config import SuiteConfig, preset
 from bench.core import pool as bench_pool
 from bench.core.guard import (
     Interrupted,
@@ -481,8 +481,9 @@ def test_a_pool_worker_saves_its_training_state_when_terminated(tmp_path):
     path = RunDir(tmp_path).state_path("ring8", 0, "diffusion")
     pool = multiprocessing.get_context("spawn").Pool(1, initializer=worker_signals)
     try:
-        job = ("ring8", "diffusion", 0, mix, "cpu", tmp_path, [])
-        pool.apply_async(bench_pool._in_worker, (suite._mixture_job, job))
+        cfg = SuiteConfig(name="smoke", seeds=[0], mixtures=mix)
+        job = (suite.Job("mixture", "ring8", 0, ("diffusion",), 1.0), cfg, "cpu", tmp_path)
+        pool.apply_async(bench_pool._in_worker, (suite._run_job, job))
         deadline = time.monotonic() + 120
         while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,19 +1,23 @@
-"""Jobs in worker processes, stopped cleanly: the one process pool of `gvd run` (2D trainings) and `gvd study`.
+"""Jobs in worker processes, stopped cleanly: the one process pool of `gvd run` and `gvd study`.
 
-run_jobs(fn, jobs, workers, record) calls record(job, fn(job)) for every job, in job order. With one worker (or one
-job) it runs them in this process. Otherwise in `workers` spawned processes (fork after torch has started threads
-can hang), each of which ignores SIGINT (a terminal's Ctrl-C reaches the whole group: the parent decides) and, on the
-parent's SIGTERM, lets a held training save its state before it exits (bench/core/guard.worker_signals). On
-Interrupted in the parent (SIGINT / SIGTERM under guard.stop_on_signals) the jobs that had finished are recorded,
-every worker is terminated (each saves what it holds first; none is left behind) and Interrupted propagates.
+run_jobs(fn, jobs, workers, record) calls record(job, fn(job)) for every job, as each finishes. With one worker (or
+one job) it runs them in this process, in job order. Otherwise in `workers` spawned processes (fork after torch has
+started threads can hang), each of which ignores SIGINT (a terminal's Ctrl-C reaches the whole group: the parent
+decides) and, on the parent's SIGTERM, lets a held training save its state before it exits
+(bench/core/guard.worker_signals). On Interrupted in the parent (SIGINT / SIGTERM under guard.stop_on_signals) the
+jobs that had finished are recorded, every worker is terminated (each saves what it holds first; none is left behind)
+and Interrupted propagates. The stages the jobs enter (bench/core/stages.py) reach on_stage(label, stage) in the
+parent, from the workers through a queue.
 """
 
 import contextlib
 import multiprocessing
+import queue
 import time
 
 import torch
 
+from bench.core import stages
 from bench.core.guard import Interrupted, exit_worker, worker_signals
 
 
@@ -41,32 +45,59 @@ def _in_worker(fn, job):
 STOP_SECONDS = 30.0  # how long a stopped worker may take to save its training's state before it is killed
 
 
-def run_jobs(fn, jobs: list, workers: int, record) -> None:
-    """record(job, fn(job)) for every job in job order, `workers` at a time (module docstring). fn must be a
+def _start_worker(messages) -> None:
+    """Pool initializer: the signals of a worker (guard.worker_signals), and its stages reported to the parent."""
+    worker_signals()
+    if messages is not None:
+        stages.listen(lambda label, name: messages.put((label, name)))
+
+
+def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) -> None:
+    """record(job, fn(job)) for every job as it finishes, `workers` at a time (module docstring); on_stage(label,
+    stage) for every stage a job enters, on_poll() every fifth of a second while jobs run in workers. fn must be a
     module-level function (it is pickled to the workers), jobs picklable."""
     if min(workers, len(jobs)) <= 1:
-        for job in jobs:
-            record(job, fn(job))
+        stages.listen(on_stage)
+        try:
+            for job in jobs:
+                record(job, fn(job))
+        finally:
+            stages.listen(None)
         return
-    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=worker_signals)
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue() if on_stage is not None else None
+    pool = context.Pool(min(workers, len(jobs)), initializer=_start_worker, initargs=(messages,))
     finished = False
     try:
         pending = [(job, pool.apply_async(_in_worker, (fn, job))) for job in jobs]
-        recorded = 0
         try:
-            for job, res in pending:
-                while not res.ready():
-                    res.wait(0.2)  # short waits: the signal handler runs between them
-                record(job, res.get())
-                recorded += 1
+            while pending:
+                _relay(messages, on_stage)
+                done = [p for p in pending if p[1].ready()]
+                for job, res in done:
+                    pending.remove((job, res))
+                    record(job, res.get())
+                if not done:
+                    if on_poll is not None:
+                        on_poll()
+                    pending[0][1].wait(0.2)  # short waits: the signal handler runs between them
         except Interrupted:
-            for job, res in pending[recorded:]:
+            for job, res in pending:
                 if res.ready() and res.successful():
                     record(job, res.get())
             raise
         finished = True
     finally:
         _stop(pool, finished)
+
+
+def _relay(messages, on_stage) -> None:
+    """Hand the workers' stage messages that have arrived to on_stage."""
+    while messages is not None:
+        try:
+            on_stage(*messages.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _stop(pool, finished: bool) -> None:

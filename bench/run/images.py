@@ -324,6 +324,20 @@ def run_image_dataset(dataset: str, seed: int, cfg, device: torch.device, run: R
     return [record_entry(prep, ev, shared, f, trained[f.name], scores.get(f.name), seed) for f in families]
 
 
+def warm_up(dataset: str, cfg, device, cache_dir) -> None:
+    """What every job of a dataset reads from the cache, made once before the jobs start (on every core this process
+    has): the judge, the text encoder, and the judge's features of the real image sets. A judge below its accuracy
+    floor stops here; each job then records its entries as failed."""
+    with stage("data and judge"):
+        prep = prepare(dataset, cfg, device, cache_dir)
+    if prep.failure is not None:
+        return
+    with stage("text encoder"):
+        shared = train_shared(prep, cfg, device)
+    with stage("evaluation set (prompts, reference features)"):
+        eval_set(prep, shared.text, cfg, 0, device)
+
+
 # ---------------------------------------------------------------- `gvd sample`
 
 

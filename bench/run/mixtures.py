@@ -17,6 +17,7 @@ from bench.core import distributed
 from bench.core.guard import error_text, hold_signals
 from bench.core.rundir import RunDir
 from bench.core.seeding import sample_seeds
+from bench.core.stages import stage
 from bench.data.mixtures import mixture_scale
 from bench.evaluate.images import train_flops_at
 from bench.evaluate.mixtures import mixture_metrics
@@ -119,12 +120,13 @@ def run_mixture(dataset: str, family: Family, seed: int, mix, device, run: RunDi
     """Train, score and record one family on one mixture; writes its history and checkpoint.
     Returns (run entry, {sampler label: samples}); the caller saves the samples."""
     states = StateFiles(partial(run.state_path, dataset, seed))
-    with hold_signals():  # a signal stops the training when its step ends, with its state saved
+    with hold_signals(), stage(f"2D: train {family.name}"):  # a signal stops the training when its step ends
         trained = train_mixture(family, dataset, seed, mix, device, progress, states)
     for i, (part, rows) in enumerate(trained.histories.items()):  # the headline's file is the family's name
         run.write_history(dataset, seed, family.name if i == 0 else f"{family.name}-{part}", rows)
     if trained.modules:
         run.save_checkpoint(dataset, seed, family.name, trained.modules,
                             {"model": family.name, "dataset": dataset, "seed": seed, "bench": asdict(mix)})
-    score = evaluate_mixture(family, trained, dataset, seed, mix)
+    with stage("2D: sample and score"):
+        score = evaluate_mixture(family, trained, dataset, seed, mix)
     return record_mixture(family, trained, score, dataset, seed), score.points

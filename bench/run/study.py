@@ -203,20 +203,21 @@ def _run_pool(jobs: list, workers: int) -> list[dict]:
     SIGTERM the workers stop (none is left behind) and Interrupted propagates with the runs that finished in
     `.finished` (bench/core/pool.py)."""
     bar = tqdm(total=len(jobs), desc="study runs", unit="run")
-    entries: list[dict] = []
+    finished: dict[int, dict] = {}  # by job position: the entries keep the design's order, whatever finishes first
+    position = {id(job): i for i, job in enumerate(jobs)}
 
     def record(job, entry):
-        entries.append(entry)
+        finished[position[id(job)]] = entry
         bar.update()
 
     try:
         run_jobs(_job, jobs, workers, record)
     except Interrupted as stop:
-        stop.finished = entries
+        stop.finished = [finished[i] for i in sorted(finished)]
         raise
     finally:
         bar.close()
-    return entries
+    return [finished[i] for i in sorted(finished)]
 
 
 def _plan(study: StudyConfig, out: Path, configs: dict, device, threads: int) -> tuple[list[dict], list[tuple]]:

@@ -6,14 +6,16 @@ the suite goes on.
 """
 
 import os
+import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from bench.config import SuiteConfig, to_dict
-from bench.core import distributed
+from bench.core import distributed, stages
 from bench.core.distributed import resolve_device  # noqa: F401 -- the CLI's and the tests' way in
 from bench.core.guard import Interrupted, error_text, interrupted_entry, stop_on_signals
 from bench.core.pool import run_jobs, torch_threads
@@ -24,7 +26,7 @@ from bench.data.registry import dataset_info
 from bench.families import resolve
 from bench.report import build
 from bench.report.tables import metric_rows
-from bench.run.images import run_image_dataset
+from bench.run.images import run_image_dataset, warm_up
 from bench.run.mixtures import run_mixture
 from bench.run.resume import FINISHED, finished
 from bench.speed.throughput import image_throughput, run_entry_throughput
@@ -37,20 +39,6 @@ def cache_dir() -> Path:
 
 def default_workers(device: torch.device) -> int:
     return 1 if device.type == "cuda" else max(1, os.cpu_count() or 1)
-
-
-def _mixture_job(job) -> tuple[dict, dict]:
-    """One 2D run, in a worker process or in this one, on one torch thread (these MLPs are too small to gain from
-    more, and one thread everywhere keeps the numbers independent of --workers; the count is restored after)."""
-    dataset, name, seed, mix, device, root, user_specs = job
-    with torch_threads(1):
-        try:
-            family = resolve([name], user_specs)[0]
-            return run_mixture(dataset, family, seed, mix, device, RunDir(root), progress=False)
-        except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
-            if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop (distributed.session)
-                raise
-            return failed_entry(dataset, name, seed, error_text(exc), traceback.format_exc(limit=5)), {}
 
 
 def planned(cfg: SuiteConfig, families: list) -> list[tuple]:
@@ -75,62 +63,162 @@ def _add(run: RunDir, results: dict, entries: list[dict], order: list[tuple]) ->
     run.write_results(results)
 
 
-def _record_mixture(run: RunDir, results: dict, order: list, job: tuple, outcome: tuple) -> None:
-    (dataset, name, seed, *_), (entry, points) = job, outcome
-    if entry["status"] == "failed":
-        tqdm.write(f"run {dataset}/{name}/seed {seed} failed: {entry['error']}")
-    for label, x in points.items():
-        run.save_points(dataset, seed, name, label if len(points) > 1 else None, x)
-    _add(run, results, [entry], order)
-    if entry["status"] in FINISHED:  # in results.json: a resume keeps it and never needs its training's state
-        run.remove_states(dataset, seed, name)
+# ---------------------------------------------------------------- jobs
+
+# What one job costs on the quick preset: seconds on one thread of the project's 2-core CPU (bf16), measured on the
+# quick preset. They set the order the jobs start in (longest first, so the last to finish is a short one) and the
+# progress line's estimate of the time left; scaled by the preset's steps. A family not listed costs as a GAN does.
+JOB_SECONDS = {"diffusion": 390.0, "gan": 65.0}
+CALIBRATION_SECONDS = 10.0  # a calibration row's job: no training, one evaluation
+MIXTURE_SECONDS = 25.0  # one 2D run (2,000 steps)
 
 
-def run_mixtures(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, workers: int, families: list,
-                 done: dict) -> None:
-    """Every 2D (dataset, seed, family) not already in `done`, `workers` at a time; results.json rewritten after
-    each."""
-    order = planned(cfg, families)
-    names = [f.name for f in families if f.runs_on("mixture")]
-    jobs = [(d, m, s, cfg.mixtures, device, run.root, list(cfg.user_families)) for d in cfg.mixtures.datasets
-            for s in cfg.seeds for m in names if (d, m, s) not in done]
-    bar = tqdm(total=len(jobs), desc=f"2D runs ({cfg.name})", unit="run")
+@dataclass(frozen=True)
+class Job:
+    """One unit of `gvd run`'s work, run in a worker process or in this one: a 2D run (one family), or the image
+    runs of one (dataset, seed) for some families (each model family alone; the calibration rows together; every
+    family together on the compute budget axis, where the reference family's FLOPs set the others' budget)."""
 
-    def record(job, outcome):
-        _record_mixture(run, results, order, job, outcome)
-        bar.update()
+    benchmark: str  # "mixture" or "image"
+    dataset: str
+    seed: int
+    families: tuple[str, ...]
+    seconds: float  # expected (JOB_SECONDS)
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} seed {self.seed} {'+'.join(self.families)}"
+
+
+def _image_seconds(family) -> float:
+    return CALIBRATION_SECONDS if family.role == "calibration" else JOB_SECONDS.get(family.name, JOB_SECONDS["gan"])
+
+
+def plan_jobs(cfg: SuiteConfig, families: list, done: dict) -> list[Job]:
+    """Every job for the (dataset, family, seed) entries not in `done`, longest first (planned order among equals)."""
+    jobs = []
+    if cfg.mixtures is not None:
+        scale = cfg.mixtures.steps / 2000
+        names = [f for f in families if f.runs_on("mixture")]
+        jobs += [Job("mixture", d, s, (f.name,), MIXTURE_SECONDS * scale) for d in cfg.mixtures.datasets
+                 for s in cfg.seeds for f in names if (d, f.name, s) not in done]
+    if cfg.images is not None:
+        scale = cfg.images.steps / 1600
+        mine = [f for f in families if f.runs_on("image")]
+        for d in cfg.images.datasets:
+            for s in cfg.seeds:
+                todo = [f for f in mine if (d, f.name, s) not in done]
+                if not todo:
+                    continue
+                if cfg.images.budget == "compute":
+                    groups = [mine]  # one job: the reference trains first (bench/run/images.py train_families)
+                else:
+                    groups = [[f] for f in todo if f.role == "model"] + [[f for f in todo if f.role != "model"]]
+                jobs += [Job("image", d, s, tuple(f.name for f in g), scale * sum(map(_image_seconds, g)))
+                         for g in groups if g]
+    return sorted(jobs, key=lambda j: -j.seconds)
+
+
+def _mixture(job: Job, family, cfg: SuiteConfig, device, run: RunDir) -> tuple[list[dict], dict]:
+    try:
+        entry, points = run_mixture(job.dataset, family, job.seed, cfg.mixtures, device, run, progress=False)
+        return [entry], points
+    except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+        if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop (distributed.session)
+            raise
+        return [failed_entry(job.dataset, family.name, job.seed, error_text(exc), traceback.format_exc(limit=5))], {}
+
+
+def _images(job: Job, families: list, cfg: SuiteConfig, device, run: RunDir) -> list[dict]:
+    try:
+        return run_image_dataset(job.dataset, job.seed, cfg.images, device, run, cache_dir(), families,
+                                 progress=False)
+    except DataError:
+        raise  # bad user input: stop with its one-line message
+    except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
+        if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
+            raise
+        trace = traceback.format_exc(limit=5)
+        return [failed_entry(job.dataset, f.name, job.seed, error_text(exc), trace) for f in families]
+
+
+def _run_job(args) -> tuple[list[dict], dict, dict]:
+    """One job, in a worker process or in this one, on cfg.job_threads torch threads (restored after): the numbers
+    do not depend on how many jobs run beside it. Returns (its run entries, its 2D samples to save, its stages)."""
+    job, cfg, device, root = args
+    with stages.fresh(job.label) as ledger, torch_threads(cfg.job_threads):
+        families = resolve(list(job.families), cfg.user_families)
+        if job.benchmark == "mixture":
+            entries, points = _mixture(job, families[0], cfg, device, RunDir(root))
+        else:
+            entries, points = _images(job, families, cfg, device, RunDir(root)), {}
+    return entries, points, ledger.record()
+
+
+class Progress:
+    """The one progress line of `gvd run`: the share of the jobs' expected seconds done (a running job credited with
+    its elapsed time, up to 95% of its estimate), the stage each running job is in, and the time left."""
+
+    def __init__(self, jobs: list[Job], desc: str):
+        self.expected = {j.label: j.seconds for j in jobs}
+        self.running: dict[str, tuple[float, str]] = {}  # label -> (when it started, its stage)
+        self.done, self.count, self.total = 0.0, 0, len(jobs)
+        self.bar = tqdm(total=max(1, round(sum(self.expected.values()))), desc=desc, smoothing=0,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
+                        disable=not distributed.is_main())
+
+    def stage(self, label: str, name: str) -> None:
+        self.running[label] = (self.running.get(label, (time.monotonic(), ""))[0], name)
+        self.poll()
+
+    def finished(self, job: Job) -> None:
+        self.running.pop(job.label, None)
+        self.done += job.seconds
+        self.count += 1
+        self.poll()
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        credit = sum(min(now - t0, 0.95 * self.expected.get(label, 0.0)) for label, (t0, _) in self.running.items())
+        self.bar.update(max(0.0, min(self.done + credit, self.bar.total) - self.bar.n))
+        doing = "; ".join(f"{label}: {name}" for label, (_, name) in self.running.items())
+        self.bar.set_postfix_str(f"{self.count}/{self.total} jobs" + (f" | {doing}" if doing else ""))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_all(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, workers: int, families: list,
+            done: dict) -> None:
+    """Every job (plan_jobs), `workers` at a time; before them, what they share (each image dataset's judge, text
+    encoder and reference features: run/images.py warm_up) on every core of this process; results.json rewritten
+    after each job."""
+    order, jobs = planned(cfg, families), plan_jobs(cfg, families, done)
+    shared = {j.dataset for j in jobs if j.benchmark == "image"}
+    for dataset in [d for d in (cfg.images.datasets if cfg.images else []) if d in shared]:
+        tqdm.write(f"image benchmark: {dataset}: the judge, the text encoder and the reference features")
+        warm_up(dataset, cfg.images, device, cache_dir())
+    progress = Progress(jobs, f"gvd run {cfg.name}")
+
+    def record(args, outcome):
+        job, (entries, points, ledger) = args[0], outcome
+        stages.LEDGER.merge(ledger)
+        for entry in entries:
+            if entry["status"] == "failed":
+                tqdm.write(f"run {entry['dataset']}/{entry['model']}/seed {entry['seed']} failed: {entry['error']}")
+        for label, x in points.items():
+            run.save_points(job.dataset, job.seed, job.families[0], label if len(points) > 1 else None, x)
+        _add(run, results, entries, order)
+        for entry in entries:  # in results.json: a resume keeps it and never needs its training's state
+            if entry["status"] in FINISHED:
+                run.remove_states(entry["dataset"], entry["seed"], entry["model"])
+        progress.finished(job)
 
     try:
-        run_jobs(_mixture_job, jobs, workers, record)
+        run_jobs(_run_job, [(job, cfg, device, run.root) for job in jobs], workers, record, progress.stage,
+                 progress.poll)
     finally:
-        bar.close()
-
-
-def run_images(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, families: list,
-               done: dict) -> None:
-    """Every image (dataset, seed) not all of whose entries are in `done`: every image family; results.json
-    rewritten after each (dataset, seed)."""
-    order = planned(cfg, families)
-    mine = [f for f in families if f.runs_on("image")]
-    for dataset in cfg.images.datasets:
-        for seed in cfg.seeds:
-            if all((dataset, f.name, seed) in done for f in mine):
-                continue
-            tqdm.write(f"image benchmark: {dataset}, seed {seed}")
-            try:
-                entries = run_image_dataset(dataset, seed, cfg.images, device, run, cache_dir(), mine)
-            except DataError:
-                raise  # bad user input: stop with its one-line message
-            except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
-                if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
-                    raise
-                tqdm.write(f"image runs {dataset}/seed {seed} failed: {error_text(exc)}")
-                trace = traceback.format_exc(limit=5)
-                entries = [failed_entry(dataset, f.name, seed, error_text(exc), trace) for f in mine]
-            _add(run, results, entries, order)
-            for entry in entries:
-                if entry["status"] in FINISHED:
-                    run.remove_states(dataset, seed, entry["model"])
+        progress.close()
 
 
 def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:
@@ -152,21 +240,40 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
     run.write_results(results)
 
 
-def finish(run: RunDir, results: dict) -> None:
-    """metrics.csv and the report; a report that cannot be built is one line on stderr, the results stay."""
+def finish(run: RunDir, results: dict, ledger: stages.Ledger, started: float, workers: int, earlier: dict) -> None:
+    """metrics.csv and the report (a report that cannot be built is one line on stderr, the results stay), then
+    results.json once more with the stages' times, the report's included."""
+    results["stages"] = stage_record(ledger, started, workers, results, earlier)
+    run.write_results(results)
     run.write_metrics(metric_rows(results))
-    try:
-        build.write_report(run.root, results)
-    except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
-        tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`")
+    with stages.stage("report"):
+        try:
+            build.write_report(run.root, results)
+        except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
+            tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`")
+    results["stages"] = stage_record(ledger, started, workers, results, earlier)
+    run.write_results(results)
+
+
+def stage_record(ledger: stages.Ledger, started: float, workers: int, results: dict, earlier: dict) -> dict:
+    """results.json "stages": the wall time, how the jobs ran, and the seconds of every stage; `earlier`, the stages
+    of the run being resumed, added in."""
+    total = stages.Ledger()
+    total.merge(earlier.get("stages", {}))
+    total.merge(ledger.record())
+    return {"wall_s": earlier.get("wall_s", 0.0) + time.perf_counter() - started,
+            "invocations": earlier.get("invocations", 0) + 1, "workers": workers,
+            "job_threads": results["config"].get("job_threads", 1), "cpu_count": os.cpu_count(),
+            "stages": total.record()}
 
 
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1,
               previous: dict | None = None, study: str | None = None) -> dict:
-    """Run every benchmark of the suite with every family of its config; the 2D runs go `workers` at a time in
-    separate processes. previous: the results.json of the run being resumed (its finished entries are kept, not
+    """Run every benchmark of the suite with every family of its config: every job (plan_jobs) `workers` at a time
+    in separate processes. previous: the results.json of the run being resumed (its finished entries are kept, not
     rerun). SIGINT / SIGTERM raise Interrupted after results.json, metrics.csv and the report have recorded what
     finished and marked the rest "interrupted"."""
+    started = time.perf_counter()
     families = resolve(cfg.families, cfg.user_families)
     run = RunDir(run_dir)
     if distributed.is_main():  # [ddp] rank 0 alone writes
@@ -182,24 +289,22 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
     if study or (previous or {}).get("study"):
         results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
-    workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the 2D jobs together, one at a time
+    earlier = (previous or {}).get("stages") or {} if done else {}  # the earlier invocations' times, added in
+    workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the jobs together, one at a time
     order = planned(cfg, families)
-    with stop_on_signals():
+    with stop_on_signals(), stages.fresh("gvd run") as ledger:
         try:
-            if cfg.mixtures is not None:
-                run_mixtures(cfg, run, results, device, workers, families, done)
-            if cfg.images is not None:
-                run_images(cfg, run, results, device, families, done)
-                if cfg.throughput_budget_s > 0 and "throughput" not in results:
-                    with distributed.alone() as mine:  # [ddp] one process's speed: rank 0 measures, the others wait
-                        if mine:
-                            measure_throughput(cfg, run, results, device)
+            run_all(cfg, run, results, device, workers, families, done)
+            if cfg.images is not None and cfg.throughput_budget_s > 0 and "throughput" not in results:
+                with distributed.alone() as mine, stages.stage("throughput"):  # [ddp] rank 0 measures, the others wait
+                    if mine:
+                        measure_throughput(cfg, run, results, device)
         except Interrupted as stop:
             tqdm.write(f"{stop}: recording what finished in {run.results_path}")
             have = {_key(r) for r in results["runs"]}
             _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
-            finish(run, results)
+            finish(run, results, ledger, started, workers, earlier)
             raise
-        finish(run, results)
+        finish(run, results, ledger, started, workers, earlier)
     distributed.barrier()  # [ddp] the others wait for rank 0's files
     return results
