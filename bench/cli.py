@@ -303,6 +303,7 @@ def _cmd_presets(args) -> None:
 def _cmd_study(args) -> None:
     """gvd study stability: K configurations x S seeds per family on the 2D mixtures (bench/run/study.py)."""
     from bench.config import apply_override
+    from bench.run.preflight import check_writable_dir
     from bench.run.study import StudyConfig, run_study, validate_study
     from bench.run.suite import default_workers
 
@@ -316,8 +317,7 @@ def _cmd_study(args) -> None:
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output folder {out} exists and is not a folder")
+    check_writable_dir(out)  # before any training: `--out FILE/sub` is one line, not a traceback after the runs
     device = _device(args.device)
     if args.report_only and not (out / "runs").is_dir():
         raise UserError(f"{out} has no runs/ folder: no study to report")

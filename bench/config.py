@@ -419,6 +419,21 @@ def validate(cfg) -> None:
             raise ConfigError(f"{key} must be a list, got {value!r}")
         _check_type(key, value, default)
         _check_value(key, value, f.metadata.get("rules", {}))
+    _check_together(cfg)
+
+
+def _check_together(cfg, prefix: str = "") -> None:
+    """The rules a config states across its fields (its __post_init__: heads that divide the widths, ...), run again
+    after --set edited it field by field; the first broken one is a ConfigError naming the section."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_together(value, f"{prefix}{f.name}.")
+    if hasattr(cfg, "__post_init__") and prefix:
+        try:
+            cfg.__post_init__()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{prefix.rstrip('.')}: {exc}") from None
 
 
 def set_steps(cfg: SuiteConfig, steps: int) -> None:

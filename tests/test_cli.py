@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from bench.cli import main
 from bench.core.rundir import RunDir
@@ -149,14 +151,54 @@ def test_report_mentions_published_rows(smoke_run):
     assert "<table>" in (smoke_run / "report.html").read_text()
 
 
-def test_same_seed_same_metrics_in_parallel_workers(smoke_run, tmp_path):
+def test_same_seed_same_numbers_bit_for_bit_whatever_the_workers(smoke_run, tmp_path):
+    """--workers 2 (each job in a worker process) and --workers 1 (every job in this process, one after another,
+    each on the same torch threads, restored after it) give the same numbers, images included: metrics, curves,
+    tuned knobs, training FLOPs, histories and every checkpoint's weights."""
     again = tmp_path / "again"
     assert main(SMOKE[:-1] + ["2", "--out", str(again)]) == 0  # two worker processes instead of one
     first = json.loads((smoke_run / "results.json").read_text())["runs"]
     second = json.loads((again / "results.json").read_text())["runs"]
-    assert [r["metrics"] for r in first] == [r["metrics"] for r in second]
-    history = lambda root: RunDir(root).history_path("ring8", 0, "diffusion").read_text()
-    assert history(smoke_run) == history(again)
+    for key in ("metrics", "curve", "tuned", "metrics_raw", "memorisation"):
+        assert [r.get(key) for r in first] == [r.get(key) for r in second], key
+    assert [r["train"].get("flops") for r in first] == [r["train"].get("flops") for r in second]
+    for dataset, part in (("ring8", "diffusion"), ("shapes", "gan"), ("shapes", "diffusion")):
+        history = lambda root: RunDir(root).history_path(dataset, 0, part).read_text()  # noqa: B023, E731
+        assert history(smoke_run) == history(again), (dataset, part)
+    checkpoints = sorted(p.name for p in (smoke_run / "checkpoints").glob("*.safetensors"))
+    assert checkpoints and checkpoints == sorted(p.name for p in (again / "checkpoints").glob("*.safetensors"))
+    for name in checkpoints:
+        a, b = load_file(smoke_run / "checkpoints" / name), load_file(again / "checkpoints" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_the_run_records_where_its_time_went(smoke_run):
+    """results.json "stages": the wall time and how the jobs ran, and the seconds of every stage (data, judge, text
+    encoder, each family's training, sampling, sweeps, curves, memorisation, figures, throughput; the report's own
+    time beside them); the report shows them with each family's training FLOP/s against the measured matmul peak."""
+    record = json.loads((smoke_run / "results.json").read_text())["stages"]
+    assert record["invocations"] == 1 and record["workers"] == 1 and record["job_threads"] == 1
+    expected = {"data and judge", "text encoder", "train gan", "train diffusion", "2D: train gan",
+                "2D: train diffusion", "2D: sample and score", "sample and score (neutral knob)",
+                "knob sweeps (validation)", "curves (training snapshots, raw weights)", "memorisation",
+                "process figures", "throughput"}
+    assert expected <= set(record["stages"]), expected - set(record["stages"])
+    for name, entry in record["stages"].items():
+        assert entry["count"] >= 1 and 0 <= entry["wall_s"] <= record["wall_s"], name
+    assert record["report"]["wall_s"] > 0  # beside the table the report shows (it cannot time itself)
+    md = (smoke_run / "report.md").read_text()
+    assert "Where the time went" in md and "share of matmul peak" in md and "train diffusion" in md
+
+
+def test_the_report_shows_how_each_family_makes_an_image(smoke_run):
+    """The process figures on the smoke preset: the trajectory, the forward process, guidance and the snapshot strips
+    of the image dataset, the 2D snapshot clouds; each after its "How to read these"."""
+    for name in ("shapes_trajectory", "shapes_forward", "shapes_guidance", "shapes_snapshots", "ring8_snapshots"):
+        assert (smoke_run / "figures" / f"{name}.png").stat().st_size > 3_000, name
+    md = (smoke_run / "report.md").read_text()
+    assert md.count("How to read these") >= 5 and "shapes: how each family makes an image" in md
+    arrays = RunDir(smoke_run).load_process("shapes", 0, "gan")
+    assert list(arrays) == ["strip", "strip_steps"] and arrays["strip"].shape[:2] == (4, 8)
 
 
 def test_report_and_compare_from_the_run_folder(smoke_run, capsys):

@@ -16,7 +16,8 @@ PROTOCOL = {"judge": {"backbone": "judge", "weights_sha256": "a" * 64, "resize":
                       "num_seeds": 3, "versions": {"torch": "2.14.1"}}}
 
 
-def _run(tmp_path, name, fid=(10.0, 11.0, 12.0), acc=(0.8, 0.8, 0.8), protocol=PROTOCOL, tuned_fid=None):
+def _run(tmp_path, name, fid=(10.0, 11.0, 12.0), acc=(0.8, 0.8, 0.8), protocol=PROTOCOL, tuned_fid=None,
+         suite="quick", steps=1600):
     runs = []
     for seed, (f, a) in enumerate(zip(fid, acc)):
         for model in ("gan", "diffusion"):
@@ -27,7 +28,9 @@ def _run(tmp_path, name, fid=(10.0, 11.0, 12.0), acc=(0.8, 0.8, 0.8), protocol=P
             runs.append(entry)
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "results.json").write_text(json.dumps({"schema": SCHEMA, "config": {}, "runs": runs}))
+    config = {"images": {"steps": steps, "batch_size": 128}}
+    (folder / "results.json").write_text(json.dumps({"schema": SCHEMA, "suite": suite, "config": config,
+                                                     "runs": runs}))
     return str(folder)
 
 
@@ -102,7 +105,7 @@ def test_incomparable_pair_is_flagged_and_fails_the_gate(tmp_path, capsys):
     assert main(["compare", a, c, "--fail-on", "fid:+5%"]) == 0
 
 
-@pytest.mark.parametrize("spec", ["fid:5%", "fid+5%", "fid:+x", "fid:+5%%", ":+5"])
+@pytest.mark.parametrize("spec", ["fid:5%", "fid+5%", "fid:+x", "fid:+5%%", ":+5", "fid:+1e999", "fid:+2e6"])
 def test_bad_spec_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, spec):
     a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
     assert main(["compare", a, b, "--fail-on", spec]) == 2
@@ -141,3 +144,24 @@ def test_a_run_whose_seeds_all_diverged_regresses(tmp_path, capsys):
     assert main(["compare", a, b, "--fail-on", "fid:+5%"]) == 1
     err = capsys.readouterr().err
     assert "fid of shapes/gan in b: 11 -> nan" in err and "shapes/diffusion" not in err
+
+
+def test_runs_of_other_presets_or_budgets_are_incomparable(tmp_path, capsys):
+    """The same numbers from another preset (smoke vs toy) or another training budget cannot certify anything: with
+    --fail-on the pair fails, naming what differs; without it the report says so and the exit status is 0."""
+    a = _run(tmp_path, "a")
+    assert main(["compare", a, _run(tmp_path, "b", suite="smoke"), "--fail-on", "fid:+5%"]) == 1
+    assert "preset and budget: preset" in capsys.readouterr().err
+    assert main(["compare", a, _run(tmp_path, "c", steps=30), "--fail-on", "cond_accuracy:-0.02"]) == 1
+    assert "images.steps" in capsys.readouterr().err
+    assert main(["compare", a, _run(tmp_path, "d", steps=30)]) == 0
+
+
+def test_a_run_missing_a_gated_familys_entries_regresses(tmp_path, capsys):
+    """A new run without the GAN's entries (a family dropped, a crash before it ran) is a regression, exit 1."""
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    results["runs"] = [r for r in results["runs"] if r["model"] != "gan"]
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))
+    assert main(["compare", a, b, "--fail-on", "fid:+5%"]) == 1
+    assert "fid of shapes/gan in b: missing (no entry)" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 path exists there; CUDA-only paths skip with the reason), and the sampler loop adds nothing per step but a handful of
 elementwise ops (its bookkeeping is precomputed)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from bench.speed.fastpaths import (
     sdpa_context,
     sdpa_denoiser,
 )
+from bench.train.loops import adam, ema_update
 from models.diffusion import alphas_cumprod
 from models.samplers import guided, sample
 from models.unet import UNet, UNetConfig
@@ -235,3 +238,52 @@ def test_sampler_loop_adds_only_a_few_elementwise_ops_per_step(guidance):
     ops = [op for op in between if op != "NETWORK"]
     assert len(ops) / (calls - 1) <= (18 if guidance else 12), sorted(set(ops))
     assert set(ops) <= {"mul", "sub", "add", "cat", "split"}  # elementwise maths only: no alloc, copy or sync
+
+
+# ---------------------------------------------------------------- the training's fast paths (bench/train/loops.py)
+
+
+def _adam_weights(fused: bool, weight_decay) -> torch.Tensor:
+    """A small network after 30 Adam/AdamW steps on fixed batches, with torch's per-tensor loop or fused kernel."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.SiLU(), torch.nn.Linear(64, 16))
+    options = {"lr": 1e-2, "betas": (0.5, 0.99)}
+    if fused:
+        opt = adam(net.parameters(), weight_decay=weight_decay, **options)
+    elif weight_decay is None:
+        opt = torch.optim.Adam(net.parameters(), foreach=False, **options)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), weight_decay=weight_decay, foreach=False, **options)
+    for step in range(30):
+        x = torch.randn(32, 16, generator=torch.Generator().manual_seed(step))
+        loss = (net(x) - x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.05])
+def test_the_fused_optimiser_makes_the_per_tensor_loops_update(weight_decay):
+    """adam() (fused) against torch's plain per-tensor Adam / AdamW: the same weights after 30 steps up to float32
+    rounding (the updates are ~1e-2; rounding ~1e-7)."""
+    plain, fused = _adam_weights(False, weight_decay), _adam_weights(True, weight_decay)
+    assert (plain - _adam_weights(False, None if weight_decay else 0.05)).abs().max() > 1e-3  # the decay acts
+    torch.testing.assert_close(fused, plain, atol=2e-6, rtol=1e-5)
+
+
+def test_the_foreach_ema_is_the_per_tensor_lerp():
+    """ema_update (one foreach lerp) equals lerp_ per parameter bit for bit; buffers are copied."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+    model[1].running_mean.fill_(0.3)
+    ema, plain = copy.deepcopy(model), copy.deepcopy(model)
+    for p in ema.parameters():
+        p.data.normal_()
+    plain.load_state_dict(ema.state_dict())
+    ema_update(ema, model, 0.9)
+    with torch.no_grad():
+        for e, p in zip(plain.parameters(), model.parameters()):
+            e.lerp_(p, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), plain.parameters()))
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)

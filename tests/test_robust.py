@@ -34,6 +34,7 @@ from bench.core.results import SCHEMA, failed_entry, load_results
 from bench.core.rundir import RunDir
 from bench.families import BUILT_IN, Trained
 from bench.report.build import write_report
+from bench.report.render import to_markdown
 from bench.run import images as imagebench
 from bench.run import suite
 from bench.run.mixtures import MixtureScore, record_mixture, run_mixture
@@ -96,11 +97,11 @@ def test_nonfinite_2d_samples_make_the_entry_diverged():
     by_sampler = {"ddpm:50": {"modes": 1, "num_modes": 8, "hq_fraction": 0.75, "reverse_kl": 1.0, "nfe": 50,
                               "sample_seconds": 0.1, "samples_per_s": 40.0}}
     family = BUILT_IN["diffusion"]
-    entry = record_mixture(family, trained, MixtureScore(by_sampler, {"ddpm:50": pts}, {}, [], 0.0), "ring8", 0)
+    entry = record_mixture(family, trained, MixtureScore(by_sampler, {"ddpm:50": pts}, {}, [], 0.0, {}), "ring8", 0)
     assert entry["status"] == "diverged" and entry["diverged_in"] == "sampling"
     assert entry["nonfinite_fraction"] == {"ddpm:50": 0.25}
     pts[1] = 0.0
-    ok = record_mixture(family, trained, MixtureScore(by_sampler, {"ddpm:50": pts}, {}, [], 0.0), "ring8", 0)
+    ok = record_mixture(family, trained, MixtureScore(by_sampler, {"ddpm:50": pts}, {}, [], 0.0, {}), "ring8", 0)
     assert ok["status"] == "ok"
 
 
@@ -168,6 +169,8 @@ def test_bad_run_settings(extra, needle, tmp_path, capsys):
 @pytest.mark.parametrize("extra, needle", [
     (["--set", "images.datasets=[]"], "images.datasets: needs at least one entry"),
     (["--set", "images.caption_dropout=2"], "caption_dropout must be >= 0 and < 1"),
+    (["--set", "images.unet.heads=3"], "images.unet: UNet channels (16, 16) must all be divisible by heads=3"),
+    (["--set", "images.text.heads=5"], "images.text: text width 16 is not divisible by heads=5"),
 ])
 def test_bad_image_settings(extra, needle, tmp_path, capsys):
     _one_line_exit_2(["run", "--preset", "smoke", "--out", str(tmp_path / "out")] + extra, needle, capsys)
@@ -549,3 +552,66 @@ def test_an_image_run_resumes_mid_way_to_the_same_result(tmp_path, monkeypatch):
     assert resumed[1]["train"]["seconds"] > 0
 
 
+
+
+def test_a_rerun_image_entry_is_measured_whole(tmp_path, monkeypatch):
+    """Entries marked failed and run again by --resume (the throughput stage measured before and kept) come back
+    with everything a first run records: training FLOPs, the curve's FLOPs, and the entry's throughput fields."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1", "--set", "mixtures=null",
+            "--set", "images.steps=3", "--out", str(out)]
+    assert main(args) == 0
+    results = load_results(out / "results.json")
+    first = {r["model"]: r for r in results["runs"]}
+    for entry in results["runs"]:
+        entry["status"] = "failed"
+    RunDir(out).write_results(results)
+    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
+    again = load_results(out / "results.json")
+    for entry in again["runs"]:
+        if entry["role"] != "model":
+            continue
+        assert entry["status"] == "ok" and entry["train"]["flops"] > 0, entry["model"]
+        assert entry["curve"] and all(p["train_flops"] > 0 for p in entry["curve"]), entry["model"]
+        assert entry["throughput"]["sampling"] == first[entry["model"]]["throughput"]["sampling"], entry["model"]
+        assert entry["throughput"]["train_flops_per_image"] > 0
+    assert again["stages"]["invocations"] == 2 and again["stages"]["wall_s"] > results["stages"]["wall_s"]
+
+
+def test_text_from_data_cannot_make_a_link_in_markdown():
+    """A dataset folder named like a Markdown image link is printed, not rendered (report.md, compare.md)."""
+    md = to_markdown([("p", "shapes vs ![t](javascript:alert(10))"), ("table", ["dataset"], [["[x](y)"]])])
+    assert "](" not in md and "![t]\\(javascript" in md and "| [x]\\(y) |" in md
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_job_runs_on_job_threads_and_restores_them(threads, monkeypatch):
+    """`--set job_threads=N`: the job's work sees N torch threads; the process has its own number back after it."""
+    cfg = preset("smoke")
+    cfg.job_threads = threads
+    seen = []
+    monkeypatch.setattr(suite, "_mixture", lambda *args: (seen.append(torch.get_num_threads()), ([], {}))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        suite._run_job((suite.Job("mixture", "ring8", 0, ("gan",), 1.0), cfg, "cpu", "unused"))
+        assert seen == [threads] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_progress_line_names_each_running_jobs_stage():
+    """The progress line of `gvd run`: jobs done of all, each running job with the stage it is in, and the share of
+    the expected seconds done (a running job credited with its time, never more than 95% of its estimate)."""
+    jobs = [suite.Job("image", "shapes", 0, ("diffusion",), 100.0), suite.Job("mixture", "ring8", 0, ("gan",), 10.0)]
+    progress = suite.Progress(jobs, "gvd run test")
+    try:
+        progress.stage(jobs[0].label, "train diffusion")
+        assert "0/2 jobs | shapes seed 0 diffusion: train diffusion" in progress.bar.postfix
+        progress.finished(jobs[1])
+        assert progress.bar.postfix.startswith("1/2 jobs") and progress.bar.n >= 10
+        progress.finished(jobs[0])
+        assert progress.bar.postfix == "2/2 jobs" and progress.bar.n == progress.bar.total
+    finally:
+        progress.close()

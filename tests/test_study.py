@@ -368,6 +368,8 @@ def test_study_output_that_is_a_file_exits_2(tmp_path, capsys):
     f.write_text("x")
     assert main(TINY + ["--out", str(f)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    assert main(TINY + ["--out", str(f / "sub")]) == 2  # checked before any training, not a traceback after it
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- report helpers

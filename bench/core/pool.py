@@ -89,6 +89,9 @@ def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) 
         finished = True
     finally:
         _stop(pool, finished)
+        if messages is not None:  # its feeder thread and semaphores go with it (no "leaked semaphore" at exit)
+            messages.close()
+            messages.join_thread()
 
 
 def _relay(messages, on_stage) -> None:

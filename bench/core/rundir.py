@@ -7,6 +7,7 @@
                   checkpoints/<id>_<part>.safetensors  weights, with the config that rebuilds them as metadata
                   state/<id>_<part>.safetensors        an unfinished training's resumable state (2D models)
                   samples/<id>_<part>.png | .npy | _prompts.txt   sample grids, 2D samples, the grids' prompts
+                  process/<id>_<family>.npz          arrays of the process figures (bench/evaluate/process.py)
                   figures/<name>.png                 report figures
                   report.md, report.html
 
@@ -122,6 +123,10 @@ class RunDir:
         part = model if label is None else f"{model}_{label.replace(':', '-')}"
         return self.root / "samples" / f"{self.run_id(dataset, seed)}_{part}.npy"
 
+    def process_path(self, dataset: str, seed: int, family: str) -> Path:
+        """The arrays of a family's process figures (bench/evaluate/process.py), drawn by the report."""
+        return self.root / "process" / f"{self.run_id(dataset, seed)}_{family}.npz"
+
     def figure_path(self, name: str) -> Path:
         return self.root / "figures" / f"{name}.png"
 
@@ -189,6 +194,23 @@ class RunDir:
         path = self.points_path(dataset, seed, model, label)
         return np.load(path) if path.is_file() else None
 
+    def save_process(self, dataset: str, seed: int, family: str, arrays: dict) -> None:
+        """Tensors, numbers, strings and dicts (as JSON) of a family's process figures, one .npz; images (3 or more
+        dimensions) in float16."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: _plain(v) for k, v in arrays.items()})
+        _write(self.process_path(dataset, seed, family), buf.getvalue())
+
+    def load_process(self, dataset: str, seed: int, family: str) -> dict | None:
+        """What save_process wrote (dicts back from JSON), or None when there is no readable file."""
+        try:
+            with np.load(self.process_path(dataset, seed, family), allow_pickle=False) as f:
+                out = {k: f[k] for k in f.files}
+        except (OSError, ValueError):
+            return None
+        return {k: json.loads(str(v)) if v.dtype.kind == "U" and str(v).startswith("{") else v
+                for k, v in out.items()}
+
     def write_figure(self, name: str, png: bytes) -> str:
         """A figure's PNG bytes as figures/<name>.png; returns the path the report links."""
         path = self.figure_path(name)
@@ -198,6 +220,14 @@ class RunDir:
     def write_report(self, markdown: str, html_text: str) -> None:
         _write(self.root / "report.md", markdown)
         _write(self.root / "report.html", html_text)
+
+
+def _plain(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return value.numpy().astype(np.float16 if value.dim() >= 3 else np.float32) if value.is_floating_point() \
+            else value.numpy()
+    return np.asarray(json.dumps(value) if isinstance(value, dict) else value)
 
 
 def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:

@@ -12,6 +12,7 @@ import torch
 
 from bench.core.files import content_hash, module_hash, versions
 from bench.evaluate.metrics import kid_subset_size
+from bench.train.loops import OPTIMISER
 
 PROTOCOL_VERSION = 1  # bump when the record's fields change
 
@@ -28,13 +29,14 @@ def protocol_record(*, backbone: str, weights_sha256: str, resize: str, resize_s
     content hash; num_seeds: training seeds behind the number; kid_subset_size / kid_subset_note: KID's subset
     size as used, and why it is smaller than asked for (bench.evaluate.metrics.kid_subset_size); arithmetic: what
     the families trained and sampled in ("bf16 autocast" or "float32": bench/train/loops.py precision), the same for
-    every family, and a difference that moves every number a little.
+    every family, and a difference that moves every number a little; optimiser: torch's implementation of every
+    training's Adam (bench/train/loops.py adam: fused), likewise.
     """
     return {"protocol": PROTOCOL_VERSION, "backbone": backbone, "weights_sha256": weights_sha256, "resize": resize,
             "resize_size": resize_size, "num_real": int(num_real), "num_fake": int(num_fake),
             "reference_split": reference_split, "reference_hash": reference_hash, "num_seeds": int(num_seeds),
             "kid_subset_size": kid_subset_size, "kid_subset_note": kid_subset_note, "arithmetic": arithmetic,
-            "versions": versions()}
+            "optimiser": OPTIMISER, "versions": versions()}
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:

@@ -24,7 +24,7 @@ from bench.core.seeding import noise_fn, per_sample_randn
 from bench.families.interface import Choice, Family, ImageTask, Knob, LogUniform, MixtureTask, Trained, train_record
 from bench.train.images import encode_flops, encode_latents, schedule, train_unet, train_vae
 from bench.train.loops import flops_per_step, train_diffusion
-from models.diffusion import DiffusionConfig
+from models.diffusion import SCHEDULES, DiffusionConfig, alphas_cumprod, t_to_alpha_bar, x0_and_eps
 from models.mlp import MLPDenoiser, num_params
 from models.samplers import guided, sample
 from models.unet import UNet, UNetConfig
@@ -213,11 +213,117 @@ def load_image(states: dict, meta: dict, device, text) -> Trained:
     return Trained(model, {"status": "ok"}, {})
 
 
+# ---------------------------------------------------------------- how it makes an image (the report's process figures)
+
+FRAMES = 8  # sampler steps shown per trajectory, evenly spaced
+OTHER_SAMPLERS = ("ddpm", "euler", "ddim", "dpmpp2m")  # the trajectory's comparison: the first two unlike the headline
+
+
+class Recorder(torch.nn.Module):
+    """A UNet that keeps every call a sampler makes: (x_t, timesteps, raw prediction), on the CPU in float32."""
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.unet, self.cfg, self.calls = unet, unet.cfg, []
+
+    def forward(self, x, t, **text):
+        out = self.unet(x, t, **text)
+        self.calls.append((x.detach().float().cpu(), t.detach().float().cpu(), out.detach().float().cpu()))
+        return out
+
+
+def _x0(model: LatentDiffusion, x: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """The network's clean-latent estimate x0_hat at (x_t, t) (models/diffusion.py x0_and_eps)."""
+    a = t_to_alpha_bar(t, schedule(model.diffusion, "cpu").cpu()).float().view(-1, *[1] * (x.dim() - 1))
+    return x0_and_eps(pred, x, a, model.diffusion.prediction)[0]
+
+
+def _decode(model: LatentDiffusion, z: torch.Tensor) -> torch.Tensor:
+    device = next(model.vae.parameters()).device
+    return model.decode(z.to(device)).float().cpu()
+
+
+def trajectory(trained: Trained, prompts, sampler: str) -> dict:
+    """One sampler's path at s = 1 for the prompts: the latent x_t decoded and the clean estimate x0_hat decoded at
+    FRAMES evenly spaced network calls, then the sampler's output (the last column of both). Returns {"xt", "x0":
+    (P, FRAMES + 1, C, H, W), "calls": the call indices, "t": their timesteps, "nfe", "latents": the x_t (P, FRAMES,
+    c, h, w)}."""
+    model = dataclasses.replace(trained.sampler, sampler=sampler)
+    recorder = Recorder(trained.sampler.unet)
+    images, nfe = sample_image(Trained(model, {}, {}), prompts, 1.0, net=recorder)
+    picks = sorted({round(i * (len(recorder.calls) - 1) / (FRAMES - 1)) for i in range(FRAMES)})
+    xt = [_decode(model, recorder.calls[i][0]) for i in picks] + [images]
+    x0 = [_decode(model, _x0(model, *recorder.calls[i])) for i in picks] + [images]
+    return {"xt": torch.stack(xt, 1), "x0": torch.stack(x0, 1), "calls": torch.tensor(picks),
+            "t": torch.stack([recorder.calls[i][1][0] for i in picks]), "nfe": nfe,
+            "latents": torch.stack([recorder.calls[i][0] for i in picks], 1)}
+
+
+def forward_process(trained: Trained, image: torch.Tensor, t: torch.Tensor, seed: int = 0) -> dict:
+    """One test image noised by q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I) (DDPM eq. 4) at timesteps t, in pixels
+    and (what the UNet sees) in the scaled latent space, decoded; with the noise drawn and each schedule's SNR
+    a_t / (1 - a_t) at t. image (C, H, W) in [-1, 1]."""
+    model = trained.sampler
+    vae, t = model.vae, t.round().long()
+    a = schedule(model.diffusion, "cpu").cpu().double()[t].float()
+    z0 = (encode_latents(vae, image[None].to(next(vae.parameters()).device)) * vae.scale_factor).float().cpu()[0]
+    noise = per_sample_randn(torch.tensor([seed]), tuple(image.shape))[0]
+    noise_z = per_sample_randn(torch.tensor([seed]), tuple(z0.shape), stream=1)[0]
+    pixels = torch.stack([ai.sqrt() * image + (1 - ai).sqrt() * noise for ai in a])
+    latents = torch.stack([ai.sqrt() * z0 + (1 - ai).sqrt() * noise_z for ai in a])
+    snr = {name: (lambda b: b / (1 - b))(alphas_cumprod(name, model.diffusion.num_steps)[t]).tolist()
+           for name in SCHEDULES}
+    return {"x0": image, "noise": noise, "pixels": pixels, "latents": _decode(model, latents), "t": t, "alpha_bar": a,
+            "snr": snr, "schedule": model.diffusion.schedule}
+
+
+def guidance_parts(trained: Trained, prompts, scales: list[float], x_t: torch.Tensor, t: torch.Tensor) -> dict:
+    """Classifier-free guidance taken apart at one noisy latent per prompt (x_t (P, c, h, w) at timesteps t (P,)):
+    the unconditional and conditional clean estimates decoded, their difference (decoded images, mean over
+    channels), the guided estimate x0_u + s (x0_c - x0_u) decoded at each scale (Ho & Salimans 2021, eq. 6: affine
+    in the prediction, so the same in x0), and the finished samples at each scale."""
+    model = trained.sampler
+    device = next(model.unet.parameters()).device
+    states, _, mask = prompts.text
+    n = len(x_t)
+    uncond = (model.empty[0].expand(n, -1, -1), model.empty[1].expand(n, -1))
+    with torch.no_grad():
+        pred_c = model.unet(x_t.to(device), t.to(device), context=states[:n], context_mask=mask[:n]).float().cpu()
+        pred_u = model.unet(x_t.to(device), t.to(device), context=uncond[0], context_mask=uncond[1]).float().cpu()
+    x0_c, x0_u = _x0(model, x_t, t, pred_c), _x0(model, x_t, t, pred_u)
+    cond, free = _decode(model, x0_c), _decode(model, x0_u)
+    guided_ = torch.stack([_decode(model, x0_u + s * (x0_c - x0_u)) for s in scales], 1)
+    finals = torch.stack([sample_image(trained, prompts, s)[0] for s in scales], 1)
+    return {"uncond": free, "cond": cond, "difference": (cond - free).mean(1), "guided": guided_, "final": finals,
+            "scales": torch.tensor(scales), "x_t": x_t, "t": t}
+
+
+def explain_image(trained: Trained, prompts, image: torch.Tensor, grid: list[float]) -> dict[str, torch.Tensor]:
+    """The arrays of the report's process figures (bench/report/process.py): the headline sampler's trajectory
+    beside two other samplers at the same NFE, the forward process at the trajectory's noise levels, and guidance
+    taken apart (2 prompts, 3 scales of the grid, at the trajectory's middle frame)."""
+    name, steps = parse_sampler(trained.sampler.sampler)
+    others = [o for o in OTHER_SAMPLERS if o != name][:2]
+    out, headline = {}, None
+    for i, label in enumerate([trained.sampler.sampler] + [f"{o}:{steps}" for o in others]):
+        path = trajectory(trained, prompts, label)
+        headline = headline or path
+        out.update({f"trajectory{i}_{k}": v for k, v in path.items() if k not in ("nfe", "latents")})
+        out[f"trajectory{i}_label"], out[f"trajectory{i}_nfe"] = label, path["nfe"]
+    out.update({f"forward_{k}": v for k, v in forward_process(trained, image, headline["t"]).items()})
+    values = sorted(set(grid)) or [1.0]
+    scales = [values[0], values[len(values) // 2], values[-1]] if len(values) >= 3 else values
+    mid, two = len(headline["calls"]) // 2, prompts.rows(slice(0, 2))
+    x_t, t = headline["latents"][:2, mid], headline["t"][mid].expand(len(two.seeds))  # the headline's middle frame
+    out.update({f"guidance_{k}": v for k, v in guidance_parts(trained, two, scales, x_t, t).items()})
+    return out
+
+
 FAMILY = Family(
     name="diffusion", label="diffusion", role="model", knob=KNOB, grid=lambda cfg: list(cfg.guidance_sweep),
     train_image=train_image, sample_image=sample_image, load_image=load_image, autoencode=autoencode,
     train_mixture=train_mixture, sample_mixture=sample_mixture, mixture_samplers=lambda mix: list(mix.samplers),
-    search_space=SEARCH_SPACE, study_config=study_config,
+    search_space=SEARCH_SPACE, study_config=study_config, explain_image=explain_image,
     description="a denoiser sampled step by step with a solver (MLP on 2D; text-conditioned latent diffusion on "
                 "images)",
 )

@@ -87,6 +87,9 @@ class Family:
     mixture_samplers: Callable[[object], list[str]] = lambda mix: ["G"]  # 2D sampler labels, the headline first
     search_space: dict = field(default_factory=dict)  # `gvd study stability`: knob -> Choice / LogUniform
     study_config: Callable | None = None  # (knobs, toy MixtureBenchConfig) -> the 2D config of one study run
+    # (Trained, Prompts, a test image (C, H, W), knob grid) -> {name: tensor or str}: how the family makes an image,
+    # drawn by the report (bench/report/process.py); None: only the snapshot strip every image family gets
+    explain_image: Callable | None = None
     description: str = ""
 
     def __post_init__(self):

@@ -19,8 +19,9 @@ from bench.core.guard import error_text
 from bench.core.rundir import RunDir, slug
 from bench.report.charts import curve_figure, loss_figure, scatter_figure, sweep_figure, sweep_summaries
 from bench.report.figures import grid_cells, grids_figure, prompt_groups_figure, save_figure
+from bench.report.process import READ_CLOUDS, image_process_blocks, mixture_strip_figure
 from bench.report.render import to_html, to_markdown
-from bench.report.speed import quality_cost_figures, throughput_blocks
+from bench.report.speed import quality_cost_figures, throughput_blocks, time_blocks
 from bench.report.tables import (
     calibration_note,
     calibrations,
@@ -99,6 +100,8 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
                     curve_figure(run_dir, results, dataset, panels)):
             if fig:
                 blocks.append(("img", fig, fig))
+        if fig := mixture_strip_figure(run_dir, results, dataset):
+            blocks += [("p", READ_CLOUDS), ("img", fig, fig)]
     return blocks
 
 
@@ -276,7 +279,7 @@ def _image_dataset_blocks(run_dir: Path, results: dict, per: list[dict], dataset
     if notes := _image_notes(results, per):
         blocks.append(("p", " ".join(notes)))
     return (blocks + _grid_blocks(run_dir, results, per, dataset) + _image_curve_blocks(run_dir, results, per, dataset)
-            + _sweep_blocks(run_dir, results, per, dataset))
+            + _sweep_blocks(run_dir, results, per, dataset) + image_process_blocks(run_dir, results, per, dataset))
 
 
 def _image_blocks(run_dir: Path, results: dict) -> list:
@@ -351,7 +354,8 @@ def build_blocks(run_dir: Path, results: dict) -> list:
     study = load_study(run_dir, results)
     sections = [lambda: _head_blocks(results), lambda: verdict_blocks(results, study), lambda: _status_blocks(results),
                 lambda: _mixture_blocks(run_dir, results), lambda: _image_blocks(run_dir, results),
-                lambda: _throughput_blocks(run_dir, results), lambda: _stability_blocks(results)]
+                lambda: _throughput_blocks(run_dir, results), lambda: _stability_blocks(results),
+                lambda: time_blocks(results)]
     blocks = []
     for section in sections:
         try:

@@ -36,6 +36,7 @@ RUN_METRICS = tuple(m.key for m in table.METRICS)  # every metric of the metric 
 THROUGHPUT_METRICS = ("images_per_s", "latency_s", "flops_per_image", "tflops", "mfu", "peak_memory_mb")
 THROUGHPUT_SETUP = ("device", "device_type", "dtype", "threads", "batch", "train_batch", "preset", "versions")
 NOT_PROTOCOL = ("versions", "num_seeds")  # listed when they differ, but the numbers stay comparable
+MAX_AMOUNT = 1e6  # the largest --fail-on amount (absolute, or 1e6 as a fraction): beyond it a gate is off
 SPEC = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):([+-])([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)(%?)$")
 
 
@@ -74,6 +75,9 @@ def parse_fail_on(spec: str) -> FailOn:
                            "cond_accuracy:-0.02 (+ = worse when it rises, - = worse when it falls)")
     metric, sign, number, pct = m.groups()
     amount = float(number) / (100 if pct else 1)
+    if not math.isfinite(amount) or amount > MAX_AMOUNT:
+        raise CompareError(f"--fail-on {spec!r}: the amount must be a finite number up to {MAX_AMOUNT:g} (or "
+                           f"{MAX_AMOUNT:.0%}); a larger one would turn the gate off")
     return FailOn(metric, sign == "+", amount, bool(pct), spec.strip())
 
 
@@ -130,7 +134,17 @@ def _load(path_text: str, setting: str) -> Source:
         results = load_results(results_path)
     except ValueError as exc:
         raise CompareError(str(exc).splitlines()[0]) from None
-    return Source(name, path, _run_values(results["runs"], setting), runs=results["runs"])
+    return Source(name, path, _run_values(results["runs"], setting), runs=results["runs"], setup=_budget(results))
+
+
+def _budget(results: dict) -> dict:
+    """What a run's numbers depend on beyond the protocol records: its preset and each benchmark's training budget
+    (steps, batch sizes, samples scored). Runs that differ here are not comparable."""
+    config = results.get("config") or {}
+    keys = ("steps", "batch_size", "vae_steps", "vae_batch_size", "num_samples", "num_train", "resolution")
+    return {"preset": results.get("suite"),
+            **{f"{bench}.{k}": (config.get(bench) or {}).get(k) for bench in ("mixtures", "images") for k in keys
+               if config.get(bench) is not None}}
 
 
 def load_sources(paths: list[str], setting: str = "neutral") -> list[Source]:
@@ -152,6 +166,8 @@ def protocol_differences(a: Source, b: Source) -> tuple[list[str], bool]:
     incomparable). Versions and seed counts are listed but keep the numbers comparable."""
     if a.runs is not None:
         diffs = {"/".join(k): v for k, v in compare_protocols(a.runs, b.runs).items()}
+        if budget := comparable(a.setup, b.setup):
+            diffs["preset and budget"] = budget
     else:
         diffs = {"setup": comparable(a.setup, b.setup)} if comparable(a.setup, b.setup) else {}
     lines, incomparable = [], False
@@ -194,6 +210,9 @@ def regressions(sources: list[Source], rows: list[dict], fail_on: list[FailOn]) 
         if incomparable:
             lines.append(f"{src.name} is not comparable with {sources[0].name}: protocol differs ({'; '.join(diffs)})")
     for f in fail_on:
+        for src in sources[1:]:  # a pair the first input scores and a later one lacks: its entries are gone
+            lines += [f"regression: {f.metric} of {'/'.join(key)} in {src.name}: missing (no entry)"
+                      for key, values in sources[0].values.items() if values.get(f.metric) and key not in src.values]
         for row in (r for r in rows if r["metric"] == f.metric):
             base = row["stats"][0]["mean"]
             for src, st in zip(sources[1:], row["stats"][1:]):
@@ -248,7 +267,7 @@ def run_compare(paths: list[str], fail_on: list[str] = (), out: str | None = Non
     specs = [parse_fail_on(s) for s in fail_on]
     sources = load_sources(list(paths), setting)
     rows = compare_rows(sources)
-    present = {r["metric"] for r in rows}
+    present = {r["metric"] for r in rows} | {m for v in sources[0].values.values() for m, x in v.items() if x}
     for f in specs:
         if f.metric not in present:
             raise CompareError(f"--fail-on {f.spec}: no compared row has metric {f.metric!r} "

@@ -15,6 +15,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # files only, no display: set once, before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402 -- must follow the backend choice
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 
 FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
 REAL_COLOUR = "#999999"  # the real data, behind the samples
@@ -39,6 +40,12 @@ def new_figure(panels: int = 1, width: float = 3.6, height: float = 3.2):
     """A figure with `panels` axes side by side, each width x height inches. Returns (fig, list of axes)."""
     fig, axes = plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False)
     return fig, list(axes[0])
+
+
+def placed_by_hand(fig):
+    """Mark a figure laid out by its own subplots_adjust / gridspec margins: png_bytes leaves it as it is."""
+    fig.set_layout_engine(PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=True))
+    return fig
 
 
 def png_bytes(fig, dpi: int = 100) -> bytes:

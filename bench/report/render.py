@@ -14,8 +14,9 @@ from pathlib import Path
 
 def md_escape(text: str) -> str:
     """Text from data or config made inert in Markdown: '<' cannot open an HTML tag, '|' cannot end a table cell, a
-    line break cannot end a table row."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+    line break cannot end a table row, '](' cannot make a link or an image (a dataset folder named like one)."""
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("\n", " ")
+            .replace("](", "]\\("))
 
 
 def _md_link(path: str) -> str:

@@ -165,3 +165,62 @@ def quality_cost_figures(run_dir, results: dict) -> list[str]:
             if path:
                 paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------- where the time went
+
+
+def _peak_of(results: dict, precision: str | None) -> float | None:
+    """The measured matmul peak (FLOP/s, on the throughput stage's threads) of a training precision, or None."""
+    peaks = (results.get("throughput") or {}).get("matmul_peaks") or {}
+    key = "bfloat16" if str(precision).startswith("bf16") else "float32"
+    return peaks[key]["tflops"] * 1e12 if key in peaks else None
+
+
+def training_rate_rows(results: dict, job_threads: int) -> list[list[str]]:
+    """Per (dataset, model family): training FLOP/s (the entries' training FLOPs over their training seconds, mean over
+    the seeds) and its share of the matmul peak of the precision it trained in, scaled to the threads a job had."""
+    families, rows = families_of(results), []
+    threads = (results.get("throughput") or {}).get("threads") or 1
+    groups: dict[tuple, list[dict]] = {}
+    for r in results.get("runs", []):
+        train = r.get("train") or {}
+        if r.get("status") == "ok" and train.get("flops") and train.get("seconds") and r.get("role") != "calibration":
+            groups.setdefault((r["dataset"], r["model"]), []).append(train)
+    for (dataset, family), trains in groups.items():
+        rate = statistics.mean(t["flops"] / t["seconds"] for t in trains)
+        precision = trains[0].get("precision", "float32")
+        peak = _peak_of(results, precision)
+        share = "n/a" if peak is None else f"{rate / (peak * min(job_threads, threads) / threads):.0%}"
+        rows.append([dataset, label_of(families, family), precision, f"{rate / 1e9:.1f}", share, str(len(trains))])
+    return rows
+
+
+def time_blocks(results: dict) -> list:
+    """"Where the time went": the run's wall time and how its jobs ran, the stages by CPU seconds, and each family's
+    training FLOP/s against the measured matmul peak."""
+    record = results.get("stages")
+    if not record or not record.get("stages"):
+        return []
+    stages, job_threads = record["stages"], record.get("job_threads", 1)
+    total_cpu = sum(s["cpu_s"] for s in stages.values()) or 1.0
+    rows = [[name, str(s["count"]), f"{s['wall_s']:.1f}", f"{s['cpu_s']:.1f}", f"{s['cpu_s'] / total_cpu:.0%}"]
+            for name, s in sorted(stages.items(), key=lambda kv: -kv[1]["cpu_s"])]
+    blocks = [("h2", "Where the time went"),
+              ("p", (f"Wall time {record['wall_s']:.0f} s over {record.get('invocations', 1)} invocation(s) of gvd "
+                     f"run; jobs ran {record.get('workers', 1)} at a time, {job_threads} torch thread(s) each, on "
+                     f"{record.get('cpu_count', '?')} cores. Seconds are summed over every time a stage was entered, "
+                     "in every job; CPU seconds are each process's own (a stage kept on two cores shows about twice "
+                     "its wall time), and stages of jobs that ran side by side add up to more than the wall time. "
+                     "Nested stages (a family's training inside its job) are counted in their own row and in the "
+                     "enclosing one.")),
+              ("table", ["stage", "entered", "wall s", "CPU s", "share of CPU s (rows nest)"], rows)]
+    if rates := training_rate_rows(results, job_threads):
+        threads = (results.get("throughput") or {}).get("threads")
+        blocks += [("p", ("Training speed: each family's training FLOPs (counted on the networks it trains, attention "
+                          "included) over its training seconds, mean over seeds, as a share of the dense matmul peak "
+                          "of the precision it trains in, measured in the same run by the throughput stage on "
+                          f"{threads or '?'} thread(s) and scaled to the {job_threads} a job had.")),
+                   ("table", ["dataset", "family", "precision", "training GFLOP/s", "share of matmul peak", "runs"],
+                    rates)]
+    return blocks

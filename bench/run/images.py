@@ -34,6 +34,7 @@ from bench.data.images import ImageData, load_splits, reference_set, split_hash,
 from bench.data.inception import Backbone, inception_backbone
 from bench.data.judge import Judge, judge_failure, load_or_train_judge
 from bench.evaluate.images import TUNING_RULE, EvalSet, FamilyScore, eval_set, evaluate_family
+from bench.evaluate.process import explain
 from bench.families import Family, ImageTask, Prompts, Trained
 from bench.families.text import TextModels, network_configs
 from bench.train.images import train_text_encoder
@@ -321,7 +322,26 @@ def run_image_dataset(dataset: str, seed: int, cfg, device: torch.device, run: R
             write_outputs(run, prep, shared, ev, families, trained, scores, seed)
     except Exception as exc:  # noqa: BLE001 -- the entries below still carry the numbers
         tqdm.write(f"{dataset} seed {seed}: writing checkpoints or grids failed: {error_text(exc)}")
+    with stage("process figures"):
+        write_process(run, prep, ev, families, trained, scores, cfg, seed)
     return [record_entry(prep, ev, shared, f, trained[f.name], scores.get(f.name), seed) for f in families]
+
+
+def write_process(run: RunDir, prep: Prepared, ev: EvalSet, families: list[Family], trained: dict, scores: dict, cfg,
+                  seed: int) -> None:
+    """The arrays of every scored family's process figures (bench/evaluate/process.py) under process/. A family whose
+    figures fail loses them alone (one line); its numbers stand. [ddp] rank 0 draws them."""
+    if not distributed.is_main():
+        return
+    for family in families:
+        score = scores.get(family.name)
+        if score is None or score.problem is not None or family.role != "model":
+            continue
+        try:
+            if arrays := explain(prep, ev, family, trained[family.name], cfg):
+                run.save_process(prep.dataset, seed, family.name, arrays)
+        except Exception as exc:  # noqa: BLE001 -- a picture that cannot be drawn is not a lost result
+            tqdm.write(f"{prep.dataset} seed {seed}: {family.name}'s process figures failed: {error_text(exc)}")
 
 
 def warm_up(dataset: str, cfg, device, cache_dir) -> None:

@@ -48,22 +48,27 @@ class MixtureScore:
     raw: dict  # the raw network with the headline sampler
     curve: list[dict]  # the snapshots' EMAs at evenly spaced steps
     curve_seconds: float
+    clouds: dict[int, np.ndarray]  # step -> the first CLOUD_POINTS curve samples of its snapshot (data units)
 
 
-def _curve(family: Family, trained: Trained, dataset: str, seeds, mix) -> list[dict]:
+CLOUD_POINTS = 500  # samples per snapshot kept for the report's collapse strip (bench/report/process.py)
+
+
+def _curve(family: Family, trained: Trained, dataset: str, seeds, mix) -> tuple[list[dict], dict]:
     """Metric-over-training: each snapshot's EMA copy with the curve sampler (families that need no solver ignore
-    it)."""
-    scale, curve = mixture_scale(dataset), []
+    it). Returns (the curve's points, step -> its first CLOUD_POINTS samples in data units)."""
+    scale, curve, clouds = mixture_scale(dataset), [], {}
     for step, _raw, ema in trained.snapshots:
         try:
             x, _ = draw_points(family, trained, mix.curve_sampler, seeds, net=ema)
+            clouds[step] = (x[:CLOUD_POINTS] * scale).numpy()
             m = mixture_metrics(x * scale, dataset)
             curve.append({"step": step, **{k: m[k] for k in ("modes", "hq_fraction", "reverse_kl")},
                           "initial_weight_share": initial_weight_share(step, trained.ema_decay),
                           "train_flops": train_flops_at(trained.train, step)})
         except Exception as exc:  # noqa: BLE001 -- a curve point that cannot be drawn is recorded, not raised
             curve.append({"step": step, "error": error_text(exc)})
-    return curve
+    return curve, clouds
 
 
 def evaluate_mixture(family: Family, trained: Trained, dataset: str, seed: int, mix) -> MixtureScore:
@@ -82,8 +87,8 @@ def evaluate_mixture(family: Family, trained: Trained, dataset: str, seed: int, 
     raw = ({} if trained.raw is None else
            mixture_metrics(draw_points(family, trained, headline, seeds, net=trained.raw)[0] * scale, dataset))
     t0 = time.perf_counter()
-    curve = _curve(family, trained, dataset, seeds, mix)
-    return MixtureScore(by_sampler, points, raw, curve, time.perf_counter() - t0)
+    curve, clouds = _curve(family, trained, dataset, seeds, mix)
+    return MixtureScore(by_sampler, points, raw, curve, time.perf_counter() - t0, clouds)
 
 
 def record_mixture(family: Family, trained: Trained, score: MixtureScore, dataset: str, seed: int) -> dict:
@@ -129,4 +134,6 @@ def run_mixture(dataset: str, family: Family, seed: int, mix, device, run: RunDi
                             {"model": family.name, "dataset": dataset, "seed": seed, "bench": asdict(mix)})
     with stage("2D: sample and score"):
         score = evaluate_mixture(family, trained, dataset, seed, mix)
+    for step, x in score.clouds.items():  # the collapse strip's samples (bench/report/process.py)
+        run.save_points(dataset, seed, family.name, f"step{step}", x)
     return record_mixture(family, trained, score, dataset, seed), score.points

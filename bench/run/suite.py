@@ -229,29 +229,36 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
         channels = dataset_info(cfg.images.datasets[0]).channels
         results["throughput"] = image_throughput(cfg.images, device, channels=channels,
                                                  budget_s=cfg.throughput_budget_s)
-        measured = {r["model"] for r in results["throughput"]["rows"]}
-        for entry in results["runs"]:
-            if (entry["dataset"] in cfg.images.datasets and entry["model"] in measured
-                    and "nfe" in (entry.get("throughput") or {})):
-                entry["throughput"].update(run_entry_throughput(results["throughput"], entry["model"]))
     except Exception as exc:  # noqa: BLE001 -- a speed measurement that fails is a result, not a lost run
         tqdm.write(f"throughput failed: {error_text(exc)}")
         results["throughput"] = {"error": error_text(exc)}
     run.write_results(results)
 
 
+def entry_speeds(cfg: SuiteConfig, results: dict) -> None:
+    """Every scored image entry of a family the throughput stage measured gets its speed fields: those measured in
+    this invocation and those re-run by a resume whose throughput was measured before (never half an entry)."""
+    measured = {r["model"] for r in (results.get("throughput") or {}).get("rows", [])}
+    for entry in results["runs"]:
+        speed = entry.get("throughput") or {}
+        if (cfg.images is not None and entry["dataset"] in cfg.images.datasets and entry["model"] in measured
+                and "nfe" in speed and "sampling" not in speed):
+            speed.update(run_entry_throughput(results["throughput"], entry["model"]))
+
+
 def finish(run: RunDir, results: dict, ledger: stages.Ledger, started: float, workers: int, earlier: dict) -> None:
-    """metrics.csv and the report (a report that cannot be built is one line on stderr, the results stay), then
-    results.json once more with the stages' times, the report's included."""
+    """results.json with the stages' times, metrics.csv and the report (a report that cannot be built is one line on
+    stderr, the results stay); then the report's own seconds in results.json ("stages" -> "report", beside the table
+    the report shows, so `gvd report` rebuilds the same page)."""
     results["stages"] = stage_record(ledger, started, workers, results, earlier)
     run.write_results(results)
     run.write_metrics(metric_rows(results))
-    with stages.stage("report"):
-        try:
-            build.write_report(run.root, results)
-        except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
-            tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`")
-    results["stages"] = stage_record(ledger, started, workers, results, earlier)
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        build.write_report(run.root, results)
+    except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
+        tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`")
+    results["stages"]["report"] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     run.write_results(results)
 
 
@@ -289,7 +296,7 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
     if study or (previous or {}).get("study"):
         results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
-    earlier = (previous or {}).get("stages") or {} if done else {}  # the earlier invocations' times, added in
+    earlier = (previous or {}).get("stages") or {}  # the earlier invocations' times, added in
     workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the jobs together, one at a time
     order = planned(cfg, families)
     with stop_on_signals(), stages.fresh("gvd run") as ledger:
@@ -299,6 +306,7 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
                 with distributed.alone() as mine, stages.stage("throughput"):  # [ddp] rank 0 measures, the others wait
                     if mine:
                         measure_throughput(cfg, run, results, device)
+            entry_speeds(cfg, results)
         except Interrupted as stop:
             tqdm.write(f"{stop}: recording what finished in {run.results_path}")
             have = {_key(r) for r in results["runs"]}

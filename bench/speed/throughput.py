@@ -44,6 +44,7 @@ from bench.families.text import build_networks
 from bench.speed.fastpaths import FastPaths, fast_denoiser, fast_sampler
 from bench.speed.timing import matmul_peak, measure, peak_rss_mb, sync
 from bench.train.loops import (
+    adam,
     autocast,
     bf16_supported,
     count_flops,
@@ -434,7 +435,7 @@ def _train_row(model: str, steps_fn, n: int, what: str, b: _Bench, k: int = 2) -
 def _train_steps(b: _Bench, inputs: dict) -> dict:
     """One training-step function per network, steps_fn(n, steps): the GAN (D + G), the UNet, the VAE."""
     G, D, vae, unet = (_trainable(b.nets[k]) for k in ("G", "D", "vae", "unet"))
-    vae_opt = torch.optim.Adam(vae.parameters(), lr=b.cfg.vae_lr)
+    vae_opt = adam(vae.parameters(), lr=b.cfg.vae_lr)  # as the harness trains it
     return {"gan": partial(_gan_steps, G, D, b, inputs), "diffusion": partial(_unet_steps, unet, b, inputs),
             "vae": partial(_vae_steps, vae, vae_opt, b, inputs)}
 

@@ -16,6 +16,7 @@ from bench.core import distributed
 from bench.core.seeding import batch_stream
 from bench.data.images import ImageData
 from bench.train.loops import (
+    adam,
     autocast,
     checkpoint_interval,
     drop_captions,
@@ -45,7 +46,7 @@ def encode_latents(vae: KLAutoencoder, images: torch.Tensor) -> torch.Tensor:
 
 
 def _cosine_opt(params, lr: float, steps: int):
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = adam(params, lr=lr)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
 
 
@@ -153,7 +154,7 @@ def train_vae(images: torch.Tensor, cfg, cfgs: dict, device, seed: int, progress
     draw = _batches(len(images), cfg.vae_batch_size, data_gen)
     history, parts = [], {"vae": net, "opt": opt, "sched": sched}
     spare = copy.deepcopy(vae)
-    probe = lambda n: vae_step(spare, torch.optim.Adam(spare.parameters()), images[:n], cfg.amp,  # noqa: E731
+    probe = lambda n: vae_step(spare, adam(spare.parameters()), images[:n], cfg.amp,  # noqa: E731
                                torch.zeros(n, *latent_shape, device=device))
     step_flops = flops_per_step(probe, cfg.vae_batch_size)
     state = states.open("vae", cfg.vae_steps, {"data": data_gen})  # the posterior noise: torch's generator, saved
