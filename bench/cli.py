@@ -100,26 +100,33 @@ def _check_inputs(cfg, args) -> None:
         raise UserError(str(exc)) from None
 
 
-def _cmd_run(args) -> None:
+def _cmd_run(args) -> int | None:
     from bench.core import distributed
-    from bench.run.preflight import check_writable_dir, claim_run_dir
+    from bench.run.preflight import check_writable_dir, claim_run_dir, run_lock
     from bench.run.suite import default_workers, run_suite
 
     cfg, out, previous = _run_config(args)
     _check_inputs(cfg, args)
     check_writable_dir(out)
     device = _device(args.device)
-    if previous is None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns the folder
-        if (archive := claim_run_dir(out, args.force)) is not None:
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 owns the folder
+    with run_lock(out, active=rank0):  # one gvd run per folder (a second --resume is refused)
+        if previous is None and rank0 and (archive := claim_run_dir(out, args.force)) is not None:
             print(f"moved the run that was in {out} to {archive}")
-    study = str(_study_dir(args.study)) if args.study else None
-    with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave it cleanly
-        results = run_suite(cfg, out, device, workers=args.workers or default_workers(device), previous=previous,
-                            study=study)
-        main = distributed.is_main()
+        study = str(_study_dir(args.study)) if args.study else None
+        with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
+            results = run_suite(cfg, out, device, workers=args.workers or default_workers(device),
+                                previous=previous, study=study)
+            main = distributed.is_main()
     bad = [r for r in results["runs"] if r["status"] != "ok"]
-    if main:
-        print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+    if not main:
+        return None
+    if not results["stages"]["report"]["written"]:  # the reason is on stderr already; claim only what was written
+        print(f"wrote {out}/results.json ({len(results['runs'])} runs, {len(bad)} not ok); no report: "
+              f"`gvd report {out}` builds it")
+        return 1
+    print(f"wrote {out}/report.html ({len(results['runs'])} runs, {len(bad)} not ok)")
+    return None
 
 
 def _cmd_report(args) -> None:

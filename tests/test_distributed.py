@@ -142,7 +142,10 @@ def _metrics(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_process_smoke_run_matches_one_process(tmp_path):
-    args = ["run", "--preset", "smoke", "--device", "cpu", "--set", 'mixtures.datasets=["ring8"]']
+    # float32: under bf16 autocast the per-rank half batches round their weight gradients differently (bf16 keeps 3
+    # significant digits), so two processes agree with one only to bf16 rounding, compounded over the steps
+    args = ["run", "--preset", "smoke", "--device", "cpu", "--set", 'mixtures.datasets=["ring8"]',
+            "--set", "images.amp=false"]
     env = {"GVD_CACHE": str(tmp_path / "cache"), "GVD_DIST_TIMEOUT": "300"}
     one = subprocess.run([sys.executable, "-m", "bench", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True,

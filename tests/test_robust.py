@@ -22,6 +22,7 @@ import bench.families.gan
 from bench.cli import main
 from bench.config import SuiteConfig, preset
 from bench.core import pool as bench_pool
+from bench.core.files import WriteError
 from bench.core.guard import (
     Interrupted,
     hold_signals,
@@ -38,6 +39,7 @@ from bench.report.render import to_markdown
 from bench.run import images as imagebench
 from bench.run import suite
 from bench.run.mixtures import MixtureScore, record_mixture, run_mixture
+from bench.run.preflight import run_lock
 from bench.train import loops as train_module
 from bench.train import state as train_state
 from bench.train.state import TrainState, steps_to_run
@@ -81,7 +83,9 @@ def test_results_of_the_wrong_shape_are_refused_naming_the_file(tmp_path):
     path = tmp_path / "results.json"
     for text, needle in [("{", "cannot read it as JSON"), ("[]", "not a gan-vs-diffusion results file"),
                          (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}), "'runs' must be a list"),
-                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])), "status None")]:
+                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])), "status None"),
+                         (json.dumps(_results([_mixed_runs()[0]] * 2)),
+                          r"runs\[0\] and runs\[1\] are both ring8/gan/0")]:
         path.write_text(text)
         with pytest.raises(ValueError, match=needle) as info:
             load_results(path)
@@ -200,6 +204,9 @@ def _checkpoint_dir(tmp_path, kind: str):
         path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     elif kind == "no-metadata":
         save_file({"G.w": torch.zeros(2)}, str(path))
+    elif kind in ("nested", "a-list"):  # hostile metadata: nesting past the parser's depth, a config that is no object
+        config = "[" * 100_000 + "]" * 100_000 if kind == "nested" else "[1, 2]"
+        save_file({"G.w": torch.zeros(2)}, str(path), metadata={"config": config})
     else:  # an image checkpoint's keys, configs that do not build the networks
         save_file({"G.w": torch.zeros(2)}, str(path), metadata={"config": json.dumps(
             {"family": "diffusion", "tokenizer": {"words": []}, "networks": {"unet": {"bogus": 1}}, "text": {}})})
@@ -208,6 +215,8 @@ def _checkpoint_dir(tmp_path, kind: str):
 
 @pytest.mark.parametrize("kind, needle", [("damaged", "not a readable gan-vs-diffusion checkpoint"),
                                           ("no-metadata", "not a readable gan-vs-diffusion checkpoint"),
+                                          ("nested", "shapes_seed0_models.safetensors: not a readable gan-vs"),
+                                          ("a-list", "shapes_seed0_models.safetensors: not a readable gan-vs"),
                                           ("foreign", "not a readable image checkpoint")])
 def test_sample_refuses_damaged_checkpoints(kind, needle, tmp_path, capsys):
     run = _checkpoint_dir(tmp_path, kind)
@@ -405,6 +414,22 @@ def test_an_unreadable_state_starts_over_and_a_state_that_does_not_fit_is_named(
         TrainState(path, 1, {}).restore({"m": torch.nn.Linear(2, 4)}, [], None, None, None)
     path.write_bytes(path.read_bytes()[:100])
     assert TrainState(path, 1, {}).restore({"m": torch.nn.Linear(2, 3)}, [], None, None, None) == 0
+
+
+@pytest.mark.parametrize("claim, history", [(10**9, 3), (3, 2), (-1, 0)])
+def test_a_state_claiming_steps_it_did_not_take_is_named_not_trusted(claim, history, tmp_path):
+    """A hand-edited state (steps done beyond the training's, or not matching its own history) raises naming the
+    file: the entry fails instead of skipping its training and recording itself ok."""
+    path, net = tmp_path / "state.safetensors", torch.nn.Linear(2, 3)
+    TrainState(path, 1, {}).save(claim, {"m": net}, [{"loss": 1.0}] * history, [])
+    with pytest.raises(RuntimeError, match=f"state.safetensors: the saved state claims {claim} steps done of 5"):
+        list(steps_to_run(5, TrainState(path, 1, {}), {"m": net}, [], progress=False))
+
+
+def test_a_state_with_absurdly_nested_metadata_is_unreadable_so_training_starts_over(tmp_path):
+    path, net = tmp_path / "state.safetensors", torch.nn.Linear(2, 3)
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"train_state": "[" * 100_000 + "]" * 100_000})
+    assert TrainState(path, 1, {}).restore({"m": net}, [], None, None, None) == 0
 
 
 def test_training_seconds_leave_the_states_own_writes_out(tmp_path, monkeypatch):
@@ -615,3 +640,29 @@ def test_the_progress_line_names_each_running_jobs_stage():
         assert progress.bar.postfix == "2/2 jobs" and progress.bar.n == progress.bar.total
     finally:
         progress.close()
+
+
+def test_a_report_that_cannot_be_written_is_not_claimed(tmp_path, monkeypatch, capsys):
+    """A full disk when the report is written (results.json made it): one line on stderr naming the file, exit 1,
+    and the last line says results.json was written and how to build the report, never "wrote report.html"."""
+    def full_disk(run_dir, results):
+        raise WriteError(f"could not write {run_dir}/report.html: No space left on device")
+
+    monkeypatch.setattr(suite.build, "write_report", full_disk)
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "No space left on device" in captured.err and "report.html" not in captured.out
+    assert "results.json" in captured.out and "gvd report" in captured.out
+    assert load_results(out / "results.json")["stages"]["report"]["written"] is False
+    assert not (out / "report.html").exists()
+
+
+def test_a_second_gvd_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    """While one gvd run holds a folder (its lock), a second --resume of it (or a fresh run into it) is one line, exit
+    2, and changes nothing; the lock goes with the process that held it."""
+    out = tmp_path / "run"
+    with run_lock(out):
+        _one_line_exit_2(TINY + ["--out", str(out)], "is in use by another gvd run", capsys)
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    assert main(TINY + ["--out", str(out)]) == 0  # released: the run goes ahead

@@ -309,6 +309,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world() > 1):
             return super().forward(x)
+        dtype, x = x.dtype, x.float()  # the statistics in float32 whatever autocast feeds in (bf16 on the CPU)
         dims = [0, 2, 3]
         count = x.numel() // x.shape[1] * world()  # equal shares: rows x pixels on every rank
         mean = dist_nn.all_reduce(x.sum(dims)) / count  # (C,)
@@ -321,7 +322,8 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * count / max(count - 1, 1), m)
         y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+        y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+        return y.to(dtype)
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:

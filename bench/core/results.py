@@ -63,10 +63,15 @@ def load_results(path: Path) -> dict:
         raise ValueError(f"{path}: 'runs' must be a list and 'config' an object")
     if not isinstance(data.get("families", {}), dict):
         raise ValueError(f"{path}: 'families' must be an object")
+    seen: dict[tuple, int] = {}
     for i, run in enumerate(data["runs"]):
         problem = _entry_problem(run)
         if problem:
             raise ValueError(f"{path}: runs[{i}] {problem}")
+        key = (run["dataset"], run["model"], run["seed"])
+        if key in seen:  # a hand-edited file: a seed counted twice would narrow every interval
+            raise ValueError(f"{path}: runs[{seen[key]}] and runs[{i}] are both {'/'.join(map(str, key))}")
+        seen[key] = i
     return data
 
 

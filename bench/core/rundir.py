@@ -66,8 +66,11 @@ def checkpoint_config(path: Path) -> dict:
     """The config stored with a checkpoint (reads the header only). ValueError names a damaged file."""
     try:
         with safe_open(str(path), "pt") as f:
-            return json.loads((f.metadata() or {})["config"])
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+            config = json.loads((f.metadata() or {})["config"])
+        if not isinstance(config, dict):
+            raise TypeError("its config is not a JSON object")
+        return config
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{path}: not a readable gan-vs-diffusion checkpoint ({type(exc).__name__})") from None
 
 

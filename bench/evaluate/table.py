@@ -43,6 +43,10 @@ class Metric:
     def display(self, value: float) -> str:
         return self.fmt.format(value * self.scale)
 
+    def display_mean(self, value: float) -> str:
+        """A mean over seeds (or a mean difference): one decimal more for a count, so 7.7 modes is not shown as 8."""
+        return ("{:.1f}" if self.fmt == "{:.0f}" else self.fmt).format(value * self.scale)
+
 
 FRACTION = (0.0, 1.0)
 METRICS = [

@@ -76,7 +76,8 @@ def trajectory_figure(rd: RunDir, dataset: str, seed: int, arrays: dict, prompts
                 title = "output" if c == cols - 1 else f"t = {t[c]:.0f}"
             _show(axes[r, c], arrays[f"trajectory{i}_{kind}"][p, c], title, ylabel if c == 0 else None)
     fig.suptitle(f"{dataset}, seed {seed}: a diffusion sample as it is made (guidance s = 1; NFE "
-                 f"{int(arrays['trajectory0_nfe'])} for each sampler)", fontsize=8)
+                 f"{int(arrays['trajectory0_nfe'])} for each sampler; t: the first sampler's timesteps, the others "
+                 "at the same calls of their own grids)", fontsize=8)
     return save_figure(rd, fig, f"{slug(dataset)}_trajectory", dpi=110)
 
 

@@ -53,7 +53,7 @@ def _cell(values: dict, notes: list[str], m) -> str:
     if not values:
         return "n/a" + (f" ({'; '.join(notes)})" if notes else "")
     mean = sum(values.values()) / len(values)
-    text = f"{m.display(mean)} (n={len(values)})"
+    text = f"{m.display_mean(mean)} (n={len(values)})"
     return text + (f"; {'; '.join(notes)}" if notes else "")
 
 
@@ -99,7 +99,7 @@ def metric_row(runs: list[dict], names: list[str], m, labels: dict) -> list[str]
     diff = paired_difference({s: scored[lead][s] for s in common}, {s: scored[runner][s] for s in common})
     if diff["mean"] == 0:
         return row + ["tie", "0", _resolved(diff)]
-    by = m.display(abs(diff["mean"]))
+    by = m.display_mean(abs(diff["mean"]))
     lead_mean = sum(scored[lead][s] for s in common) / len(common)
     runner_mean = sum(scored[runner][s] for s in common) / len(common)
     if m.aspect and m.aspect.startswith("cost") and min(lead_mean, runner_mean) > 0:

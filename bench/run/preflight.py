@@ -4,6 +4,8 @@ Also the run folder's guard against clobbering: a folder that already holds a ru
 --resume (continue it) or --force (move the old run aside to <dir>.old-<timestamp>, then start afresh).
 """
 
+import contextlib
+import fcntl
 import math
 import os
 from datetime import datetime
@@ -62,6 +64,29 @@ def check_sample_count(n: int) -> None:
 
 def holds_run(path: Path) -> bool:
     return any((Path(path) / name).exists() for name in RUN_FILES)
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, active: bool = True):
+    """One `gvd run` per run folder: an exclusive lock (flock) on <folder>/.lock, held while the block runs. The OS
+    drops it when the process ends however it ends, so a killed run leaves no stale lock. A second run into the
+    folder (a second --resume, a --force while one runs) is refused in one line. active=False: a no-op (the other
+    ranks under torchrun)."""
+    if not active:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PreflightError(f"{folder} is in use by another gvd run; wait for it to end or use another "
+                                 "--out") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def claim_run_dir(path: Path, force: bool) -> Path | None:

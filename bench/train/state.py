@@ -133,7 +133,7 @@ class TrainState:
             with safe_open(str(self.path), "pt") as f:
                 meta = json.loads((f.metadata() or {})["train_state"])
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- a safetensors handle
-        except (OSError, SafetensorError, KeyError, json.JSONDecodeError):
+        except (OSError, SafetensorError, KeyError, json.JSONDecodeError, RecursionError):  # unreadable: start over
             return 0
         try:
             for name, p in parts.items():
@@ -200,6 +200,9 @@ def steps_to_run(steps: int, state: TrainState | None, parts: dict, history: lis
     (bench/core/guard.hold_signals, entered by the caller around its trainings) stops the loop when the step ends: the
     state is saved, then Interrupted raised. raw / ema: the parts a Snapshot copies (restore)."""
     start = state.restore(parts, history, snapshots, raw, ema) if state is not None else 0
+    if state is not None and not (isinstance(start, int) and 0 <= start <= steps and len(history) == start):
+        raise RuntimeError(f"{state.path}: the saved state claims {start!r} steps done of {steps}, with a history of "
+                           f"{len(history)} steps (edited, or another training's); remove it to train from the start")
     if distributed.agree(start) != -distributed.agree(-start):  # [ddp] ranks that restored different steps
         raise RuntimeError(f"{desc}: the ranks restored different steps (is state/ on a disk every node sees?)")
     if start and progress and distributed.is_main():
