@@ -666,3 +666,17 @@ def test_a_second_gvd_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
         _one_line_exit_2(TINY + ["--out", str(out)], "is in use by another gvd run", capsys)
         assert [p.name for p in out.iterdir()] == [".lock"]
     assert main(TINY + ["--out", str(out)]) == 0  # released: the run goes ahead
+
+
+def test_resume_refuses_a_config_json_that_is_not_the_runs(tmp_path, capsys):
+    """A run folder whose config.json was replaced (another preset's, an edited step count) is not resumed into a
+    silently mixed run: one line naming the keys that differ, exit 2, nothing changed."""
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    config["name"], config["mixtures"]["steps"] = "toy", 2000
+    (out / "config.json").write_text(json.dumps(config))
+    before = (out / "results.json").read_text()
+    capsys.readouterr()  # the first run's progress line
+    _one_line_exit_2(["run", "--resume", str(out)], "config.json does not match the config its results.json", capsys)
+    assert (out / "results.json").read_text() == before

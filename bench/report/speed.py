@@ -13,6 +13,7 @@ from bench.report.figures import LINE_STYLES, MARKERS, new_figure, save_figure
 from bench.report.tables import colour, families_of
 from bench.report.tables import label as label_of
 from bench.speed.summary import summary_lines, table_rows
+from bench.speed.throughput import peak_key
 
 # ---------------------------------------------------------------- report blocks
 
@@ -173,7 +174,7 @@ def quality_cost_figures(run_dir, results: dict) -> list[str]:
 def _peak_of(results: dict, precision: str | None) -> float | None:
     """The measured matmul peak (FLOP/s, on the throughput stage's threads) of a training precision, or None."""
     peaks = (results.get("throughput") or {}).get("matmul_peaks") or {}
-    key = "bfloat16" if str(precision).startswith("bf16") else "float32"
+    key = peak_key(str(precision))
     return peaks[key]["tflops"] * 1e12 if key in peaks else None
 
 

@@ -12,7 +12,7 @@ import json
 import typing
 from pathlib import Path
 
-from bench.config import SuiteConfig, validate
+from bench.config import SuiteConfig, to_dict, validate
 from bench.core.results import load_results
 from bench.run.preflight import PreflightError
 
@@ -61,9 +61,25 @@ def load_run(root: Path) -> tuple[SuiteConfig, dict]:
     if not results_path.is_file():  # stopped before the first entry was written
         return cfg, {"runs": []}
     try:
-        return cfg, load_results(results_path)
+        previous = load_results(results_path)
     except ValueError as exc:
         raise PreflightError(str(exc).splitlines()[0]) from None
+    if (differ := _config_differences(to_dict(cfg), previous["config"])) and previous["runs"]:
+        raise PreflightError(f"--resume {root}: config.json does not match the config its results.json was run with "
+                             f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}); a resume would mix runs")
+    return cfg, previous
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys where two saved configs differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _config_differences(x, y, f"{prefix}{key}.")
+        elif x != y and not (isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and list(x) == list(y)):
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def finished(results: dict) -> dict[tuple, dict]:

@@ -322,8 +322,8 @@ def image_throughput(cfg, device, *, channels: int = 3, nfes=(10, 20, 50, 1000),
     # the start and at the end (a busy moment lowers one)
     peaks = {k: max(p, _peaks(device)[k], key=lambda q: q["tflops"]) for k, p in peak_start.items()}
     for r in rows:
-        r["mfu"] = r["tflops"] / peaks[_peak_key(r["dtype"])]["tflops"]
-    peak = peaks[_peak_key(_train_dtype(cfg, device))]
+        r["mfu"] = r["tflops"] / peaks[peak_key(r["dtype"])]["tflops"]
+    peak = peaks[peak_key(_train_dtype(cfg, device))]
     load["end"] = os.getloadavg()[0]
     return {
         "schema": THROUGHPUT_SCHEMA,
@@ -362,7 +362,8 @@ def _peaks(device) -> dict:
     return out
 
 
-def _peak_key(dtype: str) -> str:
+def peak_key(dtype: str) -> str:
+    """The matmul peak a row's (or a training's) precision is measured against: "bfloat16" or "float32"."""
     return "bfloat16" if dtype.startswith("bf16") else "float32"
 
 
