@@ -4,7 +4,13 @@ draws, one data stream per seed for both families, and a tiny study end to end t
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,3 +412,52 @@ def test_the_toy_configuration_reproduces_the_suites_2d_run(tmp_path):
         same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 -- NaN == NaN
         assert same(ours["metrics"], {k: suite_entry["metrics"][k] for k in ours["metrics"]})
         assert same(ours["stability"], suite_entry["stability"])
+
+
+def _pids_with_parent(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # two study subprocesses with worker pools: ~40 s on a busy 2-core machine
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_study_ends_within_seconds_leaves_no_worker_and_resumes(sig, tmp_path):
+    """`gvd study stability` under gvd run's rules: a signal once its first run is written stops it within seconds
+    with the shell's status, no pool worker left behind, study.json written for what finished; run again, it keeps
+    the finished runs and trains only the rest."""
+    out = tmp_path / "study"
+    args = [sys.executable, "-m", "bench", "study", "stability", "--k", "2", "--seeds", "2", "--steps", "600",
+            "--datasets", "ring8", "--workers", "2", "--set", "num_samples=60", "--set", "sampler=ddim:3",
+            "--set", "batch_size=32", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not list((out / "runs").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _pids_with_parent(proc.pid)
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    _, stderr = proc.communicate(timeout=90)
+    assert time.monotonic() - t0 < 15 and proc.returncode == 128 + sig, stderr[-2000:]
+    assert "Traceback" not in stderr
+    time.sleep(0.5)
+    assert workers and not [p for p in workers if _running(p)], "worker processes left behind"
+    kept = len(list((out / "runs").glob("*.json")))
+    assert kept >= 1 and json.loads((out / "study.json").read_text())["runs"]
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"study: {kept} runs already finished" in again.stdout + again.stderr
+    assert len(json.loads((out / "study.json").read_text())["runs"]) == 8
