@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from processes import alive, children
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -275,27 +276,6 @@ RESUMABLE = ["--preset", "smoke", "--device", "cpu", "--seeds", "0", "1", "--ste
              "--set", 'mixtures.datasets=["ring8"]', "--set", "mixtures.num_samples=100"]
 
 
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is pid (from /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
     """`gvd run` with two worker processes, stopped by sig once its first entry is in results.json."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -304,14 +284,14 @@ def _interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
     deadline = time.monotonic() + 240
     while not (out / "results.json").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     proc.send_signal(sig)
     t0 = time.monotonic()
     stdout, stderr = proc.communicate(timeout=60)
     stopped_in = time.monotonic() - t0
     assert stopped_in < 15, f"took {stopped_in:.1f} s to stop"
     time.sleep(0.5)
-    assert workers and not [p for p in workers if _alive(p)], "worker processes left behind"
+    assert workers and not [p for p in workers if alive(p)], "worker processes left behind"
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 

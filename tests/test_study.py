@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from processes import alive, children
 from scipy import stats
 
 import bench.data.mixtures
@@ -414,24 +415,6 @@ def test_the_toy_configuration_reproduces_the_suites_2d_run(tmp_path):
         assert same(ours["stability"], suite_entry["stability"])
 
 
-def _pids_with_parent(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow  # two study subprocesses with worker pools: ~40 s on a busy 2-core machine
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_study_ends_within_seconds_leaves_no_worker_and_resumes(sig, tmp_path):
@@ -447,14 +430,14 @@ def test_a_stopped_study_ends_within_seconds_leaves_no_worker_and_resumes(sig, t
     deadline = time.monotonic() + 240
     while not list((out / "runs").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = _pids_with_parent(proc.pid)
+    workers = children(proc.pid)
     proc.send_signal(sig)
     t0 = time.monotonic()
     _, stderr = proc.communicate(timeout=90)
     assert time.monotonic() - t0 < 15 and proc.returncode == 128 + sig, stderr[-2000:]
     assert "Traceback" not in stderr
     time.sleep(0.5)
-    assert workers and not [p for p in workers if _running(p)], "worker processes left behind"
+    assert workers and not [p for p in workers if alive(p)], "worker processes left behind"
     kept = len(list((out / "runs").glob("*.json")))
     assert kept >= 1 and json.loads((out / "study.json").read_text())["runs"]
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
