@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import catalog
 from bench.core.guard import Interrupted
-from bench.errors import UserError
+from bench.errors import UserError, WorkerLost
 
 
 class _Parser(argparse.ArgumentParser):
@@ -381,7 +381,8 @@ def _add_run(sub) -> None:
                      help="clean-fid's TorchScript Inception file: adds Inception FID/KID "
                           "(and scores class-less folders)")
     run.add_argument("--workers", type=int,
-                     help="2D runs at once, one process each (default: one per CPU core; 1 on CUDA)")
+                     help="jobs at once (a 2D run, an image family on one dataset and seed), one process each "
+                          "(default: one per CPU core; 1 on CUDA)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
     run.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
@@ -462,9 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gvd: error: {where}{exc.strerror if where else exc}; what was written before it is kept",
               file=sys.stderr)
         return 1
+    except WorkerLost as exc:
+        print(f"gvd: error: {exc}", file=sys.stderr)  # it says what was kept and how to go on
+        return 1
     except Interrupted as stop:
-        print(f"gvd: interrupted ({stop}); finished runs are in results.json, `gvd run --resume` continues",
-              file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank is stopped: rank 0 speaks for them
+            print(f"gvd: interrupted ({stop}); finished runs are in results.json, `gvd run --resume` continues",
+                  file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print("gvd: interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 resume, content-keyed caches."""
 
 import dataclasses
+import errno
 import json
 import multiprocessing
 import os
@@ -16,12 +17,13 @@ import pytest
 import torch
 from PIL import Image
 from processes import alive, children
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import bench.families.gan
 from bench.cli import main
 from bench.config import SuiteConfig, preset
+from bench.core import files
 from bench.core import pool as bench_pool
 from bench.core.files import WriteError
 from bench.core.guard import (
@@ -30,7 +32,6 @@ from bench.core.guard import (
     interrupted_entry,
     pending_signal,
     stop_on_signals,
-    worker_signals,
 )
 from bench.core.results import SCHEMA, failed_entry, load_results
 from bench.core.rundir import RunDir
@@ -416,8 +417,8 @@ def test_training_seconds_leave_the_states_own_writes_out(tmp_path, monkeypatch)
     """Three state writes of 0.2 s each (a large network, a slow disk) are not training time: TrainState.seconds()
     and the saved seconds stay near zero; offset() takes them off a wall time measured around the training, and a
     restored state carries the saved training seconds on."""
-    real = train_state.save_file
-    monkeypatch.setattr(train_state, "save_file", lambda *a, **k: (time.sleep(0.2), real(*a, **k)))
+    real = train_state.save_tensors
+    monkeypatch.setattr(train_state, "save_tensors", lambda *a, **k: (time.sleep(0.2), real(*a, **k)))
     state = TrainState(tmp_path / "s.safetensors", 1, {})
     for n in range(3):
         state.save(n, {"m": torch.nn.Linear(2, 2)}, [], [])
@@ -479,26 +480,28 @@ def test_a_signal_in_the_step_where_a_2d_gan_diverges_still_stops_the_run(tmp_pa
     assert len(losses) == 5
 
 
-def test_a_pool_worker_saves_its_training_state_when_terminated(tmp_path):
-    """The parent's pool.terminate() (what a Ctrl-C or SIGTERM of `gvd run` does to the 2D workers) reaches a worker
-    mid-training: it finishes the step, saves its state there, and exits. The state is first saved by the interval
-    (every 2,000 of 20,000 steps), so the worker is known to be training; the state it leaves is then of a step the
-    interval does not save (999 times in 1,000)."""
+def test_a_pool_worker_saves_its_training_state_when_the_jobs_stop(tmp_path):
+    """The pool's stop (what a Ctrl-C or SIGTERM of `gvd run` does to its workers: bench/core/pool.py) reaches a
+    worker mid-training: it finishes the step, saves its state there, and exits. The state is first saved by the
+    interval (every 2,000 of 20,000 steps), so the worker is known to be training; the state it leaves is then of a
+    step the interval does not save (999 times in 1,000)."""
     mix = preset("smoke").mixtures
     mix.steps, mix.eval_checkpoints = 20_000, 0
     path = RunDir(tmp_path).state_path("ring8", 0, "diffusion")
-    pool = multiprocessing.get_context("spawn").Pool(1, initializer=worker_signals)
-    try:
-        cfg = SuiteConfig(name="smoke", seeds=[0], mixtures=mix)
-        job = (suite.Job("mixture", "ring8", 0, ("diffusion",), 1.0), cfg, "cpu", tmp_path)
-        pool.apply_async(bench_pool._in_worker, (suite._run_job, job))
-        deadline = time.monotonic() + 120
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert path.exists(), "no interval save within 120 s"
-    finally:
-        pool.terminate()
-        pool.join()
+    cfg = SuiteConfig(name="smoke", seeds=[0], mixtures=mix)
+    jobs = [(suite.Job("mixture", "ring8", 0, ("diffusion",), 1.0), cfg, "cpu", tmp_path),
+            (suite.Job("mixture", "ring8", 1, ("diffusion",), 1.0), cfg, "cpu", tmp_path / "other")]
+    deadline = time.monotonic() + 120
+
+    def poll():
+        if path.exists() or time.monotonic() > deadline:
+            raise Interrupted(signal.SIGTERM)
+
+    recorded = []
+    with pytest.raises(Interrupted):
+        bench_pool.run_jobs(suite._run_job, jobs, 2, lambda job, out: recorded.append(job), on_poll=poll)
+    assert path.exists(), "no interval save within 120 s"
+    assert not recorded and not multiprocessing.active_children()
     steps = _steps_done(path)
     assert 2_000 < steps < 20_000 and steps % 2_000 != 0, steps
 
@@ -584,6 +587,47 @@ def test_a_rerun_image_entry_is_measured_whole(tmp_path, monkeypatch):
     assert again["stages"]["invocations"] == 2 and again["stages"]["wall_s"] > results["stages"]["wall_s"]
 
 
+KILLER = """import dataclasses, multiprocessing, os, signal
+import mean_family
+
+
+def train(task):
+    if multiprocessing.parent_process() is not None:  # in a worker process: die as the OOM killer makes one die
+        os.kill(os.getpid(), signal.SIGKILL)
+    return mean_family.train(task)
+
+
+def make():
+    return dataclasses.replace(mean_family.make(), name="killer", train_image=train)
+"""
+
+
+def test_a_killed_worker_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_path, monkeypatch, capsys):
+    """A worker process killed mid-job (SIGKILL, as by the OOM killer; a family that kills its own worker here):
+    the run does not wait for ever for its job. It stops in one line naming the job and the exit status, exit 1,
+    no worker left; results.json and the report hold what finished, the rest `interrupted`. --resume (in one
+    process, where this family lives) finishes every entry."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+    family = tmp_path / "killer.py"
+    family.write_text(KILLER)
+    out = tmp_path / "run"
+    args = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "2", "--set", "mixtures=null",
+            "--set", "images.steps=3", "--set", "throughput_budget_s=0", "--family", f"killer={family}:make",
+            "--out", str(out)]
+    before = set(children(os.getpid()))
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("gvd: ")]
+    assert len(err) == 1 and "exit status -9) while running shapes seed 0 killer" in err[0], err
+    assert f"gvd run --resume {out}" in err[0]
+    assert not [p for p in set(children(os.getpid())) - before if alive(p) and "resource_tracker" not in
+                Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+    runs = load_results(out / "results.json")["runs"]
+    assert {r["status"] for r in runs} <= {"ok", "interrupted"} and (out / "report.html").exists()
+    assert next(r for r in runs if r["model"] == "killer")["status"] == "interrupted"
+    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
+    assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
+
+
 def test_text_from_data_cannot_make_a_link_in_markdown():
     """A dataset folder named like a Markdown image link is printed, not rendered (report.md, compare.md)."""
     md = to_markdown([("p", "shapes vs ![t](javascript:alert(10))"), ("table", ["dataset"], [["[x](y)"]])])
@@ -638,6 +682,84 @@ def test_a_report_that_cannot_be_written_is_not_claimed(tmp_path, monkeypatch, c
     assert not (out / "report.html").exists()
 
 
+class _Disk:
+    """The disk as bench/core/files.py sees it, with `room` bytes left: a write past them fails as on a full disk:
+    OSError ENOSPC from a file's write, and from safetensors' writer the SafetensorError it raised on a full tmpfs.
+    Every file the suite writes goes through files.atomic_write or files.save_tensors: this is the whole suite's
+    disk (a real one needs root to mount; tried by hand, see the closing note of issue 24)."""
+
+    def __init__(self, room: float):
+        self.room, self.used = room, 0
+
+    def take(self, n: int, error: Exception) -> None:
+        if self.used + n > self.room:
+            raise error
+        self.used += n
+
+    def open(self, path, mode):
+        return _DiskFile(open(path, mode), self)
+
+    def save_file(self, tensors, path, metadata=None):
+        self.take(sum(t.numel() * t.element_size() for t in tensors.values()),
+                  SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+        save_file(tensors, path, metadata=metadata)
+
+    def install(self, monkeypatch) -> "_Disk":
+        monkeypatch.setattr(files, "open", self.open, raising=False)
+        monkeypatch.setattr(files, "save_file", self.save_file)
+        return self
+
+
+class _DiskFile:
+    def __init__(self, f, disk: _Disk):
+        self.f, self.disk = f, disk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data: bytes) -> int:
+        self.disk.take(len(data), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return self.f.write(data)
+
+
+FULL_DISK_RUN = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1", "--seeds", "0", "1", "--steps", "5",
+                 "--set", "images=null", "--set", 'mixtures.datasets=["ring8"]', "--set", "mixtures.num_samples=50"]
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_path, monkeypatch, capsys):
+    """A disk that fills up after 20%, 60% or 90% of the bytes an unbroken run writes (a training state, the report's
+    figures): the run stops at the write that failed (no traceback, no later run recorded as failed, no report
+    claimed with a figure missing), names the file, exit 1; a results.json left behind parses with no entry failed by
+    the disk. With room again, --resume finishes the run with the numbers of the unbroken one."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+    disk = _Disk(float("inf")).install(monkeypatch)
+    whole = tmp_path / "whole"
+    assert main(FULL_DISK_RUN + ["--out", str(whole)]) == 0
+    assert len(load_results(whole / "results.json")["runs"]) == 6  # gan, diffusion, held-out real; two seeds
+    capsys.readouterr()
+    for share in (0.2, 0.6, 0.9):
+        out = tmp_path / f"run-{share}"
+        _Disk(disk.used * share).install(monkeypatch)
+        assert main(FULL_DISK_RUN + ["--out", str(out)]) == 1
+        said = capsys.readouterr()
+        err = [line for line in said.err.replace("\r", "\n").splitlines() if "gvd run smoke" not in line]
+        failed = [line for line in err if f"could not write {out}" in line]
+        assert len(failed) == 1 and "No space left on device" in failed[0], err
+        assert not any("Traceback" in line for line in err) and "report.html" not in said.out
+        assert f"gvd run --resume {out}" in failed[0] or f"gvd report {out}" in failed[0] + said.out
+        if (out / "results.json").exists():
+            assert all(r["status"] == "ok" for r in load_results(out / "results.json")["runs"])
+        _Disk(float("inf")).install(monkeypatch)
+        assert main(["run", "--resume", str(out)]) == 0
+        assert (_timeless(load_results(out / "results.json")["runs"])
+                == _timeless(load_results(whole / "results.json")["runs"]))
+        assert (out / "report.html").exists() and (out / "figures" / "ring8_samples.png").exists()
+        capsys.readouterr()
+
+
 def test_a_second_gvd_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
     """While one gvd run holds a folder (its lock), a second --resume of it (or a fresh run into it) is one line, exit
     2, and changes nothing; the lock goes with the process that held it."""
@@ -646,6 +768,25 @@ def test_a_second_gvd_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
         _one_line_exit_2(TINY + ["--out", str(out)], "is in use by another gvd run", capsys)
         assert [p.name for p in out.iterdir()] == [".lock"]
     assert main(TINY + ["--out", str(out)]) == 0  # released: the run goes ahead
+
+
+def test_the_lock_names_its_holder_and_a_killed_holders_lock_is_taken_over(tmp_path, capsys):
+    """Another process holds the folder: the refusal names its pid. Killed (SIGKILL: no clean-up of its own), its
+    lock is gone with it; the next run takes the folder and the lock file holds the new holder's pid."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom bench.run.preflight import run_lock\n"
+                               f"with run_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _one_line_exit_2(TINY + ["--out", str(out)], f"in use by another gvd run (pid {holder.pid})", capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".lock").read_text().strip() == str(holder.pid)  # what the killed holder left
+    assert main(TINY + ["--out", str(out)]) == 0
+    with run_lock(out):
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
 
 
 def test_resume_refuses_a_config_json_that_is_not_the_runs(tmp_path, capsys):

@@ -36,6 +36,8 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from bench.core.guard import Interrupted
+
 # torch.distributed.nn's differentiable collectives warn that they will move to a private module; they are the public,
 # documented autograd-aware all_reduce / all_gather until then.
 warnings.filterwarnings("ignore", message="torch.distributed.nn.functional", category=FutureWarning)
@@ -121,13 +123,17 @@ def shutdown() -> None:
 @contextlib.contextmanager
 def session(device: torch.device):
     """init ... shutdown around a command. An exception on one rank is printed with the rank, the group is left
-    at once (the others' collectives then fail instead of hanging until the timeout), and it propagates."""
+    at once (the others' collectives then fail instead of hanging until the timeout), and it propagates. A signal
+    (Interrupted: torchrun passes its SIGINT / SIGTERM to every rank) is no rank's failure: the group is left
+    quietly and rank 0 says what it kept (bench/cli.py)."""
     device = init(device)
     try:
         yield device
     except BaseException as exc:
         if active():
-            print(f"gvd: rank {rank()} of {world()} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            if not isinstance(exc, Interrupted):
+                print(f"gvd: rank {rank()} of {world()} failed: {type(exc).__name__}: {exc}", file=sys.stderr,
+                      flush=True)
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
         raise

@@ -1,9 +1,10 @@
 """One helper per concern of writing and identifying things: atomic writes, JSON and CSV, content hashes, versions.
 
-Every file the suite writes goes through `atomic_write`: a temporary file in the same folder, then a rename, so a
-reader never sees half a file and an interrupted run keeps what it finished. A write that fails (a full disk, a
-read-only folder) raises WriteError naming the file; the temporary file is removed and the old file, if any, is
-untouched. Files get the user's umask (mkstemp alone would leave them readable by their owner only).
+Every file the suite writes goes through `atomic_write` (safetensors files through `save_tensors`): a temporary file
+in the same folder, then a rename, so a reader never sees half a file and an interrupted run keeps what it finished.
+A write that fails (a full disk, a read-only folder) raises WriteError naming the file; the temporary file is removed
+and the old file, if any, is untouched. Files get the user's umask (mkstemp alone would leave them readable by their
+owner only); nothing the suite writes is private.
 """
 
 import csv
@@ -14,11 +15,14 @@ import json
 import math
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 
 class WriteError(OSError):
@@ -34,49 +38,51 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
 
 
-def atomic_write(path: Path, data: str | bytes, private: bool = False) -> None:
-    """Write data to path through a temporary file and a rename. private: owner-only (0600) instead of the umask's
-    mode. Raises WriteError (one line: the path and the OS's reason) when the disk is full or the folder is not
-    writable; nothing half-written is left behind."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write data to path through a temporary file and a rename, with the user's umask. Raises WriteError (one line:
+    the path and the OS's reason) when the disk is full or the folder is not writable; nothing half-written is left
+    behind."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o600 if private else FILE_MODE)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise WriteError(f"could not write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _through_temporary(Path(path), write)
 
 
-def atomic_save(path: Path, save) -> None:
-    """save(tmp_path) writes a file (safetensors' save_file, ...); it is renamed to path only when whole. Errors as in
-    atomic_write."""
-    path = Path(path)
+def save_tensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """A safetensors file written as atomic_write writes, by safetensors' own writer (it streams the tensors: 2-3x
+    faster than serialising them in memory first for an 85 MB training state); its I/O errors are the same one-line
+    WriteError."""
+    _through_temporary(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _through_temporary(path: Path, write) -> None:
+    """write(tmp) makes a temporary file in path's folder, which becomes path by a rename once whole (atomic_write)."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        save(tmp)
+        write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise WriteError(f"could not write {path}: {exc.strerror or exc}") from None
+        raise WriteError(f"could not write {path}: {_reason(exc)}") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _reason(exc: Exception) -> str:
+    """The OS's words for a failed write: an OSError's strerror; safetensors says 'Error while serializing: I/O error:
+    No space left on device (os error 28)'."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r" \(os error \d+\)$", "", text.split("I/O error: ")[-1])
 
 
 def json_safe(value):

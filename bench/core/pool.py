@@ -2,23 +2,31 @@
 
 run_jobs(fn, jobs, workers, record) calls record(job, fn(job)) for every job, as each finishes. With one worker (or
 one job) it runs them in this process, in job order. Otherwise in `workers` spawned processes (fork after torch has
-started threads can hang), each of which ignores SIGINT (a terminal's Ctrl-C reaches the whole group: the parent
-decides) and, on the parent's SIGTERM, lets a held training save its state before it exits
-(bench/core/guard.worker_signals). On Interrupted in the parent (SIGINT / SIGTERM under guard.stop_on_signals) the
-jobs that had finished are recorded, every worker is terminated (each saves what it holds first; none is left behind)
-and Interrupted propagates. The stages the jobs enter (bench/core/stages.py) reach on_stage(label, stage) in the
-parent, from the workers through a queue.
+started threads can hang), each talking to the parent over a pipe of its own: nothing is shared between workers, so
+a worker that dies or is killed holds no lock that another process waits on (multiprocessing.Pool's shared queues
+deadlocked when a worker ended while holding one, and lost the job of a worker that died). A worker ignores SIGINT (a
+terminal's Ctrl-C reaches the whole group: the parent decides) and, on the parent's SIGTERM, lets a held training
+save its state before it exits (bench/core/guard.worker_signals).
+
+When the jobs cannot go on (Interrupted in the parent under guard.stop_on_signals, a job that raised, a record that
+raised, a worker that died) the results that had arrived are recorded, every busy worker gets SIGTERM (a training
+saves what it holds first) and STOP_SECONDS to go, an idle one is told to exit, none is left behind, and the cause
+propagates; a worker that died is WorkerLost. The stages the jobs enter (bench/core/stages.py) reach on_stage(label,
+stage) in the parent over the same pipes.
 """
 
 import contextlib
 import multiprocessing
-import queue
+import threading
 import time
+from multiprocessing.connection import wait
 
 import torch
+from tqdm.std import tqdm
 
 from bench.core import stages
 from bench.core.guard import Interrupted, exit_worker, worker_signals
+from bench.errors import WorkerLost
 
 
 @contextlib.contextmanager
@@ -33,29 +41,61 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _in_worker(fn, job):
-    """fn(job) in a pool worker: stopped by the parent's terminate, a held training saves its state at the end of
-    its step and the worker exits at once with the shell's status."""
-    try:
-        return fn(job)
-    except Interrupted as stop:
-        exit_worker(stop.exit_code)
-
-
 STOP_SECONDS = 30.0  # how long a stopped worker may take to save its training's state before it is killed
+POLL_SECONDS = 0.2  # the longest the parent waits on its workers between on_poll calls (and signal checks)
 
 
-def _start_worker(messages) -> None:
-    """Pool initializer: the signals of a worker (guard.worker_signals), and its stages reported to the parent."""
+def _serve(conn, fn) -> None:
+    """A worker process: take a job from the parent's pipe, send back ("done", fn(job)) or ("raised", exception),
+    until the parent sends None or goes away. Stages entered are sent as ("stage", label, name)."""
     worker_signals()
-    if messages is not None:
-        stages.listen(lambda label, name: messages.put((label, name)))
+    # tqdm's default lock holds a multiprocessing semaphore that a terminated worker never unlinks ("leaked semaphore"
+    # at exit); a worker's bars are its own (the parent draws the progress line), so a thread lock does
+    tqdm.set_lock(threading.RLock())
+    stages.listen(lambda label, name: conn.send(("stage", label, name)))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the parent has gone
+            return
+        if job is None:
+            return
+        try:
+            reply = ("done", fn(job))
+        except Interrupted as stop:  # the parent's SIGTERM reached a held training: its state is saved
+            exit_worker(stop.exit_code)
+        except Exception as exc:  # noqa: BLE001 -- the parent decides: it re-raises it
+            reply = ("raised", exc)
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):  # the parent has gone
+            return
+        except Exception as exc:  # noqa: BLE001 -- an unpicklable result or exception: its text
+            conn.send(("raised", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+class _Worker:
+    def __init__(self, context, fn):
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_serve, args=(child, fn), daemon=True)
+        self.process.start()
+        child.close()
+        self.job = None  # the job it runs, None while idle
+
+    def give(self, job) -> None:
+        self.job = job
+        try:
+            self.conn.send(job)
+        except OSError:  # it died while idle
+            self.process.join()
+            raise WorkerLost(f"a worker process ended (exit status {self.process.exitcode}) before it could run "
+                             f"{_label(job)}") from None
 
 
 def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) -> None:
     """record(job, fn(job)) for every job as it finishes, `workers` at a time (module docstring); on_stage(label,
-    stage) for every stage a job enters, on_poll() every fifth of a second while jobs run in workers. fn must be a
-    module-level function (it is pickled to the workers), jobs picklable."""
+    stage) for every stage a job enters, on_poll() every POLL_SECONDS or sooner while jobs run in workers. fn must
+    be a module-level function (it is pickled to the workers), jobs picklable."""
     if min(workers, len(jobs)) <= 1:
         stages.listen(on_stage)
         try:
@@ -65,61 +105,73 @@ def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) 
             stages.listen(None)
         return
     context = multiprocessing.get_context("spawn")
-    messages = context.Queue() if on_stage is not None else None
-    pool = context.Pool(min(workers, len(jobs)), initializer=_start_worker, initargs=(messages,))
-    finished = False
+    team = [_Worker(context, fn) for _ in range(min(workers, len(jobs)))]
+    todo, finished = list(jobs), False
     try:
-        pending = [(job, pool.apply_async(_in_worker, (fn, job))) for job in jobs]
-        try:
-            while pending:
-                _relay(messages, on_stage)
-                done = [p for p in pending if p[1].ready()]
-                for job, res in done:
-                    pending.remove((job, res))
-                    record(job, res.get())
-                if not done:
-                    if on_poll is not None:
-                        on_poll()
-                    pending[0][1].wait(0.2)  # short waits: the signal handler runs between them
-        except Interrupted:
-            for job, res in pending:
-                if res.ready() and res.successful():
-                    record(job, res.get())
-            raise
+        while todo or any(w.job is not None for w in team):
+            for worker in team:
+                if worker.job is None and todo:
+                    worker.give(todo.pop(0))
+            busy = [w for w in team if w.job is not None]
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=POLL_SECONDS)
+            for worker in busy:
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    _hear(worker, record, on_stage)
+            if on_poll is not None:
+                on_poll()
         finished = True
+    except Interrupted:
+        for worker in team:  # outcomes that had arrived are kept
+            if worker.job is not None:
+                with contextlib.suppress(Exception):
+                    _hear(worker, record, None)
+        raise
     finally:
-        _stop(pool, finished)
-        if messages is not None:  # its feeder thread and semaphores go with it (no "leaked semaphore" at exit)
-            messages.close()
-            messages.join_thread()
+        _stop(team, finished)
 
 
-def _relay(messages, on_stage) -> None:
-    """Hand the workers' stage messages that have arrived to on_stage."""
-    while messages is not None:
+def _hear(worker: _Worker, record, on_stage) -> None:
+    """Every message the worker has sent: stages to on_stage, its job's outcome to record (the worker is idle again),
+    an exception it raised re-raised here; a worker that has died without an outcome is WorkerLost."""
+    while worker.conn.poll():
         try:
-            on_stage(*messages.get_nowait())
-        except queue.Empty:
-            return
-
-
-def _stop(pool, finished: bool) -> None:
-    """Every job done: the workers take the pool's end-of-work sentinel and exit. Stopped early: each worker gets
-    SIGTERM (a training saves its state at the end of its step, then the worker exits) and STOP_SECONDS to go; one
-    still there is killed. (A worker waiting for work can sleep through the SIGTERM when a thread other than its main
-    one, which Python's handler needs, takes the signal; with nothing to save, killing it loses nothing.)"""
-    if finished:
-        pool.close()
-        pool.join()
+            message = worker.conn.recv()
+        except EOFError:
+            break
+        if message[0] == "stage":
+            if on_stage is not None:
+                on_stage(*message[1:])
+            continue
+        job, worker.job = worker.job, None
+        if message[0] == "raised":
+            raise message[1]
+        record(job, message[1])
         return
-    workers = multiprocessing.active_children()
-    for process in workers:
-        process.terminate()
+    if not worker.process.is_alive():
+        worker.process.join()
+        raise WorkerLost(f"a worker process ended (exit status {worker.process.exitcode}) while running "
+                         f"{_label(worker.job)}, with nothing sent back (killed? out of memory?)")
+
+
+def _label(job) -> str:
+    first = job[0] if isinstance(job, tuple) and job else job
+    return str(getattr(first, "label", first))
+
+
+def _stop(team: list[_Worker], finished: bool) -> None:
+    """Every job done: each worker is told to exit. Stopped early: a busy worker gets SIGTERM (a training saves its
+    state at the end of its step, then the worker exits) and an idle one is told to exit; STOP_SECONDS for all of them
+    to go, and one still there is killed."""
+    for worker in team:
+        if worker.job is not None and not finished:
+            worker.process.terminate()
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
     deadline = time.monotonic() + STOP_SECONDS
-    for process in workers:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
-            process.join()
-    pool.terminate()
-    pool.join()
+    for worker in team:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()

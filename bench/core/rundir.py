@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torchvision.utils import save_image
 
 from bench.core import distributed
-from bench.core.files import atomic_save, atomic_write, csv_text, json_text
+from bench.core.files import atomic_write, csv_text, json_text, save_tensors
 
 
 def slug(dataset: str) -> str:
@@ -59,7 +58,7 @@ def save_checkpoint(path: Path, modules: dict, config: dict) -> None:
         return
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
                for name, m in modules.items() for k, v in m.state_dict().items()}
-    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"config": json.dumps(config)}))
+    save_tensors(path, tensors, metadata={"config": json.dumps(config)})
 
 
 def checkpoint_config(path: Path) -> dict:

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from bench.core.files import module_hash
+from bench.core.files import atomic_write, module_hash, save_tensors
 from bench.data.images import DataError, ImageData, split_hash
 from models.layers import setting
 
@@ -196,14 +196,10 @@ def load_or_train_judge(data: ImageData, test: ImageData, data_key: dict, cfg: J
     if judge is not None:
         return judge
     judge = train_judge(data, test, cfg, device)
-    os.makedirs(cache_dir, exist_ok=True)
     meta = {"key": key, "data_key": data_key, "config": asdict(cfg), "in_channels": judge.net[0][0].in_channels,
             "net_classes": judge.net[1].out_features, "num_modes": judge.num_modes, "accuracy": judge.accuracy,
             "per_channel": judge.per_channel, "train_seconds": judge.train_seconds}
     state = {k: v.detach().cpu().contiguous() for k, v in judge.net.state_dict().items()}
-    save_file(state, weights + ".tmp")
-    os.replace(weights + ".tmp", weights)
-    with open(meta_path + ".tmp", "w") as f:  # the json goes last: its presence marks a complete entry
-        json.dump(meta, f, indent=1, default=str)
-    os.replace(meta_path + ".tmp", meta_path)
+    save_tensors(weights, state)
+    atomic_write(meta_path, json.dumps(meta, indent=1, default=str))  # last: its presence marks a whole entry
     return judge

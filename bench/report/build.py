@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.core.files import WriteError
 from bench.core.guard import error_text
 from bench.core.rundir import RunDir, slug
 from bench.report.charts import curve_figure, loss_figure, scatter_figure, sweep_figure, sweep_summaries
@@ -360,6 +361,8 @@ def build_blocks(run_dir: Path, results: dict) -> list:
     for section in sections:
         try:
             blocks += section()
+        except WriteError:
+            raise  # a figure that could not be written (a full disk): the report would show a missing file
         except Exception as exc:  # noqa: BLE001 -- one section's gap is not a lost report
             blocks.append(("p", f"(A section of this report could not be built: {error_text(exc)})"))
     return blocks

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core import distributed
+from bench.core.files import WriteError
 from bench.core.guard import error_text, failed_status, hold_signals
 from bench.core.results import failed_entry
 from bench.core.rundir import RunDir, load_checkpoint, save_checkpoint
@@ -157,6 +158,8 @@ def _train_one(family: Family, task: ImageTask) -> Trained:
     try:
         with stage(f"train {family.name}"):
             return family.train_image(task)
+    except WriteError:
+        raise  # a full disk stops the suite (bench/run/suite.py), it is no family's fault
     except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
         if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
             raise
@@ -196,6 +199,8 @@ def _evaluate(families: list[Family], trained: dict, prep: Prepared, ev: EvalSet
             continue
         try:
             scores[family.name] = evaluate_family(prep, ev, family, trained[family.name], cfg, seed)
+        except WriteError:
+            raise  # a full disk (the feature cache) stops the suite
         except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
             if distributed.world() > 1:  # [ddp] stop: the others may be inside a collective
                 raise
@@ -320,6 +325,8 @@ def run_image_dataset(dataset: str, seed: int, cfg, device: torch.device, run: R
     try:
         with stage("checkpoints and sample grids"):
             write_outputs(run, prep, shared, ev, families, trained, scores, seed)
+    except WriteError:
+        raise  # a full disk stops the suite (bench/run/suite.py), it is no family's fault
     except Exception as exc:  # noqa: BLE001 -- the entries below still carry the numbers
         tqdm.write(f"{dataset} seed {seed}: writing checkpoints or grids failed: {error_text(exc)}")
     with stage("process figures"):
@@ -340,6 +347,8 @@ def write_process(run: RunDir, prep: Prepared, ev: EvalSet, families: list[Famil
         try:
             if arrays := explain(prep, ev, family, trained[family.name], cfg):
                 run.save_process(prep.dataset, seed, family.name, arrays)
+        except WriteError:
+            raise  # a full disk stops the suite
         except Exception as exc:  # noqa: BLE001 -- a picture that cannot be drawn is not a lost result
             tqdm.write(f"{prep.dataset} seed {seed}: {family.name}'s process figures failed: {error_text(exc)}")
 

@@ -68,10 +68,11 @@ def holds_run(path: Path) -> bool:
 
 @contextlib.contextmanager
 def run_lock(folder: Path, active: bool = True):
-    """One `gvd run` per run folder: an exclusive lock (flock) on <folder>/.lock, held while the block runs. The OS
-    drops it when the process ends however it ends, so a killed run leaves no stale lock. A second run into the
-    folder (a second --resume, a --force while one runs) is refused in one line. active=False: a no-op (the other
-    ranks under torchrun)."""
+    """One `gvd run` per run folder: an exclusive lock (flock) on <folder>/.lock, which holds the holder's pid, held
+    while the block runs. The OS drops the lock when the process ends however it ends, so the lock of a killed run is
+    taken over by the next (its pid is simply overwritten). A second run into the folder (a second --resume, a
+    --force while one runs) is refused in one line naming the holder's pid. active=False: a no-op (the other ranks
+    under torchrun)."""
     if not active:
         yield
         return
@@ -82,8 +83,12 @@ def run_lock(folder: Path, active: bool = True):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PreflightError(f"{folder} is in use by another gvd run; wait for it to end or use another "
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            holder = f" (pid {holder})" if holder.isdigit() else ""
+            raise PreflightError(f"{folder} is in use by another gvd run{holder}; wait for it to end or use another "
                                  "--out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)

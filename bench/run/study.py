@@ -36,6 +36,7 @@ from bench.core.files import versions, write_json
 from bench.core.guard import Interrupted, stop_on_signals
 from bench.core.pool import run_jobs, torch_threads
 from bench.data.mixtures import MIXTURES
+from bench.errors import WorkerLost
 from bench.evaluate.stability import divergence_step, history_losses, outcome, stability
 from bench.families import BUILT_IN, Choice
 from bench.report.study import write_study_report
@@ -200,8 +201,8 @@ def _job(job) -> dict:
 
 def _run_pool(jobs: list, workers: int) -> list[dict]:
     """Run the jobs, `workers` at a time in separate processes (in this process with one worker); on SIGINT /
-    SIGTERM the workers stop (none is left behind) and Interrupted propagates with the runs that finished in
-    `.finished` (bench/core/pool.py)."""
+    SIGTERM, or when a worker dies, the workers stop (none is left behind) and Interrupted / WorkerLost propagates
+    with the runs that finished in `.finished` (bench/core/pool.py)."""
     bar = tqdm(total=len(jobs), desc="study runs", unit="run")
     finished: dict[int, dict] = {}  # by job position: the entries keep the design's order, whatever finishes first
     position = {id(job): i for i, job in enumerate(jobs)}
@@ -212,7 +213,7 @@ def _run_pool(jobs: list, workers: int) -> list[dict]:
 
     try:
         run_jobs(_job, jobs, workers, record)
-    except Interrupted as stop:
+    except (Interrupted, WorkerLost) as stop:
         stop.finished = [finished[i] for i in sorted(finished)]
         raise
     finally:
@@ -249,8 +250,11 @@ def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int,
     with stop_on_signals():  # SIGINT / SIGTERM: the finished runs are kept (their files), the report is written
         try:
             entries = done + _run_pool(jobs, workers)
-        except Interrupted as stop:
+        except (Interrupted, WorkerLost) as stop:  # a signal, a worker killed: the report of what finished
             _write_record(study, out, device, workers, configs, done + stop.finished, start, len(jobs))
+            if isinstance(stop, WorkerLost):
+                raise WorkerLost(f"{stop}; the finished runs are kept in {out}, the same `gvd study` command goes "
+                                 "on") from None
             raise
     return _write_record(study, out, device, workers, configs, entries, start, len(jobs))
 

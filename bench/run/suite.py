@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 from bench.config import SuiteConfig, to_dict
 from bench.core import distributed, stages
 from bench.core.distributed import resolve_device  # noqa: F401 -- the CLI's and the tests' way in
+from bench.core.files import WriteError
 from bench.core.guard import Interrupted, error_text, interrupted_entry, stop_on_signals
 from bench.core.pool import run_jobs, torch_threads
 from bench.core.results import failed_entry, new_results
 from bench.core.rundir import RunDir
 from bench.data.images import DataError
 from bench.data.registry import dataset_info
+from bench.errors import WorkerLost
 from bench.families import resolve
 from bench.report import build
 from bench.report.tables import metric_rows
@@ -125,6 +127,8 @@ def _mixture(job: Job, family, cfg: SuiteConfig, device, run: RunDir) -> tuple[l
     try:
         entry, points = run_mixture(job.dataset, family, job.seed, cfg.mixtures, device, run, progress=False)
         return [entry], points
+    except WriteError:
+        raise  # a full disk or an unwritable folder: no later run could be kept either, so the suite stops
     except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
         if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop (distributed.session)
             raise
@@ -135,8 +139,8 @@ def _images(job: Job, families: list, cfg: SuiteConfig, device, run: RunDir) -> 
     try:
         return run_image_dataset(job.dataset, job.seed, cfg.images, device, run, cache_dir(), families,
                                  progress=False)
-    except DataError:
-        raise  # bad user input: stop with its one-line message
+    except (DataError, WriteError):
+        raise  # bad user input, a full disk: stop with its one-line message
     except Exception as exc:  # noqa: BLE001 -- a broken run is a result, not the end of the suite
         if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
             raise
@@ -259,12 +263,15 @@ def finish(run: RunDir, results: dict, ledger: stages.Ledger, started: float, wo
     try:
         build.write_report(run.root, results)
     except Exception as exc:  # noqa: BLE001 -- results.json is written; `gvd report` can retry
-        tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild with `gvd report`",
-                   file=sys.stderr)
+        tqdm.write(f"report failed ({error_text(exc)}); results.json is complete, rebuild the report with "
+                   f"`gvd report {run.root}`", file=sys.stderr)
         written = False
     results["stages"]["report"] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
                                    "written": written}
-    run.write_results(results)
+    try:
+        run.write_results(results)
+    except WriteError as exc:  # the results are on disk already (above): only the report's seconds are not
+        tqdm.write(f"the report's time is not in results.json ({exc})", file=sys.stderr)
 
 
 def stage_record(ledger: stages.Ledger, started: float, workers: int, results: dict, earlier: dict) -> dict:
@@ -312,11 +319,18 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
                     if mine:
                         measure_throughput(cfg, run, results, device)
             entry_speeds(cfg, results)
-        except Interrupted as stop:
-            tqdm.write(f"{stop}: recording what finished in {run.results_path}")
+        except WriteError as exc:  # a full disk: what finished is in results.json (as far as it could be written)
+            kept = (f"finished runs are in {run.results_path}, " if run.results_path.is_file() else "")
+            raise WriteError(f"{exc}; {kept}`gvd run --resume {run.root}` continues once it can be written") from None
+        except (Interrupted, WorkerLost) as stop:  # a signal, a worker killed: the rest is marked interrupted
+            if distributed.is_main():  # [ddp] rank 0 records (and says so) for every rank
+                tqdm.write(f"{stop}: recording what finished in {run.results_path}")
             have = {_key(r) for r in results["runs"]}
             _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
             finish(run, results, ledger, started, workers, earlier)
+            if isinstance(stop, WorkerLost):
+                raise WorkerLost(f"{stop}; what finished is in {run.results_path}, `gvd run --resume {run.root}` "
+                                 "goes on") from None
             raise
         finish(run, results, ledger, started, workers, earlier)
     distributed.barrier()  # [ddp] the others wait for rank 0's files

@@ -23,19 +23,17 @@ stops them all after the same step).
 import copy
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from bench.core import distributed
+from bench.core.files import save_tensors
 from bench.core.guard import Interrupted, pending_signal, take_pending
 
 
@@ -111,15 +109,8 @@ class TrainState:
             tensors["rng/cuda"] = torch.cuda.get_rng_state()
         for name, g in self.generators.items():
             tensors[f"rng/{name}"] = g.get_state()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"train_state": json.dumps(meta)})
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            save_tensors(self.path, tensors, metadata={"train_state": json.dumps(meta)})
         finally:
             self.io_seconds += time.perf_counter() - t0
 

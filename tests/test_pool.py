@@ -1,0 +1,114 @@
+"""The process pool of `gvd run` and `gvd study` (bench/core/pool.py): every outcome recorded, stages relayed, and
+every way the jobs can stop (a job that raises, a record that raises, a worker that dies, a signal) ends promptly with
+no worker left behind. The earlier pool (multiprocessing.Pool) hung for ever when the run stopped on a full disk: a
+worker killed while it held one of the pool's shared locks blocked pool.terminate()."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from processes import alive, children
+
+from bench.core import pool, stages
+from bench.core.guard import Interrupted
+from bench.errors import WorkerLost
+
+
+def _square(n: int) -> int:
+    with stages.fresh(f"job {n}"), stages.stage("squaring"):
+        time.sleep(0.05)
+        return n * n
+
+
+def _fails_on_three(n: int) -> int:
+    if n == 3:
+        raise OSError(28, "No space left on device")
+    time.sleep(0.05 if n < 3 else 30)  # the jobs after it are still running when the pool stops
+    return n
+
+
+def _dies_on_two(n: int) -> int:
+    if n == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    time.sleep(0.05 if n < 2 else 30)
+    return n
+
+
+def _no_workers_left(before: set[int]) -> bool:
+    """No child of this process started since `before` still runs, but multiprocessing's resource tracker (one per
+    process, for its life)."""
+    def tracker(pid):
+        try:
+            return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    return not [p for p in set(children(os.getpid())) - before if alive(p) and not tracker(p)]
+
+
+def test_every_outcome_recorded_and_every_stage_relayed_as_in_one_process():
+    """Workers or not, record sees each job's result once (the same results as fn in this process), on_stage each
+    stage the jobs enter, with its job's label; the workers are gone after."""
+    before = set(children(os.getpid()))
+    got, heard = {}, []
+    pool.run_jobs(_square, list(range(7)), 3, lambda job, out: got.__setitem__(job, out),
+                  on_stage=lambda label, name: heard.append((label, name)))
+    assert got == {n: n * n for n in range(7)}
+    assert sorted(heard) == sorted((f"job {n}", "squaring") for n in range(7))
+    assert _no_workers_left(before)
+    alone = {}
+    pool.run_jobs(_square, list(range(7)), 1, lambda job, out: alone.__setitem__(job, out))
+    assert alone == got
+
+
+def test_a_job_that_raises_stops_the_jobs_with_its_exception():
+    """The exception crosses from the worker (a full disk's OSError here); the workers still running are stopped at
+    once (not after their 30 s), none is left, and jobs queued behind never start."""
+    before, got = set(children(os.getpid())), []
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="No space left"):
+        pool.run_jobs(_fails_on_three, list(range(8)), 2, lambda job, out: got.append(job))
+    assert time.monotonic() - t0 < 20
+    assert set(got) <= {0, 1, 2} and 7 not in got
+    assert _no_workers_left(before)
+
+
+def test_a_record_that_raises_stops_the_workers():
+    """The parent's own failure (results.json on a full disk) stops the pool: no hang, no worker left."""
+    before = set(children(os.getpid()))
+
+    def record(job, out):
+        if job == 1:
+            raise OSError(28, "No space left on device")
+
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        pool.run_jobs(_fails_on_three, [0, 1, 4, 5], 2, record)
+    assert time.monotonic() - t0 < 20
+    assert _no_workers_left(before)
+
+
+def test_a_worker_that_dies_is_named_not_waited_for():
+    """A worker killed mid-job (SIGKILL, as by the OOM killer) sends nothing back: WorkerLost names the job and the
+    exit status instead of a wait for ever; the others stop, none is left."""
+    before = set(children(os.getpid()))
+    with pytest.raises(WorkerLost, match=r"exit status -9\) while running 2"):
+        pool.run_jobs(_dies_on_two, [0, 1, 2, 3], 2, lambda job, out: None)
+    assert _no_workers_left(before)
+
+
+def test_a_signal_keeps_the_outcomes_that_arrived_and_stops_the_workers():
+    """Interrupted in the parent (its SIGINT / SIGTERM handler) stops the workers within seconds; what finished
+    before is recorded."""
+    before, got = set(children(os.getpid())), []
+    t0 = time.monotonic()
+
+    def poll():
+        if got:
+            raise Interrupted(signal.SIGTERM)
+
+    with pytest.raises(Interrupted):
+        pool.run_jobs(_fails_on_three, [0, 4, 5, 6], 2, lambda job, out: got.append(job), on_poll=poll)
+    assert got == [0] and time.monotonic() - t0 < 20
+    assert _no_workers_left(before)
