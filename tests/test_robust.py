@@ -652,13 +652,16 @@ def test_a_job_runs_on_job_threads_and_restores_them(threads, monkeypatch):
 
 def test_the_progress_line_names_each_running_jobs_stage():
     """The progress line of `gvd run`: jobs done of all, each running job with the stage it is in, and the share of
-    the expected seconds done (a running job credited with its time, never more than 95% of its estimate)."""
+    the expected seconds done (a running job credited with its time, never more than 95% of its estimate). The time
+    left is "?" until 1% is done (extrapolated from the first instants it read hundreds of hours)."""
     jobs = [suite.Job("image", "shapes", 0, ("diffusion",), 100.0), suite.Job("mixture", "ring8", 0, ("gan",), 10.0)]
     progress = suite.Progress(jobs, "gvd run test")
     try:
         progress.stage(jobs[0].label, "train diffusion")
         assert "0/2 jobs | shapes seed 0 diffusion: train diffusion" in progress.bar.postfix
+        assert "<?" in str(progress.bar)
         progress.finished(jobs[1])
+        assert "<?" not in str(progress.bar)
         assert progress.bar.postfix.startswith("1/2 jobs") and progress.bar.n >= 10
         progress.finished(jobs[0])
         assert progress.bar.postfix == "2/2 jobs" and progress.bar.n == progress.bar.total

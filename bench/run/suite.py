@@ -170,8 +170,12 @@ class Progress:
         self.running: dict[str, tuple[float, str]] = {}  # label -> (when it started, its stage)
         self.done, self.count, self.total = 0.0, 0, len(jobs)
         self.bar = tqdm(total=max(1, round(sum(self.expected.values()))), desc=desc, smoothing=0,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
-                        disable=not distributed.is_main())
+                        bar_format=self.WARMING, disable=not distributed.is_main())
+
+    # the time left is the rate so far extrapolated: until 1% is done (the workers starting, the first stages
+    # reported) it would read hundreds of hours, so it shows as "?"
+    WARMING = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<?{postfix}"
+    RUNNING = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
     def stage(self, label: str, name: str) -> None:
         self.running[label] = (self.running.get(label, (time.monotonic(), ""))[0], name)
@@ -187,6 +191,8 @@ class Progress:
         now = time.monotonic()
         credit = sum(min(now - t0, 0.95 * self.expected.get(label, 0.0)) for label, (t0, _) in self.running.items())
         self.bar.update(max(0.0, min(self.done + credit, self.bar.total) - self.bar.n))
+        if self.bar.n >= 0.01 * self.bar.total:
+            self.bar.bar_format = self.RUNNING
         doing = "; ".join(f"{label}: {name}" for label, (_, name) in self.running.items())
         self.bar.set_postfix_str(f"{self.count}/{self.total} jobs" + (f" | {doing}" if doing else ""))
 
