@@ -763,6 +763,33 @@ def test_a_full_disk_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_path
         capsys.readouterr()
 
 
+def test_gvd_report_in_a_folder_it_may_not_write_is_one_line(tmp_path, monkeypatch, capsys):
+    """`gvd report` on another user's run folder (readable: files take the umask, 0644 under 022; not writable): one
+    line naming the file it could not write, exit 1, the folder unchanged. (As root, permissions do not stop a
+    write, so the folder's refusal is what the OS says to another user: EACCES; tried for real as a second user, see
+    the closing note of issue 24.)"""
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    assert (out / "results.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def refused(path, mode):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(files, "open", refused, raising=False)
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"could not write {out}" in err[0] and "Permission denied" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_a_second_gvd_run_into_a_folder_in_use_is_refused(tmp_path, capsys):
     """While one gvd run holds a folder (its lock), a second --resume of it (or a fresh run into it) is one line, exit
     2, and changes nothing; the lock goes with the process that held it."""
