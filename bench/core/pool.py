@@ -82,20 +82,22 @@ class _Worker:
         child.close()
         self.job = None  # the job it runs, None while idle
 
-    def give(self, job) -> None:
+    def give(self, job, label) -> None:
         self.job = job
         try:
             self.conn.send(job)
         except OSError:  # it died while idle
             self.process.join()
             raise WorkerLost(f"a worker process ended (exit status {self.process.exitcode}) before it could run "
-                             f"{_label(job)}") from None
+                             f"{label(job)}") from None
 
 
-def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) -> None:
+def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None, label=None) -> None:
     """record(job, fn(job)) for every job as it finishes, `workers` at a time (module docstring); on_stage(label,
-    stage) for every stage a job enters, on_poll() every POLL_SECONDS or sooner while jobs run in workers. fn must
-    be a module-level function (it is pickled to the workers), jobs picklable."""
+    stage) for every stage a job enters, on_poll() every POLL_SECONDS or sooner while jobs run in workers; label(job)
+    names a job in WorkerLost (default: the .label of the job or of its first item). fn must be a module-level
+    function (it is pickled to the workers), jobs picklable."""
+    label = label or _label
     if min(workers, len(jobs)) <= 1:
         stages.listen(on_stage)
         try:
@@ -111,12 +113,12 @@ def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) 
         while todo or any(w.job is not None for w in team):
             for worker in team:
                 if worker.job is None and todo:
-                    worker.give(todo.pop(0))
+                    worker.give(todo.pop(0), label)
             busy = [w for w in team if w.job is not None]
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=POLL_SECONDS)
             for worker in busy:
                 if worker.conn in ready or worker.process.sentinel in ready:
-                    _hear(worker, record, on_stage)
+                    _hear(worker, record, on_stage, label)
             if on_poll is not None:
                 on_poll()
         finished = True
@@ -124,13 +126,13 @@ def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None) 
         for worker in team:  # outcomes that had arrived are kept
             if worker.job is not None:
                 with contextlib.suppress(Exception):
-                    _hear(worker, record, None)
+                    _hear(worker, record, None, label)
         raise
     finally:
         _stop(team, finished)
 
 
-def _hear(worker: _Worker, record, on_stage) -> None:
+def _hear(worker: _Worker, record, on_stage, label) -> None:
     """Every message the worker has sent: stages to on_stage, its job's outcome to record (the worker is idle again),
     an exception it raised re-raised here; a worker that has died without an outcome is WorkerLost."""
     while worker.conn.poll():
@@ -150,7 +152,7 @@ def _hear(worker: _Worker, record, on_stage) -> None:
     if not worker.process.is_alive():
         worker.process.join()
         raise WorkerLost(f"a worker process ended (exit status {worker.process.exitcode}) while running "
-                         f"{_label(worker.job)}, with nothing sent back (killed? out of memory?)")
+                         f"{label(worker.job)}, with nothing sent back (killed? out of memory?)")
 
 
 def _label(job) -> str:

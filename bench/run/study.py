@@ -212,7 +212,8 @@ def _run_pool(jobs: list, workers: int) -> list[dict]:
         bar.update()
 
     try:
-        run_jobs(_job, jobs, workers, record)
+        run_jobs(_job, jobs, workers, record,
+                 label=lambda job: f"{job[3]} {job[0]} configuration {job[1]} seed {job[4]}")
     except (Interrupted, WorkerLost) as stop:
         stop.finished = [finished[i] for i in sorted(finished)]
         raise
