@@ -5,6 +5,8 @@ worker killed while it held one of the pool's shared locks blocked pool.terminat
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,3 +114,38 @@ def test_a_signal_keeps_the_outcomes_that_arrived_and_stops_the_workers():
         pool.run_jobs(_fails_on_three, [0, 4, 5, 6], 2, lambda job, out: got.append(job), on_poll=poll)
     assert got == [0] and time.monotonic() - t0 < 20
     assert _no_workers_left(before)
+
+
+def _sleeps(n: int) -> int:
+    time.sleep(120)  # a long stage that sends the parent nothing
+    return n
+
+
+def test_workers_end_when_their_parent_is_killed():
+    """kill -9 of the parent (gvd run): its workers get SIGTERM from the kernel (Linux's parent-death signal) and end
+    within seconds, instead of training on for no one until their next message fails."""
+    script = ("import sys, test_pool\nfrom bench.core import pool\nprint('go', flush=True)\n"
+              "pool.run_jobs(test_pool._sleeps, [0, 1], 2, lambda job, out: None)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout.readline().strip() == "go"
+        deadline = time.monotonic() + 60
+        while len(workers := [p for p in children(parent.pid) if _is_worker(p)]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) == 2
+        time.sleep(1.0)  # both inside their job
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

@@ -6,7 +6,7 @@ started threads can hang), each talking to the parent over a pipe of its own: no
 a worker that dies or is killed holds no lock that another process waits on (multiprocessing.Pool's shared queues
 deadlocked when a worker ended while holding one, and lost the job of a worker that died). A worker ignores SIGINT (a
 terminal's Ctrl-C reaches the whole group: the parent decides) and, on the parent's SIGTERM, lets a held training
-save its state before it exits (bench/core/guard.worker_signals).
+save its state before it exits (bench/core/guard.worker_signals); on Linux the parent's death sends it that SIGTERM.
 
 When the jobs cannot go on (Interrupted in the parent under guard.stop_on_signals, a job that raised, a record that
 raised, a worker that died) the results that had arrived are recorded, every busy worker gets SIGTERM (a training
@@ -16,7 +16,10 @@ stage) in the parent over the same pipes.
 """
 
 import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from multiprocessing.connection import wait
@@ -45,10 +48,11 @@ STOP_SECONDS = 30.0  # how long a stopped worker may take to save its training's
 POLL_SECONDS = 0.2  # the longest the parent waits on its workers between on_poll calls (and signal checks)
 
 
-def _serve(conn, fn) -> None:
+def _serve(conn, fn, parent: int) -> None:
     """A worker process: take a job from the parent's pipe, send back ("done", fn(job)) or ("raised", exception),
     until the parent sends None or goes away. Stages entered are sent as ("stage", label, name)."""
     worker_signals()
+    _end_with(parent)
     # tqdm's default lock holds a multiprocessing semaphore that a terminated worker never unlinks ("leaked semaphore"
     # at exit); a worker's bars are its own (the parent draws the progress line), so a thread lock does
     tqdm.set_lock(threading.RLock())
@@ -74,10 +78,21 @@ def _serve(conn, fn) -> None:
             conn.send(("raised", RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
+def _end_with(parent: int) -> None:
+    """On Linux, this process gets SIGTERM when its parent dies (a `kill -9` of gvd run): a training under way saves
+    its state and the worker exits, instead of training on for no one (prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends at its next message to the parent
+        return
+    if os.getppid() != parent:  # the parent died before the call above
+        exit_worker(128 + signal.SIGTERM)
+
+
 class _Worker:
     def __init__(self, context, fn):
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_serve, args=(child, fn), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, fn, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.job = None  # the job it runs, None while idle
