@@ -24,3 +24,17 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def cmdline(pid: int) -> bytes:
+    """pid's command line ('' once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def new_children_alive(pid: int, before: set[int]) -> list[int]:
+    """Children of pid not in `before` that still run, but multiprocessing's resource tracker (one per process, for
+    its life): the workers a pool left behind."""
+    return [p for p in set(children(pid)) - before if alive(p) and b"resource_tracker" not in cmdline(p)]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import alive, children
+from processes import alive, children, cmdline, new_children_alive
 
 from bench.core import pool, stages
 from bench.core.guard import Interrupted
@@ -39,14 +39,7 @@ def _dies_on_two(n: int) -> int:
 
 
 def _no_workers_left(before: set[int]) -> bool:
-    """No child of this process started since `before` still runs, but multiprocessing's resource tracker (one per
-    process, for its life)."""
-    def tracker(pid):
-        try:
-            return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-    return not [p for p in set(children(os.getpid())) - before if alive(p) and not tracker(p)]
+    return not new_children_alive(os.getpid(), before)
 
 
 def test_every_outcome_recorded_and_every_stage_relayed_as_in_one_process():
@@ -145,7 +138,4 @@ def test_workers_end_when_their_parent_is_killed():
 
 
 def _is_worker(pid: int) -> bool:
-    try:
-        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return b"spawn_main" in cmdline(pid)
