@@ -100,6 +100,12 @@ def _check_inputs(cfg, args) -> None:
         raise UserError(str(exc)) from None
 
 
+def _rank0() -> bool:
+    """Rank 0 of a torchrun launch (from its environment, before any process group), or a process on its own: the one
+    that owns the run folder and speaks for the others."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _cmd_run(args) -> int | None:
     from bench.core import distributed
     from bench.run.preflight import check_writable_dir, claim_run_dir, run_lock
@@ -109,9 +115,8 @@ def _cmd_run(args) -> int | None:
     _check_inputs(cfg, args)
     check_writable_dir(out)
     device = _device(args.device)
-    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 owns the folder
-    with run_lock(out, active=rank0):  # one gvd run per folder (a second --resume is refused)
-        if previous is None and rank0 and (archive := claim_run_dir(out, args.force)) is not None:
+    with run_lock(out, active=_rank0()):  # one gvd run per folder (a second --resume is refused)
+        if previous is None and _rank0() and (archive := claim_run_dir(out, args.force)) is not None:
             print(f"moved the run that was in {out} to {archive}")
         study = str(_study_dir(args.study)) if args.study else None
         with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
@@ -467,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gvd: error: {exc}", file=sys.stderr)  # it says what was kept and how to go on
         return 1
     except Interrupted as stop:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank is stopped: rank 0 speaks for them
+        if _rank0():  # under torchrun every rank is stopped: rank 0 speaks for them
             print(f"gvd: interrupted ({stop}); finished runs are in results.json, `gvd run --resume` continues",
                   file=sys.stderr)
         return stop.exit_code
