@@ -6,6 +6,7 @@
   gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
   gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
+  gvd calibrate [--preset NAME]  the known-answer panel: what each metric reads on generators with known defects
   gvd throughput | study stability | datasets | presets
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
@@ -302,6 +303,46 @@ def _throughput_ddp(args, cfg, device, channels: int, out: Path | None) -> None:
             print(f"wrote {out}")
 
 
+def _cmd_calibrate(args) -> int | None:
+    """gvd calibrate: the known-answer panel of a preset's image datasets (bench/evaluate/panel.py), printed alone;
+    exit 1 when an instrument misses a defect it is named after."""
+    from bench.config import apply_override, preset, validate
+    from bench.core.files import write_json
+    from bench.data.registry import dataset_info
+    from bench.report.render import to_markdown
+    from bench.report.tables import panel_blocks, panel_failures
+    from bench.run.images import warm_up
+    from bench.run.preflight import check_output_file
+    from bench.run.suite import cache_dir
+
+    cfg = preset(args.preset or catalog.DEFAULT_PRESET)
+    for assignment in args.set or []:
+        apply_override(cfg, assignment)
+    validate(cfg)
+    if cfg.images is None or not cfg.images.panel_seeds:
+        raise UserError(f"preset {cfg.name!r} has no image benchmark (or images.panel_seeds is 0): nothing to "
+                        "calibrate")
+    for name in cfg.images.datasets:
+        dataset_info(name, check=True)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_output_file(out, ".json")
+    device = _device(args.device)
+    panels = {d: p for d in cfg.images.datasets if (p := warm_up(d, cfg.images, device, cache_dir())) is not None}
+    if not panels:
+        raise UserError("no dataset of this preset has a judge and held-out images to build the panel from")
+    failed = []
+    for dataset, panel in panels.items():
+        print(to_markdown(panel_blocks({"panel": panels}, dataset)))
+        failed += [f"{dataset}: {f}" for f in panel_failures(panel)]
+    if out is not None:
+        write_json(out, panels)
+        print(f"wrote {out}")
+    for line in failed:
+        print(f"gvd calibrate: {line}", file=sys.stderr)
+    return 1 if failed else None
+
+
 def _cmd_datasets(args) -> None:
     for name, desc in catalog.dataset_names().items():
         print(f"{name:20s} {desc}")
@@ -451,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_throughput(sub)
     _add_study(sub)
+    cal = sub.add_parser("calibrate", help="the known-answer panel: what each instrument reads on generators with one "
+                                           "known defect each (cached; also in every run's report)")
+    cal.add_argument("--preset", help=f"whose image datasets and sample count (default {catalog.DEFAULT_PRESET})")
+    cal.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one config field, e.g. --set images.num_samples=500 (repeatable)")
+    cal.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    cal.add_argument("--out", help="also write the panels as JSON to this file")
+    cal.set_defaults(func=_cmd_calibrate)
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)
     return parser

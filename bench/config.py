@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import catalog
+from bench.data.encoder import EncoderConfig
 from bench.data.judge import JudgeConfig
 from bench.errors import UserError
 from bench.train.loops import DiffusionTrainConfig, GANTrainConfig
@@ -176,6 +177,10 @@ class ImageBenchConfig:
         default_factory=lambda: DiffusionConfig(schedule="scaled_linear", prediction="v"))
     diffusion_train: DiffusionTrainConfig = field(default_factory=lambda: DiffusionTrainConfig(lr=1e-3, ema=0.999))
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    # the label-free encoder and the factor read-out (bench/data/encoder.py): trained once per dataset, cached
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # seeds of the known-answer panel (bench/evaluate/panel.py; 0 = none; its noise unit, a spread, needs 2 or more)
+    panel_seeds: int = setting(3, min=0)
 
 
 @dataclass
@@ -228,6 +233,8 @@ def _smoke() -> SuiteConfig:
         dcgan=DCGANConfig(z_dim=8, width=8),
         diffusion=DiffusionConfig(schedule="scaled_linear", num_steps=50, prediction="v"),
         judge=JudgeConfig(width=16, steps=300, batch_size=64),  # 100% held-out on shapes 16x16 in ~4 s
+        encoder=EncoderConfig(width=8, code_dim=16, steps=100, batch_size=64),
+        panel_seeds=2,  # the least that gives a spread: the smoke panel checks the plumbing, not the instruments
     )
     return SuiteConfig(name="smoke", seeds=[0], mixtures=mix, images=img, throughput_budget_s=3.0)
 

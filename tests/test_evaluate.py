@@ -176,7 +176,8 @@ def test_inception_metrics_and_protocol_records_stand_beside_the_judges(image_ru
         assert {"fid_inception", "kid_inception", "precision_inception", "recall_inception", "density_inception",
                 "coverage_inception"} <= set(metrics)
         assert metrics["fid_inception"] != metrics["fid"]  # other features, another number
-        assert set(run["protocol"]) == {"judge", "inception"}
+        assert set(run["protocol"]) == {"judge", "label-free", "inception"}
+        assert run["protocol"]["label-free"]["backbone"] == "label-free encoder"
         judge, inc = run["protocol"]["judge"], run["protocol"]["inception"]
         assert inc["resize_size"] == 299 and judge["resize_size"] is None
         assert inc["num_real"] == inc["num_fake"] == cfg.num_samples
@@ -186,8 +187,10 @@ def test_inception_metrics_and_protocol_records_stand_beside_the_judges(image_ru
     assert runs["gan"]["protocol"] == runs["diffusion"]["protocol"]  # one protocol for both families
     backbones = [json.loads(p.read_text())["backbone"] for p in cache.glob("*.json")] if cache else []
     # Inception's features of the reference set, cached; the judge's of the real image sets (reference, validation
-    # reference, both splits for memorisation) beside them
-    assert sum(b.startswith("inception-v3") for b in backbones) == 1 and backbones.count("judge") == 4, backbones
+    # reference) beside them, the label-free encoder's of those and of the training split (memorisation), the factor
+    # read-out's of the two reference sets
+    assert sum(b.startswith("inception-v3") for b in backbones) == 1 and backbones.count("judge") == 2, backbones
+    assert backbones.count("label-free encoder") == 3 and backbones.count("factor read-out") == 2, backbones
 
 
 def test_image_models_share_counts_and_are_scored_along_training(image_runs):

@@ -477,21 +477,127 @@ def test_near_copy_share_separates_copies_from_fresh_samples(copy_setting):
     assert 0.7 < new["nn_ratio"] < 1.3
 
 
-@pytest.mark.parametrize("make, low, high", [
-    (lambda rng, train: rng.normal(size=(1000, 16)), -0.05, 0.05),  # fresh draws from the data distribution
-    (lambda rng, train: 0.5 * rng.normal(size=(1000, 16)), -0.05, 0.05),  # concentrated at half the spread
-    (lambda rng, train: 3.0 * rng.normal(size=(1000, 16)), -0.01, 0.01),  # blurry: far from everything
-    (lambda rng, train: train[rng.integers(0, len(train), 1000)], 0.9, 1.0),  # a copier of training points
+@pytest.mark.parametrize("make", [
+    lambda rng, train: rng.normal(size=(300, 8)),  # fresh draws from the data distribution
+    lambda rng, train: 0.5 * rng.normal(size=(300, 8)),  # concentrated at half the spread (truncation)
+    lambda rng, train: 3.0 * rng.normal(size=(300, 8)),  # blurry: far from everything
+    lambda rng, train: np.repeat(rng.normal(size=(30, 8)), 10, axis=0),  # collapsed: 30 points, each 10 times
 ])
-def test_copy_excess_separates_copying_from_concentration_and_blur(make, low, high):
-    """Near-copies of training points minus near-copies of held-out points, each by its own set's 5% leave-one-out
-    distance: fresh, concentrated (truncation, mode-seeking) and blurry (under-fitting) samples all come out near 0,
-    so neither concentration reads as copying nor under-fitting as the best memorisation; a copier near 0.95."""
+def test_copy_excess_is_zero_in_expectation_for_any_generator_that_does_not_copy(make):
+    """The known answer: for samples drawn independently of the training set, the T u H points are exchangeable as
+    seen from each sample, so its nearest one is a training point with probability |T| / (|T| + |H|) exactly, and
+    copy_excess has mean 0 whatever the generator (fresh, concentrated, blurry, collapsed). Over 60 independent
+    worlds the mean sits within 4 standard errors of 0."""
     rng = np.random.default_rng(0)
-    train, held = rng.normal(size=(5000, 16)), rng.normal(size=(1000, 16))
-    out = metrics.memorisation(train, held, make(rng, train))
-    assert low <= out["copy_excess"] <= high, out
-    assert out["copy_excess"] == pytest.approx(out["near_copy_share"] - out["near_copy_share_held"])
+    values = []
+    for _ in range(60):
+        train, held = rng.normal(size=(900, 8)), rng.normal(size=(300, 8))
+        out = metrics.memorisation(train, held, make(rng, train))
+        assert out["nearer_train_chance"] == pytest.approx(0.75)
+        values.append(out["copy_excess"])
+    values = np.array(values)
+    assert abs(values.mean()) < 4 * values.std(ddof=1) / np.sqrt(len(values)), values.mean()
+
+
+def test_copy_excess_spread_matches_its_formula_for_fresh_samples():
+    """sd of copy_excess at m independent samples: sqrt(pi (1 - pi) / m) / (1 - pi) = sqrt(|T| / (|H| m))."""
+    rng = np.random.default_rng(1)
+    values = [metrics.memorisation(rng.normal(size=(600, 4)), rng.normal(size=(200, 4)),
+                                   rng.normal(size=(200, 4)))["copy_excess"] for _ in range(200)]
+    assert np.std(values, ddof=1) == pytest.approx(np.sqrt(600 / (200 * 200)), rel=0.2)
+
+
+@pytest.mark.parametrize("share", [1.0, 0.4])
+def test_copy_excess_reads_the_share_of_copied_samples(share):
+    """A generator that copies a share c of its samples from the training set (the rest fresh) reads c (a copier 1)."""
+    rng = np.random.default_rng(2)
+    train, held = rng.normal(size=(3000, 16)), rng.normal(size=(1000, 16))
+    k = int(share * 1000)
+    fake = np.concatenate([train[rng.integers(0, len(train), k)], rng.normal(size=(1000 - k, 16))])
+    out = metrics.memorisation(train, held, fake)
+    assert out["copy_excess"] == pytest.approx(share, abs=0.1)
+    if share == 1.0:
+        assert out["copy_excess"] == 1.0 and out["near_copy_share"] == 1.0
+
+
+def test_copies_are_not_measurable_for_samples_near_no_real_image():
+    """Blurry samples (3x the spread) make almost no near-copies of held-out points: no memorisation reading can
+    mean anything for them; fresh samples make them at about the quantile's rate and are measurable."""
+    rng = np.random.default_rng(3)
+    train, held = rng.normal(size=(2000, 16)), rng.normal(size=(500, 16))
+    blurry = metrics.memorisation(train, held, 3.0 * rng.normal(size=(500, 16)))
+    fresh = metrics.memorisation(train, held, rng.normal(size=(500, 16)))
+    assert not metrics.copies_measurable(blurry["near_copy_share_held"])
+    assert metrics.copies_measurable(fresh["near_copy_share_held"])
+    assert fresh["near_copy_share_held"] == pytest.approx(0.05, abs=0.03)
+
+
+def test_memorisation_reference_is_what_memorisation_computes_alone():
+    rng = np.random.default_rng(4)
+    train, held, fake = rng.normal(size=(400, 4)), rng.normal(size=(100, 4)), rng.normal(size=(100, 4))
+    ref = metrics.memorisation_reference(train, held)
+    assert metrics.memorisation(train, held, fake, reference=ref) == metrics.memorisation(train, held, fake)
+
+
+def test_class_share_known_answers():
+    """Features that are the class plus a little noise: share near 1; features independent of the class: about
+    (K - 1) / (N - 1), the between-class share a random grouping has."""
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(10), 100)
+    centres = rng.normal(size=(10, 6)) * 10
+    assert metrics.class_share(centres[labels] + 0.1 * rng.normal(size=(1000, 6)), labels) > 0.99
+    noise = [metrics.class_share(rng.normal(size=(1000, 6)), labels) for _ in range(30)]
+    assert np.mean(noise) == pytest.approx(9 / 999, rel=0.3)
+
+
+def test_intra_fid_is_the_mean_of_per_class_fids_grouped_by_prompt():
+    rng = np.random.default_rng(6)
+    real = rng.normal(size=(60, 3))
+    real_y = np.repeat([0, 1, 2], 20)
+    fake, fake_y = rng.normal(size=(45, 3)) + 1.0, np.repeat([0, 1, 2], 15)
+    out = metrics.intra_fid(real, real_y, fake, fake_y)
+    expected = np.mean([metrics.fid(real[real_y == c], fake[fake_y == c]) for c in range(3)])
+    assert out["intra_fid"] == pytest.approx(expected) and out["classes"] == 3 and out["min_count"] == 15
+    # one image per class: each class's samples have no spread; the whole-set FID can stay low, intra-class cannot
+    one = np.repeat(real[[0, 20, 40]], 15, axis=0)
+    collapsed = metrics.intra_fid(real, real_y, one, fake_y)["intra_fid"]
+    fresh = metrics.intra_fid(real, real_y, rng.normal(size=(45, 3)), fake_y)["intra_fid"]
+    assert collapsed > 3 * fresh
+    # a class with fewer than two samples is left out
+    assert metrics.intra_fid(real, real_y, fake[:16], fake_y[:16])["classes"] == 1
+
+
+def test_within_class_coverage_known_answers():
+    """Samples of the same distribution, class by class: Naeem et al.'s expected coverage 1 - prod (N - i) / (N + M
+    - i) (about 0.97 at k = 5 and equal counts); one sample per class: about (k + 1) / N; no sample of a class: 0 for
+    that class."""
+    rng = np.random.default_rng(7)
+    n, k = 200, 5
+    labels = np.repeat([0, 1], n)
+    expected = 1 - np.prod([(n - i) / (2 * n - i) for i in range(1, k + 1)])
+    fresh = [metrics.within_class_coverage(rng.normal(size=(2 * n, 4)), labels, rng.normal(size=(2 * n, 4)),
+                                           labels)["within_coverage"] for _ in range(10)]
+    assert np.mean(fresh) == pytest.approx(expected, abs=0.02)
+    real = rng.normal(size=(2 * n, 4))
+    one = metrics.within_class_coverage(real, labels, np.repeat(real[[0, n]], n, axis=0), labels)
+    assert one["within_coverage"] < 0.1
+    half = metrics.within_class_coverage(real, labels, rng.normal(size=(n, 4)), np.zeros(n, dtype=int))
+    assert half["by_class"][1] == 0.0 and half["within_coverage"] == pytest.approx(half["by_class"][0] / 2)
+    # the plain coverage is prdc's
+    a, b = rng.normal(size=(50, 3)), rng.normal(size=(40, 3))
+    assert metrics.coverage(a, b) == metrics.prdc(a, b)["coverage"]
+
+
+def test_mode_spread_known_answers():
+    """Fresh draws of a 2D mixture read FRESH_SPREAD (the RMS radius of a Gaussian truncated at 3 std, over sqrt(2)
+    std): 0.974; samples on the mode centres read 0."""
+    centers, std = np.array([[0.0, 0.0], [5.0, 0.0]]), 0.1
+    rng = np.random.default_rng(8)
+    points = centers[rng.integers(0, 2, 200_000)] + std * rng.normal(size=(200_000, 2))
+    stats = metrics.mixture_stats(points, centers, std)
+    assert stats["mode_spread"] == pytest.approx(metrics.FRESH_SPREAD, abs=0.005)
+    assert metrics.FRESH_SPREAD == pytest.approx(0.9744, abs=1e-4)
+    assert metrics.mixture_stats(centers[rng.integers(0, 2, 100)], centers, std)["mode_spread"] == 0.0
 
 
 def test_mann_whitney_z_matches_scipy():
@@ -513,7 +619,7 @@ def test_data_copying_statistic_known_answers(copy_setting):
     assert copied["c_t"] < -5  # every cell's samples far closer to the training set than its test points
     assert abs(new["c_t"]) < 2.5  # under H0 each Z_U ~ N(0, 1), and C_T is their weighted mean
     # C_T is the test-share-weighted mean of the per-cell scores
-    kmeans = metrics._kmeans(np.asarray(train, dtype=np.float64), 4, 0)
+    kmeans = metrics.copying_cells(np.asarray(train, dtype=np.float64), 4, 0)
     share = np.bincount(kmeans.predict(test), minlength=4) / len(test)
     assert new["c_t"] == pytest.approx(float(share @ np.array(new["z_cells"])))
     # a generator that spreads wider than the data (underfitting) gives C_T >> 0

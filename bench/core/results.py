@@ -19,7 +19,10 @@ from bench.core.files import versions
 # forward direction), EMA headlines with raw metrics beside them, neutral and tuned settings, test-split references.
 # v3 (the family table): any family name in "model", its description under "families", calibration rows, training
 # FLOPs counted on the networks being trained, the resolved network configs per entry.
-SCHEMA = "gan-vs-diffusion/results/v3"
+# v4 (instruments that see what they name): label-free features (FID, PRDC, intra-class FID, within-class and factor
+# coverage), copy_excess as the nearest-real-image statistic with an exact null, each image entry's "baseline" (the
+# held-out real row on its prompts) for the outcome rule, the 2D within-mode spread, the known-answer "panel".
+SCHEMA = "gan-vs-diffusion/results/v4"
 THROUGHPUT_SCHEMA = "gan-vs-diffusion/throughput/v1"  # `gvd throughput --out` files (bench/speed/throughput.py)
 
 

@@ -46,6 +46,10 @@ class ImageData:
     fields: list[dict[str, str]] | None = None  # per image, the words the templates take
     channel_source: "ImageData | None" = None  # stacked digits: the single-channel digits each channel comes from
     split: dict | None = None  # from load_splits: which part ("train" / "test") and how it was drawn (split_record)
+    # the generator's own factors of each image (shapes: position, size, background), known by construction: the
+    # ground truth of within-class diversity (bench/data/encoder.py reads them back from images); None elsewhere
+    factors: torch.Tensor | None = None  # (N, len(factor_names)) float32
+    factor_names: tuple[str, ...] = ()
 
     def prompts(self, n: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
         """n prompts from the caption distribution: data indices drawn with a seeded generator, each given a freshly
@@ -72,6 +76,8 @@ def _subset(data: ImageData, idx: torch.Tensor) -> ImageData:
         fields=None if data.fields is None else [data.fields[i] for i in keep],
         channel_source=data.channel_source,
         split=data.split,
+        factors=None if data.factors is None else data.factors[idx],
+        factor_names=data.factor_names,
     )
 
 
@@ -106,6 +112,9 @@ COLOURS = {  # RGB in [0, 1]; a rainbow of everyday words, far apart in RGB so t
     "purple": (0.60, 0.20, 0.85),
 }
 SIZES = {"small": 0.22, "large": 0.36}  # half-extent of the shape as a fraction of the image side
+# the factors make_shapes draws within a class, in the units ImageData.factors holds them: the shape's centre and
+# half-extent as fractions of the image side, the background's grey level in [0, 1]
+SHAPE_FACTORS = ("x", "y", "size", "background")
 SHAPE_TEMPLATES = (
     "a {size} {colour} {shape}",
     "a {colour} {shape}",
@@ -178,6 +187,8 @@ def make_shapes(n: int, resolution: int = 32, seed: int = 0) -> ImageData:
         num_modes=len(SHAPES) * len(COLOURS),
         templates=SHAPE_TEMPLATES,
         fields=fields,
+        factors=torch.cat([centre / resolution, radius[:, None] / resolution, background.mean(1, keepdim=True)], 1),
+        factor_names=SHAPE_FACTORS,
     )
 
 

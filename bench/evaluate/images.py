@@ -10,9 +10,13 @@
     memorisation  nearest-neighbour distances of the samples to the training vs the test split, the share of
                 near-copies and the data-copying statistic C_T (Meehan et al. 2020), the same for every family
 
-Metrics (image_metrics): FID / KID on features (judge, or Inception for data without classes), precision/recall
-(Kynkaanniemi et al. 2019, k = 3), density/coverage (Naeem et al. 2020, k = 5), modes and reverse KL(p_gen ||
-p_test) over the judge's labels, prompt accuracy.
+Metrics (image_metrics), in three feature spaces (bench/data/encoder.py says why the judge's alone is not enough):
+    judge        FID / KID, precision/recall (Kynkaanniemi et al. 2019, k = 3), density/coverage (Naeem et al. 2020,
+                 k = 5) on the class-trained judge's features (Inception's for data without classes); modes and
+                 reverse KL(p_gen || p_test) over its labels, prompt accuracy
+    label-free   FID and PRDC (suffix _lf) on the label-free encoder's features; intra-class FID (Miyato & Koyama
+                 2018) by prompted class; within-class coverage by the judge's class; memorisation
+    factors      on data whose generator records its factors (shapes): within-class coverage of the read factors
 """
 
 import time
@@ -34,31 +38,48 @@ from bench.data.featcache import cached_features
 from bench.data.inception import missing_inception
 from bench.evaluate.metrics import (
     cond_accuracy,
+    copying_cells,
     data_copying,
     fid,
     fid_bootstrap,
     fid_curve,
     fid_extrapolate,
+    intra_fid,
     kid,
     kid_report,
     label_probs,
     memorisation,
+    memorisation_reference,
     mode_stats,
     prdc,
+    within_class_coverage,
 )
 from bench.evaluate.protocol import feature_protocols
 from bench.evaluate.stability import stability, steps_to_threshold
 from bench.evaluate.sweeps import sweep
 from bench.evaluate.table import extra_metrics
+from bench.families.calibration import Pool
 from bench.families.interface import Prompts
 from bench.train.loops import autocast, initial_weight_share, precision
 from models.vae import psnr
 
-TUNING_RULE = ("the lowest FID over the family's knob grid on validation prompts and seeds, against validation "
-               "reference images (both disjoint from the scored ones where the test split allows: tuned.validation)")
+TUNING_RULE = ("the lowest FID (label-free features; the judge's where there is no label-free encoder) over the "
+               "family's knob grid on validation prompts and seeds, against validation reference images (both "
+               "disjoint from the scored ones where the test split allows: tuned.validation)")
 CURVE_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy",
+              "fid_lf", "precision_lf", "recall_lf", "coverage_lf", "intra_fid", "within_coverage", "factor_coverage",
               "num_samples", "initial_weight_share", "train_flops")
 COND_THRESHOLD = 0.5  # "steps to threshold" on images: first checkpoint with this prompt accuracy
+
+
+@dataclass
+class Reading:
+    """What the frozen readers see in one set of images (bench/data/judge.py, bench/data/encoder.py)."""
+
+    feats: np.ndarray | None  # (N, F) the judge's features (Inception's for data without classes)
+    labels: np.ndarray | None  # (N,) the judge's labels of generated images; a real set's own labels
+    lf: np.ndarray | None = None  # (N, D) the label-free encoder's features
+    factors: np.ndarray | None = None  # (N, K) the generator factors read back (shapes), else None
 
 
 @dataclass
@@ -69,24 +90,51 @@ class EvalSet:
     validation: Prompts  # disjoint prompts and seeds: where each family's knob is tuned
     real: torch.Tensor  # (N, C, H, W) reference images: test images, the same for every seed and family
     reference: dict  # how they were drawn (bench.data.images.reference_set): asked, given, short, hash
-    real_feats: np.ndarray | None  # their features (judge, or Inception for data without classes)
+    ref: Reading  # the reference images as the readers see them (labels: their true classes)
     real_inception: np.ndarray | None  # their Inception features, when Inception is on (cached across runs)
     p_test: np.ndarray | None  # the test split's mode distribution, p_data of the mode KL (None without a judge)
-    split_feats: tuple | None  # judge features of (train, test) for memorisation (None without a judge)
+    train_lf: np.ndarray | None  # label-free features of the training split, for memorisation
     protocols: dict  # how the feature metrics are computed, by feature family (bench/evaluate/protocol.py)
     unavailable: dict | None  # which metrics this dataset cannot have, and why
-    validation_feats: np.ndarray | None = None  # features of the validation reference: where the knobs are tuned
+    validation_ref: Reading | None = None  # the validation reference as the readers see it: where knobs are tuned
     validation_reference: dict | None = None  # what it is: held-out test images disjoint from the scored reference
+    baseline: dict | None = None  # the held-out real row's reading on the scored prompts: what the outcome rule
+    #                               compares a family with (bench/evaluate/stability.py outcome)
+    copying: tuple | None = None  # (memorisation_reference, copying_cells) of the real sets: computed once
     device: torch.device = torch.device("cpu")  # where every family samples
     amp: bool = False  # bf16 autocast of sampling, for every family alike (bench/train/loops.py autocast)
 
+    @property
+    def real_feats(self) -> np.ndarray | None:
+        return self.ref.feats
 
-def real_features(prep, images: torch.Tensor) -> np.ndarray:
-    """The judge's features of real images, from the feature cache (bench/data/featcache.py): they depend on the
-    images and the judge's weights alone, so every seed and family of a dataset reads the copy the first computed.
-    Computed on one thread, so the cached values do not depend on which process filled the cache."""
+
+def real_features(prep, images: torch.Tensor, reader=None) -> np.ndarray:
+    """A frozen reader's features of real images (the judge's by default), from the feature cache
+    (bench/data/featcache.py): they depend on the images and the reader's weights alone, so every seed and family of
+    a dataset reads the copy the first computed. Computed on one thread, so the cached values do not depend on which
+    process filled the cache."""
     with torch_threads(1):
-        return cached_features(images, prep.judge, prep.cache_dir)[0]
+        return cached_features(images, reader or prep.judge, prep.cache_dir)[0]
+
+
+def read_real(prep, images: torch.Tensor, labels: torch.Tensor) -> Reading:
+    """Real images as every reader sees them (cached), with their own labels."""
+    if prep.judge is not None:
+        feats = real_features(prep, images)
+    else:
+        feats = cached_features(images, prep.inception, prep.cache_dir)[0] if prep.inception is not None else None
+    lf = real_features(prep, images, prep.encoder) if getattr(prep, "encoder", None) is not None else None
+    factors = real_features(prep, images, prep.factors) if getattr(prep, "factors", None) is not None else None
+    return Reading(feats, labels.numpy() if prep.judge is not None else None, lf, factors)
+
+
+def read(prep, images: torch.Tensor) -> Reading:
+    """Generated images as every reader sees them; FloatingPointError on non-finite images (a diverged model's)."""
+    feats, judged = describe(images, prep.judge, prep.inception)
+    encoder, factors = getattr(prep, "encoder", None), getattr(prep, "factors", None)
+    return Reading(feats, judged, encoder.features(images) if encoder is not None else None,
+                   factors.features(images) if factors is not None else None)
 
 
 def occurrences(labels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +155,8 @@ def prompts_for(text, data, n: int, prompt_seed: int, seeds: torch.Tensor) -> Pr
 
 def eval_set(prep, text, cfg, seed: int, device="cpu") -> EvalSet:
     """The scored and validation prompts and the reference set (prep.reference: the same test images for every
-    seed, so every run of a dataset is scored against the same images), with their features."""
+    seed, so every run of a dataset is scored against the same images), with their features; and the held-out real
+    row's reading on the scored prompts (the baseline of the outcome rule)."""
     n_val = min(cfg.sweep_samples, cfg.num_samples)
     seeds = sample_seeds(seed, cfg.num_samples + n_val)  # the validation seeds follow the scored ones: disjoint
     scored = prompts_for(text, prep.data, cfg.num_samples, 10_000 + seed, seeds[: cfg.num_samples])
@@ -118,20 +167,43 @@ def eval_set(prep, text, cfg, seed: int, device="cpu") -> EvalSet:
     description = f"{prep.dataset}: test split, {prep.reference_record['given']} of {len(prep.test.labels)} images"
     protocols = feature_protocols(ref, cfg.num_samples, description, inception=prep.inception,
                                   judge_net=prep.judge.net if prep.judge is not None else None,
-                                  arithmetic=precision(device, cfg.amp))
+                                  encoder=getattr(prep, "encoder", None), arithmetic=precision(device, cfg.amp))
     missing = unavailable_metrics(prep.judge is not None, prep.inception is not None, prep.inception_missing)
-    ev = EvalSet(scored, validation, ref, prep.reference_record, real_inception, real_inception, None, None,
-                 protocols, missing, device=torch.device(device), amp=cfg.amp)
+    encoder = getattr(prep, "encoder", None)
+    train_lf = real_features(prep, prep.data.images, encoder) if encoder is not None else None
+    ev = EvalSet(scored, validation, ref, prep.reference_record, read_real(prep, ref, prep.reference.labels),
+                 real_inception, None, train_lf, protocols, missing, device=torch.device(device), amp=cfg.amp)
     if prep.judge is not None:
-        ev.real_feats = real_features(prep, ref)
         ev.p_test = label_probs(prep.test.labels.numpy(), prep.data.num_modes,
                                 None if prep.test.channel_labels is None else prep.test.channel_labels.numpy())
-        ev.split_feats = (real_features(prep, prep.data.images), real_features(prep, prep.test.images))
-    ev.validation_feats, ev.validation_reference = _validation_reference(prep, ev, n_val)
+    ev.validation_ref, ev.validation_reference = _validation_reference(prep, ev, n_val)
+    if train_lf is not None:
+        with threadpool_limits(limits=1, user_api="blas"):
+            ev.copying = (memorisation_reference(train_lf, ev.ref.lf), copying_cells(train_lf))
+    ev.baseline = baseline(prep, ev, seed)
     return ev
 
 
-def _validation_reference(prep, ev: EvalSet, n: int) -> tuple[np.ndarray | None, dict]:
+BASELINE_KEYS = ("precision_lf", "modes", "within_coverage", "cond_accuracy", "num_samples")
+
+
+def baseline(prep, ev: EvalSet, seed: int) -> dict | None:
+    """What the held-out real row reads on the scored prompts (the same images it shows: test images outside the
+    scored reference, one of the prompted class per prompt, bench/families/calibration.py): fresh data at this
+    sample count, the yardstick of the outcome rule. None where no image is held out or there is no judge."""
+    if len(prep.held_out) == 0 or prep.judge is None:
+        return None
+    from_pool = held_out_pool(prep, seed).draw(ev.scored.labels, ev.scored.occurrence)
+    out = score(prep, ev, ev.scored, from_pool)
+    return {k: out[k] for k in BASELINE_KEYS if out.get(k) is not None}
+
+
+def held_out_pool(prep, seed: int) -> Pool:
+    """The held-out real row's images by class, as that family draws them for a seed."""
+    return Pool.of(prep.test.images[prep.held_out], prep.test.labels[prep.held_out], seed)
+
+
+def _validation_reference(prep, ev: EvalSet, n: int) -> tuple[Reading | None, dict]:
     """The real images the knobs are tuned against: up to n held-out test images, disjoint from the scored
     reference; where the test split has none left, the scored reference itself (and the record says so). The record
     also says how many validation prompt strings occur among the scored prompts: a caption space of a few hundred
@@ -140,12 +212,11 @@ def _validation_reference(prep, ev: EvalSet, n: int) -> tuple[np.ndarray | None,
     overlap = sum(c in scored for c in ev.validation.captions) / max(len(ev.validation.captions), 1)
     record = {"prompts": len(ev.validation.captions), "prompt_strings_also_scored": overlap, "seeds": "disjoint"}
     held = prep.held_out[:n]
-    if len(held) == 0 or ev.real_feats is None:
-        return ev.real_feats, {**record, "images": ev.reference["given"], "disjoint": False,
-                               "why": "the test split holds no image outside the scored reference"}
-    images = prep.test.images[held]
-    feats = real_features(prep, images) if prep.judge is not None else prep.inception.features(images)
-    return feats, {**record, "images": len(held), "disjoint": True}
+    if len(held) == 0 or ev.ref.feats is None:
+        return ev.ref, {**record, "images": ev.reference["given"], "disjoint": False,
+                        "why": "the test split holds no image outside the scored reference"}
+    return (read_real(prep, prep.test.images[held], prep.test.labels[held]),
+            {**record, "images": len(held), "disjoint": True})
 
 
 def draw(ev: EvalSet, family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tuple[torch.Tensor, int]:
@@ -161,22 +232,22 @@ def draw(ev: EvalSet, family, trained, prompts: Prompts, n: int, knob: float, ne
     return distributed.sample_sharded(rows, n)
 
 
-def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, against: np.ndarray | None = None,
+def score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, against: Reading | None = None,
           **extra) -> dict:
-    """image_metrics of generated images against the reference set (`against`: other reference features, the
-    validation reference's); raises FloatingPointError on NaN images."""
+    """image_metrics of generated images against the reference set (`against`: another reference, the validation
+    reference); raises FloatingPointError on NaN images."""
     return distributed.on_main(partial(_score, prep, ev, prompts, images, against, **extra))  # [ddp] once, on rank 0
 
 
 def _score(prep, ev: EvalSet, prompts: Prompts, images: torch.Tensor, against, **extra) -> dict:
-    feats, judged = describe(images, prep.judge, prep.inception)
-    real = ev.real_feats if against is None else against
+    fake = read(prep, images)
+    real = ev.ref if against is None else against
     # One BLAS thread: the metrics' matrices are small (128 features), and OpenBLAS threads spinning against
     # torch's on a busy 2-core machine made each FID's sqrtm 250x slower (1.2 s instead of 5 ms).
     prompted = prompts.labels[: len(images)]
     with threadpool_limits(limits=1, user_api="blas"):
-        out = image_metrics(real, feats, judged, prompted, prep.data.num_modes, reference_probs=ev.p_test, **extra)
-    sample_set = {"real_feats": real, "feats": feats, "judged": judged, "prompted": prompted,
+        out = image_metrics(real, fake, prompted, prep.data.num_modes, reference_probs=ev.p_test, **extra)
+    sample_set = {"real_feats": real.feats, "feats": fake.feats, "judged": fake.labels, "prompted": prompted,
                   "num_modes": prep.data.num_modes, "images": images.numpy()}
     return {**out, **extra_metrics(sample_set)}
 
@@ -233,9 +304,10 @@ def tune(prep, ev: EvalSet, family, trained, cfg) -> tuple[float | None, list[di
         return neutral, []
     n = len(ev.validation.seeds)
     generate = lambda value: draw(ev, family, trained, ev.validation, n, value)[0]  # noqa: E731
-    points = _points(sweep(values, generate, partial(score, prep, ev, ev.validation, against=ev.validation_feats)))
-    finite = [p for p in points if p.get("fid") is not None and np.isfinite(p["fid"])]
-    return (min(finite, key=lambda p: p["fid"])["value"] if finite else neutral), points
+    points = _points(sweep(values, generate, partial(score, prep, ev, ev.validation, against=ev.validation_ref)))
+    key = "fid_lf" if ev.ref.lf is not None else "fid"
+    finite = [p for p in points if p.get(key) is not None and np.isfinite(p[key])]
+    return (min(finite, key=lambda p: p[key])["value"] if finite else neutral), points
 
 
 def curve_points(prep, ev: EvalSet, family, trained, cfg, headline) -> list[dict]:
@@ -277,15 +349,16 @@ def raw_point(prep, ev: EvalSet, family, trained, cfg) -> dict:
 
 
 def memorisation_record(ev: EvalSet, prep, images: torch.Tensor) -> dict:
-    """Memorisation of one sample set, on judge features, against the training split and the scored reference
-    (held-out test images, which no family trains on or replays): near-copies of each, their excess, C_T."""
-    if ev.split_feats is None or not torch.isfinite(images).all():
+    """Memorisation of one sample set, on label-free features, against the training split and the scored reference
+    (held-out test images, which no family trains on or replays): the copy excess, near-copies of each, C_T."""
+    if ev.train_lf is None or ev.ref.lf is None or not torch.isfinite(images).all():
         return {}
-    train_feats, held_feats = ev.split_feats[0], ev.real_feats
-    fake = prep.judge.features(images)
+    fake = prep.encoder.features(images)
+    reference, cells = ev.copying
     with threadpool_limits(limits=1, user_api="blas"):
-        out = memorisation(train_feats, held_feats, fake)
-        out["c_t"] = data_copying(train_feats, held_feats, fake)["c_t"]
+        out = memorisation(ev.train_lf, ev.ref.lf, fake, reference=reference)
+        out["c_t"] = data_copying(ev.train_lf, ev.ref.lf, fake, kmeans=cells)["c_t"]
+    out["features"] = "label-free encoder"
     return out
 
 
@@ -353,30 +426,60 @@ def describe(images: torch.Tensor, judge, inception) -> tuple[np.ndarray | None,
     return None, None
 
 
-def image_metrics(real_feats: np.ndarray | None, feats: np.ndarray | None, judged: np.ndarray | None,
-                  prompted: torch.Tensor, num_modes: int, fid_boot: int = 0, fid_counts: tuple[int, ...] = (),
-                  seed: int = 0, reference_probs: np.ndarray | None = None) -> dict:
-    """FID/KID (clean-fid's formulas) and PRDC on features, mode statistics (against reference_probs, the test
-    split's mode distribution) and prompt accuracy on judged labels, each where its input exists. With fid_boot > 0
-    the basic bootstrap 95% interval fid_lo..fid_hi for the population FID, its bias-corrected estimate fid_bc and
-    FID's spread at this N fid_sd (metrics.fid_bootstrap); with fid_counts, FID at those sample counts and its 1/n
+def image_metrics(real: Reading, fake: Reading, prompted: torch.Tensor, num_modes: int, fid_boot: int = 0,
+                  fid_counts: tuple[int, ...] = (), seed: int = 0, reference_probs: np.ndarray | None = None) -> dict:
+    """FID/KID (clean-fid's formulas) and PRDC on the judge's features, mode statistics (against reference_probs, the
+    test split's mode distribution) and prompt accuracy on its labels; FID and PRDC on the label-free features
+    (suffix _lf), intra-class FID (by prompted class) and within-class coverage (by the judge's class) on them, and
+    within-class coverage of the read factors (factor_coverage): each where its input exists. With fid_boot > 0 the
+    basic bootstrap 95% interval fid_lo..fid_hi for the population FID, its bias-corrected estimate fid_bc and FID's
+    spread at this N fid_sd (metrics.fid_bootstrap); with fid_counts, FID at those sample counts and its 1/n
     extrapolation fid_inf (Chong & Forsyth 2020)."""
     out: dict = {}
-    if feats is not None:
-        out.update(fid=fid(real_feats, feats), kid=kid(real_feats, feats), **prdc(real_feats, feats))
-        if fid_boot > 0:
-            with warnings.catch_warnings():  # resamples hold duplicates: singular covariances are expected
-                warnings.simplefilter("ignore", LinAlgWarning)
-                boot = fid_bootstrap(real_feats, feats, num_boot=fid_boot, seed=seed)
-            out.update(fid_lo=boot["lo"], fid_hi=boot["hi"], fid_bc=boot["fid_bc"], fid_sd=boot["sd"])
-        counts = sorted({n for n in fid_counts if 2 <= n <= len(feats)} | ({len(feats)} if fid_counts else set()))
-        if len(counts) >= 2:
-            out["fid_curve"] = fid_curve(real_feats, feats, counts, seed=seed)
-            out["fid_inf"] = fid_extrapolate(out["fid_curve"])
-    if judged is not None:
-        out.update(mode_stats(judged, num_modes, reference_probs))
-        out["cond_accuracy"] = cond_accuracy(prompted.numpy(), judged)
+    if fake.feats is not None:
+        out.update(fid=fid(real.feats, fake.feats), kid=kid(real.feats, fake.feats), **prdc(real.feats, fake.feats))
+        out.update(_fid_spread(real.feats, fake.feats, fid_boot, fid_counts, seed))
+    if fake.labels is not None:
+        out.update(mode_stats(fake.labels, num_modes, reference_probs))
+        out["cond_accuracy"] = cond_accuracy(prompted.numpy(), fake.labels)
+    out.update(within_class(real, fake, prompted))
     out["num_samples"] = len(prompted)
+    return out
+
+
+def within_class(real: Reading, fake: Reading, prompted: torch.Tensor) -> dict:
+    """The label-free metrics: FID and PRDC (_lf), intra-class FID, within-class coverage of the label-free features
+    and of the read factors (each standardised by the reference's spread: no factor weighs more for its units)."""
+    out: dict = {}
+    if fake.lf is None or real.lf is None:
+        return out
+    out["fid_lf"] = fid(real.lf, fake.lf)
+    out.update({f"{k}_lf": v for k, v in prdc(real.lf, fake.lf).items()})
+    if real.labels is None or fake.labels is None:
+        return out
+    intra = intra_fid(real.lf, real.labels, fake.lf, prompted.numpy())
+    out.update(intra_fid=intra["intra_fid"], intra_fid_classes=intra["classes"],
+               intra_fid_min_count=intra["min_count"], intra_fid_median_count=intra["median_count"])
+    out["within_coverage"] = within_class_coverage(real.lf, real.labels, fake.lf, fake.labels)["within_coverage"]
+    if real.factors is not None and fake.factors is not None:
+        scale = real.factors.std(axis=0).clip(1e-12)
+        by = within_class_coverage(real.factors / scale, real.labels, fake.factors / scale, fake.labels)
+        out.update(factor_coverage=by["within_coverage"], factor_coverage_by_class=by["by_class"])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _fid_spread(real: np.ndarray, fake: np.ndarray, fid_boot: int, fid_counts: tuple[int, ...], seed: int) -> dict:
+    """FID's bootstrap interval and bias-corrected value, and its curve over sample counts with FID_inf."""
+    out: dict = {}
+    if fid_boot > 0:
+        with warnings.catch_warnings():  # resamples hold duplicates: singular covariances are expected
+            warnings.simplefilter("ignore", LinAlgWarning)
+            boot = fid_bootstrap(real, fake, num_boot=fid_boot, seed=seed)
+        out.update(fid_lo=boot["lo"], fid_hi=boot["hi"], fid_bc=boot["fid_bc"], fid_sd=boot["sd"])
+    counts = sorted({n for n in fid_counts if 2 <= n <= len(fake)} | ({len(fake)} if fid_counts else set()))
+    if len(counts) >= 2:
+        out["fid_curve"] = fid_curve(real, fake, counts, seed=seed)
+        out["fid_inf"] = fid_extrapolate(out["fid_curve"])
     return out
 
 

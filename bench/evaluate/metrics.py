@@ -85,8 +85,28 @@ def mixture_stats(samples: np.ndarray, centers: np.ndarray, std: float) -> dict:
         "num_modes": num_modes,
         "hq_fraction": float(high_quality.sum() / len(samples)),
         "reverse_kl": reverse_kl,
+        "mode_spread": mode_spread(finite[high_quality], centers[nearest[high_quality]], std),
         "num_samples": len(samples),
     }
+
+
+# E[r^2 | r < 3 std] / (2 std^2) for a 2D isotropic Gaussian: r^2 / (2 std^2) ~ Exp(1), truncated at 4.5
+FRESH_SPREAD = float(np.sqrt(1 - 4.5 * np.exp(-4.5) / (1 - np.exp(-4.5))))  # 0.9744
+
+
+def mode_spread(points: np.ndarray, centers: np.ndarray, std: float) -> float | None:
+    """Diversity within a mode on a 2D mixture: per mode with two or more high-quality samples, the root mean squared
+    distance of its samples from the mode's centre over sqrt(2) std (what a mode's own Gaussian gives), averaged over
+    those modes. Fresh draws from the mixture read FRESH_SPREAD (0.974: the 3-std cut trims the tail); samples
+    collapsed onto one point per mode read near 0. None when no mode has two samples.
+
+    points (M, 2) high-quality samples; centers (M, 2) the centre of each one's nearest mode."""
+    offsets = np.asarray(points, np.float64) - np.asarray(centers, np.float64)  # (M, 2)
+    keys, inverse, counts = np.unique(np.asarray(centers), axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    mean_sq = np.bincount(inverse, weights=(offsets**2).sum(1), minlength=len(keys)) / np.maximum(counts, 1)
+    per_mode = np.sqrt(mean_sq[counts >= 2]) / (np.sqrt(2) * std)
+    return float(per_mode.mean()) if len(per_mode) else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,13 +287,17 @@ def kid_report(real_feats, fake_feats, num_subsets: int = 100, max_subset_size: 
     m = max_subset_size when both sets have that many points; otherwise it is shrunk to the smaller
     set's size and the reason is recorded in `kid_subset_note` (None when not shrunk). At m = N = M
     every subset is the whole set, so the subsets do not average anything. Unbiased: its
-    expectation is 0 for identical distributions, so it can come out negative.
+    expectation is 0 for identical distributions, so it can come out negative. When m equals both
+    set sizes every subset is the two whole sets, so one subset is computed instead of num_subsets
+    identical ones (the value agrees to float rounding; kid_num_subsets records 1).
     Returns {"kid", "kid_subset_size", "kid_num_subsets", "kid_subset_note"}.
     """
     real, fake = _feature_pair(real_feats, fake_feats)
     if num_subsets < 1:
         raise ValueError(f"KID needs num_subsets >= 1, got {num_subsets}")
     m, note = kid_subset_size(len(real), len(fake), max_subset_size)
+    if m == len(real) == len(fake):  # every subset is both whole sets: one gives the average of all (to rounding)
+        num_subsets = 1
     # clean-fid draws its subsets from numpy's global RNG: seed it for a reproducible value and
     # give the caller's RNG state back afterwards.
     state = np.random.get_state()
@@ -342,6 +366,76 @@ def fid_extrapolate(curve: list[dict]) -> float:
         raise ValueError("fid_extrapolate needs FID at two or more distinct sample counts")
     _, intercept = np.polyfit(inv_n, values, deg=1)
     return float(intercept)
+
+
+# ----------------------------------------------------------------------------------------------
+# Within a class: the variety a class-trained judge cannot see
+
+
+def class_share(feats, labels) -> float:
+    """The share of a feature space's variance that is class identity: the between-class sum of squares over the
+    total (one-way ANOVA decomposition, summed over the feature dimensions),
+
+        sum_c n_c ||mu_c - mu||^2 / sum_i ||x_i - mu||^2,
+
+    1 when every class is one point, about (K - 1) / (N - 1) when the features ignore the class."""
+    x, y = _features(feats, "feats"), np.asarray(labels)
+    if len(y) != len(x):
+        raise ValueError(f"{len(y)} labels for {len(x)} feature rows")
+    centred = x - x.mean(axis=0)
+    total = float((centred**2).sum())
+    between = sum(float((y == c).sum()) * float((centred[y == c].mean(axis=0) ** 2).sum()) for c in np.unique(y))
+    return between / total if total > 0 else 0.0
+
+
+def intra_fid(real_feats, real_labels, fake_feats, fake_labels, min_count: int = 2) -> dict:
+    """Class-conditional ("intra-class") FID (Miyato & Koyama 2018, sec. 5.1): the FID between the real images of a
+    class and the samples generated for it, averaged over the classes. Samples are grouped by the class they were
+    asked for, so a sample of another class counts against its prompt. Classes with fewer than min_count real images
+    or samples are left out, and the counts are returned: with n per class, each FID carries an upward bias of order
+    D / n (Chong & Forsyth 2020), far larger than the whole-set FID's, so it is read against the held-out real row at
+    the same counts. Returns {"intra_fid" (None without a usable class), "classes", "min_count", "median_count"}."""
+    real, fake = _feature_pair(real_feats, fake_feats)
+    real_y, fake_y = np.asarray(real_labels), np.asarray(fake_labels)
+    values, counts = [], []
+    for c in np.unique(real_y):
+        r, f = real[real_y == c], fake[fake_y == c]
+        if len(r) >= min_count and len(f) >= min_count:
+            values.append(fid(r, f))
+            counts.append(min(len(r), len(f)))
+    return {"intra_fid": float(np.mean(values)) if values else None, "classes": len(values),
+            "min_count": int(min(counts)) if counts else 0, "median_count": float(np.median(counts)) if counts else 0}
+
+
+def within_class_coverage(real_feats, real_labels, fake_feats, fake_labels, k: int = 5) -> dict:
+    """Coverage (Naeem et al. 2020, sec. 3) taken class by class: for each class with more than k real images, the
+    share of them whose k-nearest-neighbour ball (among that class's real images) holds a sample the judge puts in
+    that class (0 when it puts none there); averaged over the classes, weighted by their real images. It reads how
+    much of each class's real variety the samples reach: one image per class covers about (k + 1) / n_c of a class
+    of n_c images, fresh data 1 - prod_{i=1..k} (n_c - i) / (n_c + m_c - i) (about 0.97 at equal counts).
+    Returns {"within_coverage" (None without a class of more than k images), "classes", "by_class": {c: value}}."""
+    real, fake = _feature_pair(real_feats, fake_feats, min_rows=1)
+    real_y, fake_y = np.asarray(real_labels), np.asarray(fake_labels)
+    by_class, weights = {}, []
+    for c in np.unique(real_y):
+        r, f = real[real_y == c], fake[fake_y == c]
+        if len(r) <= k:
+            continue
+        by_class[int(c)] = coverage(r, f, k)
+        weights.append(len(r))
+    value = float(np.average(list(by_class.values()), weights=weights)) if by_class else None
+    return {"within_coverage": value, "classes": len(by_class), "by_class": by_class}
+
+
+def coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> float:
+    """Naeem et al. 2020's coverage alone (prdc computes it with the rest): the share of real points whose k-NN ball
+    (strict, as in prdc) holds at least one sample; any number of samples, 0 for none."""
+    if len(fake) == 0:
+        return 0.0
+    centre = real.mean(axis=0)
+    real, fake = real - centre, fake - centre
+    (radii,) = _kth_neighbour_sq(real, [k], 1024)
+    return float((_sq_dists(real, fake) < radii[:, None]).any(axis=1).mean())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,50 +522,74 @@ def nn_distances(query, ref, chunk: int = 1024, exclude_self: bool = False) -> n
     return np.sqrt(out)
 
 
-def memorisation(train_feats, held_out_feats, fake_feats, quantile: float = 0.05, chunk: int = 1024) -> dict:
-    """Nearest-neighbour distances of the samples to the training split and to held-out real data, the share of
-    near-copies of each, and the excess that separates copying from concentration.
+def memorisation_reference(train_feats, held_out_feats, quantile: float = 0.05, chunk: int = 1024) -> dict:
+    """What memorisation() needs of the two real sets alone, computed once for all the sample sets scored against
+    them: the near-copy thresholds tau_T, tau_H and the held-out points' own share of near-copies of T."""
+    train, held = _features(train_feats, "train_feats"), _features(held_out_feats, "held_out_feats")
+    tau_t = float(np.quantile(nn_distances(train, train, chunk, exclude_self=True), quantile))
+    tau_h = float(np.quantile(nn_distances(held, held, chunk, exclude_self=True), quantile))
+    return {"near_copy_threshold": tau_t, "near_copy_threshold_held": tau_h, "near_copy_quantile": quantile,
+            "test_near_copy_share": float(np.mean(nn_distances(held, train, chunk) < tau_t))}
 
-    Near-copy of a set S: a sample closer to its nearest point of S than tau_S, the `quantile` of the leave-one-out
-    nearest-neighbour distances within S (each point of S to the nearest other one). A fresh draw from the data
-    distribution is, to S, what a point of S is to the others (exchangeability; one point fewer), so its chance of
-    being a near-copy of S is about `quantile`, whatever the size of S. A generator that concentrates its samples
-    where the data are dense (truncation, mode-seeking) makes near-copies of the training set and of held-out data
-    alike; one that copies training images makes them of the training set only; one that under-fits (blur) makes
-    neither. So
 
-        near_copy_share       share of samples within tau_T of a training point (T: the training split)
-        near_copy_share_held  share of samples within tau_H of a held-out point (H: real data no model saw)
-        copy_excess           near_copy_share - near_copy_share_held: ~0 for fresh, concentrated or blurry samples
-                              alike, ~1 - quantile for a copier (Alaa et al. 2022, "How faithful is your synthetic
-                              data?", compare the same two distances point by point)
-        test_near_copy_share  the held-out points' own share of near-copies of the training set (~quantile)
+def memorisation(train_feats, held_out_feats, fake_feats, quantile: float = 0.05, chunk: int = 1024,
+                 reference: dict | None = None) -> dict:
+    """Nearest-neighbour distances of the samples to the training split T and to held-out real data H (real images
+    no model trained on), and two readings of them.
 
-    nn_train / nn_held: median distance of a sample to its nearest training / held-out point (their ratio is reported,
-    not judged: it depends on the two sets' sizes).
+    copy_excess  which set holds a sample's nearest real image. For any generator that does not depend on the
+                 training set (fresh, concentrated, blurry or broken alike), the T u H images are |T| + |H| exchangeable
+                 draws as seen from its sample, so the nearest one is a training image with probability exactly
+                 pi = |T| / (|T| + |H|), ties aside. Copying training images raises that share towards 1. So
+
+                     copy_excess = (share of samples nearer T than H - pi) / (1 - pi)
+
+                 is 0 in expectation with no assumption on the generator, 1 for a copier, c for a generator copying a
+                 share c of its samples. Its spread over samples is sqrt(|T| / (|H| m)) at m independent samples (0.1
+                 at 1,000 samples and |T| = 10 |H|): the price of the exact null. (An earlier version compared the
+                 shares of near-copies of T and of H; with |T| != |H| the two thresholds differ in scale and samples
+                 concentrated where the data are dense read a spurious excess, +0.09 at half the spread.)
+    near-copies  a sample closer to its nearest point of a set S than tau_S, the `quantile` of the leave-one-out
+                 nearest-neighbour distances within S: fresh data make near-copies of S at about that rate (a fresh
+                 draw is, to S, what a point of S is to the others). near_copy_share (of T) and near_copy_share_held
+                 (of H) say whether samples come near real images at all: far below `quantile` on H, the samples sit
+                 near no real image, and no memorisation reading can tell copying from not copying (the verdict then
+                 names no leader).
+
+    nn_train / nn_held: median distance of a sample to its nearest point of T / H, and their ratio;
+    test_near_copy_share: the held-out points' own share of near-copies of T (about `quantile`). `reference`:
+    memorisation_reference of the same two sets, when it was computed already.
     """
     train = _features(train_feats, "train_feats")
     held, fake = _features(held_out_feats, "held_out_feats"), _features(fake_feats, "fake_feats", 1)
     if not train.shape[1] == held.shape[1] == fake.shape[1]:
         raise ValueError(f"feature sizes differ: train {train.shape[1]}, held-out {held.shape[1]}, "
                          f"fake {fake.shape[1]}")
-    tau_t = float(np.quantile(nn_distances(train, train, chunk, exclude_self=True), quantile))
-    tau_h = float(np.quantile(nn_distances(held, held, chunk, exclude_self=True), quantile))
+    ref = reference or memorisation_reference(train, held, quantile, chunk)
     d_train, d_held = nn_distances(fake, train, chunk), nn_distances(fake, held, chunk)  # (m,), (m,)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.median(d_train / d_held)
-    share_t, share_h = float(np.mean(d_train < tau_t)), float(np.mean(d_held < tau_h))
+    chance = len(train) / (len(train) + len(held))  # pi
+    nearer_train = float(np.mean((d_train < d_held) + 0.5 * (d_train == d_held)))  # a tie counts half
     return {
         "nn_train": float(np.median(d_train)),
         "nn_held": float(np.median(d_held)),
         "nn_ratio": float(ratio),
-        "near_copy_share": share_t,
-        "near_copy_share_held": share_h,
-        "copy_excess": share_t - share_h,
-        "test_near_copy_share": float(np.mean(nn_distances(held, train, chunk) < tau_t)),
-        "near_copy_threshold": tau_t,
-        "near_copy_quantile": quantile,
+        "near_copy_share": float(np.mean(d_train < ref["near_copy_threshold"])),
+        "near_copy_share_held": float(np.mean(d_held < ref["near_copy_threshold_held"])),
+        "nearer_train_share": nearer_train,
+        "nearer_train_chance": chance,
+        "copy_excess": (nearer_train - chance) / (1 - chance),
+        **ref,
     }
+
+
+def copies_measurable(near_copy_share_held: float, quantile: float = 0.05) -> bool:
+    """Whether samples come near real images often enough for a memorisation reading to mean anything: at least half
+    the rate of near-copies of held-out images that fresh data make (`quantile`, by construction). Below it the
+    samples sit near no real image (blurry, broken, or simply unlike the data), and copying cannot be told from not
+    copying: a memorisation row then names no leader."""
+    return near_copy_share_held >= quantile / 2
 
 
 def mann_whitney_z(test_d: np.ndarray, fake_d: np.ndarray) -> float:
@@ -498,7 +616,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def data_copying(train_feats, test_feats, fake_feats, cells: int = 10, min_fake: int = 20, seed: int = 0,
-                 chunk: int = 1024) -> dict:
+                 chunk: int = 1024, kmeans=None) -> dict:
     """The data-copying statistic C_T of Meehan, Chaudhuri & Dasgupta 2020 ("A non-parametric test to detect
     data-copying in generative models", AISTATS, sec. 3.1-3.2).
 
@@ -512,11 +630,12 @@ def data_copying(train_feats, test_feats, fake_feats, cells: int = 10, min_fake:
     C_T ~ 0 for samples distributed like the test data (each Z_U ~ N(0, 1) under H0); C_T << 0 is data-copying.
     Distances go to the whole training split (the authors' released code uses the cell's own training points; the
     nearest training point almost always lies in the same k-means cell). Returns C_T (nan when no cell qualifies),
-    the cells used and the share of samples in cells left out.
+    the cells used and the share of samples in cells left out. `kmeans`: the partition of the same training features
+    (copying_cells), when it was fitted already.
     """
     train = _features(train_feats, "train_feats", cells)
     test, fake = _features(test_feats, "test_feats", 1), _features(fake_feats, "fake_feats", 1)
-    kmeans = _kmeans(train, cells, seed)
+    kmeans = kmeans or copying_cells(train, cells, seed)
     test_cell, fake_cell = kmeans.predict(test), kmeans.predict(fake)  # (n,), (m,)
     test_d, fake_d = nn_distances(test, train, chunk), nn_distances(fake, train, chunk)
     used = [c for c in range(cells) if (fake_cell == c).sum() >= min_fake and (test_cell == c).any()]  # Pi_tau
@@ -527,6 +646,7 @@ def data_copying(train_feats, test_feats, fake_feats, cells: int = 10, min_fake:
             "z_cells": scores.tolist()}
 
 
-def _kmeans(train: np.ndarray, cells: int, seed: int):
-    # scikit-learn's KMeans (Lloyd's algorithm, k-means++ seeding)
-    return KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(train)
+def copying_cells(train_feats, cells: int = 10, seed: int = 0):
+    """data_copying's partition of the instance space: scikit-learn's KMeans (Lloyd's algorithm, k-means++ seeding)
+    fitted on the training features."""
+    return KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(_features(train_feats, "train_feats", cells))

@@ -62,9 +62,10 @@ def comparable(rec_a: dict | None, rec_b: dict | None, ignore: tuple[str, ...] =
 
 
 def feature_protocols(real, num_fake: int, reference_split: str, *, judge_net: torch.nn.Module | None = None,
-                      inception=None, num_seeds: int = 1, arithmetic: str = "float32") -> dict:
+                      inception=None, encoder=None, num_seeds: int = 1, arithmetic: str = "float32") -> dict:
     """The protocol records of one run entry, by feature family: "judge" (the judge's own features, images at their
-    own size) and "inception" (a bench.data.inception.Backbone), each where it was used. real: the reference images."""
+    own size), "label-free" (bench.data.encoder's reader) and "inception" (a bench.data.inception.Backbone), each
+    where it was used. real: the reference images."""
     reference_hash = content_hash(real)
     m, note = kid_subset_size(len(real), num_fake)  # KID's default subset size, as both families use it
     common = dict(num_real=len(real), num_fake=num_fake, reference_split=reference_split,
@@ -74,6 +75,9 @@ def feature_protocols(real, num_fake: int, reference_split: str, *, judge_net: t
     if judge_net is not None:
         out["judge"] = protocol_record(backbone="judge", weights_sha256=module_hash(judge_net), resize="none",
                                        resize_size=None, **common)
+    if encoder is not None:
+        out["label-free"] = protocol_record(backbone=encoder.name, weights_sha256=encoder.weights_sha256,
+                                            resize="none", resize_size=None, **common)
     if inception is not None:
         out["inception"] = protocol_record(backbone=inception.name, weights_sha256=inception.weights_sha256,
                                            resize=inception.resize, resize_size=inception.size, **common)

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from bench.evaluate.metrics import FRESH_SPREAD
+
 TAIL_FRACTION = 0.2  # the "end of training" the tail statistics look at
 SPIKE_WINDOW = 50  # steps of history a gradient norm is compared with
 SPIKE_FACTOR = 10.0  # a spike is a gradient norm this many times the recent median
@@ -125,6 +127,22 @@ def stability(history: list[dict]) -> dict:
 
 HQ_THRESHOLD = 0.5  # a 2D run with fewer high-quality samples is low-quality (the study's default too)
 OUTCOMES = ("converged", "mode-collapsed", "low-quality", "diverged", "failed")
+# The outcome rule measures each run against fresh data at the same sample count: on the 2D mixtures the true
+# mixture's own readings (closed form), on images the held-out real row's on the same prompts ("baseline": bench/
+# evaluate/images.py). A run falls short when it keeps less than HALF of what fresh data show, or (modes of images)
+# MODES_SLACK fewer classes than they do: the judge's own mistakes move that count by a few.
+HALF = 0.5
+MODES_SLACK = 0.1
+FRESH_HQ = 1 - math.exp(-4.5)  # P(|x - mode| < 3 std) for a 2D Gaussian: 0.989
+RULE = (
+    ("low-quality", "fewer samples on the data's support than half of fresh data's (2D: within 3 std of a mode, "
+                    f"hq_fraction < {HQ_THRESHOLD}, fresh data {FRESH_HQ:.3f}; images: inside the real images' k-NN "
+                    "manifold on label-free features, precision_lf < half the held-out real row's)"),
+    ("mode-collapsed", "modes missing (2D: fewer than every mode; images: more than 10% fewer classes than the "
+                       "held-out real row shows on the same prompts), or collapse within a mode (2D: within-mode "
+                       "spread < half of fresh data's 0.974; images: within-class coverage < half the held-out real "
+                       "row's), or a prompt followed no better than chance (images)"),
+)
 
 
 def at_chance(accuracy: float, num_modes: int, n: int) -> bool:
@@ -134,20 +152,33 @@ def at_chance(accuracy: float, num_modes: int, n: int) -> bool:
     return accuracy <= p + 2.326 * math.sqrt(p * (1 - p) / max(n, 1))
 
 
-def outcome(status: str, metrics: dict, hq_threshold: float = HQ_THRESHOLD) -> str:
-    """The outcome of one run, one rule for every family and for `gvd run` and `gvd study` alike, the first that
-    applies: failed (its training or scoring raised), diverged (a non-finite loss, or non-finite samples),
-    low-quality (2D: under hq_threshold of the samples within 3 std of a mode), mode-collapsed (fewer modes than the
-    data has; on images also prompt accuracy at chance), else converged (a usable model)."""
+def _below(value, reference, share: float = HALF) -> bool:
+    """value < share x reference, both known (a missing number never decides)."""
+    return value is not None and reference is not None and value < share * reference
+
+
+def outcome(status: str, metrics: dict, baseline: dict | None = None, hq_threshold: float = HQ_THRESHOLD) -> str:
+    """The outcome of one run, one rule for every family, both benchmarks and `gvd run` and `gvd study` alike (RULE),
+    the first that applies: failed (its training or scoring raised), diverged (a non-finite loss, or non-finite
+    samples), low-quality, mode-collapsed, else converged (a usable model). `baseline`: the held-out real row's
+    readings on the same prompts (images); the 2D mixtures need none (fresh data's are known in closed form)."""
     if status in ("failed", "diverged"):
         return status
-    if "hq_fraction" in metrics and not metrics["hq_fraction"] >= hq_threshold:
+    base = baseline or {}
+    if "hq_fraction" in metrics:  # the 2D mixtures
+        if not metrics["hq_fraction"] >= hq_threshold:
+            return "low-quality"
+        modes, num_modes = metrics.get("modes"), metrics.get("num_modes")
+        if (modes is not None and num_modes is not None and modes < num_modes) or _below(
+                metrics.get("mode_spread"), FRESH_SPREAD):
+            return "mode-collapsed"
+        return "converged"
+    if _below(metrics.get("precision_lf"), base.get("precision_lf")):
         return "low-quality"
-    modes, num_modes = metrics.get("modes"), metrics.get("num_modes")
-    if modes is not None and num_modes is not None and modes < num_modes:
+    if _below(metrics.get("modes"), base.get("modes"), 1 - MODES_SLACK) or _below(
+            metrics.get("within_coverage"), base.get("within_coverage")):
         return "mode-collapsed"
-    accuracy = metrics.get("cond_accuracy")
+    accuracy, num_modes = metrics.get("cond_accuracy"), metrics.get("num_modes")
     if accuracy is not None and num_modes and at_chance(accuracy, num_modes, metrics.get("num_samples", 0)):
         return "mode-collapsed"
     return "converged"
-

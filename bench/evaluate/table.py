@@ -49,22 +49,50 @@ class Metric:
 
 
 FRACTION = (0.0, 1.0)
+LF = ("on the label-free encoder's features (bench/data/encoder.py: an autoencoder trained without labels; its "
+      "variance is mostly not class identity, unlike the judge's)")
 METRICS = [
     # ---- quality
-    Metric("fid", "FID", "{:.2f}", -1, aspect="quality", bounds=(0, INF),
-           note="FID on the judge's features, biased upward at small N (Chong & Forsyth 2020): compare at equal N"),
+    Metric("fid_lf", "FID (label-free)", "{:.2f}", -1, aspect="quality", bounds=(0, INF),
+           note=f"FID (label-free): FID {LF}; biased upward at small N (Chong & Forsyth 2020): compare at equal N"),
+    Metric("intra_fid", "intra-class FID", "{:.1f}", -1, aspect="quality", bounds=(0, INF), needs="labels",
+           note="intra-class FID: FID between each class's real images and the samples prompted for it, averaged over "
+                "the classes (Miyato & Koyama 2018), label-free features; with a few dozen images per class it is "
+                "strongly biased upward: read it against the held-out real row"),
+    Metric("fid", "FID (judge)", "{:.2f}", -1, bounds=(0, INF),
+           note="FID (judge): FID on the class-trained judge's features (about 95% of their variance is class "
+                "identity: blind to collapse within a class)"),
     Metric("hq_fraction", "high-quality share", "{:.3f}", +1, ("mixture",), aspect="quality", bounds=FRACTION),
-    Metric("kid", "KID x1e3 (judge)", "{:.2f}", -1, scale=1e3,
+    Metric("kid", "KID x1e3 (judge)", "{:.2f}", -1, scale=1e3, column=False,
            note="KID on the judge's features (not Inception KID: not comparable with published KID)"),
-    Metric("precision", "precision", "{:.2f}", +1, bounds=FRACTION),
-    Metric("density", "density", "{:.2f}", +1, bounds=(0, INF)),
+    Metric("precision_lf", "precision (label-free)", "{:.2f}", +1, bounds=FRACTION),
+    Metric("density_lf", "density (label-free)", "{:.2f}", +1, bounds=(0, INF), column=False),
+    Metric("precision", "precision (judge)", "{:.2f}", +1, bounds=FRACTION, column=False),
+    Metric("density", "density (judge)", "{:.2f}", +1, bounds=(0, INF), column=False),
     # ---- diversity
-    Metric("recall", "recall", "{:.2f}", +1, aspect="diversity", bounds=FRACTION),
-    Metric("coverage", "coverage", "{:.2f}", +1, aspect="diversity", bounds=FRACTION),
+    Metric("recall_lf", "recall (label-free)", "{:.2f}", +1, aspect="diversity", bounds=FRACTION),
+    Metric("coverage_lf", "coverage (label-free)", "{:.2f}", +1, aspect="diversity", bounds=FRACTION),
+    Metric("recall", "recall (judge)", "{:.2f}", +1, bounds=FRACTION, column=False),
+    Metric("coverage", "coverage (judge)", "{:.2f}", +1, bounds=FRACTION, column=False),
     Metric("modes", "modes", "{:.0f}", +1, ("mixture", "image"), aspect="diversity", bounds=(0, INF), needs="labels"),
     Metric("reverse_kl", "reverse KL", "{:.3f}", -1, ("mixture", "image"), aspect="diversity", bounds=(0, INF),
            needs="labels"),
-    Metric("forward_kl", "forward KL", "{:.3f}", -1, bounds=(0, INF), needs="labels"),
+    Metric("forward_kl", "forward KL", "{:.3f}", -1, bounds=(0, INF), needs="labels", column=False),
+    # ---- within a class (a mode)
+    Metric("within_coverage", "within-class coverage", "{:.2f}", +1, aspect="within-class diversity",
+           bounds=FRACTION, needs="labels",
+           note="within-class coverage: per class, the share of its real images whose 5-nearest-neighbour ball (label-"
+                "free features) holds a sample the judge puts in that class, averaged (Naeem et al. 2020's coverage, "
+                "class by class): fresh data ~0.96, one image per class ~0.1"),
+    Metric("factor_coverage", "factor coverage", "{:.2f}", +1, aspect="within-class diversity", bounds=FRACTION,
+           needs="labels",
+           note="factor coverage: the same on the generator's own factors (shapes: position, size, background) read "
+                "back from the images by a regressor trained on the real ones: the ground truth of within-class "
+                "variety"),
+    Metric("mode_spread", "within-mode spread", "{:.2f}", +1, ("mixture",), aspect="within-class diversity",
+           bounds=(0, INF),
+           note="within-mode spread: the samples' RMS distance from their mode's centre over the mode's own (sqrt(2) "
+                "std), averaged over modes: fresh draws 0.974, one point per mode 0"),
     Metric("duplicate_share", "duplicates", "{:.3f}", -1, bounds=FRACTION,
            compute=lambda s: duplicate_share(s["images"]),
            note="duplicates: the share of samples identical to an earlier sample of the same set"),
@@ -72,11 +100,15 @@ METRICS = [
     Metric("cond_accuracy", "prompt accuracy", "{:.3f}", +1, aspect="prompt adherence", bounds=FRACTION,
            needs="labels"),
     # ---- memorisation
-    Metric("copy_excess", "copy excess", "{:+.3f}", 0, aspect="memorisation", bounds=(-1, 1), needs="labels",
-           note="copy excess: near-copies of training images minus near-copies of held-out test images (each by "
-                "its own set's 5% nearest-neighbour distance); ~0 for fresh, concentrated or blurry samples, ~0.95 "
-                "for a copier. The verdict ranks it by closeness to the held-out real row, never lower-is-better"),
-    Metric("near_copy_share", "near-copies of train", "{:.3f}", 0, bounds=FRACTION, needs="labels"),
+    Metric("copy_excess", "copy excess", "{:+.2f}", 0, aspect="memorisation", bounds=(-INF, 1), needs="labels",
+           note="copy excess: how much more often a sample's nearest real image (label-free features) is a training "
+                "image than chance |T| / (|T| + |H|) makes it, scaled so that a copier reads 1: exactly 0 in "
+                "expectation for every generator that does not depend on the training set (fresh, concentrated or "
+                "blurry alike), c for one that copies a share c; its spread is about sqrt(|T| / (|H| N)) per seed. "
+                "The verdict ranks it by closeness to 0 and names no leader where samples come near no real image"),
+    Metric("near_copy_share", "near-copies of train", "{:.3f}", 0, bounds=FRACTION, needs="labels", column=False),
+    Metric("near_copy_share_held", "near-copies of held-out", "{:.3f}", 0, bounds=FRACTION, needs="labels",
+           column=False),
     Metric("c_t", "C_T", "{:.2f}", 0, needs="labels",
            note="C_T: Meehan et al. 2020's data-copying statistic against held-out images (well below 0 = samples "
                 "nearer the training set than held-out data are; concentrated samples read low too)"),
@@ -92,7 +124,7 @@ METRICS = [
            path=("train", "flops"), column=False),
     # ---- the sample count and FID's resampling (recorded, not columns)
     Metric("num_samples", "samples", "{:.0f}", 0, ("mixture", "image"), bounds=(0, INF), column=False),
-    Metric("fid_bc", "FID, bias-corrected", "{:.2f}", -1, bounds=(0, INF), column=False),
+    Metric("fid_bc", "FID (judge), bias-corrected", "{:.2f}", -1, bounds=(0, INF), column=False),
     Metric("judge_accuracy", "judge accuracy", "{:.3f}", 0, bounds=FRACTION, column=False, needs="labels"),
 ]
 BY_KEY = {m.key: m for m in METRICS}

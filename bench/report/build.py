@@ -18,7 +18,14 @@ from PIL import Image
 from bench.core.files import WriteError
 from bench.core.guard import error_text
 from bench.core.rundir import RunDir, slug
-from bench.report.charts import curve_figure, loss_figure, scatter_figure, sweep_figure, sweep_summaries
+from bench.report.charts import (
+    curve_figure,
+    feature_suffix,
+    loss_figure,
+    scatter_figure,
+    sweep_figure,
+    sweep_summaries,
+)
 from bench.report.figures import grid_cells, grids_figure, prompt_groups_figure, save_figure
 from bench.report.process import READ_CLOUDS, image_process_blocks, mixture_strip_figure
 from bench.report.render import to_html, to_markdown
@@ -34,6 +41,7 @@ from bench.report.tables import (
     metric_notes,
     mixture_table,
     models,
+    panel_blocks,
     recipe_blocks,
     sampler_rows,
     stability_rows,
@@ -75,17 +83,19 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
     num_samples = (results["config"].get("mixtures") or {}).get("num_samples", 2500)
     rows = mixture_table(results, runs)
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        rows += [[dataset, f"*{name}*", "", f"{modes}", f"{hq}", "" if rkl is None else f"{rkl}", "", "", "", ""]
+        rows += [[dataset, f"*{name}*", "", f"{modes}", f"{hq}", "" if rkl is None else f"{rkl}", "", "", "", "", ""]
                  for name, modes, hq, rkl in REFERENCE_2D[dataset]]
     blocks = [("h2", "2D mode-collapse mixtures"),
               ("p", (f"Protocol of VEEGAN (Srivastava et al. 2017) and PacGAN (Lin et al. 2018): {num_samples:,} "
                      "samples per run; a sample is high quality within 3 std of its nearest mode; a mode is captured "
                      "when it is the nearest mode of at least one high-quality sample; reverse KL = KL(p_gen || "
                      "uniform) over the nearest-mode histogram of the high-quality samples (as PacGAN's released "
-                     "code). Mean [95% t interval] over the seeds that ran ok (runs ok says n); the held-out real row "
+                     "code). Within-mode spread: the high-quality samples' RMS distance from their mode's centre over "
+                     "the mode's own (sqrt(2) std), averaged over modes (fresh draws 0.974, one point per mode 0). "
+                     "Mean [95% t interval] over the seeds that ran ok (runs ok says n); the held-out real row "
                      "is fresh draws from the true mixture; published rows for reference (their budgets differ).")),
-              ("table", ["dataset", "family", "runs ok", "modes", "high quality %", "reverse KL", "params",
-                         "examples seen", "train s", "training FLOPs"], rows)]
+              ("table", ["dataset", "family", "runs ok", "modes", "high quality %", "reverse KL", "within-mode spread",
+                         "params", "examples seen", "train s", "training FLOPs"], rows)]
     if samplers := sampler_rows(runs):
         blocks += [("h3", "Samplers on the same trained networks"),
                    ("table", ["dataset", "family", "sampler:steps", "NFE", "modes", "high quality %", "reverse KL",
@@ -136,24 +146,27 @@ def _sweep_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) -
     summaries = sweep_summaries(per, dataset, families)
     if not summaries:
         return []
+    lf = feature_suffix(summaries)
+    keys = [k + lf for k in ("fid", "precision", "recall", "coverage")]
     rows = []
     for family, (knob, points) in summaries.items():
         for p in points:
             rows.append([label(families, family), f"{knob} {p['value']:g}"]
-                        + [f"{p[k][0]:.3g}" if k in p else "n/a" for k in ("fid", "precision", "recall", "coverage")]
+                        + [f"{p[k][0]:.3g}" if k in p else "n/a" for k in keys]
                         + [f"{p['modes'][0]:.0f}" if "modes" in p else "n/a",
                            f"{p['cond_accuracy'][0]:.3f}" if "cond_accuracy" in p else "n/a"])
     n = next((p["num_samples"] for r in per for p in (r.get("sweep") or {}).get("points", [])
               if "num_samples" in p), 0)
     seeds = max(len([r for r in per if r["model"] == f and r.get("sweep")]) for f in summaries)
+    space = " (label-free features)" if lf else " (judge features)"
     blocks = [("p", (f"Fidelity/diversity sweeps on {n:,} samples per setting, on the validation prompts and seeds "
-                     "(disjoint from the scored ones; each family's tuned setting is the lowest FID here), means "
-                     f"over {seeds} seed(s): classifier-free guidance scale for diffusion (Ho & Salimans 2021), latent "
-                     "truncation z <- psi z for the GAN (scaling toward the mean latent; Brock et al. 2019 resample "
-                     "|z| beyond a threshold instead). Both should raise precision and lower recall as they move from "
-                     "1.")),
-              ("table", ["family", "setting", "FID", "precision", "recall", "coverage", "modes", "prompt accuracy"],
-               rows)]
+                     f"(disjoint from the scored ones; each family's tuned setting is the lowest FID{space} here), "
+                     f"means over {seeds} seed(s): classifier-free guidance scale for diffusion (Ho & Salimans 2021), "
+                     "latent truncation z <- psi z for the GAN (scaling toward the mean latent; Brock et al. 2019 "
+                     "resample |z| beyond a threshold instead). Both knobs are meant to trade diversity (recall) for "
+                     "fidelity (precision) as they move from 1; the table says whether they do here.")),
+              ("table", ["family", "setting", f"FID{space}", "precision", "recall", "coverage", "modes",
+                         "prompt accuracy"], rows)]
     if fig := sweep_figure(run_dir, results, dataset, summaries):
         blocks.append(("img", fig, fig))
     return blocks
@@ -245,8 +258,10 @@ def _grid_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) ->
 
 
 def _image_curve_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) -> list:
-    panels = [("fid", "FID (judge features)", 1), ("modes", "modes", 1), ("cond_accuracy", "prompt accuracy", 1),
-              ("recall", "recall", 1)]
+    lf = any("fid_lf" in p for r in per for p in r.get("curve", []))
+    panels = ([("fid_lf", "FID (label-free features)", 1), ("within_coverage", "within-class coverage", 1)] if lf
+              else [("fid", "FID (judge features)", 1), ("recall", "recall", 1)])
+    panels += [("modes", "modes", 1), ("cond_accuracy", "prompt accuracy", 1)]
     fig = curve_figure(run_dir, {**results, "runs": per}, dataset, panels)
     if not fig:
         return []
@@ -260,14 +275,17 @@ IMAGE_INTRO = (
     "Every family gets the same frozen CLIP-style text encoder, the same prompts (drawn from the data's caption "
     "distribution) and the same per-sample seeds; the model families sample from an EMA of their weights. The "
     "reference is a fixed set of test images, never a training image. Each model family is scored at its neutral "
-    "knob (GAN truncation psi = 1, diffusion guidance s = 1) and at its tuned knob: the lowest FID over its grid on "
-    "validation prompts and seeds disjoint from the scored ones, against held-out test images disjoint from the "
-    "scored reference. NFE counts network passes per sample, both halves of guidance included. Metrics on the "
-    "judge's features: FID and KID (biased at small N, Chong & Forsyth 2020), precision/recall (Kynkaanniemi et al. "
-    "2019, k=3), density/coverage (Naeem et al. 2020, k=5); modes, reverse KL(p_gen || p_test) and forward "
-    "KL(p_test || p_gen) over the judge's labels; prompt accuracy = share of samples the judge assigns to the "
-    "prompted class; copy excess and C_T measure memorisation. Cells: mean [95% Student t interval] over the seeds "
-    "that ran ok (runs ok gives n; one seed shows its value alone).")
+    "knob (GAN truncation psi = 1, diffusion guidance s = 1) and at its tuned knob: the lowest FID (label-free) over "
+    "its grid on validation prompts and seeds disjoint from the scored ones, against held-out test images disjoint "
+    "from the scored reference. NFE counts network passes per sample, both halves of guidance included. Three "
+    "readers score the samples, each frozen and trained once per dataset: the judge, a classifier of the classes "
+    "(modes, reverse KL(p_gen || p_test), prompt accuracy = share of samples it assigns to the prompted class, and "
+    "FID on its features, which are mostly class identity); a label-free encoder, an autoencoder trained without "
+    "labels (FID, precision/recall (Kynkaanniemi et al. 2019, k=3) and coverage (Naeem et al. 2020, k=5) on its "
+    "features, intra-class FID, within-class coverage and memorisation); and on shapes a read-out of the "
+    "generator's own factors (factor coverage). FID is biased at small N (Chong & Forsyth 2020): compare at equal "
+    "N. The known-answer panel under each dataset shows what each of these numbers sees. Cells: mean [95% Student "
+    "t interval] over the seeds that ran ok (runs ok gives n; one seed shows its value alone).")
 
 
 def _image_dataset_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) -> list:
@@ -279,6 +297,7 @@ def _image_dataset_blocks(run_dir: Path, results: dict, per: list[dict], dataset
         blocks += _stacked_blocks(results, per)
     if notes := _image_notes(results, per):
         blocks.append(("p", " ".join(notes)))
+    blocks += panel_blocks(results, dataset)
     return (blocks + _grid_blocks(run_dir, results, per, dataset) + _image_curve_blocks(run_dir, results, per, dataset)
             + _sweep_blocks(run_dir, results, per, dataset) + image_process_blocks(run_dir, results, per, dataset))
 

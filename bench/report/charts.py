@@ -101,7 +101,13 @@ def curve_figure(run_dir: Path, results: dict, dataset: str, panels: list[tuple[
     return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_curve")
 
 
-SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy")
+SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy", "fid_lf",
+              "precision_lf", "recall_lf", "coverage_lf", "within_coverage")
+
+
+def feature_suffix(summaries: dict) -> str:
+    """"_lf" where the sweeps have label-free metrics (what the tuning rule reads), else "" (the judge's)."""
+    return "_lf" if any("fid_lf" in row for _, rows in summaries.values() for row in rows) else ""
 
 
 def sweep_summaries(runs: list[dict], dataset: str, families: dict) -> dict:
@@ -127,17 +133,19 @@ def sweep_figure(run_dir: Path, results: dict, dataset: str, summaries: dict) ->
     if not summaries:
         return None
     families = families_of(results)
+    lf = feature_suffix(summaries)
+    space = "label-free features" if lf else "judge features"
     fig, axes = new_figure(3, width=4, height=3.6)
     for family, (knob, rows) in summaries.items():
-        rec, prec = [_mean(r, "recall") for r in rows], [_mean(r, "precision") for r in rows]
+        rec, prec = [_mean(r, "recall" + lf) for r in rows], [_mean(r, "precision" + lf) for r in rows]
         axes[0].plot(rec, prec, marker="o", c=colour(families, family), label=f"{label(families, family)} ({knob})")
         for r, x, y in zip(rows, rec, prec):
             axes[0].annotate(f"{r['value']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes[0].set(xlabel="recall (diversity, fraction)", ylabel="precision (fidelity, fraction)")
-    axes[0].set_title("precision vs recall", fontsize=9)
+    axes[0].set_title(f"precision vs recall ({space})", fontsize=9)
     axes[0].legend(fontsize=7)
-    for ax, key, title in ((axes[1], "fid", "FID (judge features)"), (axes[2], "cond_accuracy",
-                                                                    "prompt accuracy (fraction)")):
+    for ax, key, title in ((axes[1], "fid" + lf, f"FID ({space})"), (axes[2], "cond_accuracy",
+                                                                   "prompt accuracy (fraction)")):
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(title)
         for i, (family, (knob, rows)) in enumerate(summaries.items()):

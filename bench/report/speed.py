@@ -37,8 +37,10 @@ def throughput_blocks(result: dict, figures: list[str] | tuple = ()) -> list:
 
 
 def _quality_key(runs: list[dict]) -> tuple[str, str] | None:
-    """FID where the runs have it (images), else reverse KL (2D mixtures); lower is better for both."""
-    for key, label in (("fid", "FID (judge features)"), ("reverse_kl", "reverse KL (nats)")):
+    """FID where the runs have it (images: on label-free features, else the judge's), else reverse KL (2D mixtures);
+    lower is better for all."""
+    for key, label in (("fid_lf", "FID (label-free features)"), ("fid", "FID (judge features)"),
+                       ("reverse_kl", "reverse KL (nats)")):
         if any(isinstance(r.get("metrics", {}).get(key), (int, float)) for r in runs):
             return key, label
     return None

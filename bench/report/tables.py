@@ -7,6 +7,8 @@ Cells average seeds: "mean [95% t interval]" with two or more seeds, the value a
 every table says n. Student's t interval for the mean over seeds assumes roughly normal per-seed values.
 """
 
+import math
+
 from bench.evaluate import table
 from bench.evaluate.stability import grad_key, loss_keys
 from bench.evaluate.stats import mean_interval, paired_difference
@@ -236,8 +238,8 @@ def metric_notes(shown: list, per: list[dict]) -> str | None:
 
 
 def mixture_table(results: dict, runs: list[dict]) -> list[list[str]]:
-    """Per dataset and family: runs ok, modes, high-quality %, reverse KL (mean [t interval] over seeds), parameters,
-    examples seen, training seconds and FLOPs."""
+    """Per dataset and family: runs ok, modes, high-quality %, reverse KL, within-mode spread (mean [t interval] over
+    seeds), parameters, examples seen, training seconds and FLOPs."""
     families = families_of(results)
     rows = []
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
@@ -252,6 +254,7 @@ def mixture_table(results: dict, runs: list[dict]) -> list[list[str]]:
                          f"{len(ok)}/{len(mine)}", cell([r["metrics"].get("modes") for r in ok], fmt="{:.1f}"),
                          cell([r["metrics"].get("hq_fraction") for r in ok], fmt="{:.1f}", scale=100),
                          cell([r["metrics"].get("reverse_kl") for r in ok], fmt="{:.3f}"),
+                         cell([r["metrics"].get("mode_spread") for r in ok], fmt="{:.2f}"),
                          f"{train[0]['params_total']:,}" if train else "n/a",
                          f"{train[0]['examples_seen']:,}" if train else "n/a",
                          cell([t.get("seconds") for t in train], fmt="{:.1f}"),
@@ -322,3 +325,94 @@ def status_rows(results: dict) -> list[list[str]]:
             detail = str(r.get("error", ""))
         rows.append([str(r.get("dataset")), str(r.get("model")), str(r.get("seed")), str(r.get("status")), detail])
     return rows
+
+
+# ---------------------------------------------------------------- the known-answer panel (bench/evaluate/panel.py)
+
+
+def _panel_cell(c: dict, m) -> str:
+    """A defect's mean reading, its distance from fresh data in noise units (+: worse), and ✓ / ✗ where the
+    instrument is named after that defect."""
+    if c.get("measurable") is False:
+        return "not measurable"
+    text = m.display_mean(c["mean"]) if m is not None else f"{c['mean']:.3g}"
+    units = c.get("units")
+    if units is not None:
+        size = "∞" if math.isinf(units) else f"{abs(units):.1f}"
+        text += f" ({'+' if units >= 0 else '−'}{size})"
+    return text + {True: " ✓", False: " ✗", None: ""}[c.get("passed")]
+
+
+def panel_blocks(results: dict, dataset: str) -> list:
+    """The known-answer panel of one image dataset: each instrument's reading of each defect in noise units, the
+    outcome rule's verdict on each defect, the class share of each feature space, and every instrument that failed
+    a defect it is named after."""
+    panel = (results.get("panel") or {}).get(dataset)
+    if not panel:
+        return []
+    defects = [d["name"] for d in panel["defects"]]
+    rows = []
+    for key, cells in panel["instruments"].items():
+        m = table.metric(key)
+        rows.append([m.label if m else key] + [_panel_cell(cells[d], m) if d in cells else "n/a" for d in defects])
+    outcomes = panel["outcomes"]
+    rows.append(["outcome (stability rule)"] + [_outcome_cell(outcomes.get(d, []), panel["expected_outcome"].get(d))
+                                                for d in defects])
+    shares = ", ".join(f"{name} {share:.1%}" for name, share in panel.get("class_share", {}).items())
+    failed = panel_failures(panel)
+    return [("h3", f"{dataset}: what each number sees (the known-answer panel)"),
+            ("p", PANEL_INTRO.format(n=panel["num_samples"], seeds=len(panel["seeds"]), units=panel["min_units"])),
+            ("table", ["instrument"] + defects, rows),
+            ("p", "The defects: " + "; ".join(f"{d['name']}: {d['what']}" for d in panel["defects"]) + ". "
+                  f"The share of each feature space's variance that is class identity (reference images): {shares}. "
+                  + _readers_line(panel.get("readers") or {})),
+            ("p", ("Every instrument moved the right way on every defect it is named after, and every defect got the "
+                   "outcome expected of it." if not failed else "Failing (named, not hidden): " + "; ".join(failed)
+                   + "."))]
+
+
+PANEL_INTRO = (
+    "Generators built from real data with one known defect each, scored exactly as the families are ({n:,} samples, "
+    "{seeds} seeds). Each cell: the mean reading and, in brackets, how far it sits from fresh data's in noise units "
+    "(the difference over the pooled spread over seeds; + is the worse direction for that metric, up for copy "
+    "excess). ✓ / ✗: the instrument is named after that defect and moved at least {units:g} units the worse way, or "
+    "did not. The fresh row reuses one pool of held-out images across seeds, so its spread is mostly the prompts': it "
+    "understates a model's sampling noise, and the units are generous; the effects the verdict relies on are far "
+    "larger. Copy excess is 'not measurable' where the samples come near no real image (near-copies of held-out "
+    "images under half of fresh data's rate).")
+
+
+def _outcome_cell(got: list[str], want: str | None) -> str:
+    if not got:
+        return "n/a"
+    counts = {o: got.count(o) for o in dict.fromkeys(got)}
+    text = ", ".join(f"{o} {k}/{len(got)}" for o, k in counts.items())
+    return text + ("" if want is None else " ✓" if set(got) == {want} else f" ✗ (expected {want})")
+
+
+def _readers_line(readers: dict) -> str:
+    parts = []
+    if (enc := readers.get("encoder")) and enc.get("test_mse") is not None:
+        parts.append(f"label-free encoder: an autoencoder's {enc.get('code_dim')}-number code, reconstruction MSE on "
+                     f"the test split {enc['test_mse']:.4f}")
+    if (fac := readers.get("factors")) and fac.get("test_r2"):
+        parts.append("factor read-out against the generator's own factors of the test images: R² "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in fac["test_r2"].items()))
+    if readers.get("judge_accuracy") is not None:
+        parts.append(f"judge accuracy on the test split {readers['judge_accuracy']:.1%}")
+    return ("Readers: " + "; ".join(parts) + ".") if parts else ""
+
+
+def panel_failures(panel: dict) -> list[str]:
+    """'label: defect' for every claimed defect an instrument did not see, and 'outcome: defect' for every seed whose
+    outcome is not the one expected."""
+    out = []
+    for key, cells in panel["instruments"].items():
+        m = table.metric(key)
+        out += [f"{m.label if m else key} does not see '{name}'" for name, c in cells.items()
+                if c.get("claimed") and not c.get("passed")]
+    for name, got in panel["outcomes"].items():
+        want = panel["expected_outcome"].get(name)
+        if want is not None and any(o != want for o in got):
+            out.append(f"the outcome rule calls '{name}' {', '.join(sorted(set(got)))} (expected {want})")
+    return out

@@ -112,7 +112,7 @@ def stability_row(runs: list[dict], names: list[str], labels: dict) -> list[str]
     counts, usable = {}, {}
     for f in names:
         mine = [r for r in runs if r["model"] == f and r["status"] != "interrupted"]
-        outcomes = {r["seed"]: outcome(r["status"], r.get("metrics") or {}) for r in mine}
+        outcomes = {r["seed"]: outcome(r["status"], r.get("metrics") or {}, r.get("baseline")) for r in mine}
         usable[f] = {s: float(o == "converged") for s, o in outcomes.items()}
         parts = [f"{sum(o == k for o in outcomes.values())} {k}" for k in OUTCOMES[1:]
                  if any(o == k for o in outcomes.values())]

@@ -31,10 +31,12 @@ from bench.core.results import failed_entry
 from bench.core.rundir import RunDir, load_checkpoint, save_checkpoint
 from bench.core.seeding import sample_seeds
 from bench.core.stages import stage
+from bench.data.encoder import Reader, load_or_train
 from bench.data.images import ImageData, load_splits, reference_set, split_hash, split_record
 from bench.data.inception import Backbone, inception_backbone
 from bench.data.judge import Judge, judge_failure, load_or_train_judge
 from bench.evaluate.images import TUNING_RULE, EvalSet, FamilyScore, eval_set, evaluate_family
+from bench.evaluate.panel import calibration_panel
 from bench.evaluate.process import explain
 from bench.families import Family, ImageTask, Prompts, Trained
 from bench.families.text import TextModels, network_configs
@@ -60,24 +62,29 @@ class Prepared:
     inception_missing: str | None  # why Inception metrics were asked for and cannot be had
     cache_dir: Path  # where judges and reference features are cached
     failure: str | None = None  # why the run cannot go on (a judge below its accuracy floor)
+    encoder: Reader | None = None  # the label-free encoder (None for data without classes: Inception reads those)
+    factors: Reader | None = None  # the generator factors' read-out, for data that record them (shapes)
 
 
 def prepare(dataset: str, cfg, device: torch.device, cache_dir) -> Prepared:
     """The dataset's fixed train/test split and reference set (neither varies with the seed), its judge (fitted on
-    train, measured on test; cached by the splits' content) and Inception if asked for."""
+    train, measured on test; cached by the splits' content), its label-free encoder and factor read-out (likewise)
+    and Inception if asked for."""
     data, test = load_splits(dataset, cfg.num_train, cfg.num_test, cfg.resolution)
     reference, record, held_out = reference_set(test, cfg.num_samples, seed=0)
     data_key = {"dataset": dataset, "num_train": cfg.num_train, "num_test": cfg.num_test, "resolution": cfg.resolution}
-    judge = None
+    judge = encoder = factors = None
     if data.num_modes >= 2:
-        with distributed.main_first():  # [ddp] rank 0 trains and caches the judge; the others read the cache
+        with distributed.main_first():  # [ddp] rank 0 trains and caches them; the others read the cache
             judge = load_or_train_judge(data, test, data_key, cfg.judge, str(cache_dir), device=str(device))
+            encoder = load_or_train("label-free", data, test, data_key, cfg.encoder, str(cache_dir), str(device))
+            factors = load_or_train("factors", data, test, data_key, cfg.encoder, str(cache_dir), str(device))
     inception, inception_missing = inception_backbone(cfg.inception_weights, cfg.inception, str(device))
     if inception_missing:
         tqdm.write(f"{dataset}: no Inception metrics: {inception_missing}")
     failure = judge_failure(dataset, judge) if judge is not None else None
     return Prepared(dataset, data, test, reference, record, held_out, judge, inception, inception_missing,
-                    Path(cache_dir), failure)
+                    Path(cache_dir), failure, encoder, factors)
 
 
 # ---------------------------------------------------------------- stage 2: the shared text encoder
@@ -261,6 +268,8 @@ def record_entry(prep: Prepared, ev: EvalSet, shared: Shared, family: Family, tr
     entry["splits"], entry["reference"] = split_record(prep.data, prep.test), ev.reference
     if ev.unavailable is not None:
         entry["unavailable"] = ev.unavailable
+    if ev.baseline is not None:  # fresh data's readings on these prompts: the outcome rule's yardstick
+        entry["baseline"] = ev.baseline
     entry["protocol"] = ev.protocols  # how the feature metrics were computed, by feature family
     entry["networks"] = trained.networks  # the resolved network configs it was built with
     return entry
@@ -353,18 +362,21 @@ def write_process(run: RunDir, prep: Prepared, ev: EvalSet, families: list[Famil
             tqdm.write(f"{prep.dataset} seed {seed}: {family.name}'s process figures failed: {error_text(exc)}")
 
 
-def warm_up(dataset: str, cfg, device, cache_dir) -> None:
+def warm_up(dataset: str, cfg, device, cache_dir) -> dict | None:
     """What every job of a dataset reads from the cache, made once before the jobs start (on every core this process
-    has): the judge, the text encoder, and the judge's features of the real image sets. A judge below its accuracy
-    floor stops here; each job then records its entries as failed."""
+    has): the judge, the label-free readers, the text encoder, the judge's features of the real image sets, and the
+    known-answer panel (bench/evaluate/panel.py), which it returns (None where there is none). A judge below its
+    accuracy floor stops here; each job then records its entries as failed."""
     with stage("data and judge"):
         prep = prepare(dataset, cfg, device, cache_dir)
     if prep.failure is not None:
-        return
+        return None
     with stage("text encoder"):
         shared = train_shared(prep, cfg, device)
     with stage("evaluation set (prompts, reference features)"):
         eval_set(prep, shared.text, cfg, 0, device)
+    with stage("known-answer panel"), distributed.main_first():  # [ddp] rank 0 computes and caches it
+        return calibration_panel(prep, shared.text, cfg, device)
 
 
 # ---------------------------------------------------------------- `gvd sample`

@@ -85,7 +85,7 @@ def classify(history: list[dict], family: str, metrics: dict, hq_threshold: floa
     """The outcome of one run (module docstring; bench/evaluate/stability.py outcome, the rule `gvd run`'s verdict
     uses too), from its per-step history and its final mixture metrics."""
     status = "diverged" if history and divergence_step(history, tuple(history_losses(history[0]))) is not None else "ok"
-    return outcome(status, metrics, hq_threshold)
+    return outcome(status, metrics, hq_threshold=hq_threshold)
 
 
 # ---------------------------------------------------------------- one run

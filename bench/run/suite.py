@@ -208,8 +208,10 @@ def run_all(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, 
     order, jobs = planned(cfg, families), plan_jobs(cfg, families, done)
     shared = {j.dataset for j in jobs if j.benchmark == "image"}
     for dataset in [d for d in (cfg.images.datasets if cfg.images else []) if d in shared]:
-        tqdm.write(f"image benchmark: {dataset}: the judge, the text encoder and the reference features")
-        warm_up(dataset, cfg.images, device, cache_dir())
+        tqdm.write(f"image benchmark: {dataset}: the judge and readers, the text encoder, the reference features and "
+                   "the known-answer panel (cached after the first run)")
+        if (panel := warm_up(dataset, cfg.images, device, cache_dir())) is not None:
+            results.setdefault("panel", {})[dataset] = panel
     progress = Progress(jobs, f"gvd run {cfg.name}")
 
     def record(args, outcome):
@@ -311,6 +313,8 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     results["runs"] = list(done.values())
     if "error" not in (previous or {}).get("throughput", {"error": None}):
         results["throughput"] = previous["throughput"]  # measured already
+    if (previous or {}).get("panel"):
+        results["panel"] = previous["panel"]  # a dataset with jobs left recomputes its own (from the cache)
     results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
     if study or (previous or {}).get("study"):
         results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
