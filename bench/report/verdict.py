@@ -206,6 +206,7 @@ def dataset_verdict(runs: list[dict], names: list[str], labels: dict) -> tuple[l
 def multiplicity_line(diffs: list[dict]) -> str:
     """What testing many comparisons at 5% means for one false "resolved": only those with enough seeds for the exact
     test to resolve them can be a false alarm."""
+    diffs = [d for d in diffs if d["n"]]  # a pair with no seed in common is no comparison
     testable = [d for d in diffs if d["n"] >= MIN_RESOLVED]
     if not diffs:
         return ""
