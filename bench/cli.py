@@ -2,7 +2,8 @@
 
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
           [--family NAME=MODULE:FACTORY ...] [--force]
-  gvd run --resume RUN_DIR      continue a stopped run (its finished entries kept, the rest rerun)
+  gvd run --resume RUN_DIR [--seeds 0 1 2 3]   continue a stopped run (its finished entries kept, the rest rerun),
+                                               or add seeds to a run
   gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
   gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
@@ -43,15 +44,17 @@ def _device(name: str):
 def _run_config(args) -> tuple:
     """(config, run folder, previous results or None) from the flags, or from the run folder under --resume."""
     from bench.config import apply_override, preset, set_steps
-    from bench.run.resume import load_run
+    from bench.run.resume import add_seeds, load_run
 
     if args.resume:
-        given = [f for f, v in (("--preset", args.preset), ("--seeds", args.seeds), ("--steps", args.steps),
-                                ("--set", args.set), ("--out", args.out), ("--force", args.force),
-                                ("--family", args.family)) if v]
+        given = [f for f, v in (("--preset", args.preset), ("--steps", args.steps), ("--set", args.set),
+                                ("--out", args.out), ("--force", args.force), ("--family", args.family)) if v]
         if given:
-            raise UserError(f"--resume continues a run with its own config.json; drop {', '.join(given)}")
+            raise UserError(f"--resume continues a run with its own config.json (only --seeds may add seeds); drop "
+                            f"{', '.join(given)}")
         cfg, previous = load_run(Path(args.resume))
+        if args.seeds is not None:
+            add_seeds(cfg, list(args.seeds), Path(args.resume))
         return cfg, Path(args.resume), previous
     cfg = preset(args.preset or catalog.DEFAULT_PRESET)
     if args.seeds is not None:
@@ -419,7 +422,9 @@ def _add_run(sub) -> None:
     run.add_argument("--preset", help=f"named config (default {catalog.DEFAULT_PRESET}; see `gvd presets`)")
     run.add_argument("--out", help="run folder (default reports/<preset>)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    run.add_argument("--seeds", type=int, nargs="+", help="training seeds, e.g. --seeds 0 1 2")
+    run.add_argument("--seeds", type=int, nargs="+",
+                     help="training seeds, e.g. --seeds 0 1 2; with --resume, the run's seeds and the ones to add "
+                          "(only the new seeds train, the report is rebuilt over all)")
     run.add_argument("--steps", type=int,
                      help="training steps of every model: 2D models, GAN, UNet, VAE and text encoder "
                           "(overrides the preset)")
@@ -439,7 +444,7 @@ def _add_run(sub) -> None:
                           "(default: RUN_DIR/study-stability when there is one)")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue a stopped run: keep its finished entries, run the rest on, each training from its "
-                          "last saved state (state/)")
+                          "last saved state (state/); with --seeds, add seeds to a run")
     run.add_argument("--force", action="store_true",
                      help="--out holds another run: move it to <out>.old-<timestamp> and start afresh")
     run.set_defaults(func=_cmd_run)

@@ -341,17 +341,23 @@ def test_report_shows_stability_curves_sweeps_and_the_stacked_mnist_rows(tmp_pat
     results = {"suite": "stacked", "created": "now", "device": "cpu", "versions": {}, "config": {"seeds": [0, 1, 2]},
                "families": families, "runs": runs}
     md = to_markdown(build_blocks(tmp_path, results))
-    # FID: mean [95% t interval over the seeds] (scipy as the second implementation), failed seed left out
+    # FID: mean [95% t interval over the seeds] (scipy as the second implementation) clipped at FID's bound 0, the
+    # per-seed values behind it, failed seed left out
     lo, hi = scipy.stats.t.interval(0.95, 1, loc=12.0, scale=np.std([10.0, 14.0], ddof=1) / np.sqrt(2))
-    assert f"| GAN | neutral (psi = 1) | 2/3 | t over 2 seeds | n/a | 12.00 [{lo:.2f}, {hi:.2f}] |" in md
+    assert lo < 0 and f"| GAN | neutral (psi = 1) | 2/3 | t over 2 seeds | n/a | 12.00 [0.00, {hi:.2f}]; per seed " \
+        "10.00, 14.00 |" in md
     # the Stacked MNIST table: our modes/KL beside the published rows; modes 900 and 901: 900.5 [894.1, 906.9]
     lo, hi = scipy.stats.t.interval(0.95, 1, loc=900.5, scale=np.std([900.0, 901.0], ddof=1) / np.sqrt(2))
     assert "| family | modes (of 1000) | reverse KL | samples |" in md
-    assert f"| GAN | 900 [{lo:.0f}, {hi:.0f}] | 0.200 [0.200, 0.200] | 5000 [5000, 5000] |" in md
+    assert (f"| GAN | 900 [{lo:.0f}, {hi:.0f}]; per seed 900, 901 | 0.200 (same on every seed) | 5000 (same on every "
+            "seed) |") in md
     assert "| *PacDCGAN2 (Lin et al. 2018, Table 2)* | 1000 | 0.06 | 26,000 |" in md
-    # stability: one row per loss of the history, mean [interval] over the seeds that have diagnostics
-    assert "| stacked-digits | GAN | d_loss | 1 [1, 1] | 0.9 [0.9, 0.9] | 0.01 [0.01, 0.01] | 1.0 [1.0, 1.0] |" in md
-    assert "| stacked-digits | GAN | loss | 0.1 [0.1, 0.1] |" in md and "| 0/2 | 10 [10, 10] (2/2 reached" in md
+    # stability: one row per loss of the history, mean [interval] over the seeds that have diagnostics (here the same
+    # on every seed: no interval of width 0)
+    assert ("| stacked-digits | GAN | d_loss | 1 (same on every seed) | 0.9 (same on every seed) | 0.01 (same on every "
+            "seed) | 1.0 (same on every seed) |") in md
+    assert "| stacked-digits | GAN | loss | 0.1 (same on every seed) |" in md
+    assert "| 0/2 | 10 (same on every seed) (2/2 reached" in md
     # sweeps: a table row per knob setting (the mean over seeds: FID 5 x 3 and 7 x 3), and the figures on disk
     assert "| diffusion | guidance scale 3 | 18 |" in md
     for fig in ("stacked-digits_curve.png", "stacked-digits_sweeps.png"):

@@ -271,6 +271,79 @@ def test_a_second_run_into_a_run_folder_is_refused_then_forced(tmp_path, capsys)
     _one_line_exit_2(["run", "--resume", str(tmp_path / "nope")], "no config.json", capsys)
 
 
+def _entries(out: Path) -> dict[tuple, str]:
+    """{(dataset, model, seed): the entry as JSON text} of a run folder's results.json."""
+    return {(r["dataset"], r["model"], r["seed"]): json.dumps(r) for r in load_results(out / "results.json")["runs"]}
+
+
+def _with_seeds(args: list[str], *seeds: str) -> list[str]:
+    i = args.index("--seeds")
+    return args[:i + 1] + list(seeds) + args[i + 2:]
+
+
+def test_seeds_added_to_a_finished_run_train_only_the_new_ones(tmp_path, monkeypatch, capsys):
+    """`gvd run --resume DIR --seeds 0 1` on a finished one-seed run: only seed 1's jobs run, every seed-0 entry of
+    results.json stays byte for byte, config.json and results.json record seeds 0 1, the verdict is rebuilt over both,
+    and seed 1's numbers are those of a run with both seeds from the start. Dropping a seed is refused before anything
+    is written; config.json may hold more seeds than results.json (a --seeds resume that stopped), nothing else."""
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    before = _entries(out)
+    jobs = []
+    real = suite._run_job
+    monkeypatch.setattr(suite, "_run_job", lambda args: jobs.append(args[0].label) or real(args))
+    assert main(["run", "--resume", str(out), "--seeds", "0", "1", "--workers", "1"]) == 0
+    assert sorted(jobs) == sorted(f"ring8 seed 1 {f}" for f in ("gan", "diffusion", "held-out-real"))
+    after = _entries(out)
+    assert {k: v for k, v in after.items() if k[2] == 0} == before and len(after) == 2 * len(before)
+    assert json.loads((out / "config.json").read_text())["seeds"] == [0, 1]
+    assert load_results(out / "results.json")["config"]["seeds"] == [0, 1]
+    verdict = (out / "report.md").read_text().split("\n## Verdict\n")[1].split("\n## ")[0]
+    assert "(n=2)" in verdict and "(n=1)" not in verdict
+    assert main(_with_seeds(TINY, "0", "1") + ["--out", str(tmp_path / "unbroken")]) == 0
+    unbroken = {k: json.loads(v)["metrics"] for k, v in _entries(tmp_path / "unbroken").items()}
+    assert {k: json.loads(v)["metrics"] for k, v in after.items()} == unbroken
+    capsys.readouterr()
+
+    results = (out / "results.json").read_bytes()
+    _one_line_exit_2(["run", "--resume", str(out), "--seeds", "1", "2"], "give them all", capsys)
+    assert (out / "results.json").read_bytes() == results and json.loads((out / "config.json").read_text())[
+        "seeds"] == [0, 1]
+    jobs.clear()
+    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0 and jobs == []  # nothing left to run
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "seeds": [0, 1, 2]}))  # a --seeds resume stopped early
+    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
+    assert sorted(jobs) == sorted(f"ring8 seed 2 {f}" for f in ("gan", "diffusion", "held-out-real"))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "seeds": [0, 1], "mixtures": {**config["mixtures"],
+                                                                                           "steps": 6}}))
+    capsys.readouterr()
+    _one_line_exit_2(["run", "--resume", str(out)], "(mixtures.steps, seeds)", capsys)
+
+
+@pytest.mark.slow  # two smoke runs with the image benchmark: ~50 s on a busy 2-core machine
+def test_seeds_added_to_a_finished_smoke_run_keep_every_image_entry(tmp_path, monkeypatch):
+    """The issue's case on the smoke preset (2D and images): `--seeds 0`, then `--resume --seeds 0 1`: only seed 1's
+    jobs run (its image families and calibration rows included), every seed-0 entry and checkpoint is left as it
+    was, and the report is rebuilt over two seeds."""
+    out = tmp_path / "smoke"
+    assert main(["run", "--preset", "smoke", "--device", "cpu", "--workers", "1", "--seeds", "0", "--steps", "5",
+                 "--out", str(out)]) == 0
+    before = _entries(out)
+    checkpoints = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
+    jobs = []
+    real = suite._run_job
+    monkeypatch.setattr(suite, "_run_job", lambda args: jobs.append(args[0]) or real(args))
+    assert main(["run", "--resume", str(out), "--seeds", "0", "1", "--workers", "1"]) == 0
+    assert jobs and {job.seed for job in jobs} == {1}
+    assert {job.benchmark for job in jobs} == {"mixture", "image"}
+    after = _entries(out)
+    assert {k: v for k, v in after.items() if k[2] == 0} == before and len(after) == 2 * len(before)
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert "seeds 0, 1" in (out / "report.md").read_text()
+
+
 # ---------------------------------------------------------------- interruption and resume
 
 RESUMABLE = ["--preset", "smoke", "--device", "cpu", "--seeds", "0", "1", "--steps", "400", "--set", "images=null",

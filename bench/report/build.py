@@ -18,6 +18,8 @@ from PIL import Image
 from bench.core.files import WriteError
 from bench.core.guard import error_text
 from bench.core.rundir import RunDir, slug
+from bench.evaluate import table
+from bench.evaluate.stats import SHARE
 from bench.report.charts import (
     curve_figure,
     feature_suffix,
@@ -31,6 +33,8 @@ from bench.report.process import READ_CLOUDS, image_process_blocks, mixture_stri
 from bench.report.render import to_html, to_markdown
 from bench.report.speed import quality_cost_figures, throughput_blocks, time_blocks
 from bench.report.tables import (
+    POSITIVE,
+    bounds_of,
     calibration_note,
     calibrations,
     cell,
@@ -126,9 +130,10 @@ def _stacked_blocks(results: dict, per: list[dict]) -> list:
     for family in models(families) + calibrations(families):
         ok = [r for r in per if r["model"] == family and r["status"] == "ok"]
         if ok:
-            rows.append([label(families, family), cell([r["metrics"].get("modes") for r in ok], fmt="{:.0f}"),
-                         cell([r["metrics"].get("reverse_kl") for r in ok], fmt="{:.3f}"),
-                         cell([r["metrics"].get("num_samples") for r in ok], fmt="{:.0f}")])
+            rows.append([label(families, family), cell([r["metrics"].get("modes") for r in ok], fmt="{:.0f}",
+                                                       bounds=bounds_of(table.metric("modes"), ok)),
+                         cell([r["metrics"].get("reverse_kl") for r in ok], fmt="{:.3f}", bounds=POSITIVE),
+                         cell([r["metrics"].get("num_samples") for r in ok], fmt="{:.0f}", bounds=POSITIVE)])
     rows += [[f"*{name}*", str(modes), str(kl), "26,000"] for name, modes, kl in REFERENCE_STACKED]
     return [("p", ("Stacked MNIST protocol (Metz et al. 2017; VEEGAN; PacGAN): modes = distinct digit triples the "
                    "judge reads (of 1,000); reverse KL = KL(p_gen || p_data) over the triples, p_data the test "
@@ -182,9 +187,10 @@ def _image_notes(results: dict, per: list[dict]) -> list[str]:
         if stage:
             kept = [s.get("recon_accuracy") for s in stage]
             notes.append(f"{label(families, family)}'s autoencoder on the reference images: PSNR "
-                         f"{cell([s['psnr'] for s in stage], fmt='{:.1f}')} dB"
-                         + (f", the judge keeps the class of {cell(kept, fmt='{:.1%}')} of them (the ceiling of its "
-                            "prompt accuracy)." if None not in kept else " (no judge to read their classes)."))
+                         f"{cell([s['psnr'] for s in stage], fmt='{:.1f}', bounds=POSITIVE)} dB"
+                         + (f", the judge keeps the class of {cell(kept, fmt='{:.1%}', bounds=SHARE)} of them (the "
+                            "ceiling of its prompt accuracy)." if None not in kept else
+                            " (no judge to read their classes)."))
         curve = next((r["metrics"]["fid_curve"] for r in ok if r["metrics"].get("fid_curve")), None)
         if curve:
             notes.append(f"{label(families, family)} FID by sample count (seed {ok[0]['seed']}): "
@@ -192,7 +198,8 @@ def _image_notes(results: dict, per: list[dict]) -> list[str]:
                          f"many samples (Chong & Forsyth 2020): {cell([r['metrics'].get('fid_inf') for r in ok])}.")
         if any("fid_inception" in r["metrics"] for r in ok):
             notes.append(f"{label(families, family)} on Inception features (clean-fid's 'clean' mode): FID "
-                         f"{cell([r['metrics'].get('fid_inception') for r in ok], fmt='{:.2f}')}, KID x1e3 "
+                         f"{cell([r['metrics'].get('fid_inception') for r in ok], fmt='{:.2f}', bounds=POSITIVE)}, KID "
+                         "x1e3 "
                          f"{cell([r['metrics'].get('kid_inception') for r in ok], fmt='{:.2f}', scale=1e3)}.")
     if any(r.get("features") == "inception" for r in per):
         notes.append("This dataset has no classes for a judge: FID, KID, precision/recall and density/coverage "

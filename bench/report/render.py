@@ -3,13 +3,26 @@ HTML page (report.html, figures embedded as data URIs, no JavaScript, every stri
 and the page can be mailed alone.
 
 Blocks: ("h1" | "h2" | "h3", text), ("p", text), ("table", header, rows), ("img", path relative to the run folder,
-caption).
+caption). A table cell is a string, or a Cell: a string with the per-seed values behind it (after the text in
+Markdown, a hover title in HTML).
 """
 
 import base64
 import html
 import urllib.parse
 from pathlib import Path
+
+
+class Cell(str):
+    """A table cell's text with what stands behind it (the per-seed values of a mean over a few seeds): written after
+    the text in Markdown, a hover title in HTML. It compares and prints as its text."""
+
+    detail: str
+
+    def __new__(cls, text: str, detail: str = ""):
+        cell = super().__new__(cls, text)
+        cell.detail = detail
+        return cell
 
 
 def md_escape(text: str) -> str:
@@ -35,16 +48,27 @@ def to_markdown(blocks: list) -> str:
         elif kind == "table":
             header, rows = block[1], block[2]
             out.append("\n".join(["| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
-                                 + ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]))
+                                 + ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]))
         elif kind == "img":
             alt = md_escape(block[2]).replace("[", "\\[").replace("]", "\\]")
             out.append(f"![{alt}]({_md_link(block[1])})")
     return "\n\n".join(out) + "\n"
 
 
+def _md_cell(cell: str) -> str:
+    detail = getattr(cell, "detail", "")
+    return md_escape(cell) + (f"; {md_escape(detail)}" if detail else "")
+
+
 def _cells(row: list[str], tag: str) -> str:
-    """One HTML table row's cells; the Markdown emphasis stars of the published rows dropped."""
-    return "".join(f"<{tag}>{html.escape(c).replace('*', '')}</{tag}>" for c in row)
+    """One HTML table row's cells; the Markdown emphasis stars of the published rows dropped; a Cell's detail as the
+    cell's hover title."""
+    def one(c: str) -> str:
+        detail = getattr(c, "detail", "")
+        title = f' title="{html.escape(detail)}"' if detail else ""
+        return f"<{tag}{title}>{html.escape(c).replace('*', '')}</{tag}>"
+
+    return "".join(one(c) for c in row)
 
 
 def _data_uri(root: Path | None, rel: str) -> str | None:
@@ -87,6 +111,7 @@ def to_html(blocks: list, root: Path | None = None) -> str:
              "table{border-collapse:collapse;margin:1em 0;font-size:14px;display:block;overflow-x:auto;max-width:100%}"
              "td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
+             "td[title]{text-decoration:underline dotted #999;cursor:help}"
              "img{max-width:100%}figcaption{font-size:12px;color:#555}.missing{color:#a00}")
     return ("<!doctype html>\n<html><head><meta charset='utf-8'>"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

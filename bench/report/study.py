@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.core.files import atomic_write
-from bench.evaluate.stats import cluster_difference
+from bench.evaluate.stats import ALPHA, CLUSTER_BOOTSTRAP_COVERAGE, cluster_difference, cluster_permutation_p
 from bench.report.figures import family_colour, plt, png_bytes
 from bench.report.render import to_html, to_markdown
 
@@ -176,9 +176,10 @@ def converged_by_config(record: dict, dataset: str | None, family: str) -> list[
 
 def share_difference(record: dict, dataset: str | None) -> dict | None:
     """The families ranked by the share of converged runs per configuration (each configuration's share, averaged),
-    and the leader's lead over the runner-up with its 95% cluster-bootstrap interval: the configuration is the unit,
-    since the runs of one configuration share everything but their seed (bench/evaluate/stats.py
-    cluster_difference). None without runs of two families."""
+    and the leader's lead over the runner-up with its cluster-bootstrap interval ("lo", "hi") and the exact
+    permutation p over configurations ("p"): the configuration is the unit, since the runs of one configuration
+    share everything but their seed (bench/evaluate/stats.py cluster_difference, cluster_permutation_p). None
+    without runs of two families."""
     shares = {f: converged_by_config(record, dataset, f) for f in _families(record)}
     shares = {f: s for f, s in shares.items() if s}
     if len(shares) < 2:
@@ -187,12 +188,14 @@ def share_difference(record: dict, dataset: str | None) -> dict | None:
     first, second = sorted(shares, key=lambda f: -mean[f])[:2]
     d, lo, hi = cluster_difference(shares[first], shares[second])
     runs = {f: (round(sum(map(sum, s))), sum(map(len, s)), len(s)) for f, s in shares.items()}
-    return {"first": first, "second": second, "share": mean, "runs": runs, "difference": d, "lo": lo, "hi": hi}
+    return {"first": first, "second": second, "share": mean, "runs": runs, "difference": d, "lo": lo, "hi": hi,
+            "p": cluster_permutation_p(shares[first], shares[second])}
 
 
 def verdict(record: dict, dataset: str | None) -> str:
     """How much more likely one family is to give a converged model from a random configuration and seed, with the
-    95% interval of the difference computed with the configuration as the unit (share_difference)."""
+    interval of the difference computed with the configuration as the unit and its simulated coverage beside it;
+    resolved only where the exact permutation test over configurations gives p <= 0.05 (share_difference)."""
     s = share_difference(record, dataset)
     if s is None:
         return "Verdict: not enough runs."
@@ -203,10 +206,13 @@ def verdict(record: dict, dataset: str | None) -> str:
             f"{100 * s['share'][first]:.0f}%), {_name(second)} in {k2}/{n2} ({c2}; {100 * s['share'][second]:.0f}%): "
             f"{_name(first)} is "
             f"{100 * s['difference']:.0f} percentage points more likely than {_name(second)} to give a usable model "
-            f"(95% interval {100 * s['lo']:.0f} to {100 * s['hi']:.0f}, a cluster bootstrap over configurations: the "
-            "runs of one configuration share all but their seed, so the configuration is the unit)")
-    return text + (". The interval includes 0: the configurations do not resolve a difference." if s["lo"] <= 0
-                   else ".")
+            f"(interval {100 * s['lo']:.0f} to {100 * s['hi']:.0f}, a cluster bootstrap over configurations: the "
+            "runs of one configuration share all but their seed, so the configuration is the unit; nominally 95%, "
+            f"it covered the true difference in {CLUSTER_BOOTSTRAP_COVERAGE[0]:.0%} to "
+            f"{CLUSTER_BOOTSTRAP_COVERAGE[1]:.0%} of simulated studies of 7 configurations x 2 seeds). Exact "
+            f"permutation test over the configurations: p {s['p']:.2g}")
+    return text + (": resolved." if s["p"] <= ALPHA else
+                   ": the configurations do not resolve a difference (resolved needs p <= 0.05).")
 
 
 def best_rows(record: dict, dataset: str) -> list[list[str]]:

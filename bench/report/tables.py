@@ -3,16 +3,29 @@ table (bench/evaluate/table.py): per dataset every family at its neutral and tun
 the paired differences between model families, each family's recipe and budget, the 2D mixture tables, the
 stability diagnostics and the runs that did not finish.
 
-Cells average seeds: "mean [95% t interval]" with two or more seeds, the value alone with one (never a +- 0), and
-every table says n. Student's t interval for the mean over seeds assumes roughly normal per-seed values.
+Cells average seeds: "mean [95% interval]" with two or more seeds, the value alone with one (never a +- 0), "(same
+on every seed)" instead of an interval of width 0, the per-seed values behind the cell with at most SHOW_SEEDS seeds,
+and every table says n. The interval stays in the metric's range (bench/evaluate/stats.py bounded_interval: Student's
+t, on the logit scale for a share, clipped to the bounds otherwise); it assumes roughly normal per-seed values.
 """
 
+import itertools
 import math
 
 from bench.evaluate import table
 from bench.evaluate.stability import grad_key, loss_keys
-from bench.evaluate.stats import mean_interval, paired_difference
+from bench.evaluate.stats import (
+    MIN_RESOLVED,
+    POWER_CAP,
+    SHARE,
+    bounded_interval,
+    paired_difference,
+    seeds_needed,
+    seeds_needed_rates,
+    smallest_p,
+)
 from bench.report.figures import family_colour
+from bench.report.render import Cell
 
 # ---------------------------------------------------------------- the families as the report sees them: results.json's
 # "families" (the family table as it ran), so a report is rebuilt without any family's code, a user's included
@@ -79,14 +92,83 @@ CALIBRATION_NOTE = {
 }
 
 
-def cell(values, m=None, fmt: str = "{:.3g}", scale: float = 1.0) -> str:
-    """The mean of the finite values, with the t interval over them when there are two or more."""
-    stat = mean_interval([v for v in values if v is not None])
+SHOW_SEEDS = 5  # up to this many seeds a cell carries its per-seed values (an interval of so few says little alone)
+POSITIVE = (0.0, math.inf)  # counts, seconds, FLOPs, divergences: never below 0
+
+
+def cell(values, m=None, fmt: str = "{:.3g}", scale: float = 1.0, bounds: tuple | None = None) -> str:
+    """The mean of the finite values with its 95% interval inside `bounds` (the metric's, when m is given) when there
+    are two or more and they differ; "(same on every seed)" when they do not; the per-seed values behind it (a Cell)
+    with 2 to SHOW_SEEDS values."""
+    stat = bounded_interval([v for v in values if v is not None],
+                            bounds or (m.bounds if m is not None else (-math.inf, math.inf)))
     if stat["mean"] is None:
         return "n/a"
     show = m.display if m is not None else (lambda v: fmt.format(v * scale))
     text = show(stat["mean"])
-    return text if stat["lo"] is None else f"{text} [{show(stat['lo'])}, {show(stat['hi'])}]"
+    if stat["same"]:
+        return f"{text} (same on every seed)"
+    if stat["lo"] is not None:
+        text = f"{text} [{show(stat['lo'])}, {show(stat['hi'])}]"
+    return Cell(text, per_seed(stat["values"], show))
+
+
+def per_seed(values: list[float], show) -> str:
+    """The values of a cell over 2 to SHOW_SEEDS seeds, as the cell's detail ("" otherwise)."""
+    return f"per seed {', '.join(show(v) for v in values)}" if 2 <= len(values) <= SHOW_SEEDS else ""
+
+
+def bounds_of(m, runs: list[dict]) -> tuple[float, float]:
+    """A metric's range in these runs: the metric table's bounds, a count of modes capped at the modes there are."""
+    if m.key == "modes":
+        most = [r["metrics"]["num_modes"] for r in runs if (r.get("metrics") or {}).get("num_modes")]
+        return (0.0, float(max(most))) if most else m.bounds
+    return m.bounds
+
+
+# ---------------------------------------------------------------- a paired difference in words (DESIGN "Verdict rules")
+
+
+def evidence(d: dict, names: tuple[str, str] | None = None) -> str:
+    """The words a paired difference (bench/evaluate/stats.py paired_difference) earns, by one rule: "resolved" only
+    where the exact sign-flip p <= 0.05 (n >= MIN_RESOLVED); fewer seeds say how many agree and that the exact test
+    cannot resolve them. names = (the family a positive difference favours, the other); without them the signs are
+    counted as above or below 0."""
+    n, p = d["n"], d["p_sign"]
+    if d["why"] == "no seeds":
+        return "no seed in common"
+    if d["why"] == "no difference":
+        return f"no difference on any of {n} seed{'s' * (n != 1)}"
+    if n == 1:
+        return f"one seed; too few seeds for the exact test (p >= {smallest_p(1):.2g} at n = 1)"
+    up, down = (f"favour {names[0]}", f"favour {names[1]}") if names else ("above 0", "below 0")
+    split = f"{d['above']} of {n} seeds {up}" + (f", {d['below']} {down}" if d["below"] else "")
+    split += f", {d['ties']} tied" if d["ties"] else ""
+    if d["resolved"]:
+        return f"resolved: sign-flip p {p:.2g} ({split})"
+    if n < MIN_RESOLVED:
+        agree = max(d["above"], d["below"]) == n
+        head = f"consistent over {n} of {n} seeds" if agree else f"{split}; sign-flip p {p:.2g}"
+        return f"{head}; too few seeds for the exact test (p >= {smallest_p(n):.2g} at n = {n})"
+    return f"not resolved: sign-flip p {p:.2g} ({split})"
+
+
+def needed_text(d: dict, rates: tuple[float, float] | None = None) -> str:
+    """How many seeds the observed effect would need: stats.seeds_needed of the observed mean and sd, or
+    stats.seeds_needed_rates of two observed rates (a 0/1 outcome per seed); "" when resolved."""
+    if d["resolved"]:
+        return ""
+    if not d["mean"]:
+        return "n/a (no difference)"
+    needed = seeds_needed_rates(*rates) if rates else seeds_needed(abs(d["mean"]), d["sd"] or 0.0)
+    return f"more than {POWER_CAP}" if needed is None else str(needed)
+
+
+def interval_text(d: dict, show) -> str:
+    """A paired difference's t interval as text: "same on every seed" when it is, "n/a" with one seed."""
+    if d["same"]:
+        return "same on every seed"
+    return "n/a" if d["lo"] is None else f"[{show(d['lo'])}, {show(d['hi'])}]"
 
 
 def setting_runs(runs: list[dict], setting: str) -> list[dict]:
@@ -134,42 +216,44 @@ def image_table(results: dict, per: list[dict]) -> tuple[list[str], list[list[st
             rows.append([label(families, family), _setting_label(families, family, runs, setting),
                          f"{len(runs)}/{len(mine)}", _fid_interval(runs),
                          cell([r["metrics"].get("fid_bc") for r in runs], fmt="{:.2f}")]
-                        + [cell([table.value(r, m) for r in runs], m) for m in shown]
+                        + [cell([table.value(r, m) for r in runs], m, bounds=bounds_of(m, runs)) for m in shown]
                         + [", ".join(map(str, nfe)) or "n/a", cell([r["metrics"].get("num_samples") for r in runs],
-                                                                   fmt="{:.0f}")])
+                                                                   fmt="{:.0f}", bounds=POSITIVE)])
     return header, rows, shown
 
 
 def difference_blocks(results: dict, per: list[dict]) -> list:
-    """Each model family minus the first, at each setting, paired by seed, with its 95% interval, the sign-flip p
-    and whether it is resolved (bench/evaluate/stats.py paired_difference)."""
+    """Every pair of model families (the first minus the second, in the run's order), at each setting, paired by seed
+    over the seeds the two finished: the mean difference, its t interval, the exact sign-flip p, the words it earns
+    (evidence) and, where not resolved, the seeds the observed effect would need."""
     families = families_of(results)
     names = [f for f in models(families) if any(r["model"] == f for r in per)]
     keys = [m for m in table.verdict_metrics() if m.where()[0] == "metrics" and m.better]
     rows = []
-    for other in names[1:]:
+    for first, other in itertools.combinations(names, 2):
         for setting in ("neutral", "tuned"):
             runs = setting_runs(per, setting)
             for m in keys:
                 a, b = ({r["seed"]: table.value(r, m) for r in runs if r["model"] == f and r["status"] == "ok"
-                         and table.value(r, m) is not None} for f in (names[0], other))
+                         and table.value(r, m) is not None} for f in (first, other))
                 if not a or not b:
                     continue
-                d = paired_difference(a, b)
+                d = paired_difference(a, b, bounds=m.bounds)
                 if d["mean"] is None:
                     continue
-                interval = "n/a" if d["lo"] is None else f"[{d['lo']:+.3g}, {d['hi']:+.3g}]"
-                verdict = "resolved" if d["resolved"] else f"not resolved ({d['why']})"
-                rows.append([f"{label(families, names[0])} − {label(families, other)}", setting, m.label,
-                             f"{d['mean']:+.3g}", str(d["n"]), interval, f"{d['p_sign']:.3g}", verdict])
+                rows.append([f"{label(families, first)} − {label(families, other)}", setting, m.label,
+                             f"{d['mean']:+.3g}", str(d["n"]), interval_text(d, "{:+.3g}".format),
+                             f"{d['p_sign']:.3g}", evidence(d), needed_text(d)])
     if not rows:
         return []
-    return [("p", "Differences between the model families, paired by seed (every family shares each seed's data "
-                  "stream, prompts and sample seeds): the mean difference, n pairs, Student's t 95% interval, the "
-                  "exact sign-flip p; a difference is resolved with n >= 3 pairs, a non-zero spread and an interval "
-                  "that excludes 0."),
-            ("table", ["pair", "setting", "metric", "difference", "n", "95% interval", "sign-flip p", "verdict"],
-             rows)]
+    return [("p", "Differences between the model families, every pair, paired by seed over the seeds both finished "
+                  "(every family shares each seed's data stream, prompts and sample seeds): the mean difference, n "
+                  "pairs, Student's t 95% interval (it assumes roughly normal differences; none where the difference "
+                  "is the same on every seed), the exact sign-flip p, and the words it earns by the verdict's rule: "
+                  f"resolved only at p <= 0.05, which needs {MIN_RESOLVED} or more pairs; where not resolved, the "
+                  "seeds the observed difference would need (as in the verdict)."),
+            ("table", ["pair", "setting", "metric", "difference", "n", "95% t interval", "sign-flip p", "verdict",
+                       "seeds it would need"], rows)]
 
 
 def recipe_blocks(results: dict, per: list[dict]) -> list:
@@ -186,8 +270,9 @@ def recipe_blocks(results: dict, per: list[dict]) -> list:
                     if ema else "none")
         rows.append([label(families, family), train.get("recipe", "n/a"), ema_text,
                      " + ".join(f"{k} {v:,}" for k, v in train.get("params", {}).items()),
-                     cell([r["train"].get("flops") for r in mine]), f"{train.get('examples_seen', 0):,}",
-                     cell([r["train"].get("seconds") for r in mine], fmt="{:.0f}")])
+                     cell([r["train"].get("flops") for r in mine], bounds=POSITIVE),
+                     f"{train.get('examples_seen', 0):,}",
+                     cell([r["train"].get("seconds") for r in mine], fmt="{:.0f}", bounds=POSITIVE)])
     text = next((r["train"]["text_encoder"] for r in per if (r.get("train") or {}).get("text_encoder")), None)
     note = (f" The shared, frozen text encoder ({text['params']:,} parameters, {text['steps']} CLIP steps, "
             f"{text['seconds']:.0f} s, {text.get('flops', 0):.3g} FLOPs) is counted on no family's side." if text
@@ -251,15 +336,20 @@ def mixture_table(results: dict, runs: list[dict]) -> list[list[str]]:
             train = [r["train"] for r in ok if r.get("train")]
             sampler = mine[0].get("sampler") if mine[0].get("by_sampler") else None
             rows.append([dataset, label(families, family) + (f" ({sampler})" if sampler else ""),
-                         f"{len(ok)}/{len(mine)}", cell([r["metrics"].get("modes") for r in ok], fmt="{:.1f}"),
-                         cell([r["metrics"].get("hq_fraction") for r in ok], fmt="{:.1f}", scale=100),
-                         cell([r["metrics"].get("reverse_kl") for r in ok], fmt="{:.3f}"),
-                         cell([r["metrics"].get("mode_spread") for r in ok], fmt="{:.2f}"),
+                         f"{len(ok)}/{len(mine)}", cell([r["metrics"].get("modes") for r in ok], fmt="{:.1f}",
+                                                        bounds=_modes_range(ok)),
+                         cell([r["metrics"].get("hq_fraction") for r in ok], fmt="{:.1f}", scale=100, bounds=SHARE),
+                         cell([r["metrics"].get("reverse_kl") for r in ok], fmt="{:.3f}", bounds=POSITIVE),
+                         cell([r["metrics"].get("mode_spread") for r in ok], fmt="{:.2f}", bounds=POSITIVE),
                          f"{train[0]['params_total']:,}" if train else "n/a",
                          f"{train[0]['examples_seen']:,}" if train else "n/a",
-                         cell([t.get("seconds") for t in train], fmt="{:.1f}"),
-                         cell([t.get("flops") for t in train])])
+                         cell([t.get("seconds") for t in train], fmt="{:.1f}", bounds=POSITIVE),
+                         cell([t.get("flops") for t in train], bounds=POSITIVE)])
     return rows
+
+
+def _modes_range(runs: list[dict]) -> tuple[float, float]:
+    return bounds_of(table.metric("modes"), runs)
 
 
 def sampler_rows(runs: list[dict]) -> list[list[str]]:
@@ -271,11 +361,12 @@ def sampler_rows(runs: list[dict]) -> list[list[str]]:
         mine = [r for r in runs if r["dataset"] == r0["dataset"] and r["model"] == r0["model"] and r.get("by_sampler")]
         for sampler in r0["by_sampler"]:
             vals = [r["by_sampler"][sampler] for r in mine if sampler in r["by_sampler"]]
-            rows.append([r0["dataset"], r0["model"], sampler, cell([v.get("nfe") for v in vals], fmt="{:.0f}"),
-                         cell([v.get("modes") for v in vals], fmt="{:.1f}"),
-                         cell([v.get("hq_fraction") for v in vals], fmt="{:.1f}", scale=100),
-                         cell([v.get("reverse_kl") for v in vals], fmt="{:.3f}"),
-                         cell([v.get("sample_seconds") for v in vals], fmt="{:.2f}")])
+            rows.append([r0["dataset"], r0["model"], sampler,
+                         cell([v.get("nfe") for v in vals], fmt="{:.0f}", bounds=POSITIVE),
+                         cell([v.get("modes") for v in vals], fmt="{:.1f}", bounds=_modes_range(mine)),
+                         cell([v.get("hq_fraction") for v in vals], fmt="{:.1f}", scale=100, bounds=SHARE),
+                         cell([v.get("reverse_kl") for v in vals], fmt="{:.3f}", bounds=POSITIVE),
+                         cell([v.get("sample_seconds") for v in vals], fmt="{:.2f}", bounds=POSITIVE)])
     return rows
 
 
@@ -299,12 +390,15 @@ def stability_rows(results: dict) -> list[list[str]]:
             first = i == 0
             rows.append([dataset, label(families, family), loss.removesuffix("_final"),
                          cell([s.get(loss) for s in st]), cell([s.get(loss.replace("_final", "_min")) for s in st]),
-                         cell([s.get(loss.replace("_final", "_tail_var")) for s in st], fmt="{:.2g}"),
-                         cell([s.get(grad_key(loss) + "_spikes") for s in st], fmt="{:.1f}"),
-                         cell([s.get("d_gap") for s in st], fmt="{:.2f}") if first and "d_gap" in st[0] else "",
+                         cell([s.get(loss.replace("_final", "_tail_var")) for s in st], fmt="{:.2g}",
+                              bounds=POSITIVE),
+                         cell([s.get(grad_key(loss) + "_spikes") for s in st], fmt="{:.1f}", bounds=POSITIVE),
+                         cell([s.get("d_gap") for s in st], fmt="{:.2f}", bounds=(-1.0, 1.0))
+                         if first and "d_gap" in st[0] else "",
                          (f"{len(diverged)}/{len(st)}" + (f" (step {min(diverged)})" if diverged else "")) if first
                          else "",
-                         (f"{cell(reached, fmt='{:.0f}')} ({len(reached)}/{len(st)} reached {threshold})"
+                         (f"{cell(reached, fmt='{:.0f}', bounds=POSITIVE)} ({len(reached)}/{len(st)} reached "
+                          f"{threshold})"
                           if threshold and first else "")])
     return rows
 

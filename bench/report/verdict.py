@@ -3,32 +3,48 @@
 The rules (DESIGN.md, "Verdict rules"), for each dataset and each metric of the metric table that enters the verdict:
 
   - the families compared are the run's model families (calibration rows never lead); each cell is that family's
-    mean over its own finished seeds, with its n, and names every seed left out and why;
-  - the leader and "by" come from the paired differences over the seeds every compared family finished with a
-    finite value (DESIGN: "paired by seed"): the families are ranked by their mean over those common seeds, and
-    "by" is the mean paired difference between the leader and the runner-up (a ratio beside it for costs);
-  - "resolved" needs n >= 3 paired seeds, a non-zero spread of the differences and the paired Student t 95% interval
-    excluding 0 (bench/evaluate/stats.py paired_difference); the exact sign-flip p stands beside it;
-  - memorisation is ranked by closeness to the held-out baseline (the held-out real row's copy excess, seed by seed;
-    0 when the run has no such row), so under-fitting (no copies because no likeness) never leads it;
+    mean over its own finished seeds, with its n (and its per-seed values with at most 5), and names every seed left
+    out and why;
+  - every pair of model families is compared (GAN vs diffusion first), each pair over the seeds both of them
+    finished with a finite value ("paired by seed"): a third family's failed seed never shortens another pair; the
+    leader of a pair is the better by the mean of the paired differences, "by" that mean with its Student t 95%
+    interval beside it (a ratio too for costs);
+  - the words follow the evidence (bench/report/tables.py evidence): "resolved" only where the exact sign-flip p of
+    the paired differences is <= 0.05, which needs n >= 6 seeds; fewer seeds that agree say so in other words; counts
+    (converged seeds) and zero spread are read by the same exact test, never by a t interval;
+  - a row not resolved says how many seeds the observed effect would need (bench/evaluate/stats.py seeds_needed);
+  - memorisation (copy excess) is ranked by closeness to 0, its exact expectation for any generator that does not
+    depend on the training set; where a family's samples come near no real image no leader is named ("not
+    measurable"), so under-fitting (no copies because no likeness) never leads it;
   - stability counts outcomes by one rule (bench/evaluate/stability.py outcome): a failed or diverged seed is a
-    stability outcome, never a missing value in the other rows.
+    stability outcome, never a missing value in the other rows;
+  - a model family missing from a dataset, or with no finished seed there, is named under its verdict table.
 
 The budget axis, the training FLOPs and the parameters of each family head each dataset's verdict.
 """
 
+import itertools
 import math
 
 from bench.evaluate import table
-from bench.evaluate.stability import OUTCOMES, outcome
-from bench.evaluate.stats import mean_interval, paired_difference
+from bench.evaluate.metrics import copies_measurable
+from bench.evaluate.stability import OUTCOMES, RULE, outcome
+from bench.evaluate.stats import (
+    ALPHA,
+    CLUSTER_BOOTSTRAP_COVERAGE,
+    MIN_RESOLVED,
+    POWER,
+    POWER_CAP,
+    mean_interval,
+    paired_difference,
+)
+from bench.report.render import Cell
 from bench.report.study import share_difference
-from bench.report.tables import families_of, label, models
+from bench.report.tables import SHOW_SEEDS, evidence, families_of, label, models, needed_text
 
-ASPECTS = ("quality", "diversity", "prompt adherence", "memorisation", "stability", "cost: sampling",
-           "cost: training")
-MEMORISATION = "copy_excess"  # the memorisation row's number: near-copies of training minus of held-out images
-BASELINE = "held-out-real"  # the calibration family whose copy excess is the memorisation baseline
+ASPECTS = ("quality", "diversity", "within-class diversity", "prompt adherence", "memorisation", "stability",
+           "cost: sampling", "cost: training")
+MEMORISATION = "copy_excess"  # the memorisation row's number: 0 in expectation for any generator that does not copy
 
 
 def _seed_values(runs: list[dict], family: str, m) -> tuple[dict, list[str]]:
@@ -49,37 +65,88 @@ def _seed_values(runs: list[dict], family: str, m) -> tuple[dict, list[str]]:
 
 
 def _cell(values: dict, notes: list[str], m) -> str:
-    """A family's mean over its seeds with n, naming the seeds left out."""
+    """A family's mean over its seeds with n, naming the seeds left out; its per-seed values behind it (a Cell) with
+    2 to SHOW_SEEDS seeds."""
     if not values:
         return "n/a" + (f" ({'; '.join(notes)})" if notes else "")
     mean = sum(values.values()) / len(values)
-    text = f"{m.display_mean(mean)} (n={len(values)})"
-    return text + (f"; {'; '.join(notes)}" if notes else "")
+    text = f"{m.display_mean(mean)} (n={len(values)})" + (f"; {'; '.join(notes)}" if notes else "")
+    detail = ", ".join(f"seed {s} {m.display(v)}" for s, v in sorted(values.items()))
+    return Cell(text, detail if 2 <= len(values) <= SHOW_SEEDS else "")
 
 
-def _distance_to_baseline(runs: list[dict], family: str, m, baseline: dict) -> dict:
-    """Per seed, |copy excess - the held-out row's copy excess of that seed| (0 when the run has no held-out row)."""
-    values, _ = _seed_values(runs, family, m)
-    return {s: abs(v - baseline.get(s, 0.0)) for s, v in values.items() if not baseline or s in baseline}
+def _near_held(runs: list[dict], family: str) -> float | None:
+    """A family's mean share of near-copies of held-out images over its finished seeds (None without one)."""
+    shares = [r["metrics"]["near_copy_share_held"] for r in runs if r["model"] == family and r["status"] == "ok"
+              and isinstance((r.get("metrics") or {}).get("near_copy_share_held"), (int, float))]
+    return sum(shares) / len(shares) if shares else None
 
 
-def _ranked(per_family: dict, better: int) -> tuple[list[str], list[int]]:
-    """(families best first by their mean over the seeds every one of them has, those common seeds)."""
-    common = sorted(set.intersection(*(set(v) for v in per_family.values())))
-    if not common:
-        return list(per_family), []
-    means = {f: sum(v[s] for s in common) / len(common) for f, v in per_family.items()}
-    return sorted(per_family, key=lambda f: -better * means[f]), common
+def _unmeasurable(runs: list[dict], have: list[str], labels: dict) -> str | None:
+    """Why no memorisation leader can be named, or None: a family whose samples come near no real image (near-copies
+    of held-out images under half of fresh data's rate: bench/evaluate/metrics.py copies_measurable)."""
+    near = {f: _near_held(runs, f) for f in have}
+    blind = [f for f in have if near[f] is not None and not copies_measurable(near[f])]
+    if not blind:
+        return None
+    shares = ", ".join(f"{labels[f]} {v:.3f}" for f, v in near.items() if v is not None)
+    return (f"not measurable: the samples of {' and '.join(labels[f] for f in blind)} are near no real image "
+            f"(near-copies of held-out images: {shares}; fresh data make about 0.05), so copying cannot be told "
+            "from not copying")
 
 
-def _resolved(diff: dict) -> str:
-    p = diff.get("p_sign")
-    p_text = "" if p is None else f"; sign-flip p {p:.3g}"
-    return ("resolved" if diff["resolved"] else f"not resolved ({diff['why']})") + p_text
+def _pair(scored: dict, first: str, second: str, better: int, bounds=None) -> tuple[str, str, dict]:
+    """(leader, runner-up, their paired difference oriented so that > 0 favours the leader) of two families over the
+    seeds both have: the leader is the better by the mean difference (the first of the two on a tie)."""
+    diff = paired_difference({s: better * v for s, v in scored[first].items()},
+                             {s: better * v for s, v in scored[second].items()}, bounds=bounds)
+    if (diff["mean"] or 0) >= 0:
+        return first, second, diff
+    flipped = paired_difference({s: better * v for s, v in scored[second].items()},
+                                {s: better * v for s, v in scored[first].items()}, bounds=bounds)
+    return second, first, flipped
 
 
-def metric_row(runs: list[dict], names: list[str], m, labels: dict) -> list[str] | None:
-    """One verdict row for metric m among the families `names`, or None when fewer than two have a value."""
+def _words(diff: dict, lead: str, runner: str, labels: dict) -> str:
+    return evidence(diff, (labels[lead], labels[runner]))
+
+
+def _margin(diff: dict, m) -> str:
+    """How sure the margin is, as the "by" column shows it after the margin: n and the t interval (in the leader's
+    favour), or that the difference is the same on every seed."""
+    if diff["same"]:
+        return f"n={diff['n']}, the same on every seed"
+    if diff["lo"] is None:
+        return f"n={diff['n']}"
+    return f"n={diff['n']}; 95% t interval {m.display_mean(diff['lo'])} to {m.display_mean(diff['hi'])}"
+
+
+def _pair_row(scored: dict, first: str, second: str, m, better: int, labels: dict) -> tuple[list[str], dict]:
+    """The leads / by / seeds / seeds-it-would-need cells of one pair on one metric, and the pair's difference."""
+    lead, runner, diff = _pair(scored, first, second, better, m.bounds)
+    if not diff["n"]:
+        return ["n/a", f"{labels[first]} and {labels[second]} share no seed", "no seed in common", ""], diff
+    if not diff["mean"]:
+        return ["tie", f"0 between {labels[first]} and {labels[second]} (n={diff['n']})",
+                _words(diff, lead, runner, labels), needed_text(diff)], diff
+    by = m.display_mean(diff["mean"])
+    common = diff["seeds"]
+    lead_mean = sum(scored[lead][s] for s in common) / len(common)
+    runner_mean = sum(scored[runner][s] for s in common) / len(common)
+    if m.aspect and m.aspect.startswith("cost") and min(lead_mean, runner_mean) > 0:
+        by += f" ({max(lead_mean, runner_mean) / min(lead_mean, runner_mean):.3g}x)"
+    return [labels[lead], f"{by} over {labels[runner]} ({_margin(diff, m)})", _words(diff, lead, runner, labels),
+            needed_text(diff)], diff
+
+
+def _rows_by_pair(front: list[str], cells: list[str], pairs: list[tuple[list[str], dict]]) -> list[tuple]:
+    """One row per pair: the family cells on the first, blank on the others (the row's measure repeated)."""
+    return [(front + (cells if i == 0 else [""] * len(cells)) + tail, diff) for i, (tail, diff) in enumerate(pairs)]
+
+
+def metric_row(runs: list[dict], names: list[str], m, labels: dict) -> list[tuple[list[str], dict]] | None:
+    """The verdict rows of metric m, one per pair of the families `names` that both have values, each with its
+    paired difference; None when fewer than two families have a value."""
     cells = {f: _seed_values(runs, f, m) for f in names}
     have = [f for f in names if cells[f][0]]
     if len(have) < 2:
@@ -87,28 +154,18 @@ def metric_row(runs: list[dict], names: list[str], m, labels: dict) -> list[str]
     scored = {f: cells[f][0] for f in have}
     better, measure = m.better, m.label
     if m.key == MEMORISATION:
-        baseline = _seed_values(runs, BASELINE, m)[0]
-        scored = {f: _distance_to_baseline(runs, f, m, baseline) for f in have}
+        if why := _unmeasurable(runs, have, labels):
+            return [([m.aspect, measure] + [_cell(*cells[f], m) for f in names] + ["none", why, "", ""], {"n": 0})]
+        scored = {f: {s: abs(v) for s, v in scored[f].items()} for f in have}
         better = -1
-        measure += " (ranked by closeness to the held-out baseline)" if baseline else " (ranked by closeness to 0)"
-    order, common = _ranked(scored, better)
-    row = [m.aspect, measure] + [_cell(*cells[f], m) for f in names]
-    if not common:
-        return row + ["n/a", "no seed common to all", "not resolved (n = 0)"]
-    lead, runner = order[0], order[1]
-    diff = paired_difference({s: scored[lead][s] for s in common}, {s: scored[runner][s] for s in common})
-    if diff["mean"] == 0:
-        return row + ["tie", "0", _resolved(diff)]
-    by = m.display_mean(abs(diff["mean"]))
-    lead_mean = sum(scored[lead][s] for s in common) / len(common)
-    runner_mean = sum(scored[runner][s] for s in common) / len(common)
-    if m.aspect and m.aspect.startswith("cost") and min(lead_mean, runner_mean) > 0:
-        by += f" ({max(lead_mean, runner_mean) / min(lead_mean, runner_mean):.3g}x)"
-    return row + [labels[lead], f"{by} over {labels[runner]} (n={diff['n']})", _resolved(diff)]
+        measure += " (ranked by closeness to 0, its exact expectation for a generator that does not copy)"
+    pairs = [_pair_row(scored, a, b, m, better or 1, labels) for a, b in itertools.combinations(have, 2)]
+    return _rows_by_pair([m.aspect, measure], [_cell(*cells[f], m) for f in names], pairs)
 
 
-def stability_row(runs: list[dict], names: list[str], labels: dict) -> list[str]:
-    """Per family, its seeds by outcome (one rule for every family); the leader has more converged seeds."""
+def stability_row(runs: list[dict], names: list[str], labels: dict) -> list[tuple[list[str], dict]]:
+    """Per family, its seeds by outcome (one rule for every family); per pair, the leader has more converged seeds
+    over the seeds both ran, read by the exact sign-flip test of the 0/1 differences (never a t interval)."""
     counts, usable = {}, {}
     for f in names:
         mine = [r for r in runs if r["model"] == f and r["status"] != "interrupted"]
@@ -118,16 +175,21 @@ def stability_row(runs: list[dict], names: list[str], labels: dict) -> list[str]
                  if any(o == k for o in outcomes.values())]
         counts[f] = f"{sum(usable[f].values()):.0f}/{len(outcomes)} converged" + (f" ({', '.join(parts)})"
                                                                                      if parts else "")
-    order, common = _ranked(usable, +1)
-    row = ["stability", "runs converged (usable: not failed, diverged, collapsed or low-quality)"]
-    row += [counts[f] for f in names]
-    if not common:
-        return row + ["n/a", "", "not resolved (n = 0)"]
-    diff = paired_difference({s: usable[order[0]][s] for s in common}, {s: usable[order[1]][s] for s in common})
-    if diff["mean"] == 0:
-        return row + ["tie", "0 seeds", _resolved(diff)]
-    return row + [labels[order[0]], f"{diff['mean']:.0%} of seeds over {labels[order[1]]} (n={diff['n']})",
-                  _resolved(diff)]
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        lead, runner, diff = _pair(usable, a, b, +1)
+        if not diff["n"]:
+            pairs.append((["n/a", f"{labels[a]} and {labels[b]} share no seed", "no seed in common", ""], diff))
+            continue
+        if not diff["mean"]:
+            pairs.append((["tie", f"0 seeds between {labels[a]} and {labels[b]} (n={diff['n']})",
+                           _words(diff, lead, runner, labels), needed_text(diff)], diff))
+            continue
+        rates = [sum(usable[f][s] for s in diff["seeds"]) / diff["n"] for f in (lead, runner)]
+        pairs.append(([labels[lead], f"{diff['mean']:.0%} of seeds over {labels[runner]} (n={diff['n']})",
+                       _words(diff, lead, runner, labels), needed_text(diff, rates)], diff))
+    front = ["stability", "runs converged (usable: not failed, diverged, collapsed or low-quality)"]
+    return _rows_by_pair(front, [counts[f] for f in names], pairs)
 
 
 def budget_rows(runs: list[dict], names: list[str], labels: dict) -> list[list[str]]:
@@ -148,28 +210,40 @@ def budget_rows(runs: list[dict], names: list[str], labels: dict) -> list[list[s
     return rows
 
 
-def dataset_verdict(runs: list[dict], names: list[str], labels: dict) -> tuple[list, int]:
-    """(rows of one dataset's verdict table, the number of rows tested), rows in the order of ASPECTS."""
-    rows = [r for m in table.verdict_metrics() if (r := metric_row(runs, names, m, labels)) is not None]
-    rows.append(stability_row(runs, names, labels))
-    rows.sort(key=lambda r: ASPECTS.index(r[0]) if r[0] in ASPECTS else len(ASPECTS))
-    return rows, sum(1 for r in rows if r[-1].startswith(("resolved", "not resolved")))
+def dataset_verdict(runs: list[dict], names: list[str], labels: dict) -> tuple[list, list[dict]]:
+    """(rows of one dataset's verdict table in the order of ASPECTS, the paired difference of every comparison)."""
+    found = [r for m in table.verdict_metrics() if (r := metric_row(runs, names, m, labels)) is not None]
+    found.append(stability_row(runs, names, labels))
+    pairs = [p for rows in found for p in rows]
+    pairs.sort(key=lambda p: ASPECTS.index(p[0][0]) if p[0][0] in ASPECTS else len(ASPECTS))
+    return [row for row, _ in pairs], [diff for _, diff in pairs]
 
 
-def multiplicity_line(tested: int) -> str:
-    """What testing many rows at 5% means for one false "resolved"."""
-    if tested < 2:
+def multiplicity_line(diffs: list[dict]) -> str:
+    """What testing many comparisons at 5% means for one false "resolved": only those with enough seeds for the exact
+    test to resolve them can be a false alarm."""
+    diffs = [d for d in diffs if d["n"]]  # a pair with no seed in common is no comparison
+    testable = [d for d in diffs if d["n"] >= MIN_RESOLVED]
+    if not diffs:
         return ""
-    chance = 1 - 0.95**tested
-    return (f"{tested} rows were each tested at the 5% level: were no difference real, the chance that at least one "
-            f"of them reads 'resolved' is up to {chance:.0%} (1 - 0.95^{tested}, less when rows move together); a "
-            f"row whose sign-flip p is above 0.05 / {tested} = {0.05 / tested:.2g} (Bonferroni) is weak evidence "
-            "on its own.")
+    if not testable:
+        return (f"None of the {len(diffs)} comparisons has the {MIN_RESOLVED} paired seeds the exact test needs to "
+                "resolve a difference at 5%: none reads 'resolved', so none can be a false alarm; `gvd run --resume "
+                "RUN_DIR --seeds ...` adds seeds to this run.")
+    k = len(testable)
+    resolved = [d for d in testable if d["resolved"]]
+    strict = sum(d["p_sign"] <= ALPHA / k for d in resolved)
+    return (f"{k} of the {len(diffs)} comparisons had the {MIN_RESOLVED} or more paired seeds the exact test needs "
+            f"and were each tested at the 5% level; {len(resolved)} read 'resolved'. Were no difference real, the "
+            f"chance that at least one of the {k} reads 'resolved' is up to {1 - (1 - ALPHA) ** k:.0%} (1 - 0.95^{k}, "
+            f"less when rows move together); {strict} of the resolved have a sign-flip p at or below 0.05 / {k} = "
+            f"{ALPHA / k:.2g} (Bonferroni) and hold across the page, the others on their own.")
 
 
 def study_line(study: dict, dataset: str, labels: dict) -> str | None:
     """The stability study's outcome on this dataset, beside the run's stability row: the share of converged runs
-    per configuration of each family, and the lead with its interval taking the configuration as the unit."""
+    per configuration of each family, and the lead with its interval taking the configuration as the unit; resolved
+    only where the exact permutation test over configurations gives p <= 0.05 (the rule of the rows above)."""
     if dataset not in study.get("study", {}).get("datasets", []):
         return None
     s = share_difference(study, dataset)
@@ -178,40 +252,91 @@ def study_line(study: dict, dataset: str, labels: dict) -> str | None:
     info = study["study"]
     shares = ", ".join(f"{labels.get(f, f)} {s['runs'][f][0]}/{s['runs'][f][1]} runs ({s['share'][f]:.0%} per "
                        f"configuration)" for f in s["share"])
-    resolved = "resolved" if s["lo"] > 0 else "not resolved (the interval includes 0)"
+    resolved = ("resolved" if s["p"] <= ALPHA else "not resolved") + f" (permutation p {s['p']:.2g} over the "
+    resolved += "configurations)"
     lead = labels.get(s["first"], s["first"])
+    low, high = CLUSTER_BOOTSTRAP_COVERAGE
     return (f"Stability study beside it ({info['k']} random configurations x {info['seeds']} seeds per family, "
             f"{info['steps']:,} steps; `gvd study stability`): converged {shares}; {lead} leads by "
-            f"{s['difference']:.0%} (95% cluster-bootstrap interval {s['lo']:.0%} to {s['hi']:.0%}, the "
-            f"configuration as the unit): {resolved}.")
+            f"{s['difference']:.0%} (cluster-bootstrap interval {s['lo']:.0%} to {s['hi']:.0%}, the configuration "
+            f"as the unit; nominally 95%, it covered the true difference in {low:.0%} to {high:.0%} of simulated "
+            f"studies of 7 configurations x 2 seeds): {resolved}.")
+
+
+VERDICT_RULE = (
+    "Per dataset, each model family at its neutral knob: its mean over its finished seeds with n (the per-seed values "
+    "behind it with at most 5 seeds), and for every pair of model families the leader and by how much, from the "
+    "differences paired by seed over the seeds both finished. The words follow the evidence, by one rule: "
+    f"'resolved' only where the exact sign-flip test of the paired differences gives p <= 0.05, which needs at least "
+    f"{MIN_RESOLVED} paired seeds (n seeds cannot give p below 2 / 2^n: 0.25 at n = 3, 0.0625 at n = 5); fewer seeds "
+    "that all agree read 'consistent over k of n seeds; too few seeds for the exact test'. The test assumes only "
+    "that the differences are symmetric about 0 when there is no difference, so counts of converged seeds, zero "
+    "spread and float rounding are read by the same rule. Beside the margin stands the paired Student t 95% "
+    "interval, for what it is (it assumes roughly normal differences; none where the difference is the same on "
+    "every seed). 'Seeds it would need', for a row not resolved: the fewest paired seeds at which the exact test at "
+    f"5% would resolve the observed effect in {POWER:.0%} of simulated replications, taking the observed mean and sd "
+    "of the paired differences as true and the differences as normal (for the stability row, each family's observed "
+    f"share of converged seeds as its true rate), looked for up to {POWER_CAP}. Calibration rows (held-out real, "
+    "copier) are in the tables below, never here.")
+
+
+def outcome_rule() -> str:
+    """The stability row's rule, the same for both benchmarks, side by side (bench/evaluate/stability.py RULE)."""
+    return ("The stability row counts each seed's outcome by one rule for both benchmarks, each measured against "
+            "fresh data at the same sample count (on images the held-out real row on the same prompts), the first "
+            "that applies: failed or diverged; " + "; ".join(f"{name}: {what}" for name, what in RULE)
+            + "; else converged.")
+
+
+def _benchmark(results: dict, dataset: str) -> str:
+    mixtures = (results.get("config") or {}).get("mixtures") or {}
+    return "mixture" if dataset in (mixtures.get("datasets") or []) else "image"
+
+
+def absent_note(results: dict, runs: list[dict], names: list[str], dataset: str, labels: dict) -> str | None:
+    """The model families a dataset's verdict lacks or compares without a finished seed, each named with why."""
+    families, benchmark = families_of(results), _benchmark(results, dataset)
+    notes = []
+    for f in names:
+        mine = [r for r in runs if r["model"] == f]
+        if not mine:
+            runs_here = benchmark in (families[f].get("benchmarks") or [benchmark])
+            what = "the 2D mixtures" if benchmark == "mixture" else "the image benchmark"
+            notes.append(f"{labels[f]}: no run on this dataset" if runs_here else
+                         f"{labels[f]}: does not run on {what}")
+        elif not any(r["status"] == "ok" for r in mine):
+            why = ", ".join(f"seed {r['seed']} {r['status']}" for r in mine)
+            notes.append(f"{labels[f]}: no finished seed ({why}); it counts in the stability row only")
+    return ("Not compared here: " + "; ".join(notes) + ".") if notes else None
 
 
 def verdict_blocks(results: dict, study: dict | None = None) -> list:
-    """The verdict section: per dataset, the budget table and the verdict table (report blocks); where a stability
-    study of the dataset is given, its outcome beside the stability row."""
+    """The verdict section: per dataset, the budget table and the verdict table (report blocks), the model families
+    it lacks named under it; where a stability study of the dataset is given, its outcome beside the stability
+    row; the multiplicity line last."""
     families = families_of(results)
     names, labels = models(families), {f: label(families, f) for f in families}
     if len(names) < 2:
         return []
-    blocks = [("h2", "Verdict"), ("p", (
-        "Per dataset, each model family at its neutral knob: its mean over its finished seeds with n, the leader and "
-        "by how much from the differences paired by seed (the seeds every compared family finished), and whether "
-        "the seeds resolve it: n >= 3 paired seeds, a non-zero spread and a paired Student t 95% interval that "
-        "excludes 0 (the t interval assumes roughly normal per-seed differences; the exact sign-flip p beside it "
-        "assumes only symmetry, and with n <= 5 seeds it cannot go below 0.0625). Calibration rows (held-out real, "
-        "copier) are in the tables below, never here."))]
-    tested = 0
+    blocks = [("h2", "Verdict"), ("p", VERDICT_RULE), ("p", outcome_rule())]
+    tested = []
     for dataset in dict.fromkeys(r["dataset"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         present = [f for f in names if any(r["model"] == f for r in runs)]
+        blocks.append(("h3", f"Verdict: {dataset}"))
+        note = absent_note(results, runs, names, dataset, labels)
         if len(present) < 2:
+            blocks.append(("p", f"Nothing to compare: {len(present)} model famil{'y' if len(present) == 1 else 'ies'}"
+                                f" ran on this dataset. " + (note or "")))
             continue
-        rows, n = dataset_verdict(runs, present, labels)
-        tested += n
-        blocks += [("h3", f"Verdict: {dataset}"),
-                   ("table", ["family", "parameters", "ratio", "training FLOPs", "ratio", "examples seen"],
+        rows, diffs = dataset_verdict(runs, present, labels)
+        tested += diffs
+        blocks += [("table", ["family", "parameters", "ratio", "training FLOPs", "ratio", "examples seen"],
                     budget_rows(runs, present, labels)),
-                   ("table", ["aspect", "measure"] + [labels[f] for f in present] + ["leads", "by", "seeds"], rows)]
+                   ("table", ["aspect", "measure"] + [labels[f] for f in present]
+                    + ["leads", "by", "seeds", "seeds it would need"], rows)]
+        if note:
+            blocks.append(("p", note))
         if study and (line := study_line(study, dataset, labels)):
             blocks.append(("p", line))
     if line := multiplicity_line(tested):

@@ -5,6 +5,10 @@ when it was measured. Everything else ("failed", "interrupted", missing) is run 
 state it last saved (bench/train_state.py: at an interval, after the last step and on SIGINT / SIGTERM). Every
 training seeds itself from (dataset, model, seed) alone, so a rerun entry gets the numbers it would have had in one
 unbroken run.
+
+`gvd run --resume RUN_DIR --seeds 0 1 2 3 4 5` adds seeds to a run (finished or not): the seeds it had must all be in
+the list; the new ones run, every kept entry stays as it was (byte for byte in results.json), config.json records the
+new list, and the report is rebuilt over every seed. The seeds are the only setting a resume may change.
 """
 
 import dataclasses
@@ -64,10 +68,25 @@ def load_run(root: Path) -> tuple[SuiteConfig, dict]:
         previous = load_results(results_path)
     except ValueError as exc:
         raise PreflightError(str(exc).splitlines()[0]) from None
-    if (differ := _config_differences(to_dict(cfg), previous["config"])) and previous["runs"]:
+    differ = _config_differences(to_dict(cfg), previous["config"])
+    if set(previous["config"].get("seeds") or []) <= set(cfg.seeds):  # more seeds: a --seeds resume that stopped
+        differ = [k for k in differ if k != "seeds"]
+    if differ and previous["runs"]:
         raise PreflightError(f"--resume {root}: config.json does not match the config its results.json was run with "
                              f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}); a resume would mix runs")
     return cfg, previous
+
+
+def add_seeds(cfg: SuiteConfig, seeds: list[int], root: Path) -> list[int]:
+    """`--resume --seeds`: the run's config with `seeds` (which must hold every seed the run has; the new ones after
+    them in the order given); returns the seeds added. PreflightError names the seeds it would drop."""
+    dropped = [s for s in cfg.seeds if s not in seeds]
+    if dropped:
+        raise PreflightError(f"--resume {root} --seeds: the run has seeds {' '.join(map(str, cfg.seeds))}; give them "
+                             f"all with the ones to add (dropping {' '.join(map(str, dropped))} would mix runs)")
+    added = [s for s in dict.fromkeys(seeds) if s not in cfg.seeds]
+    cfg.seeds = list(cfg.seeds) + added  # checked with the rest of the config before anything is written
+    return added
 
 
 def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
