@@ -70,6 +70,24 @@ def test_results_json_follows_the_schema(smoke_run):
     assert seen["gan"] == seen["diffusion"]
 
 
+def test_the_held_out_real_row_reads_converged_and_every_image_entry_names_its_baseline(smoke_run):
+    """The outcome rule measures every run against fresh data at the same sample count: the held-out real row (fresh
+    data itself) reads converged on both benchmarks, and each image entry records the held-out readings it was
+    measured against; the run carries the known-answer panel of its image dataset."""
+    from bench.evaluate.stability import outcome
+
+    results = json.loads((smoke_run / "results.json").read_text())
+    heldout = [r for r in results["runs"] if r["model"] == "held-out-real"]
+    assert {r["dataset"] for r in heldout} == {"ring8", "grid25", "shapes"}
+    for r in heldout:
+        assert outcome(r["status"], r["metrics"], r.get("baseline")) == "converged", r["dataset"]
+    for r in results["runs"]:
+        if r["dataset"] == "shapes":
+            assert r["baseline"]["num_samples"] == r["metrics"]["num_samples"]
+    assert set(results["panel"]) == {"shapes"}
+    assert "shapes: what each number sees (the known-answer panel)" in (smoke_run / "report.md").read_text()
+
+
 def test_image_runs_are_scored_with_every_metric(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     runs = [r for r in results["runs"] if r["dataset"] == "shapes"]
@@ -337,7 +355,7 @@ def test_a_users_family_runs_beside_the_built_in_ones_and_shows_everywhere(tmp_p
     assert mine["tuned"]["value"] in (0.0, 0.2, 0.5) and results["families"]["mean"]["label"] == "class means"
     report = (runs[0] / "report.md").read_text()
     assert "| class means | neutral (sigma = 0.2) |" in report  # the family's table row, at its own knob
-    assert "| aspect | measure | GAN | diffusion | class means | leads | by | seeds |" in report  # in the verdict
+    assert "| aspect | measure | GAN | diffusion | class means | leads | by | seeds | seeds it would need |" in report
     assert "mean" in (runs[0] / "metrics.csv").read_text()
     assert main(["report", str(runs[0])]) == 0 and (runs[0] / "report.md").read_text() == report
     assert main(["compare", str(runs[0]), str(runs[1]), "--out", str(tmp_path)]) == 0

@@ -15,7 +15,8 @@ Each is drawn for the scored prompts of cfg.panel_seeds seeds (the prompts and p
 run's own sample count, and scored by bench/evaluate/images.py (score, memorisation_record) and the outcome rule
 (bench/evaluate/stability.py). Per instrument and defect the panel keeps the mean reading and how far it sits from
 fresh data's in noise units: (mean - fresh mean) / the pooled spread over seeds of the two, signed so that a positive
-number is a move the wrong way for a generator ("worse"). CLAIMS says which defects each instrument is named after:
+number is a move the wrong way for a generator ("worse"); where both read the same on every seed and differ, the move
+is beyond any noise ("beyond": "+" or "-", units None). CLAIMS says which defects each instrument is named after:
 a claimed defect must move it at least MIN_UNITS the worse way, or the instrument is named as failing. Unclaimed
 cells are shown too (an instrument that cannot see a defect is a fact to know, e.g. the judge's FID and one image
 per class).
@@ -42,7 +43,7 @@ from bench.families.interface import Trained
 from bench.families.text import network_configs
 from models.dcgan import Generator
 
-PANEL_VERSION = 1  # part of the cache key: bump when a defect, a claim or the scoring changes
+PANEL_VERSION = 2  # part of the cache key: bump when a defect, a claim or the scoring changes
 MIN_UNITS = 2.0  # a claimed defect must move its instrument this many noise units the worse way
 PER_CLASS = 4  # "k per class"
 NOISE_STD = 0.2  # "noised", in [-1, 1] pixel units
@@ -191,6 +192,8 @@ def summarise(readings: list[dict[str, dict]]) -> dict:
             cells[defect.name] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))
                                   if len(values) > 1 else 0.0, "units": units, "claimed": claimed,
                                   "passed": (units is not None and units >= MIN_UNITS) if claimed else None}
+            if units is not None and math.isinf(units):  # constant readings that differ: JSON keeps no infinity
+                cells[defect.name].update(units=None, beyond="+" if units > 0 else "-")
             if key == "copy_excess" and not copies_measurable(
                     np.mean([r[defect.name].get("near_copy_share_held", 0.0) for r in readings])):
                 cells[defect.name].update(measurable=False, units=None)

@@ -432,8 +432,9 @@ def _panel_cell(c: dict, m) -> str:
     text = m.display_mean(c["mean"]) if m is not None else f"{c['mean']:.3g}"
     units = c.get("units")
     if units is not None:
-        size = "∞" if math.isinf(units) else f"{abs(units):.1f}"
-        text += f" ({'+' if units >= 0 else '−'}{size})"
+        text += f" ({'+' if units >= 0 else '−'}{abs(units):.1f})"
+    elif c.get("beyond"):  # the same on every seed, and different: beyond any noise
+        text += f" ({'+' if c['beyond'] == '+' else '−'}∞)"
     return text + {True: " ✓", False: " ✗", None: ""}[c.get("passed")]
 
 
