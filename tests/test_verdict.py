@@ -53,7 +53,8 @@ def test_the_leader_comes_from_the_paired_seeds_not_each_familys_own_mean():
     """GAN FID 10/30/31 on seeds 0-2; diffusion 12/32 and seed 2 diverged. Each family's own mean says diffusion
     (22 < 23.7); paired over the seeds both finished, the GAN is 2 better on every one."""
     runs = [_entry("gan", s, fid_lf=f) for s, f in enumerate([10.0, 30.0, 31.0])]
-    runs += [_entry("diffusion", 0, fid_lf=12.0), _entry("diffusion", 1, fid_lf=32.0), _entry("diffusion", 2, "diverged")]
+    runs += [_entry("diffusion", 0, fid_lf=12.0), _entry("diffusion", 1, fid_lf=32.0),
+             _entry("diffusion", 2, "diverged")]
     fid = _rows(runs)["FID"]
     assert fid["leads"] == "GAN" and fid["by"] == "2.00 over diffusion (n=2, the same on every seed)"
     assert fid["GAN"] == "23.67 (n=3)" and fid["diffusion"] == "22.00 (n=2); seed 2 diverged"
@@ -122,7 +123,8 @@ def test_ten_seeds_always_converged_against_never_is_resolved():
 def test_a_third_family_failing_a_seed_leaves_gan_vs_diffusion_on_its_own_three_seeds():
     """GAN, diffusion and a third family; the third's seed 1 failed. Every pair is compared over the seeds it shares:
     GAN vs diffusion keeps n = 3, the pairs with the third n = 2; the multiplicity line counts all three pairs."""
-    runs = [_entry("gan", s, fid_lf=30.0 + s) for s in range(3)] + [_entry("diffusion", s, fid_lf=20.0 + s) for s in range(3)]
+    runs = [_entry("gan", s, fid_lf=30.0 + s) for s in range(3)]
+    runs += [_entry("diffusion", s, fid_lf=20.0 + s) for s in range(3)]
     runs += [_entry("third", 0, fid_lf=25.0), {**_entry("third", 1, "failed"), "error": "boom"},
              _entry("third", 2, fid_lf=27.0)]
     fid = _pair_rows(runs, THREE, "FID")
@@ -300,7 +302,8 @@ def test_the_example_tables_keep_every_interval_in_range_and_none_on_a_constant(
 def test_the_differences_table_compares_every_pair_in_the_verdicts_words():
     """Every pair of model families, each over its own common seeds (the third's failed seed 1 shortens only its
     pairs), with the t interval, the sign-flip p, the words and the seeds the effect would need."""
-    runs = [_entry("gan", s, fid_lf=30.0 + s) for s in range(3)] + [_entry("diffusion", s, fid_lf=20.0 + s) for s in range(3)]
+    runs = [_entry("gan", s, fid_lf=30.0 + s) for s in range(3)]
+    runs += [_entry("diffusion", s, fid_lf=20.0 + s) for s in range(3)]
     runs += [_entry("third", 0, fid_lf=25.0), {**_entry("third", 1, "failed"), "error": "boom"},
              _entry("third", 2, fid_lf=26.0)]
     text, table_ = difference_blocks({"families": THREE, "runs": runs, "config": {}}, runs)
