@@ -60,16 +60,19 @@ def _ring_metrics(points_per_mode: dict[int, int], far: int = 0, jitter: float =
 
 def test_one_of_each_outcome_on_hand_made_cases():
     every_mode = {k: 100 for k in range(8)}
-    converged = _ring_metrics(every_mode, jitter=0.005)  # within 3 std = 0.03 of a mode (6 sd of the jitter's norm)
+    converged = _ring_metrics(every_mode, jitter=0.006)  # within 3 std = 0.03 of a mode (5 sd of the jitter), spread 0.6
     assert converged["modes"] == 8 and converged["hq_fraction"] == 1.0
     assert classify(GAN_OK, "gan", converged, 0.5) == "converged"
     assert classify(DIFF_OK, "diffusion", converged, 0.5) == "converged"
     collapsed = _ring_metrics({0: 300, 3: 300, 5: 200})  # every sample sharp, 3 of 8 modes
     assert classify(GAN_OK, "gan", collapsed, 0.5) == "mode-collapsed"
-    blurry = _ring_metrics(every_mode, far=1200)  # 800 of 2,000 samples on a mode: 40% high quality
+    blurry = _ring_metrics(every_mode, far=1200, jitter=0.006)  # 800 of 2,000 samples near a mode: 40% high quality
     assert blurry["hq_fraction"] == pytest.approx(0.4)
     assert classify(DIFF_OK, "diffusion", blurry, 0.5) == "low-quality"
     assert classify(DIFF_OK, "diffusion", blurry, 0.4) == "converged"  # the threshold is inclusive
+    points = _ring_metrics(every_mode)  # every mode, every sample on its centre: collapse within each mode
+    assert points["modes"] == 8 and points["mode_spread"] == 0.0
+    assert classify(GAN_OK, "gan", points, 0.5) == "mode-collapsed"
     nan_gan = GAN_OK[:3] + [{"step": 3, "d_loss": float("nan"), "g_loss": 0.8}]
     nan_diff = DIFF_OK[:2] + [{"step": 2, "loss": float("inf")}]
     assert classify(nan_gan, "gan", converged, 0.5) == "diverged"  # divergence wins over good final samples
