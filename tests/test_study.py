@@ -60,7 +60,7 @@ def _ring_metrics(points_per_mode: dict[int, int], far: int = 0, jitter: float =
 
 def test_one_of_each_outcome_on_hand_made_cases():
     every_mode = {k: 100 for k in range(8)}
-    converged = _ring_metrics(every_mode, jitter=0.006)  # within 3 std = 0.03 of a mode (5 sd of the jitter), spread 0.6
+    converged = _ring_metrics(every_mode, jitter=0.006)  # within 3 std = 0.03 of a mode; spread 0.6
     assert converged["modes"] == 8 and converged["hq_fraction"] == 1.0
     assert classify(GAN_OK, "gan", converged, 0.5) == "converged"
     assert classify(DIFF_OK, "diffusion", converged, 0.5) == "converged"
