@@ -335,10 +335,16 @@ def _cmd_speed(args) -> int:
     if args.history:
         return _speed_history(args)
     from bench.core.files import write_json
+    from bench.core.guard import stop_on_signals
     from bench.speed.gate import append_record, report, speed_run
 
     opts = _speed_options(args)
-    result = speed_run(args.revisions, opts, Path(args.against) if args.against else None)
+    try:
+        with stop_on_signals():  # Ctrl-C or SIGTERM: the processes stop and the worktrees go before the exit
+            result = speed_run(args.revisions, opts, Path(args.against) if args.against else None)
+    except Interrupted as stop:
+        print(f"gvd speed: interrupted ({stop}); nothing written", file=sys.stderr)
+        return stop.exit_code
     code, text = report(result, opts, args.fail_on_counters)
     print(text, end="")
     if args.out:

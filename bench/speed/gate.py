@@ -65,7 +65,7 @@ class Options:
     device: str = "cpu"
     threads: int = 1  # torch threads of each timed process
     clock: str = "cpu"  # cpu | wall on the CPU; CUDA always times with events
-    block_s: float = 0.15  # target seconds of one block (k calls); a longer call is a block alone
+    block_s: float = 0.1  # target seconds of one block (k calls); a longer call is a block alone
     processes: int = 2  # timed processes per revision, blocks spread over them at random (module docstring)
     inject: float = 0.0  # HEAD's UNet forward slowed by this fraction (calibration only)
     seed: int = 0  # the order of the rounds

@@ -26,6 +26,7 @@ import gc
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -389,8 +390,11 @@ def prepare(setup: dict) -> tuple[dict, dict]:
     for name, b in benches.items():
         if b.grad:  # lazily built state (the optimiser's moments) is neither counted nor timed
             _call(b)
-        counted = counters(b, device) if setup.get("count", True) else None
-        ready[name] = {"what": b.what, "estimate": _estimate(b, device), "counters": counted}
+        if setup.get("count", True):  # the first process of each side: the others only time
+            ready[name] = {"what": b.what, "counters": counters(b, device), "estimate": _estimate(b, device)}
+        else:
+            _call(b)
+            ready[name] = {"what": b.what, "counters": None, "estimate": None}
     if setup.get("inject"):  # after the counters (the busy wait runs no op, but they stay the code's own)
         inject_slowdown(benches, setup["inject"], device)
     samplers = sorted(importlib.import_module("models.samplers").SAMPLERS)
@@ -419,6 +423,7 @@ def serve(setup: dict, requests, reply: Callable[[dict], None]) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the group: the parent stops us
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever the code under test prints goes to stderr, not into the protocol
 
