@@ -1,11 +1,13 @@
 """`gvd speed BASE [HEAD]`: is HEAD slower than BASE? Decided on the machine at hand, however loaded.
 
-How (README: Speed regressions):
+How (README: Is HEAD slower?):
   1. each git revision is checked out in its own temporary worktree (HEAD left out: the working tree as it is);
-  2. one timed process per revision (bench/speed/probe.py): the tool's benchmark definitions, timer and counters, the
-     revision's models/; both processes build the same seeded networks, warm up and count (exact counters);
-  3. rounds: in each, every benchmark runs one block of k calls in BASE's process and one in HEAD's, back to back
-     in a random order, so the load of that moment falls on both; a block's value is the median of its k calls on
+  2. Options.processes timed processes per revision (bench/speed/probe.py): the tool's benchmark definitions, timer
+     and counters, the revision's models/; all build the same seeded networks; the first of each side counts (exact
+     counters) and times an estimate that sizes the blocks;
+  3. rounds: in each, every benchmark runs one block of k calls on BASE's side and one on HEAD's, back to back in a
+     random order, each in one of its side's processes drawn at random, so the load of that moment falls on both
+     and a process's own lasting speed (its memory layout) is averaged over; a block's value is its fastest call on
      the clock (CPU: the process's CPU time, which waiting for a core does not advance; CUDA: events);
   4. after each round from the MIN_ROUNDS-th on, each benchmark's paired blocks give the ratio HEAD/BASE with its
      95% interval and a rank test's p (bench/speed/rankstats.py); a benchmark is settled once it has an answer,
@@ -15,7 +17,6 @@ Exit status: 0 no regression, 1 a regression (a benchmark slower, or with --fail
 2 bad input, 3 inconclusive. `--against FILE` compares HEAD with the blocks saved by an earlier `--out FILE` of the
 same machine instead of timing BASE now: the weaker mode (the load then and now differ; nothing cancels it).
 """
-
 import contextlib
 import datetime
 import json
@@ -171,7 +172,8 @@ def bench_spec(name: str, seed: int = 0) -> dict:
             "prediction": img.diffusion.prediction, "steps": parse_sampler(img.sampler)[1], "guidance": GUIDANCE,
             "batch": 8, "loop_batch": 1, "train_batch": 32, "tokens": text.max_len, "width": text.width,
             "embed": text.embed_dim, "resolution": img.resolution, "gan_loss": img.gan.loss, "gan_lr": img.gan.lr,
-            "unet_lr": img.diffusion_train.lr, "seed": seed, "samplers": sorted(SAMPLERS)}
+            "gan_betas": list(img.gan.betas), "unet_lr": img.diffusion_train.lr,
+            "unet_betas": list(img.diffusion_train.betas), "seed": seed, "samplers": sorted(SAMPLERS)}
 
 
 # ---------------------------------------------------------------- the timed processes
@@ -530,10 +532,10 @@ def answer_line(result: dict, code: int, opts: Options) -> str:
         by.setdefault(b["answer"], []).append(f"{name} {b['ratio'] - 1:+.1%}")
     changed = [n for n, b in result["benchmarks"].items() if b["counter_changes"]]
     if code == 1:
-        what = ("slower: " + ", ".join(by["slower"])) if "slower" in by else ""
-        what += ("; " if what else "") + (f"counters changed: {', '.join(changed)}" if changed and
-                                          result.get("fail_on_counters") else "")
-        return f"Answer: {what} (exit 1)"
+        parts = [f"slower: {', '.join(by['slower'])}"] if "slower" in by else []
+        if changed and result.get("fail_on_counters"):
+            parts.append(f"counters changed: {', '.join(changed)}")
+        return f"Answer: {'; '.join(parts)} (exit 1)"
     if code == 3:
         return f"Answer: inconclusive: {_more(result, opts)} (exit 3)"
     said = ", ".join(f"{len(v)} {k}" for k, v in sorted(by.items()))

@@ -97,8 +97,8 @@ def _api(root: Path) -> dict:
 
 def _slowed(forward: Callable, fraction: float, clock: Callable[[], float], cuda: bool) -> Callable:
     """forward followed by a busy wait of `fraction` of the time it took on `clock` (the injected slowdown). The wait
-    reads the clock every SPIN_CHUNK empty iterations (a few microseconds): the CPU clock is a system call, and a
-    wait made of system calls slows the next forward pass too (measured: 9.5% asked, 9.5% got; chunked: 10.2%)."""
+    reads the clock every SPIN_CHUNK empty iterations (a few microseconds): reading the CPU clock, a system call, at
+    every iteration undershot (the quick preset's UNet forward, one process: 9.5% for 10% asked; chunked: 10.2%)."""
 
     def slow(*args, **kwargs):
         t0 = clock()
@@ -161,8 +161,8 @@ def _training(api: dict, spec: dict, cfgs: dict, inp: dict, alpha_bar, device) -
     n = spec["train_batch"]
     G, D = api["Generator"](cfgs["dcgan"]).to(device), api["Discriminator"](cfgs["dcgan"]).to(device)
     unet = api["UNet"](cfgs["unet"]).to(device)
-    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=spec["gan_lr"], betas=(0.5, 0.999)) for m in (G, D))
-    opt_u = torch.optim.AdamW(unet.parameters(), lr=spec["unet_lr"], betas=(0.9, 0.99))
+    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=spec["gan_lr"], betas=spec["gan_betas"]) for m in (G, D))
+    opt_u = torch.optim.AdamW(unet.parameters(), lr=spec["unet_lr"], betas=spec["unet_betas"])
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     res = spec["resolution"]
     real = (torch.rand(n, spec["dcgan"]["channels"], res, res, generator=g) * 2 - 1).to(device)  # (n, C, R, R)
