@@ -265,6 +265,7 @@ def _repo(tmp: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow  # a scratch repository and four timed processes: about 30-50 s
 def test_each_revision_runs_its_own_models_and_a_counter_change_fails_the_gate(tmp_path):
     """BASE is the repository's commit, HEAD its working tree with one more op in guidance: only the guided
     benchmarks' counters change, and --fail-on-counters makes that exit 1 whatever the clocks say."""
@@ -285,6 +286,7 @@ def test_each_revision_runs_its_own_models_and_a_counter_change_fails_the_gate(t
     assert len(worktrees.strip().splitlines()) == 1  # BASE's temporary worktree is gone
 
 
+@pytest.mark.slow  # a scratch repository and four timed processes: about 30-50 s
 def test_a_revision_without_an_api_is_one_line_and_exit_2(tmp_path):
     repo = _repo(tmp_path)
     path = repo / "models" / "samplers.py"
