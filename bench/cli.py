@@ -8,6 +8,8 @@
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
   gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
   gvd calibrate [--preset NAME]  the known-answer panel: what each metric reads on generators with known defects
+  gvd speed BASE [HEAD] [--budget S] [--against FILE] [--record FILE]   is HEAD slower than BASE? (exit 1, 3: unsure)
+  gvd speed --history FILE      each benchmark over the recorded revisions, with change points
   gvd throughput | study stability | datasets | presets
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
@@ -346,6 +348,72 @@ def _cmd_calibrate(args) -> int | None:
     return 1 if failed else None
 
 
+def _speed_options(args):
+    """gvd speed's flags checked (one line, exit 2, before anything runs) and turned into bench/speed/gate Options."""
+    from bench.run.preflight import check_finite, check_output_file
+    from bench.speed.gate import Options, SpeedError
+
+    check_finite(args.budget, "--budget", low=0, strict=True)
+    check_finite(args.threshold, "--threshold", low=0, strict=True)
+    check_finite(args.inject, "--inject", low=0)
+    if args.threshold >= 50:
+        raise SpeedError(f"--threshold is in percent and must be below 50, got {args.threshold:g}")
+    if args.inject >= 1:
+        raise SpeedError(f"--inject is a fraction of the UNet forward's time, below 1 (0.1 = 10%), got {args.inject:g}")
+    if args.threads < 1:
+        raise SpeedError("--threads must be at least 1")
+    if args.inject and (args.against or args.record):
+        raise SpeedError("--inject calibrates the interleaved gate: it goes with neither --against nor --record")
+    if args.out:
+        check_output_file(Path(args.out), ".json")
+    if args.record:
+        check_output_file(Path(args.record), ".jsonl", "--record")
+    device = _device(args.device).type
+    return Options(budget=args.budget, threshold=args.threshold / 100, preset=args.preset, device=device,
+                   threads=args.threads, clock="device" if device == "cuda" else args.clock, inject=args.inject,
+                   seed=args.seed)
+
+
+def _cmd_speed(args) -> int:
+    """bench/speed/gate.py does the work: exit 0 no regression, 1 a regression, 2 bad input, 3 inconclusive."""
+    if args.history:
+        return _speed_history(args)
+    from bench.core.files import write_json
+    from bench.core.guard import stop_on_signals
+    from bench.speed.gate import append_record, report, speed_run
+
+    opts = _speed_options(args)
+    try:
+        with stop_on_signals():  # Ctrl-C or SIGTERM: the processes stop and the worktrees go before the exit
+            result = speed_run(args.revisions, opts, Path(args.against) if args.against else None)
+    except Interrupted as stop:
+        print(f"gvd speed: interrupted ({stop}); nothing written", file=sys.stderr)
+        return stop.exit_code
+    code, text = report(result, opts, args.fail_on_counters)
+    print(text, end="")
+    if args.out:
+        write_json(Path(args.out), result)
+        print(f"wrote {args.out}")
+    if args.record:
+        append_record(Path(args.record), result)
+        print(f"appended to {args.record}")
+    return code
+
+
+def _speed_history(args) -> int:
+    from bench.run.preflight import check_output_file
+    from bench.speed.gate import SpeedError
+    from bench.speed.history import draw_history
+
+    if args.revisions or args.against or args.record or args.inject:
+        raise SpeedError("--history draws a recorded file: give no revisions, --against, --record or --inject")
+    path = Path(args.history)
+    out = Path(args.out) if args.out else path.with_suffix(".png")
+    check_output_file(out, ".png")
+    print(draw_history(path, out, args.threshold / 100), end="")
+    return 0
+
+
 def _cmd_datasets(args) -> None:
     for name, desc in catalog.dataset_names().items():
         print(f"{name:20s} {desc}")
@@ -484,6 +552,41 @@ def _add_throughput(sub) -> None:
     thr.set_defaults(func=_cmd_throughput)
 
 
+def _add_speed(sub) -> None:
+    spd = sub.add_parser("speed", help="is HEAD slower than BASE? both revisions timed interleaved on this machine, "
+                                       "with exact counters (exit 1 slower, 3 inconclusive)")
+    spd.add_argument("revisions", nargs="*", metavar="REV",
+                     help="BASE [HEAD]: git revisions (HEAD left out: the working tree); `HEAD HEAD` is the A/A test")
+    spd.add_argument("--budget", type=float, default=120.0,
+                     help="seconds of interleaved timing (default 120; at least two rounds run)")
+    spd.add_argument("--threshold", type=float, default=5.0,
+                     help="percent: a ratio whose interval lies within +-threshold is 'no change' (default 5)")
+    spd.add_argument("--preset", default=catalog.DEFAULT_PRESET,
+                     help=f"whose image networks and sampler steps are timed (default {catalog.DEFAULT_PRESET})")
+    spd.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="(default cpu)")
+    spd.add_argument("--threads", type=int, default=1, help="torch threads of each timed process (default 1)")
+    spd.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
+                     help="CPU runs: the processes' CPU time (default; waiting for a core does not count) or wall "
+                          "time (counts waits too, and every other process's load); CUDA runs use CUDA events")
+    spd.add_argument("--against", metavar="FILE",
+                     help="compare HEAD with a result saved by --out on this machine instead of timing BASE now "
+                          "(weaker: the load then and now differ)")
+    spd.add_argument("--fail-on-counters", action="store_true",
+                     help="exit 1 when any exact counter changed (NFE, network passes, FLOPs, aten ops, allocations)")
+    spd.add_argument("--record", metavar="FILE.jsonl", help="append this result to a history file")
+    spd.add_argument("--history", metavar="FILE.jsonl",
+                     help="draw each benchmark over the recorded revisions with its change points (needs the "
+                          "history extra) and print the table; no timing")
+    spd.add_argument("--out", metavar="FILE",
+                     help="write the full result (every block, every counter) as JSON; with --history: the PNG "
+                          "(default FILE.png beside the history)")
+    spd.add_argument("--inject", type=float, default=0.0, metavar="FRACTION",
+                     help="calibration: slow HEAD's UNet forward by this fraction of its own time (0.1 = 10%%) in the "
+                          "timed process, to measure the gate's power")
+    spd.add_argument("--seed", type=int, default=0, help="seed of the random order within rounds (default 0)")
+    spd.set_defaults(func=_cmd_speed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -496,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_sample(sub)
     _add_throughput(sub)
+    _add_speed(sub)
     _add_study(sub)
     cal = sub.add_parser("calibrate", help="the known-answer panel: what each instrument reads on generators with one "
                                            "known defect each (cached; also in every run's report)")

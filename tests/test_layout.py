@@ -22,6 +22,7 @@ ROOMS = ["catalog", "errors", "core", "data", "train", "config", "families", "ev
 # Optional dependencies, imported late so that everything else works without them: (file, top-level package).
 OPTIONAL = {
     ("speed/gpu_check.py", "diffusers"),  # the `peers` extra, only for the comparison with diffusers' UNet
+    ("speed/history.py", "ruptures"),  # the `history` extra, only for the change points of `gvd speed --history`
 }
 LATE_IMPORTS = {"cli.py"}  # each subcommand imports its stack when it runs (an instant --help; module docstring)
 
