@@ -22,6 +22,7 @@ ROOMS = ["catalog", "errors", "core", "data", "train", "config", "families", "ev
 # Optional dependencies, imported late so that everything else works without them: (file, top-level package).
 OPTIONAL = {
     ("speed/gpu_check.py", "diffusers"),  # the `peers` extra, only for the comparison with diffusers' UNet
+    ("core/executor.py", "ray"),  # the `ray` extra, only for --executor ray
 }
 LATE_IMPORTS = {"cli.py"}  # each subcommand imports its stack when it runs (an instant --help; module docstring)
 
