@@ -3,6 +3,7 @@ extra, the flags that cannot go together, and one local worker per visible GPU, 
 count mocked: no GPU is touched)."""
 
 import os
+import socket
 import sys
 import time
 
@@ -80,3 +81,17 @@ def test_each_local_worker_is_pinned_to_its_own_gpu(monkeypatch):
         by_worker.setdefault(pid, set()).add(gpu)
     assert len(by_worker) == 2 and sorted(g for gpus in by_worker.values() for g in gpus) == ["4", "6"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_exit_2(tmp_path, capsys):
+    """ray.init would retry a dead address for minutes: gvd asks the port first, and says so in one line."""
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    assert main(["run", "--preset", "smoke", "--device", "cpu", "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--address 127.0.0.1:{port}: no Ray cluster answers there" in err
+    assert not out.exists()

@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -59,6 +60,7 @@ STOP_SECONDS = pool.STOP_SECONDS  # how long cancelled tasks may take to save th
 POLL_SECONDS = 0.5  # the longest the driver waits on the tasks between on_poll calls (and signal checks)
 SEND_SECONDS = 1.0  # how often a task looks for changed files in its `keep` folders
 SEND_TIMEOUT = 10.0  # how long a stopped task waits for its last files to reach the mailbox
+CONNECT_SECONDS = 10.0  # how long --address may take to answer
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def session(executor: Executor):
     if ray.is_initialized():  # the caller's own connection (a notebook, a test): used, and left as it is
         yield
         return
+    if executor.address not in (None, "auto"):
+        _answers(executor.address)
     options = {"address": executor.address} if executor.address else {
         "address": "local", "num_cpus": executor.workers or None, "include_dashboard": False}
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init sets its own; this process's comes back after
@@ -131,6 +135,19 @@ def session(executor: Executor):
     finally:
         ray.shutdown()
         signal.signal(signal.SIGTERM, sigterm)
+
+
+def _answers(address: str) -> None:
+    """UserError unless something listens at HOST:PORT (ray.init would wait there for minutes, retrying)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address:  # a ray:// client address: Ray's own check
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise UserError(f"--address {address}: no Ray cluster answers there ({why}); `ray start --head` prints the "
+                        "address of the one it starts") from None
 
 
 @dataclass(frozen=True)
