@@ -15,6 +15,7 @@ inside the command functions below are there for that reason.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -349,7 +350,7 @@ def _cmd_study(args) -> None:
     executor = _executor(args, device)
     if args.report_only and not (out / "runs").is_dir():
         raise UserError(f"{out} has no runs/ folder: no study to report")
-    with session(executor):
+    with session(executor) if not args.report_only else contextlib.nullcontext():  # nothing to run: no Ray
         record = run_study(study, out, device, workers=executor.workers, train=not args.report_only,
                            executor=executor)
     converged = {}

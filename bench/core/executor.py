@@ -24,11 +24,12 @@ On Ray each job is a task asking for `threads` CPUs and, on CUDA, one GPU. What 
 
 So the nodes need no shared filesystem. A task whose worker or node is lost is retried by Ray (RETRIES times) on any
 node, from the latest training state its mailbox holds (the state a training saves on its interval, at most a tenth of
-its steps old): on the CPU the retried job's numbers equal an unbroken run's. A task stopped by SIGTERM (its node shut
-down) saves its training's state at the end of the step and sends it before its worker exits, so the retry loses
-nothing. A signal to the driver (Interrupted) cancels this run's tasks only (ray.cancel: SIGINT in the task, so a
-training saves its state at its step's end), waits STOP_SECONDS for them, writes what they sent, force-cancels any
-left, and propagates; the cluster runs on. The stages the jobs enter reach on_stage through the mailbox.
+its steps old), and the driver says so; on the CPU the retried job's numbers equal an unbroken run's. A task stopped by
+SIGTERM (its node shut down) saves its training's state at the end of the step and sends it before its worker exits,
+where the node can still send. A signal to the driver (Interrupted) cancels this run's tasks only (ray.cancel:
+SIGINT in the task, so a training saves its state at its step's end), waits STOP_SECONDS for them, writes what they
+sent, force-cancels any left, and propagates; the cluster runs on. The stages the jobs enter reach on_stage through
+the mailbox.
 """
 
 import contextlib
@@ -184,6 +185,7 @@ def _run_ray(fn, jobs: list, record, shipping: Shipping, resources: dict, on_sta
     run_dir = RunDir(shipping.root)
     cache = shipping.cache() if shipping.cache is not None else None
     shared = ray.put({p.relative_to(cache).as_posix(): p.read_bytes() for p in shipping.shared if p.is_file()})
+    _warn_unfit(ray, resources)
     task = ray.remote(_task)
     running = {}  # ObjectRef -> (key, job)
     try:
@@ -209,6 +211,15 @@ def _run_ray(fn, jobs: list, record, shipping: Shipping, resources: dict, on_sta
         raise
     finally:
         ray.kill(mailbox)
+
+
+def _warn_unfit(ray, resources: dict) -> None:
+    """One line when no node of the cluster has what a job asks for: Ray would wait, silently, for one to join."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= resources["num_cpus"] and r.get("GPU", 0) >= resources["num_gpus"] for r in nodes):
+        gpu = " and a GPU" if resources["num_gpus"] else ""
+        tqdm.write(f"no node of the Ray cluster has {resources['num_cpus']} CPU(s){gpu}, what each job asks for "
+                   "(job_threads, --device): the jobs wait until such a node joins")
 
 
 def _collect(ray, ref, job, run_dir: RunDir, label) -> tuple[str, object]:
