@@ -1,7 +1,7 @@
 """The `gvd` command (also `python -m bench`).
 
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
-          [--family NAME=MODULE:FACTORY ...] [--force]
+          [--family NAME=MODULE:FACTORY ...] [--workers N] [--executor local|ray [--address HOST:PORT]] [--force]
   gvd run --resume RUN_DIR [--seeds 0 1 2 3]   continue a stopped run (its finished entries kept, the rest rerun),
                                                or add seeds to a run
   gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
@@ -19,6 +19,7 @@ inside the command functions below are there for that reason.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -112,22 +113,37 @@ def _rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _executor(args, device):
+    """--executor, --workers and --address as an Executor (bench/core/executor.py), checked before anything is
+    written: without the ray extra, --executor ray is one line naming it."""
+    from bench.core import distributed
+    from bench.core.executor import choose
+
+    executor = choose(args.executor, device, args.workers, args.address)
+    if executor.kind == "ray" and distributed.launched():
+        raise UserError("--executor ray schedules the job list on a cluster; torchrun runs one training over several "
+                        "processes: use one or the other")
+    return executor
+
+
 def _cmd_run(args) -> int | None:
     from bench.core import distributed
+    from bench.core.executor import session
     from bench.run.preflight import check_writable_dir, claim_run_dir, run_lock
-    from bench.run.suite import default_workers, run_suite
+    from bench.run.suite import run_suite
 
     cfg, out, previous = _run_config(args)
     _check_inputs(cfg, args)
     check_writable_dir(out)
     device = _device(args.device)
-    with run_lock(out, active=_rank0()):  # one gvd run per folder (a second --resume is refused)
+    executor = _executor(args, device)
+    with session(executor), run_lock(out, active=_rank0()):  # one gvd run per folder (a second --resume is refused)
         if previous is None and _rank0() and (archive := claim_run_dir(out, args.force)) is not None:
             print(f"moved the run that was in {out} to {archive}")
         study = str(_study_dir(args.study)) if args.study else None
         with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
-            results = run_suite(cfg, out, device, workers=args.workers or default_workers(device),
-                                previous=previous, study=study)
+            results = run_suite(cfg, out, device, workers=executor.workers, previous=previous, study=study,
+                                executor=executor)
             main = distributed.is_main()
     bad = [r for r in results["runs"] if r["status"] != "ok"]
     if not main:
@@ -333,7 +349,7 @@ def _cmd_calibrate(args) -> int | None:
     if out is not None:
         check_output_file(out, ".json")
     device = _device(args.device)
-    panels = {d: p for d in cfg.images.datasets if (p := warm_up(d, cfg.images, device, cache_dir())) is not None}
+    panels = {d: p for d in cfg.images.datasets if (p := warm_up(d, cfg.images, device, cache_dir())[0]) is not None}
     if not panels:
         raise UserError("no dataset of this preset has a judge and held-out images to build the panel from")
     failed = []
@@ -427,9 +443,9 @@ def _cmd_presets(args) -> None:
 def _cmd_study(args) -> None:
     """gvd study stability: K configurations x S seeds per family on the 2D mixtures (bench/run/study.py)."""
     from bench.config import apply_override
+    from bench.core.executor import session
     from bench.run.preflight import check_writable_dir
     from bench.run.study import StudyConfig, run_study, validate_study
-    from bench.run.suite import default_workers
 
     study = StudyConfig()
     for name in ("k", "seeds", "steps", "datasets"):
@@ -443,9 +459,12 @@ def _cmd_study(args) -> None:
     out = Path(args.out)
     check_writable_dir(out)  # before any training: `--out FILE/sub` is one line, not a traceback after the runs
     device = _device(args.device)
+    executor = _executor(args, device)
     if args.report_only and not (out / "runs").is_dir():
         raise UserError(f"{out} has no runs/ folder: no study to report")
-    record = run_study(study, out, device, workers=args.workers or default_workers(device), train=not args.report_only)
+    with session(executor) if not args.report_only else contextlib.nullcontext():  # nothing to run: no Ray
+        record = run_study(study, out, device, workers=executor.workers, train=not args.report_only,
+                           executor=executor)
     converged = {}
     for r in record["runs"]:
         converged[r["family"]] = converged.get(r["family"], 0) + (r["outcome"] == "converged")
@@ -475,7 +494,10 @@ def _add_study(sub) -> None:
     stab.add_argument("--k", type=int, help="configurations drawn per family (default 7)")
     stab.add_argument("--seeds", type=int, help="training seeds per configuration (default 2)")
     stab.add_argument("--steps", type=int, help="training steps of every run (default 2000, the toy preset's)")
-    stab.add_argument("--workers", type=int, help="runs at once, one process each (default: one per CPU core)")
+    stab.add_argument("--workers", type=int, help="runs at once, one process each (default: one per CPU core, or "
+                                                  "one per GPU with CUDA); with --executor ray: the CPUs of the Ray "
+                                                  "that gvd starts")
+    _add_executor(stab)
     stab.add_argument("--datasets", nargs="+", help="2D mixtures (default ring8 grid25)")
     stab.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     stab.add_argument("--report-only", action="store_true",
@@ -483,6 +505,15 @@ def _add_study(sub) -> None:
     stab.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="override a study field, e.g. --set hq_threshold=0.8 --set sampler=ddim:50 (repeatable)")
     stab.set_defaults(func=_cmd_study)
+
+
+def _add_executor(parser) -> None:
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where the jobs run: local, this machine's process pool (default); ray, a Ray cluster "
+                             "(pip install -e \".[ray]\"; README: Beyond one machine)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --executor ray: the cluster to join (`ray start --head` prints it; auto: the one "
+                             "running on this machine); default: gvd starts a Ray of its own here and stops it after")
 
 
 def _add_run(sub) -> None:
@@ -501,7 +532,9 @@ def _add_run(sub) -> None:
                           "(and scores class-less folders)")
     run.add_argument("--workers", type=int,
                      help="jobs at once (a 2D run, an image family on one dataset and seed), one process each "
-                          "(default: one per CPU core; 1 on CUDA)")
+                          "(default: one per CPU core, or one per GPU with CUDA, each pinned to its GPU); with "
+                          "--executor ray: the CPUs of the Ray that gvd starts")
+    _add_executor(run)
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set mixtures.gan.lr=1e-4 (repeatable)")
     run.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",

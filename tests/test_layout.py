@@ -23,6 +23,7 @@ ROOMS = ["catalog", "errors", "core", "data", "train", "config", "families", "ev
 OPTIONAL = {
     ("speed/gpu_check.py", "diffusers"),  # the `peers` extra, only for the comparison with diffusers' UNet
     ("speed/history.py", "ruptures"),  # the `history` extra, only for the change points of `gvd speed --history`
+    ("core/executor.py", "ray"),  # the `ray` extra, only for --executor ray
 }
 LATE_IMPORTS = {"cli.py"}  # each subcommand imports its stack when it runs (an instant --help; module docstring)
 

@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,28 @@ def _reason(exc: Exception) -> str:
         return exc.strerror or str(exc)
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return re.sub(r" \(os error \d+\)$", "", text.split("I/O error: ")[-1])
+
+
+_noting: list[set] = []  # the sets of the open noting_cache() blocks
+
+
+@contextmanager
+def noting_cache():
+    """Yields the set of the cache files (under $GVD_CACHE: judges, text encoders, reference features) read or written
+    within the block: what a job needs from the cache, so that a job on another machine gets the files instead of
+    making them again (bench/core/executor.py ships them to a Ray cluster's nodes)."""
+    seen: set[Path] = set()
+    _noting.append(seen)
+    try:
+        yield seen
+    finally:
+        _noting.remove(seen)
+
+
+def used_cache(*paths) -> None:
+    """Note cache files that were read or written (noting_cache)."""
+    for seen in _noting:
+        seen.update(Path(p) for p in paths)
 
 
 def json_safe(value):

@@ -12,7 +12,8 @@ When the jobs cannot go on (Interrupted in the parent under guard.stop_on_signal
 raised, a worker that died) the results that had arrived are recorded, every busy worker gets SIGTERM (a training
 saves what it holds first) and STOP_SECONDS to go, an idle one is told to exit, none is left behind, and the cause
 propagates; a worker that died is WorkerLost. The stages the jobs enter (bench/core/stages.py) reach on_stage(label,
-stage) in the parent over the same pipes.
+stage) in the parent over the same pipes. With CUDA devices given (`gpus`), worker i sees only gpus[i] (it starts with
+CUDA_VISIBLE_DEVICES set to it), so each job's "cuda" is its worker's own GPU.
 """
 
 import contextlib
@@ -89,11 +90,28 @@ def _end_with(parent: int) -> None:
         exit_worker(128 + signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def _visible(gpu: str | None):
+    """CUDA_VISIBLE_DEVICES=gpu in the environment a worker starts with (set in the child instead, it would come too
+    late if an import there had asked torch about CUDA already)."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        yield
+    finally:
+        if gpu is not None and before is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        elif gpu is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 class _Worker:
-    def __init__(self, context, fn):
+    def __init__(self, context, fn, gpu: str | None = None):
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_serve, args=(child, fn, os.getpid()), daemon=True)
-        self.process.start()
+        with _visible(gpu):
+            self.process.start()
         child.close()
         self.job = None  # the job it runs, None while idle
 
@@ -107,12 +125,13 @@ class _Worker:
                              f"{label(job)}") from None
 
 
-def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None, label=None) -> None:
+def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None, label=None, gpus=()) -> None:
     """record(job, fn(job)) for every job as it finishes, `workers` at a time (module docstring); on_stage(label,
     stage) for every stage a job enters, on_poll() every POLL_SECONDS or sooner while jobs run in workers; label(job)
-    names a job in WorkerLost (default: the .label of the job or of its first item). fn must be a module-level
-    function (it is pickled to the workers), jobs picklable."""
-    label = label or _label
+    names a job in WorkerLost (default: the .label of the job or of its first item); gpus: CUDA device ids, worker i
+    pinned to gpus[i % len(gpus)]. fn must be a module-level function (it is pickled to the workers), jobs
+    picklable."""
+    label = label or job_label
     if min(workers, len(jobs)) <= 1:
         stages.listen(on_stage)
         try:
@@ -122,7 +141,7 @@ def run_jobs(fn, jobs: list, workers: int, record, on_stage=None, on_poll=None, 
             stages.listen(None)
         return
     context = multiprocessing.get_context("spawn")
-    team = [_Worker(context, fn) for _ in range(min(workers, len(jobs)))]
+    team = [_Worker(context, fn, gpus[i % len(gpus)] if gpus else None) for i in range(min(workers, len(jobs)))]
     todo, finished = list(jobs), False
     try:
         while todo or any(w.job is not None for w in team):
@@ -170,7 +189,7 @@ def _hear(worker: _Worker, record, on_stage, label) -> None:
                          f"{label(worker.job)}, with nothing sent back (killed? out of memory?)")
 
 
-def _label(job) -> str:
+def job_label(job) -> str:
     first = job[0] if isinstance(job, tuple) and job else job
     return str(getattr(first, "label", first))
 

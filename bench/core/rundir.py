@@ -104,15 +104,19 @@ class RunDir:
         """A training's resumable state (bench/train/state.py); removed once its entry is in results.json."""
         return self.root / "state" / f"{self.run_id(dataset, seed)}_{part}.safetensors"
 
+    def state_files(self, dataset: str, seed: int, family: str) -> list[Path]:
+        """The saved states of a family's trainings (bench/train/state.py StateFiles: "<family>" and
+        "<family>-<part>") that are there."""
+        folder = self.root / "state"
+        parts = sorted(folder.glob(f"{self.run_id(dataset, seed)}_{family}-*.safetensors")) if folder.is_dir() else []
+        return [p for p in [self.state_path(dataset, seed, family), *parts] if p.is_file()]
+
     def remove_states(self, dataset: str, seed: int, family: str) -> None:
-        """The states of a family's trainings (bench/train/state.py StateFiles: "<family>" and "<family>-<part>") once
-        results.json holds its entry as finished. [ddp] Rank 0 owns the files."""
+        """The states of a family's trainings once results.json holds its entry as finished. [ddp] Rank 0 owns the
+        files."""
         if not distributed.is_main():
             return
-        self.state_path(dataset, seed, family).unlink(missing_ok=True)
-        folder = self.root / "state"
-        parts = folder.glob(f"{self.run_id(dataset, seed)}_{family}-*.safetensors") if folder.is_dir() else []
-        for path in sorted(parts):
+        for path in self.state_files(dataset, seed, family):
             path.unlink(missing_ok=True)
 
     def grid_path(self, dataset: str, seed: int, part: str) -> Path:
@@ -141,6 +145,30 @@ class RunDir:
         return Path(path).relative_to(self.root).as_posix()
 
     # --- reads and writes
+    def files(self, folder: str = "", taken: dict | None = None) -> dict[str, bytes]:
+        """Every file under the run folder (or under one of its folders) as bytes, by its path relative to the root
+        (forward slashes); the temporary files of writes under way left out. taken: {path: (size, mtime)} of files
+        read before, left out while unchanged (updated with what is read now)."""
+        out = {}
+        base = self.root / folder
+        for path in sorted(base.rglob("*")) if base.is_dir() else []:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            name, stat = self.relative(path), path.stat()
+            if taken is not None and taken.get(name) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            out[name] = path.read_bytes()
+            if taken is not None:
+                taken[name] = (stat.st_size, stat.st_mtime_ns)
+        return out
+
+    def write_file(self, relative: str, data: bytes) -> None:
+        """A file that a job made in a folder of its own (a Ray task's, on another machine), written at the same
+        place in this run folder."""
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise ValueError(f"{relative!r} is not a path inside the run folder")
+        _write(self.root / relative, data)
+
     def write_config(self, config: dict) -> None:
         _write(self.root / "config.json", json_text(config))
 

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from bench.core.files import atomic_write, module_hash, save_tensors
+from bench.core.files import atomic_write, module_hash, save_tensors, used_cache
 from bench.data.images import ImageData, split_hash
 from models.layers import setting
 
@@ -195,6 +195,7 @@ def load_or_train(kind: str, data: ImageData, test: ImageData, data_key: dict, c
     key = _key(kind, data, test, data_key, cfg)
     weights = os.path.join(cache_dir, f"{kind}-{key[:20]}.safetensors")
     meta_path = weights.replace(".safetensors", ".json")
+    used_cache(weights, meta_path)  # a job on another machine gets these files (bench/core/executor.py)
     if (reader := _load(weights, meta_path, device)) is not None:
         return reader
     reader = (train_label_free if kind == "label-free" else train_factor_reader)(data, test, cfg, device)

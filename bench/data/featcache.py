@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.core.files import atomic_write, content_hash
+from bench.core.files import atomic_write, content_hash, used_cache
 
 CACHE_VERSION = 1  # part of the key: bump when the feature pipeline changes
 
@@ -41,6 +41,7 @@ def cached_features(images, backbone, cache_dir: str | Path) -> tuple[np.ndarray
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     folder = Path(cache_dir) / "features"
     npy, meta_path = folder / f"{key[:32]}.npy", folder / f"{key[:32]}.json"
+    used_cache(npy, meta_path)
     if (feats := _read_entry(npy, meta_path, key)) is not None:
         return feats, True
     feats = np.asarray(backbone.features(images), dtype=np.float64)

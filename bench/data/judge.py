@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from bench.core.files import atomic_write, module_hash, save_tensors
+from bench.core.files import atomic_write, module_hash, save_tensors, used_cache
 from bench.data.images import DataError, ImageData, split_hash
 from models.layers import setting
 
@@ -192,6 +192,7 @@ def load_or_train_judge(data: ImageData, test: ImageData, data_key: dict, cfg: J
     key = judge_key(data, test, data_key, cfg)
     weights = os.path.join(cache_dir, f"judge-{key[:20]}.safetensors")
     meta_path = weights.replace(".safetensors", ".json")
+    used_cache(weights, meta_path)
     judge = _load_cached(weights, meta_path, device)
     if judge is not None:
         return judge

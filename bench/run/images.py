@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core import distributed
-from bench.core.files import WriteError
+from bench.core.files import WriteError, noting_cache, used_cache
 from bench.core.guard import error_text, failed_status, hold_signals
 from bench.core.results import failed_entry
 from bench.core.rundir import RunDir, load_checkpoint, save_checkpoint
@@ -136,6 +136,7 @@ def load_or_train_text(prep: Prepared, cfg, device, progress: bool = True) -> tu
     settings exists (a damaged one is retrained), else trained (_train_text) and cached. Returns (text models, its
     training history, its record)."""
     path = prep.cache_dir / f"text-{_text_key(prep, cfg, device)[:20]}.safetensors"
+    used_cache(path)
     with distributed.main_first():  # [ddp] rank 0 trains and caches it; the others read the cache
         try:
             states, meta = load_checkpoint(path)
@@ -362,21 +363,24 @@ def write_process(run: RunDir, prep: Prepared, ev: EvalSet, families: list[Famil
             tqdm.write(f"{prep.dataset} seed {seed}: {family.name}'s process figures failed: {error_text(exc)}")
 
 
-def warm_up(dataset: str, cfg, device, cache_dir) -> dict | None:
+def warm_up(dataset: str, cfg, device, cache_dir) -> tuple[dict | None, list[Path]]:
     """What every job of a dataset reads from the cache, made once before the jobs start (on every core this process
-    has): the judge, the label-free readers, the text encoder, the judge's features of the real image sets, and the
-    known-answer panel (bench/evaluate/panel.py), which it returns (None where there is none). A judge below its
-    accuracy floor stops here; each job then records its entries as failed."""
-    with stage("data and judge"):
-        prep = prepare(dataset, cfg, device, cache_dir)
+    has): the judge, the label-free readers, the text encoder and the judge's features of the real image sets; then
+    the known-answer panel (bench/evaluate/panel.py), which only the driver needs. Returns (the panel, None where
+    there is none; the cache files the jobs read: what a job on another machine needs, bench/core/executor.py). A
+    judge below its accuracy floor stops here; each job then records its entries as failed."""
+    with noting_cache() as used:
+        with stage("data and judge"):
+            prep = prepare(dataset, cfg, device, cache_dir)
+        if prep.failure is None:
+            with stage("text encoder"):
+                shared = train_shared(prep, cfg, device)
+            with stage("evaluation set (prompts, reference features)"):
+                eval_set(prep, shared.text, cfg, 0, device)
     if prep.failure is not None:
-        return None
-    with stage("text encoder"):
-        shared = train_shared(prep, cfg, device)
-    with stage("evaluation set (prompts, reference features)"):
-        eval_set(prep, shared.text, cfg, 0, device)
+        return None, sorted(used)
     with stage("known-answer panel"), distributed.main_first():  # [ddp] rank 0 computes and caches it
-        return calibration_panel(prep, shared.text, cfg, device)
+        return calibration_panel(prep, shared.text, cfg, device), sorted(used)
 
 
 # ---------------------------------------------------------------- `gvd sample`

@@ -32,9 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.config import ConfigError, MixtureBenchConfig, parse_sampler
+from bench.core.executor import Executor, Shipping, execute
 from bench.core.files import versions, write_json
 from bench.core.guard import Interrupted, stop_on_signals
-from bench.core.pool import run_jobs, torch_threads
+from bench.core.pool import torch_threads
 from bench.data.mixtures import MIXTURES
 from bench.errors import WorkerLost
 from bench.evaluate.stability import divergence_step, history_losses, outcome, stability
@@ -184,9 +185,11 @@ def _finished(path: Path, knobs: dict, spec: dict) -> dict | None:
     return entry if same else None
 
 
-def _job(job) -> dict:
-    """One run, in a worker process or in this one, on `threads` torch threads (restored after); writes its file."""
+def _job(job, root=None) -> dict:
+    """One run, in a worker process or in this one, on `threads` torch threads (restored after); writes its file
+    (under `root` instead of the study folder when given: a Ray task's own folder, bench/core/executor.py)."""
     family, config_id, knobs, dataset, seed, study, device, threads, path = job
+    path = path if root is None else run_path(root, dataset, family, config_id, seed)
     with torch_threads(threads):
         try:
             entry = run_one(family, knobs, dataset, seed, study, device)
@@ -199,10 +202,10 @@ def _job(job) -> dict:
     return entry
 
 
-def _run_pool(jobs: list, workers: int) -> list[dict]:
-    """Run the jobs, `workers` at a time in separate processes (in this process with one worker); on SIGINT /
-    SIGTERM, or when a worker dies, the workers stop (none is left behind) and Interrupted / WorkerLost propagates
-    with the runs that finished in `.finished` (bench/core/pool.py)."""
+def _run_pool(jobs: list, executor: Executor, out: Path) -> list[dict]:
+    """Run the jobs on the executor: `workers` at a time in separate processes (in this process with one worker), or
+    on Ray; on SIGINT / SIGTERM, or when a worker dies, the workers stop (none is left behind) and Interrupted /
+    WorkerLost propagates with the runs that finished in `.finished` (bench/core/pool.py, bench/core/executor.py)."""
     bar = tqdm(total=len(jobs), desc="study runs", unit="run")
     finished: dict[int, dict] = {}  # by job position: the entries keep the design's order, whatever finishes first
     position = {id(job): i for i, job in enumerate(jobs)}
@@ -212,8 +215,9 @@ def _run_pool(jobs: list, workers: int) -> list[dict]:
         bar.update()
 
     try:
-        run_jobs(_job, jobs, workers, record,
-                 label=lambda job: f"{job[3]} {job[0]} configuration {job[1]} seed {job[4]}")
+        gpu = bool(jobs) and torch.device(jobs[0][6]).type == "cuda"  # on Ray: one GPU per run
+        execute(executor, _job, jobs, record, Shipping(out), gpu=gpu,
+                label=lambda job: f"{job[3]} {job[0]} configuration {job[1]} seed {job[4]}")
     except (Interrupted, WorkerLost) as stop:
         stop.finished = [finished[i] for i in sorted(finished)]
         raise
@@ -239,18 +243,23 @@ def _plan(study: StudyConfig, out: Path, configs: dict, device, threads: int) ->
     return done, jobs
 
 
-def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int, train: bool = True) -> dict:
+def run_study(study: StudyConfig, out: Path, device: torch.device, workers: int, train: bool = True,
+              executor: Executor | None = None) -> dict:
     """Every (dataset, seed, configuration, family) run not already finished in `out` (none with train=False: the
-    report of what has finished so far), then study.json and the report. Returns the study record."""
+    report of what has finished so far), then study.json and the report; the runs on the executor given (default:
+    this machine's pool of `workers`). Returns the study record."""
     out = Path(out)
+    executor = executor or Executor("local", workers)
+    alone = executor.kind == "local" and executor.workers == 1  # the one process's threads; else each run on one thread
     configs = {f: sample_configs(SPACES[f], study.k, study.space_seed, f) for f in FAMILIES}
-    done, jobs = _plan(study, out, configs, device, threads=1 if workers > 1 else torch.get_num_threads())
+    done, jobs = _plan(study, out, configs, device, threads=torch.get_num_threads() if alone else 1)
     jobs = jobs if train else []
-    tqdm.write(f"study: {len(done)} runs already finished in {out}, {len(jobs)} to run on {workers} worker(s)")
+    where = "Ray" if executor.kind == "ray" else f"{workers} worker(s)"
+    tqdm.write(f"study: {len(done)} runs already finished in {out}, {len(jobs)} to run on {where}")
     start = time.perf_counter()
     with stop_on_signals():  # SIGINT / SIGTERM: the finished runs are kept (their files), the report is written
         try:
-            entries = done + _run_pool(jobs, workers)
+            entries = done + _run_pool(jobs, executor, out)
         except (Interrupted, WorkerLost) as stop:  # a signal, a worker killed: the report of what finished
             _write_record(study, out, device, workers, configs, done + stop.finished, start, len(jobs))
             if isinstance(stop, WorkerLost):

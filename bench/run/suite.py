@@ -10,6 +10,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,9 +19,10 @@ from tqdm.auto import tqdm
 from bench.config import SuiteConfig, to_dict
 from bench.core import distributed, stages
 from bench.core.distributed import resolve_device  # noqa: F401 -- the CLI's and the tests' way in
+from bench.core.executor import Executor, Shipping, execute
 from bench.core.files import WriteError
 from bench.core.guard import Interrupted, error_text, interrupted_entry, stop_on_signals
-from bench.core.pool import run_jobs, torch_threads
+from bench.core.pool import torch_threads
 from bench.core.results import failed_entry, new_results
 from bench.core.rundir import RunDir
 from bench.data.images import DataError
@@ -38,10 +40,6 @@ from bench.speed.throughput import image_throughput, run_entry_throughput
 def cache_dir() -> Path:
     """Where trained judges are cached across runs: $GVD_CACHE, else ~/.cache/gan-vs-diffusion."""
     return Path(os.environ.get("GVD_CACHE") or Path.home() / ".cache" / "gan-vs-diffusion")
-
-
-def default_workers(device: torch.device) -> int:
-    return 1 if device.type == "cuda" else max(1, os.cpu_count() or 1)
 
 
 def planned(cfg: SuiteConfig, families: list) -> list[tuple]:
@@ -148,10 +146,12 @@ def _images(job: Job, families: list, cfg: SuiteConfig, device, run: RunDir) -> 
         return [failed_entry(job.dataset, f.name, job.seed, error_text(exc), trace) for f in families]
 
 
-def _run_job(args) -> tuple[list[dict], dict, dict]:
+def _run_job(args, root=None) -> tuple[list[dict], dict, dict]:
     """One job, in a worker process or in this one, on cfg.job_threads torch threads (restored after): the numbers
-    do not depend on how many jobs run beside it. Returns (its run entries, its 2D samples to save, its stages)."""
-    job, cfg, device, root = args
+    do not depend on how many jobs run beside it. Its files go into the run folder it names, or into `root` (a Ray
+    task's own folder: bench/core/executor.py). Returns (its run entries, its 2D samples to save, its stages)."""
+    job, cfg, device, folder = args
+    root = folder if root is None else root
     with stages.fresh(job.label) as ledger, torch_threads(cfg.job_threads):
         families = resolve(list(job.families), cfg.user_families)
         if job.benchmark == "mixture":
@@ -200,18 +200,21 @@ class Progress:
         self.bar.close()
 
 
-def run_all(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, workers: int, families: list,
+def run_all(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, executor: Executor, families: list,
             done: dict) -> None:
-    """Every job (plan_jobs), `workers` at a time; before them, what they share (each image dataset's judge, text
-    encoder and reference features: run/images.py warm_up) on every core of this process; results.json rewritten
-    after each job."""
+    """Every job (plan_jobs) on the executor (this machine's pool, `workers` at a time, or Ray); before them, what
+    they share (each image dataset's judge, text encoder and reference features: run/images.py warm_up) on every core
+    of this process, shipped to the nodes of a cluster; results.json rewritten after each job."""
     order, jobs = planned(cfg, families), plan_jobs(cfg, families, done)
-    shared = {j.dataset for j in jobs if j.benchmark == "image"}
-    for dataset in [d for d in (cfg.images.datasets if cfg.images else []) if d in shared]:
+    images, cached = {j.dataset for j in jobs if j.benchmark == "image"}, []
+    for dataset in [d for d in (cfg.images.datasets if cfg.images else []) if d in images]:
         tqdm.write(f"image benchmark: {dataset}: the judge and readers, the text encoder, the reference features and "
                    "the known-answer panel (cached after the first run)")
-        if (panel := warm_up(dataset, cfg.images, device, cache_dir())) is not None:
+        panel, files = warm_up(dataset, cfg.images, device, cache_dir())
+        cached += files
+        if panel is not None:
             results.setdefault("panel", {})[dataset] = panel
+    shipping = Shipping(run.root, partial(_states, run), ("state",), cache_dir, tuple(cached))
     progress = Progress(jobs, f"gvd run {cfg.name}")
 
     def record(args, outcome):
@@ -229,10 +232,16 @@ def run_all(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device, 
         progress.finished(job)
 
     try:
-        run_jobs(_run_job, [(job, cfg, device, run.root) for job in jobs], workers, record, progress.stage,
-                 progress.poll)
+        execute(executor, _run_job, [(job, cfg, device, run.root) for job in jobs], record, shipping,
+                cfg.job_threads, device.type == "cuda", progress.stage, progress.poll)
     finally:
         progress.close()
+
+
+def _states(run: RunDir, args) -> list[Path]:
+    """The saved training states a job resumes from (what a Ray task on another machine is sent)."""
+    job = args[0]
+    return [p for family in job.families for p in run.state_files(job.dataset, job.seed, family)]
 
 
 def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: torch.device) -> None:
@@ -295,11 +304,12 @@ def stage_record(ledger: stages.Ledger, started: float, workers: int, results: d
 
 
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1,
-              previous: dict | None = None, study: str | None = None) -> dict:
+              previous: dict | None = None, study: str | None = None, executor: Executor | None = None) -> dict:
     """Run every benchmark of the suite with every family of its config: every job (plan_jobs) `workers` at a time
-    in separate processes. previous: the results.json of the run being resumed (its finished entries are kept, not
-    rerun). SIGINT / SIGTERM raise Interrupted after results.json, metrics.csv and the report have recorded what
-    finished and marked the rest "interrupted"."""
+    in separate processes, or on the executor given (bench/core/executor.py: this machine's pool, or Ray). previous:
+    the results.json of the run being resumed (its finished entries are kept, not rerun). SIGINT / SIGTERM raise
+    Interrupted after results.json, metrics.csv and the report have recorded what finished and marked the rest
+    "interrupted"."""
     started = time.perf_counter()
     families = resolve(cfg.families, cfg.user_families)
     run = RunDir(run_dir)
@@ -315,15 +325,17 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
         results["throughput"] = previous["throughput"]  # measured already
     if (previous or {}).get("panel"):
         results["panel"] = previous["panel"]  # a dataset with jobs left recomputes its own (from the cache)
-    results["distributed"] = distributed.describe()  # [ddp] world size and backend of the run
+    workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the jobs together, one at a time
+    executor = Executor("local", 1) if distributed.world() > 1 else executor or Executor("local", workers)
+    # [ddp] world size and backend of the run; where its jobs ran (this machine's pool, or a Ray cluster)
+    results["distributed"] = {**distributed.describe(), "executor": executor.kind}
     if study or (previous or {}).get("study"):
         results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
     earlier = (previous or {}).get("stages") or {}  # the earlier invocations' times, added in
-    workers = 1 if distributed.world() > 1 else workers  # [ddp] the ranks run the jobs together, one at a time
     order = planned(cfg, families)
     with stop_on_signals(), stages.fresh("gvd run") as ledger:
         try:
-            run_all(cfg, run, results, device, workers, families, done)
+            run_all(cfg, run, results, device, executor, families, done)
             if cfg.images is not None and cfg.throughput_budget_s > 0 and "throughput" not in results:
                 with distributed.alone() as mine, stages.stage("throughput"):  # [ddp] rank 0 measures, the others wait
                     if mine:
