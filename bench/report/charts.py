@@ -12,7 +12,7 @@ import torch
 from bench.core.rundir import RunDir, slug
 from bench.data.mixtures import sample_mixture
 from bench.evaluate.sweeps import summarise_sweeps
-from bench.report.figures import LINE_STYLES, REAL_COLOUR, new_figure, save_figure, suptitle
+from bench.report.figures import LINE_STYLES, REAL_COLOUR, log_axis, new_figure, save_figure, suptitle
 from bench.report.tables import colour, families_of, label
 
 
@@ -67,7 +67,7 @@ def loss_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
             ax.plot(frame["step"], smooth, lw=0.9, c=c, ls=LINE_STYLES[i % len(LINE_STYLES)],
                     label={"d_real": "D(x)", "d_fake": "D(G(z))"}.get(key, key))
         if kind == "loss" and (frame[keys] > 0).all().all() and len(keys) == 1:
-            ax.set_yscale("log")
+            log_axis(ax, "y")
         title = f"{label(families, family)}: " + ("losses (50-step mean)" if kind == "loss" else "discriminator")
         ax.set(title=title, xlabel="training step", ylabel="loss" if kind == "loss" else "mean D output (probability)")
         ax.title.set_fontsize(9)

@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display: set once, before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402 -- must follow the backend choice
 from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402, F401 -- for the report's modules, which import no matplotlib
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
 REAL_COLOUR = "#999999"  # the real data, behind the samples
@@ -57,6 +57,22 @@ def wrap_title(text: str, width_in: float, fontsize: float) -> list[str]:
 def suptitle(fig, text: str, fontsize: float = 9) -> None:
     """The figure's title, wrapped to the figure's width (a title wider than its figure is cut on both sides)."""
     fig.suptitle("\n".join(wrap_title(text, fig.get_figwidth(), fontsize)), fontsize=fontsize)
+
+
+def log_axis(ax, which: str = "x") -> None:
+    """A log-scale axis labelled in plain numbers at 1, 2, 5 x 10^k (every integer x 10^k within half a decade, only
+    10^k beyond four decades), no minor labels: matplotlib's default labels the minor ticks of a short range as
+    2 x 10^0, 3 x 10^0, ..., which overprint on a narrow panel. Call it after the data are drawn (it reads the
+    axis' range)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    ax.autoscale_view()  # the range on the log scale (a range set by hand stays)
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 0.5 else tuple(float(k) for k in range(1, 10))
+    axis.set_major_locator(LogLocator(10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def png_bytes(fig, dpi: int = 100) -> bytes:

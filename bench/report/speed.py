@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from bench.core.rundir import RunDir, slug
-from bench.report.figures import LINE_STYLES, MARKERS, new_figure, save_figure, suptitle
+from bench.report.figures import LINE_STYLES, MARKERS, log_axis, new_figure, save_figure, suptitle
 from bench.report.tables import colour, families_of
 from bench.report.tables import label as label_of
 from bench.speed.summary import summary_lines, table_rows
@@ -41,7 +41,7 @@ def throughput_blocks(result: dict, figures: list[tuple[str, str]] | tuple = (),
                      f"Training: images/s at batch {result['train_batch']} through the harness's own training loops. "
                      "Warm-up calls first; the median of the repeats.")),
               ("table", header, rows)]
-    blocks += [("p", line) for line in summary_lines(result) + notes]
+    blocks += [("p", line[0].upper() + line[1:]) for line in summary_lines(result) + notes if line]
     blocks += [("img", path, caption) for path, caption in figures]
     return blocks
 
@@ -193,10 +193,12 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
                 for x, y, nfe in timed:
                     axes[-1].annotate(f"NFE {nfe:g}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
     if show_nfe:
-        axes[0].set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel=label, title="quality vs NFE")
+        axes[0].set(xlabel="network evaluations per image (NFE)", ylabel=label, title="quality vs NFE")
+        log_axis(axes[0], "x")
     if show_time:
-        axes[-1].set(xscale="log", xlabel="sampling time per image (ms, at the evaluation batch)", ylabel=label,
+        axes[-1].set(xlabel="sampling time per image (ms, at the evaluation batch)", ylabel=label,
                      title="quality vs sampling cost")
+        log_axis(axes[-1], "x")
     for ax in axes:
         if ax.has_data():
             ax.legend(fontsize=7)

@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.core.files import atomic_write
 from bench.evaluate.stats import ALPHA, CLUSTER_BOOTSTRAP_COVERAGE, cluster_difference, cluster_permutation_p
-from bench.report.figures import NullFormatter, family_colour, plt, png_bytes, suptitle
+from bench.report.figures import family_colour, log_axis, plt, png_bytes, suptitle
 from bench.report.render import to_html, to_markdown
 
 NAMES = {"gan": "GAN"}  # a family's name as the text writes it (its own name otherwise)
@@ -111,13 +111,12 @@ def _knob_axis(ax, values: list, space_entry: dict) -> list:
     a choice (labelled with the choices)."""
     if "log_uniform" in space_entry:
         lo, hi = space_entry["log_uniform"]
-        ax.set_xscale("log")
         ax.set_xlim(lo, hi)  # the whole searched range
-        # three labelled ticks (the ends and the geometric middle), no minor labels: a range of one or two decades
-        # otherwise gets matplotlib's minor labels at 2, 3, 4, ... x 10^k, which overprint on a narrow panel
+        log_axis(ax, "x")
+        # three labelled ticks (the ends and the geometric middle): a range of one or two decades otherwise gets
+        # matplotlib's minor labels at 2, 3, 4, ... x 10^k, which overprint on a 2.2-inch panel
         ticks = [lo, (lo * hi) ** 0.5, hi]
         ax.set_xticks(ticks, [f"{v:.1g}" for v in ticks], fontsize=7)
-        ax.xaxis.set_minor_formatter(NullFormatter())
         return [float(v) for v in values]
     choices = space_entry["choice"]
     ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=7)
