@@ -5,13 +5,46 @@ bench/data/registry.py loads the datasets.
 
 from dataclasses import dataclass
 
+
+@dataclass(frozen=True)
+class Timing:
+    """One measured wall time of `gvd run --preset NAME` (start to exit), and how it was measured."""
+
+    seconds: float
+    how: str  # the machine, the load (`uptime`), the date, what was cached
+
+
+# THE ONE PLACE the run times are written: README.md (quick start and presets table), reports/README.md and `gvd
+# presets` quote these (tests/test_docs.py checks every one of them). Re-measure a preset, update its line here and
+# the README lines that test names. A preset without a line has no measured time and none is quoted.
+MEASURED = {
+    # the committed example (reports/example/results.json "stages" wall_s): `gvd run`, 3 seeds, 2 jobs at a time
+    "quick": Timing(1310, "2 CPU cores, 3 seeds, 2 jobs at a time, bf16 autocast; the committed example, 2026-12-07"),
+    "toy": Timing(194, "2 CPU cores, 3 seeds, 2 jobs at a time"),
+    # `/usr/bin/time gvd run --preset smoke` with an empty GVD_CACHE, 2026-12-08: 124 CPU-seconds
+    "smoke": Timing(260, "2 CPU cores shared with other work (load 4 to 9), an empty cache: the judge and the readers "
+                         "train first"),
+}
+
+
+def duration(seconds: float) -> str:
+    """A wall time as README quotes it: "47 s", "3 min 14 s", "21 min 50 s"."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def measured(name: str) -> str:
+    """"21 min 50 s measured on 2 CPU cores", or "" for a preset without a measured time."""
+    return f"{duration(MEASURED[name].seconds)} measured on 2 CPU cores" if name in MEASURED else ""
+
+
 # name -> one-line description; `gvd run` without --preset runs DEFAULT_PRESET. bench/config.py has one factory each.
 PRESETS = {
-    "quick": "2D benchmarks + shapes 16x16: DCGAN vs latent diffusion, 3 seeds (the default; CPU)",
+    "quick": f"2D benchmarks + shapes 16x16: DCGAN vs latent diffusion, 3 seeds (the default; {measured('quick')})",
     "full": "every dataset at 32x32, larger models, 3 seeds: for a GPU (--device cuda)",
-    "toy": "2D ring8 + grid25, 3 seeds, GAN vs diffusion (about 2 minutes on 2 CPU cores)",
-    "smoke": "a seconds-long run of every stage on tiny models, for tests and trying the CLI",
-    "stacked": "stacked digits 16x16 (1000 modes), 5,000 samples, vs published rows (~11 min on 2 CPUs)",
+    "toy": f"2D ring8 + grid25, 3 seeds, GAN vs diffusion ({measured('toy')})",
+    "smoke": f"a plumbing check of every stage on tiny models: its numbers mean nothing ({measured('smoke')})",
+    "stacked": "stacked digits 16x16 (1000 modes), 5,000 samples, vs published rows (CPU; not timed)",
 }
 DEFAULT_PRESET = "quick"
 

@@ -264,7 +264,7 @@ def test_output_folder_that_is_a_file(tmp_path, capsys):
 
 
 def test_python_dash_m_bench_works():
-    proc = subprocess.run([sys.executable, "-m", "bench", "presets"], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-m", "bench", "presets"], capture_output=True, text=True, timeout=600,
                           check=False)
     assert proc.returncode == 0 and "toy" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "--preset", "nope"], capture_output=True,

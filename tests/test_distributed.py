@@ -33,7 +33,7 @@ def torchrun(args: list[str], timeout: float, **env) -> subprocess.CompletedProc
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ddp")
-    proc = torchrun(["tests/ddp_worker.py", "checks", str(out)], timeout=240, GVD_DIST_TIMEOUT="120")
+    proc = torchrun(["tests/ddp_worker.py", "checks", str(out)], timeout=900, GVD_DIST_TIMEOUT="600")  # hang guards
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr  # gloo's abort at exit: the group was left cleanly
     return json.loads((out / "checks.json").read_text())

@@ -98,6 +98,9 @@ def _colours(artist) -> list[str]:
     return [to_hex(artist.get_color(), keep_alpha=False)]
 
 
+CAPTIONS: dict[str, str] = {}  # figure file name -> its caption in the report, filled by `drawn`
+
+
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
     """{figure file name: the figure as drawn}, every figure of a report with 2D and image runs of both families."""
@@ -121,6 +124,7 @@ def drawn(tmp_path_factory):
         blocks = build_blocks(run_dir, results)
     linked = {Path(b[1]).name for b in blocks if b[0] == "img"}
     assert linked == set(seen)  # the report links every figure it drew
+    CAPTIONS.update({Path(b[1]).name: b[2] for b in blocks if b[0] == "img"})
     yield seen
     for fig in seen.values():
         plt.close(fig)
@@ -158,3 +162,63 @@ def test_every_axis_with_data_says_what_it_shows(drawn):
             assert ax.get_xlabel(), (name, ax.get_title(), "x")
             twins = [o for o in fig.axes if o is not ax and ax.get_shared_y_axes().joined(ax, o)]
             assert ax.get_ylabel() or any(o.get_ylabel() for o in twins), (name, ax.get_title(), "y")
+
+
+# ---------------------------------------------------------------- what a reader sees (issue 35)
+
+
+def test_every_caption_says_what_its_figure_shows(drawn):
+    """Captions were file names ("figures/ring8_curve.png"): each names its dataset and says what is drawn."""
+    assert set(CAPTIONS) == set(drawn)
+    for name, caption in CAPTIONS.items():
+        assert not caption.endswith(".png") and "figures/" not in caption, (name, caption)
+        assert caption.startswith(name.split("_")[0]) and len(caption.split()) >= 8, (name, caption)
+
+
+def test_a_curve_breaks_where_a_snapshot_has_no_value(drawn):
+    """A snapshot without the metric is a gap (NaN) in its line, never a straight line drawn across it."""
+    from bench.report.charts import curve_figure
+
+    runs = [{"dataset": "shapes", "model": "gan", "seed": 0, "status": "ok",
+             "curve": [{"step": 1, "fid": 3.0}, {"step": 2}, {"step": 3, "fid": 1.0}]}]
+    seen = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "png_bytes", lambda fig, dpi=100: seen.setdefault("fig", fig) and b"")
+        mp.setattr(RunDir, "write_figure", lambda self, name, png: f"figures/{name}.png")
+        curve_figure(Path("."), {"runs": runs}, "shapes", [("fid", "FID", 1), ("recall", "recall", 1)])
+    fig = seen["fig"]
+    assert [ax.get_title() for ax in fig.axes] == ["FID"]  # a metric no snapshot scored gets no empty panel
+    y = fig.axes[0].lines[0].get_ydata()
+    assert y[0] == 3.0 and np.isnan(y[1]) and y[2] == 1.0
+    plt.close(fig)
+
+
+def test_nothing_drawn_outside_the_canvas_is_cut(tmp_path):
+    """Axis labels clipped at the bottom (ring8's samples) and a title cut on both sides (the trajectory): the PNG is
+    the figure's tight box, so text a layout left outside the canvas is in it; a long title wraps to the width."""
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.set_xlabel("x1 (data units)")
+    fig.subplots_adjust(bottom=0.0)  # the x label below the canvas, as the ring8 samples' was
+    with Image.open(__import__("io").BytesIO(figures.png_bytes(fig, dpi=100))) as im:
+        assert im.size[1] > 2 * 100 * 0.9  # the label's height was added below, not cut
+    fig = plt.figure(figsize=(4, 2))
+    title = "shapes, seed 0: a diffusion sample as it is made (guidance s = 1, NFE 20 per sampler) " * 2
+    figures.suptitle(fig, title, 8)
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    assert box.width <= fig.bbox.width and fig._suptitle.get_text().count("\n") >= 1
+    assert fig._suptitle.get_text().replace("\n", " ").strip() == title.strip()
+    plt.close(fig)
+
+
+def test_whole_grids_are_drawn_two_to_a_row():
+    """Seven 512-pixel grids side by side shrank each 16-pixel image to ~19 screen pixels on a 1,100 px page: two to a
+    row keeps them at one figure pixel per image pixel within the page."""
+    grid = np.zeros((69, 137, 3), dtype=np.uint8)  # 32 images of 16 px in rows of 8, as save_grid tiles them
+    fig = figures.grids_figure([(f"panel {i}", grid) for i in range(7)], "seven grids")
+    rows = {round(ax.get_position().y0, 3) for ax in fig.axes if ax.images}
+    assert len(fig.axes) == 8 and len(rows) == 4  # 7 grids + one blank cell, 4 rows of 2
+    assert fig.get_figwidth() * 100 < 1100 * 1.04 + 1  # two 512-px grids fit the page's width at 100 dpi
+    plt.close(fig)

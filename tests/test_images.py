@@ -88,11 +88,12 @@ def test_shapes_pixels_match_label_colour_and_closed_form_area():
         assert nearest == d.labels[i].item() % K
 
 
+@pytest.mark.slow  # a wall-clock bound: a loaded machine can break it, so it stays out of the default run
 def test_shapes_fast():
     import time
     start = time.perf_counter()
     make_shapes(2000, 32, seed=0)
-    assert time.perf_counter() - start < 2.0  # vectorised: ~0.1 s on one core
+    assert time.perf_counter() - start < 2.0  # vectorised: ~0.1 s on one idle core
 
 
 def test_prompts_are_fresh_captions_with_matching_labels():

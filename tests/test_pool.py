@@ -1,7 +1,11 @@
 """The process pool of `gvd run` and `gvd study` (bench/core/pool.py): every outcome recorded, stages relayed, and
 every way the jobs can stop (a job that raises, a record that raises, a worker that dies, a signal) ends promptly with
 no worker left behind. The earlier pool (multiprocessing.Pool) hung for ever when the run stopped on a full disk: a
-worker killed while it held one of the pool's shared locks blocked pool.terminate()."""
+worker killed while it held one of the pool's shared locks blocked pool.terminate().
+
+"Promptly" is shown by events, not by a clock a loaded machine can break: the jobs still running when the pool stops
+sleep far longer than any test waits and leave a file when they finish their sleep, so a pool that waited for them
+instead of stopping them leaves those files behind; deadlines are only hang guards, minutes long."""
 
 import os
 import signal
@@ -24,11 +28,25 @@ def _square(n: int) -> int:
         return n * n
 
 
-def _fails_on_three(n: int) -> int:
+LONG = 120  # seconds a job that must be stopped sleeps: a pool that waits for it instead is seen by its file
+
+
+def _fails_on_three(job: tuple[int, str]) -> int:
+    n, folder = job
     if n == 3:
         raise OSError(28, "No space left on device")
-    time.sleep(0.05 if n < 3 else 30)  # the jobs after it are still running when the pool stops
+    time.sleep(0.05 if n < 3 else LONG)  # the jobs after it are still running when the pool stops
+    Path(folder, f"finished{n}").touch()  # only a job the pool let run to its end gets here
     return n
+
+
+def _jobs(numbers: list[int], folder: Path) -> list[tuple[int, str]]:
+    return [(n, str(folder)) for n in numbers]
+
+
+def _finished(folder: Path) -> set[int]:
+    """The jobs that ran to their end (their file)."""
+    return {int(p.name.removeprefix("finished")) for p in folder.glob("finished*")}
 
 
 def _dies_on_two(n: int) -> int:
@@ -57,30 +75,29 @@ def test_every_outcome_recorded_and_every_stage_relayed_as_in_one_process():
     assert alone == got
 
 
-def test_a_job_that_raises_stops_the_jobs_with_its_exception():
-    """The exception crosses from the worker (a full disk's OSError here); the workers still running are stopped at
-    once (not after their 30 s), none is left, and jobs queued behind never start."""
+def test_a_job_that_raises_stops_the_jobs_with_its_exception(tmp_path):
+    """The exception crosses from the worker (a full disk's OSError here); the workers still running are stopped (not
+    waited for: none of the long jobs finished), none is left, and jobs queued behind never start."""
     before, got = set(children(os.getpid())), []
-    t0 = time.monotonic()
     with pytest.raises(OSError, match="No space left"):
-        pool.run_jobs(_fails_on_three, list(range(8)), 2, lambda job, out: got.append(job))
-    assert time.monotonic() - t0 < 20
+        pool.run_jobs(_fails_on_three, _jobs(list(range(8)), tmp_path), 2, lambda job, out: got.append(job[0]))
     assert set(got) <= {0, 1, 2} and 7 not in got
+    assert _finished(tmp_path) <= {0, 1, 2}, "a job running when the pool stopped was waited for"
     assert _no_workers_left(before)
 
 
-def test_a_record_that_raises_stops_the_workers():
-    """The parent's own failure (results.json on a full disk) stops the pool: no hang, no worker left."""
+def test_a_record_that_raises_stops_the_workers(tmp_path):
+    """The parent's own failure (results.json on a full disk) stops the pool: no hang (the long jobs did not run to
+    their end), no worker left."""
     before = set(children(os.getpid()))
 
     def record(job, out):
-        if job == 1:
+        if job[0] == 1:
             raise OSError(28, "No space left on device")
 
-    t0 = time.monotonic()
     with pytest.raises(OSError):
-        pool.run_jobs(_fails_on_three, [0, 1, 4, 5], 2, record)
-    assert time.monotonic() - t0 < 20
+        pool.run_jobs(_fails_on_three, _jobs([0, 1, 4, 5], tmp_path), 2, record)
+    assert not _finished(tmp_path) & {4, 5}, "a job running when the pool stopped was waited for"
     assert _no_workers_left(before)
 
 
@@ -93,48 +110,55 @@ def test_a_worker_that_dies_is_named_not_waited_for():
     assert _no_workers_left(before)
 
 
-def test_a_signal_keeps_the_outcomes_that_arrived_and_stops_the_workers():
-    """Interrupted in the parent (its SIGINT / SIGTERM handler) stops the workers within seconds; what finished
-    before is recorded."""
+def test_a_signal_keeps_the_outcomes_that_arrived_and_stops_the_workers(tmp_path):
+    """Interrupted in the parent (its SIGINT / SIGTERM handler) stops the workers (the long jobs did not run to their
+    end); what finished before is recorded."""
     before, got = set(children(os.getpid())), []
-    t0 = time.monotonic()
 
     def poll():
         if got:
             raise Interrupted(signal.SIGTERM)
 
     with pytest.raises(Interrupted):
-        pool.run_jobs(_fails_on_three, [0, 4, 5, 6], 2, lambda job, out: got.append(job), on_poll=poll)
-    assert got == [0] and time.monotonic() - t0 < 20
+        pool.run_jobs(_fails_on_three, _jobs([0, 4, 5, 6], tmp_path), 2, lambda job, out: got.append(job[0]),
+                      on_poll=poll)
+    assert got == [0] and _finished(tmp_path) == {0}
     assert _no_workers_left(before)
 
 
-def _sleeps(n: int) -> int:
-    time.sleep(120)  # a long stage that sends the parent nothing
+def _sleeps(job: tuple[int, str]) -> int:
+    n, folder = job
+    Path(folder, f"started{n}").touch()  # the test kills the parent only once both jobs are under way
+    time.sleep(600)  # a long stage that sends the parent nothing
     return n
 
 
-def test_workers_end_when_their_parent_is_killed():
-    """kill -9 of the parent (gvd run): its workers get SIGTERM from the kernel (Linux's parent-death signal) and end
-    within seconds, instead of training on for no one until their next message fails."""
+def _wait_for(condition, seconds: float) -> bool:
+    """Poll condition() until it holds or `seconds` pass (a hang guard, not a measurement)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """kill -9 of the parent (gvd run): its workers get SIGTERM from the kernel (Linux's parent-death signal) and end,
+    instead of training on for no one until their next message fails. The parent is killed once both workers are
+    inside their job (their files), however long a loaded machine took to start them."""
     script = ("import sys, test_pool\nfrom bench.core import pool\nprint('go', flush=True)\n"
-              "pool.run_jobs(test_pool._sleeps, [0, 1], 2, lambda job, out: None)")
+              f"pool.run_jobs(test_pool._sleeps, [(0, {str(tmp_path)!r}), (1, {str(tmp_path)!r})], 2, "
+              "lambda job, out: None)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert parent.stdout.readline().strip() == "go"
-        deadline = time.monotonic() + 60
-        while len(workers := [p for p in children(parent.pid) if _is_worker(p)]) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert _wait_for(lambda: len(list(tmp_path.glob("started*"))) == 2, 300), "the workers never started a job"
+        workers = [p for p in children(parent.pid) if _is_worker(p)]
         assert len(workers) == 2
-        time.sleep(1.0)  # both inside their job
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(p) for p in workers)
+    assert _wait_for(lambda: not any(alive(p) for p in workers), 120), "workers outlived their killed parent"
 
 
 def _is_worker(pid: int) -> bool:

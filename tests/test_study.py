@@ -299,6 +299,27 @@ def test_tiny_study_report_section_renders(tiny_study):
     assert "### Best configuration found" in md and "found after (runs x steps)" in md
     for fig in ("ring8_ecdf.png", "ring8_gan_sensitivity.png", "ring8_diffusion_sensitivity.png"):
         assert (tiny_study / "figures" / fig).stat().st_size > 1000 and f"figures/{fig}" in md
+    # study.html carries its figures (it showed "figure not found" six times), each captioned with what it shows
+    assert "figure not found" not in page and page.count('<img src="data:image/png;base64,') == 3
+    assert "<figcaption>figures/" not in page and "<figcaption>ring8, GAN: every run" in page
+
+
+def test_a_log_scale_knob_axis_labels_three_ticks_and_no_minor_ones():
+    """A learning rate searched over [2e-4, 5e-3] (1.4 decades) got matplotlib's minor labels at 2, 3, 4, ... x
+    10^k on a 2.2-inch panel, printed over each other; the axis now labels its ends and geometric middle only."""
+    from bench.report.figures import plt
+    from bench.report.study import _knob_axis
+
+    fig, ax = plt.subplots(figsize=(2.2, 2.2))
+    x = _knob_axis(ax, [3e-4, 1e-3, 4e-3], {"log_uniform": [2e-4, 5e-3]})
+    ax.scatter(x, [0, 1, 0])
+    fig.canvas.draw()
+    major = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    minor = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    assert major == ["0.0002", "0.001", "0.005"] and not minor
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+    plt.close(fig)
 
 
 def test_rerun_skips_finished_runs_and_redoes_missing_ones(tmp_path, monkeypatch):

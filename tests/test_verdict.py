@@ -316,3 +316,57 @@ def test_the_differences_table_compares_every_pair_in_the_verdicts_words():
     assert fid["GAN − third"]["n"] == "2" and fid["GAN − third"]["95% t interval"].startswith("[")
     assert fid["diffusion − third"]["seeds it would need"] == str(seeds_needed(4.5, math.sqrt(0.5))) == "6"
     assert "resolved only at p <= 0.05, which needs 6 or more pairs" in text[1]
+
+
+# ---------------------------------------------------------------- the verdict in words (issue 35)
+
+
+def _words(runs, families=FAMILIES):
+    blocks = verdict_blocks({"families": families, "runs": runs, "config": {}})
+    return [b[1] for b in blocks if b[0] == "p" and b[1].startswith("On ")], blocks
+
+
+def test_the_verdict_opens_with_its_rows_in_words():
+    """What a reader wants first, in one to three sentences per dataset read from the same rows as the table: who
+    leads on which aspect with the table's own means, the ties, how sure the seeds are, and the cost."""
+    runs = []
+    for s in range(3):
+        runs += [{**_entry("gan", s, fid_lf=30.0 + s, cond_accuracy=0.5), "throughput": {"sample_seconds": 0.01}},
+                 {**_entry("diffusion", s, fid_lf=10.0 + s, cond_accuracy=0.8), "throughput": {"sample_seconds": 3.0}}]
+    (words,), blocks = _words(runs)
+    kinds = [b[0] for b in blocks]
+    assert kinds.index("p") < kinds.index("table") and blocks[1] == ("p", words)  # first, before rules and tables
+    rows = _rows(runs)
+    fid, accuracy = rows["FID"], rows["prompt accuracy"]
+    assert fid["leads"] == accuracy["leads"] == "diffusion" and rows["modes"]["leads"] == "tie"
+    # the sentence's numbers are the table's cells (the means over the common seeds)
+    assert (f"diffusion leads on quality (FID (label-free) {fid['diffusion'].split(' ')[0]} vs "
+            f"{fid['GAN'].split(' ')[0]}) and prompt adherence (prompt accuracy 0.800 vs 0.500)") in words
+    assert "they tie on diversity (modes 24.0 each)" in words
+    assert "How sure: the 2 rows that name a leader held on every seed, but 3 paired seeds are too few" in words
+    assert "Diffusion costs 300x more to sample (3 s vs 0.01 s)" in words and len(words.split(". ")) <= 5
+    # six seeds of the same: resolved, and the words say so
+    six = [{**r, "seed": r["seed"] + k} for r in runs for k in (0, 3)]
+    (words6,), _ = _words(six)
+    assert "How sure: the 2 rows that name a leader all resolved by the exact sign-flip test" in words6
+
+
+def test_a_margin_that_shows_as_zero_is_a_tie_never_a_lead_by_zero():
+    """'GAN leads by 0.00' was printed where another row with the same tie said 'tie': a margin that prints as 0 at
+    the metric's precision is a tie, in the table and in the words."""
+    runs = [_entry(m, s, fid_lf=20.0 + (0.001 if m == "diffusion" else 0.0)) for s in range(3)
+            for m in ("gan", "diffusion")]
+    fid = _rows(runs)["FID"]
+    assert fid["leads"] == "tie" and fid["by"].startswith("0.00 between GAN and diffusion at the precision shown")
+    (words,), blocks = _words(runs)
+    assert "they tie on quality (FID (label-free) 20.00 each" in words
+    text = to_markdown(blocks)
+    assert "0.00 over" not in text and not re.search(r"leads by 0\.0+\b", text)
+
+
+def test_the_words_name_a_split_aspect_and_an_unmeasurable_one():
+    """Two measures of one aspect favouring different families read 'split', not a leader picked from one row."""
+    runs = [_entry(m, s, recall_lf=0.6 if m == "gan" else 0.4, coverage_lf=0.3 if m == "gan" else 0.7)
+            for s in range(3) for m in ("gan", "diffusion")]
+    (words,), _ = _words(runs)
+    assert "diversity is split (its measures disagree)" in words and "leads on diversity" not in words

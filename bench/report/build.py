@@ -10,6 +10,7 @@ dataset (every family with the calibration rows, differences, recipes, grids, cu
 """
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from bench.evaluate import table
 from bench.evaluate.stats import SHARE
 from bench.report.charts import (
     curve_figure,
+    curve_panels,
     feature_suffix,
     loss_figure,
     scatter_figure,
@@ -41,6 +43,7 @@ from bench.report.tables import (
     difference_blocks,
     families_of,
     image_table,
+    image_tables,
     label,
     metric_notes,
     mixture_table,
@@ -51,7 +54,7 @@ from bench.report.tables import (
     stability_rows,
     status_rows,
 )
-from bench.report.verdict import verdict_blocks
+from bench.report.verdict import smoke_banner, verdict_blocks
 
 # Published 2D numbers (VEEGAN: Srivastava et al. 2017, Table 1; PacGAN: Lin et al. 2018, Table 1): modes captured,
 # high-quality %, reverse KL.
@@ -110,13 +113,23 @@ def _mixture_blocks(run_dir: Path, results: dict) -> list:
                              f"family scored at evenly spaced steps on the same {num_samples:,} per-sample seeds, on "
                              f"the EMA weights of that step; solvers at {sampler}).")))
     panels = [("modes", "modes captured", 1), ("hq_fraction", "high quality %", 100), ("reverse_kl", "reverse KL", 1)]
+    seed = results["config"]["seeds"][0]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
-        for fig in (scatter_figure(run_dir, results, dataset), loss_figure(run_dir, results, dataset),
-                    curve_figure(run_dir, results, dataset, panels)):
-            if fig:
-                blocks.append(("img", fig, fig))
+        here = [r for r in runs if r["dataset"] == dataset]
+        figures = [(scatter_figure(run_dir, results, dataset),
+                    f"{dataset}, seed {seed}: each family's final samples (colour) over the real mixture (grey), one "
+                    "panel per family and sampler."),
+                   (loss_figure(run_dir, results, dataset),
+                    f"{dataset}, seed {seed}: each family's training losses (50-step running mean) and the GAN "
+                    "discriminator's mean output on real and generated points."),
+                   (curve_figure(run_dir, results, dataset, panels),
+                    f"{dataset}: {', '.join(t for _, t, _ in curve_panels(here, panels))} at each training snapshot, "
+                    "one line per seed of each family (a snapshot without a value is a gap).")]
+        blocks += [("img", fig, caption) for fig, caption in figures if fig]
         if fig := mixture_strip_figure(run_dir, results, dataset):
-            blocks += [("p", READ_CLOUDS), ("img", fig, fig)]
+            blocks += [("p", READ_CLOUDS),
+                       ("img", fig, f"{dataset}, seed {seed}: each family's samples (rows) at each training snapshot "
+                                    "(columns), over the real mixture in grey.")]
     return blocks
 
 
@@ -164,17 +177,61 @@ def _sweep_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) -
               if "num_samples" in p), 0)
     seeds = max(len([r for r in per if r["model"] == f and r.get("sweep")]) for f in summaries)
     space = " (label-free features)" if lf else " (judge features)"
+    said = sweep_sentences(summaries, families, lf)
     blocks = [("p", (f"Fidelity/diversity sweeps on {n:,} samples per setting, on the validation prompts and seeds "
                      f"(disjoint from the scored ones; each family's tuned setting is the lowest FID{space} here), "
                      f"means over {seeds} seed(s): classifier-free guidance scale for diffusion (Ho & Salimans 2021), "
                      "latent truncation z <- psi z for the GAN (scaling toward the mean latent; Brock et al. 2019 "
                      "resample |z| beyond a threshold instead). Both knobs are meant to trade diversity (recall) for "
-                     "fidelity (precision) as they move from 1; the table says whether they do here.")),
+                     "fidelity (precision) as they move away from their neutral value." + (f" Here: {said}" if said
+                                                                                            else ""))),
               ("table", ["family", "setting", f"FID{space}", "precision", "recall", "coverage", "modes",
                          "prompt accuracy"], rows)]
     if fig := sweep_figure(run_dir, results, dataset, summaries):
-        blocks.append(("img", fig, fig))
+        blocks.append(("img", fig, f"{dataset}: each family along its knob on the validation prompts and seeds: "
+                                   f"precision against recall{space} (each point labelled with its knob value), and "
+                                   "FID and prompt accuracy against each family's own knob (its axis in its colour; "
+                                   "bars: the spread over seeds)."))
     return blocks
+
+
+def _change(before: float, after: float, shown: str = "{:.3g}") -> str:
+    """How a value moved, judged at the precision the sweep table shows it."""
+    a, b = shown.format(before), shown.format(after)
+    return f"{a} -> {b} " + ("(unchanged)" if a == b else "(up)" if after > before else "(down)")
+
+
+def sweep_sentences(summaries: dict, families: dict, lf: str) -> str:
+    """Per family, what its sweep shows: precision and recall at the neutral setting and at the setting farthest from
+    it, as the sweep table prints them, and whether that is the intended trade (precision up, recall down)."""
+    out = []
+    for family, (knob, points) in summaries.items():
+        spec = (families.get(family) or {}).get("knob") or {}
+        neutral = spec.get("neutral", points[0]["value"])
+        here = [p for p in points if ("precision" + lf) in p and ("recall" + lf) in p]
+        start = next((p for p in here if p["value"] == neutral), None)
+        if start is None or len(here) < 2:
+            continue
+        end = max(here, key=lambda p: abs(p["value"] - neutral))
+        (p0, _), (p1, _) = start["precision" + lf], end["precision" + lf]
+        (r0, _), (r1, _) = start["recall" + lf], end["recall" + lf]
+        moves = {"precision": _change(p0, p1), "recall": _change(r0, r1)}
+        up = {k: v.endswith("(up)") for k, v in moves.items()}
+        down = {k: v.endswith("(down)") for k, v in moves.items()}
+        if up["precision"] and down["recall"]:
+            reading = "the intended trade"
+        elif down["precision"] and up["recall"]:
+            reading = "the opposite of the intended trade"
+        elif up["precision"] and up["recall"]:
+            reading = "both rise: no trade at this setting"
+        elif down["precision"] and down["recall"]:
+            reading = "both fall"
+        else:
+            reading = "no trade at the precision shown"
+        name = label(families, family)
+        out.append(f"{name[0].upper()}{name[1:]}, {knob} {neutral:g} -> {end['value']:g}: precision "
+                   f"{moves['precision']}, recall {moves['recall']}: {reading}.")
+    return " ".join(out)
 
 
 def _image_notes(results: dict, per: list[dict]) -> list[str]:
@@ -257,7 +314,11 @@ def _grid_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) ->
         figures = _grid_figures(rd, dataset, seed, prompts, families_of(results))
     except ValueError as exc:  # a grid that does not match its prompt count: say so, draw nothing
         return [("p", f"Sample grids of {dataset} not drawn: {exc}.")]
-    blocks = [("img", f, f"{dataset} seed {seed}: samples") for f in figures]
+    captions = [f"{dataset}, seed {seed}: real test images beside each model family's samples for the same prompt and "
+                "sample seed (neutral knobs), the prompt above each group.",
+                f"{dataset}, seed {seed}: every sample grid (real test images, each family at its neutral and tuned "
+                "knob, the calibration rows), cell by cell the same prompts."]
+    blocks = [("img", f, caption) for f, caption in zip(figures, captions[-len(figures):])]
     if prompts is not None:
         blocks.append(("p", f"The grids share their prompts cell by cell (row-major); all {len(prompts)} in "
                             f"{rd.relative(rd.prompts_path(dataset, seed))}."))
@@ -275,7 +336,9 @@ def _image_curve_blocks(run_dir: Path, results: dict, per: list[dict], dataset: 
     n = next((p["num_samples"] for r in per for p in r.get("curve", []) if "num_samples" in p), 0)
     return [("p", (f"Metrics over training: every family scored at evenly spaced training steps on the first {n:,} "
                    "scored prompts and seeds, its EMA weights of that step at its neutral knob (diffusion with the "
-                   "headline sampler).")), ("img", fig, fig)]
+                   "headline sampler).")),
+            ("img", fig, f"{dataset}: {', '.join(t for _, t, _ in curve_panels(per, panels))} at each training "
+                         "snapshot, one line per seed of each family (a snapshot without a value is a gap).")]
 
 
 IMAGE_INTRO = (
@@ -297,7 +360,13 @@ IMAGE_INTRO = (
 
 def _image_dataset_blocks(run_dir: Path, results: dict, per: list[dict], dataset: str) -> list:
     header, rows, shown = image_table(results, per)
-    blocks = [("h3", dataset), ("table", header, rows)]
+    if not rows:  # nothing finished: no header-only table, and nothing to draw
+        states = ", ".join(f"{k} {v}" for k, v in Counter(r.get("status") for r in per).items())
+        return [("h3", dataset), ("p", f"No run of {dataset} finished ({states}): nothing to score yet. "
+                                      "`gvd run --resume RUN_DIR` runs what is left.")]
+    blocks = [("h3", dataset)]
+    for aspect, (head, part) in image_tables(header, rows, shown).items():
+        blocks += [("h4", f"{dataset}: {aspect}"), ("table", head, part)]
     notes = [n for n in (calibration_note(results, per), metric_notes(shown, per)) if n]
     blocks += [("p", n) for n in notes] + difference_blocks(results, per) + recipe_blocks(results, per)
     if dataset == "stacked-digits":
@@ -344,7 +413,7 @@ def _status_blocks(results: dict) -> list:
 
 
 def _head_blocks(results: dict) -> list:
-    return [("h1", f"gan-vs-diffusion: {results.get('suite', '?')}"),
+    return [("h1", f"gan-vs-diffusion: {results.get('suite', '?')}")] + smoke_banner(results) + [
             ("p", f"Created {results.get('created', '?')} on {results.get('device', '?')}; "
                   + ", ".join(f"{k} {v}" for k, v in (results.get("versions") or {}).items() if v) + "; seeds "
                   + ", ".join(str(s) for s in (results.get("config") or {}).get("seeds", [])) + "; families "
@@ -356,9 +425,11 @@ def _throughput_blocks(run_dir: Path, results: dict) -> list:
     figures = quality_cost_figures(run_dir, results)
     if "error" in (results.get("throughput") or {}):
         return [("h2", "Throughput"), ("p", f"The throughput measurement failed: {results['throughput']['error']}")]
+    text = next((r["train"]["text_encoder"].get("params") for r in results["runs"]
+                 if (r.get("train") or {}).get("text_encoder")), None)
     if "throughput" in results:
-        return throughput_blocks(results["throughput"], figures)
-    return [("h2", "Quality vs cost")] + [("img", f, f) for f in figures] if figures else []
+        return throughput_blocks(results["throughput"], figures, text_params=text)
+    return [("h2", "Quality vs cost")] + [("img", f, caption) for f, caption in figures] if figures else []
 
 
 def load_study(run_dir: Path, results: dict) -> dict | None:

@@ -12,7 +12,7 @@ import torch
 from bench.core.rundir import RunDir, slug
 from bench.data.mixtures import sample_mixture
 from bench.evaluate.sweeps import summarise_sweeps
-from bench.report.figures import LINE_STYLES, REAL_COLOUR, new_figure, save_figure
+from bench.report.figures import LINE_STYLES, REAL_COLOUR, log_axis, new_figure, save_figure, suptitle
 from bench.report.tables import colour, families_of, label
 
 
@@ -46,7 +46,7 @@ def scatter_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=title, aspect="equal", xlabel="x1 (data units)",
                ylabel="x2 (data units)")
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{dataset}, seed {seed}: samples (colour) over the data (grey)", fontsize=9)
+    suptitle(fig, f"{dataset}, seed {seed}: samples (colour) over the data (grey)", 9)
     return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_samples", dpi=110)
 
 
@@ -67,27 +67,34 @@ def loss_figure(run_dir: Path, results: dict, dataset: str) -> str | None:
             ax.plot(frame["step"], smooth, lw=0.9, c=c, ls=LINE_STYLES[i % len(LINE_STYLES)],
                     label={"d_real": "D(x)", "d_fake": "D(G(z))"}.get(key, key))
         if kind == "loss" and (frame[keys] > 0).all().all() and len(keys) == 1:
-            ax.set_yscale("log")
+            log_axis(ax, "y")
         title = f"{label(families, family)}: " + ("losses (50-step mean)" if kind == "loss" else "discriminator")
         ax.set(title=title, xlabel="training step", ylabel="loss" if kind == "loss" else "mean D output (probability)")
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{dataset}, seed {seed}", fontsize=9)
+    suptitle(fig, f"{dataset}, seed {seed}", 9)
     return save_figure(run, fig, f"{slug(dataset)}_training")
+
+
+def curve_panels(runs: list[dict], panels: list[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    """The panels some snapshot of the runs scored: a metric no snapshot has gets no empty panel."""
+    return [p for p in panels if any(_finite(c.get(p[0])) for r in runs for c in r.get("curve") or [])]
 
 
 def curve_figure(run_dir: Path, results: dict, dataset: str, panels: list[tuple[str, str, float]]) -> str | None:
     """Metric-over-training: one panel per (key, title, scale), every seed of every family as a line."""
     runs = [r for r in results["runs"] if r["dataset"] == dataset and r.get("curve")]
-    if not runs:
+    panels = curve_panels(runs, panels)
+    if not runs or not panels:
         return None
     families = families_of(results)
     fig, axes = new_figure(len(panels), width=3.6, height=3)
     for ax, (key, title, scale) in zip(axes, panels):
         labelled = set()
         for r in runs:
-            pts = [(p["step"], p[key] * scale) for p in r["curve"] if p.get(key) is not None]
-            if not pts:
+            # a snapshot without the metric is a gap in the line (NaN), never a straight line across it
+            pts = [(p["step"], p[key] * scale if _finite(p.get(key)) else np.nan) for p in r["curve"] if "step" in p]
+            if not any(np.isfinite(y) for _, y in pts):
                 continue
             name = None if r["model"] in labelled else label(families, r["model"])
             labelled.add(r["model"])
@@ -97,8 +104,12 @@ def curve_figure(run_dir: Path, results: dict, dataset: str, panels: list[tuple[
         ax.tick_params(labelsize=7)
         if ax.has_data():
             ax.legend(fontsize=7)
-    fig.suptitle(f"{dataset}: metrics over training (every seed)", fontsize=9)
+    suptitle(fig, f"{dataset}: metrics over training (every seed)", 9)
     return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_curve")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
 SWEEP_KEYS = ("fid", "precision", "recall", "density", "coverage", "modes", "reverse_kl", "cond_accuracy", "fid_lf",
@@ -156,5 +167,5 @@ def sweep_figure(run_dir: Path, results: dict, dataset: str, summaries: dict) ->
                           label=label(families, family))
             axis.set_xlabel(knob, color=c, fontsize=8)
             axis.tick_params(axis="x", colors=c, labelsize=7)
-    fig.suptitle(f"{dataset}: each family along its knob, same validation prompts and seeds", fontsize=9)
+    suptitle(fig, f"{dataset}: each family along its knob, same validation prompts and seeds", 9)
     return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_sweeps")

@@ -16,6 +16,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display: set once, before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402 -- must follow the backend choice
 from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 FAMILY_COLOURS = {"gan": "#D55E00", "diffusion": "#0072B2"}  # Okabe-Ito vermillion and blue
 REAL_COLOUR = "#999999"  # the real data, behind the samples
@@ -48,12 +49,40 @@ def placed_by_hand(fig):
     return fig
 
 
+def wrap_title(text: str, width_in: float, fontsize: float) -> list[str]:
+    """A title's lines at a figure width in inches (~0.6 em per character of DejaVu Sans)."""
+    return textwrap.wrap(text, max(20, int(width_in * 72 / (fontsize * 0.6))))
+
+
+def suptitle(fig, text: str, fontsize: float = 9) -> None:
+    """The figure's title, wrapped to the figure's width (a title wider than its figure is cut on both sides)."""
+    fig.suptitle("\n".join(wrap_title(text, fig.get_figwidth(), fontsize)), fontsize=fontsize)
+
+
+def log_axis(ax, which: str = "x") -> None:
+    """A log-scale axis labelled in plain numbers at 1, 2, 5 x 10^k (every integer x 10^k within half a decade, only
+    10^k beyond four decades), no minor labels: matplotlib's default labels the minor ticks of a short range as
+    2 x 10^0, 3 x 10^0, ..., which overprint on a narrow panel. Call it after the data are drawn (it reads the
+    axis' range)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    ax.autoscale_view()  # the range on the log scale (a range set by hand stays)
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
+    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 0.5 else tuple(float(k) for k in range(1, 10))
+    axis.set_major_locator(LogLocator(10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def png_bytes(fig, dpi: int = 100) -> bytes:
-    """Lay the figure out, render it as PNG and close it (bench/rundir.py writes the bytes atomically)."""
+    """Lay the figure out, render it as PNG and close it (bench/rundir.py writes the bytes atomically). The PNG is the
+    figure's tight bounding box: a tick label, axis label or title that a layout left outside the canvas is in it,
+    never cut."""
     if fig.get_layout_engine() is None:  # the sample figures lay themselves out (constrained)
         fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
     return buf.getvalue()
 
@@ -108,21 +137,30 @@ def prompt_groups_figure(groups: list[tuple[str, list[tuple[str, np.ndarray]]]],
             ax.set_xlabel(label, fontsize=8, color=_column_colour(label))
     for sub in subfigs[len(groups):]:
         sub.set_visible(False)
-    fig.suptitle(title, fontsize=9)
+    suptitle(fig, title, 9)
     return fig
 
 
-def grids_figure(panels: list[tuple[str, np.ndarray]], title: str, dpi: int = 100):
-    """Whole sample grids side by side, each upscaled nearest-neighbour to at least MIN_GRID_PX pixels wide and drawn
-    at one figure pixel per image pixel (at `dpi`), titled in its family's colour."""
+GRIDS_PER_ROW = 2  # whole grids side by side: two at MIN_GRID_PX fit a 1,100 px page at one pixel per pixel
+
+
+def grids_figure(panels: list[tuple[str, np.ndarray]], title: str, dpi: int = 100, per_row: int = GRIDS_PER_ROW):
+    """Whole sample grids, `per_row` side by side, each upscaled nearest-neighbour to at least MIN_GRID_PX pixels wide
+    and drawn at one figure pixel per image pixel (at `dpi`), titled in its family's colour. Seven grids side by side
+    would shrink each 16-pixel image to a few screen pixels on a page."""
     big = [(label, upscale_nearest(image)) for label, image in panels]
-    width = sum(im.shape[1] for _, im in big) / dpi
-    height = max(im.shape[0] for _, im in big) / dpi
+    cols = min(per_row, len(big))
+    rows = math.ceil(len(big) / cols)
+    width = cols * max(im.shape[1] for _, im in big) / dpi
+    height = rows * (max(im.shape[0] for _, im in big) / dpi + 0.35)
     fig = plt.figure(figsize=(width * 1.04, height + 0.6), layout="constrained")
-    for ax, (label, image) in zip(fig.subplots(1, len(big), squeeze=False)[0], big):
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (label, image) in zip(axes, big):
         ax.imshow(image, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(label, fontsize=10, color=_column_colour(label))
-    fig.suptitle(title, fontsize=10)
+    for ax in axes[len(big):]:
+        ax.set_axis_off()
+    suptitle(fig, title, 10)
     return fig

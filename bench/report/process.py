@@ -15,10 +15,11 @@ import torch
 
 from bench.core.rundir import RunDir, slug
 from bench.data.mixtures import sample_mixture
-from bench.report.figures import REAL_COLOUR, placed_by_hand, plt, save_figure
+from bench.report.figures import REAL_COLOUR, placed_by_hand, plt, save_figure, suptitle, wrap_title
 from bench.report.tables import colour, families_of, label, models
 
 CELL = 0.72  # inches per image cell
+TITLE_PT = 8  # the figures' titles
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -40,11 +41,17 @@ def _show(ax, image=None, title: str | None = None, ylabel: str | None = None, c
         ax.set_ylabel(ylabel, fontsize=6, rotation=0, ha="right", va="center", color=colour_)
 
 
-def _grid(rows: int, cols: int, extra_w: float = 1.4, hspace: float = 0.45):
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * CELL + extra_w, rows * CELL + 0.7), squeeze=False)
+def _grid(rows: int, cols: int, title: str, extra_w: float = 1.4, hspace: float = 0.45):
+    """A grid of image cells laid out by hand, its title wrapped to the figure's width above the first row's column
+    titles (the top margin grows with the title's lines, so the two never overprint)."""
+    width = cols * CELL + extra_w
+    lines = len(wrap_title(title, width, TITLE_PT))
+    top = 0.45 + lines * TITLE_PT / 72 * 1.3  # inches: the column titles, then the title's lines
+    fig, axes = plt.subplots(rows, cols, figsize=(width, rows * CELL + top + 0.1), squeeze=False)
     placed_by_hand(fig)
-    fig.subplots_adjust(left=extra_w / (cols * CELL + extra_w), right=0.99, top=1 - 0.6 / (rows * CELL + 0.7),
+    fig.subplots_adjust(left=extra_w / width, right=0.99, top=1 - top / (rows * CELL + top + 0.1),
                         bottom=0.02, wspace=0.08, hspace=hspace)
+    suptitle(fig, title, TITLE_PT)
     return fig, axes
 
 
@@ -63,7 +70,9 @@ def trajectory_figure(rd: RunDir, dataset: str, seed: int, arrays: dict, prompts
     head = arrays["trajectory0_xt"]
     n_prompts, cols = head.shape[0], head.shape[1]
     rows = [r for p in range(n_prompts) for r in [(p, "xt", 0)] + [(p, "x0", i) for i in paths]]
-    fig, axes = _grid(len(rows), cols, extra_w=1.9)
+    title = (f"{dataset}, seed {seed}: a diffusion sample as it is made (guidance s = 1, NFE "
+             f"{int(arrays['trajectory0_nfe'])} per sampler)")
+    fig, axes = _grid(len(rows), cols, title, extra_w=1.9)
     t = arrays["trajectory0_t"]
     for r, (p, kind, i) in enumerate(rows):
         name = str(arrays[f"trajectory{i}_label"])
@@ -75,9 +84,6 @@ def trajectory_figure(rd: RunDir, dataset: str, seed: int, arrays: dict, prompts
             if r == 0:
                 title = "output" if c == cols - 1 else f"t = {t[c]:.0f}"
             _show(axes[r, c], arrays[f"trajectory{i}_{kind}"][p, c], title, ylabel if c == 0 else None)
-    fig.suptitle(f"{dataset}, seed {seed}: a diffusion sample as it is made (guidance s = 1; NFE "
-                 f"{int(arrays['trajectory0_nfe'])} for each sampler; t: the first sampler's timesteps, the others "
-                 "at the same calls of their own grids)", fontsize=8)
     return save_figure(rd, fig, f"{slug(dataset)}_trajectory", dpi=110)
 
 
@@ -103,8 +109,8 @@ def forward_figure(rd: RunDir, dataset: str, seed: int, arrays: dict) -> str | N
     ax.set(yscale="log", xlabel="timestep t", ylabel="SNR")
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6)
-    fig.suptitle(f"{dataset}: the forward process q(x_t | x_0) at the trajectory's noise levels ({run_schedule} "
-                 "schedule)", fontsize=8)
+    suptitle(fig, f"{dataset}: the forward process q(x_t | x_0) at the trajectory's noise levels ({run_schedule} "
+                 "schedule)", 8)
     return save_figure(rd, fig, f"{slug(dataset)}_forward", dpi=110)
 
 
@@ -115,7 +121,8 @@ def guidance_figure(rd: RunDir, dataset: str, seed: int, arrays: dict, prompts: 
         return None
     scales, t = arrays["guidance_scales"], arrays["guidance_t"]
     n, k = arrays["guidance_guided"].shape[:2]
-    fig, axes = _grid(2 * n, 3 + k, extra_w=1.6, hspace=0.7)
+    fig, axes = _grid(2 * n, 3 + k, f"{dataset}, seed {seed}: classifier-free guidance taken apart at one step",
+                      extra_w=1.6, hspace=0.7)
     limit = float(np.abs(arrays["guidance_difference"]).max()) or 1.0
     for p in range(n):
         top, bottom = axes[2 * p], axes[2 * p + 1]
@@ -133,7 +140,6 @@ def guidance_figure(rd: RunDir, dataset: str, seed: int, arrays: dict, prompts: 
             _show(ax)
         bottom[0].text(1.0, 0.5, "finished samples\n(same seed) →", ha="right", va="center", fontsize=6,
                        transform=bottom[2].transAxes)
-    fig.suptitle(f"{dataset}, seed {seed}: classifier-free guidance taken apart at one step", fontsize=8)
     return save_figure(rd, fig, f"{slug(dataset)}_guidance", dpi=110)
 
 
@@ -146,7 +152,8 @@ def strip_figure(rd: RunDir, results: dict, dataset: str, seed: int, per_family:
     families = families_of(results)
     n = max(a["strip"].shape[1] for a in strips.values())
     cols = sum(a["strip"].shape[0] for a in strips.values()) + len(strips) - 1
-    fig, axes = _grid(n, cols, extra_w=1.6)
+    fig, axes = _grid(n, cols, f"{dataset}, seed {seed}: each family's EMA at each training snapshot, the same "
+                               "prompts and seeds (neutral knobs)", extra_w=1.6)
     c0 = 0
     for family, a in strips.items():
         steps = a["strip_steps"]
@@ -162,8 +169,6 @@ def strip_figure(rd: RunDir, results: dict, dataset: str, seed: int, per_family:
             for p in range(n):
                 _show(axes[p, c0])
             c0 += 1
-    fig.suptitle(f"{dataset}, seed {seed}: each family's EMA at each training snapshot, the same prompts and seeds "
-                 "(neutral knobs)", fontsize=8)
     return save_figure(rd, fig, f"{slug(dataset)}_snapshots", dpi=110)
 
 
@@ -173,7 +178,8 @@ READ_TRAJECTORY = (
     "finished image from there (x0_hat): the guess settles long before the noise is gone, so an error in the layout "
     "shows early and one in the fine detail late. The last column is the sample itself; the rows below run the same "
     "network from the same noise under two other samplers with the same number of network passes: where they "
-    "disagree, the sampler, not the model, decides the picture.")
+    "disagree, the sampler, not the model, decides the picture. The timesteps t above the columns are the first "
+    "sampler's; the other samplers are shown at the same network calls of their own grids.")
 READ_FORWARD = (
     "How to read these: training teaches the network to undo this. A test image is mixed with Gaussian noise as "
     "sqrt(a_t) x_0 + sqrt(1 - a_t) noise at the noise levels the sampler visits; the signal-to-noise ratio a_t / "
@@ -205,13 +211,24 @@ def image_process_blocks(run_dir: Path, results: dict, per: list[dict], dataset:
     diffusion = next((a for a in arrays.values() if "trajectory0_x0" in a), None)
     figures = []
     if diffusion is not None:
-        figures += [(READ_TRAJECTORY, trajectory_figure(rd, dataset, seed, diffusion, prompts)),
-                    (READ_FORWARD, forward_figure(rd, dataset, seed, diffusion)),
-                    (READ_GUIDANCE, guidance_figure(rd, dataset, seed, diffusion, prompts))]
-    figures.append((READ_STRIP, strip_figure(rd, results, dataset, seed, arrays, prompts)))
-    for text, path in figures:
+        figures += [(READ_TRAJECTORY, trajectory_figure(rd, dataset, seed, diffusion, prompts),
+                     f"{dataset}, seed {seed}: the diffusion model's latent x_t and its clean-image estimate x0_hat at "
+                     "evenly spaced steps of one sample per prompt, then x0_hat under two other samplers from the same "
+                     "noise at the same NFE."),
+                    (READ_FORWARD, forward_figure(rd, dataset, seed, diffusion),
+                     f"{dataset}: one test image noised by the forward process at the sampler's noise levels, in "
+                     "pixels and in the autoencoder's latent space (decoded), beside the signal-to-noise ratio of "
+                     "every built-in schedule."),
+                    (READ_GUIDANCE, guidance_figure(rd, dataset, seed, diffusion, prompts),
+                     f"{dataset}, seed {seed}: classifier-free guidance at one step: the estimates without and with "
+                     "the caption, their difference, the guided estimate at three scales, and the finished samples at "
+                     "those scales.")]
+    figures.append((READ_STRIP, strip_figure(rd, results, dataset, seed, arrays, prompts),
+                    f"{dataset}, seed {seed}: each family's samples for the same prompts and seeds (rows) at each "
+                    "training snapshot (columns), neutral knobs."))
+    for text, path, caption in figures:
         if path:
-            blocks += [("p", text), ("img", path, path)]
+            blocks += [("p", text), ("img", path, caption)]
     return blocks
 
 
@@ -254,6 +271,6 @@ def mixture_strip_figure(run_dir: Path, results: dict, dataset: str) -> str | No
             ax.set_title(f"step {step:,}", fontsize=6)
             if c == 0:
                 ax.set_ylabel(label(families, family), fontsize=7, color=colour(families, family))
-    fig.suptitle(f"{dataset}, seed {seed}: samples at each training snapshot", fontsize=8)
+    suptitle(fig, f"{dataset}, seed {seed}: samples at each training snapshot", 8)
     fig.tight_layout()
     return save_figure(rd, fig, f"{slug(dataset)}_snapshots", dpi=110)

@@ -5,11 +5,12 @@ what the runs recorded; measures nothing. `throughput_blocks` and `quality_cost_
 bench/report/build.py puts in the report.
 """
 
+import math
 import statistics
 from pathlib import Path
 
 from bench.core.rundir import RunDir, slug
-from bench.report.figures import LINE_STYLES, MARKERS, new_figure, save_figure
+from bench.report.figures import LINE_STYLES, MARKERS, log_axis, new_figure, save_figure, suptitle
 from bench.report.tables import colour, families_of
 from bench.report.tables import label as label_of
 from bench.speed.summary import summary_lines, table_rows
@@ -18,8 +19,20 @@ from bench.speed.throughput import peak_key
 # ---------------------------------------------------------------- report blocks
 
 
-def throughput_blocks(result: dict, figures: list[str] | tuple = ()) -> list:
-    """Report blocks (bench/report.py's format) for a throughput result, plus any quality-vs-cost figures."""
+def throughput_blocks(result: dict, figures: list[tuple[str, str]] | tuple = (),
+                      text_params: int | None = None) -> list:
+    """Report blocks (bench/report/build.py's format) for a throughput result, plus any quality-vs-cost figures as
+    (path, caption). text_params: the run's trained text encoder's parameter count, which the report gives instead of
+    the timed one's (the throughput stage builds its networks with a placeholder vocabulary)."""
+    result, notes = reconciled(result), []
+    if any("from the measured loops" in r["method"] for r in result["rows"]):
+        notes.append(RECONCILED)
+    text = (result.get("models") or {}).get("text") or {}
+    if text_params and text.get("params") and text["params"] != text_params:
+        notes.append(f"The shared text encoder is counted at the size this run trained ({text_params:,} parameters): "
+                     f"the throughput stage timed one with a placeholder vocabulary ({text['params']:,} parameters), "
+                     "whose word table costs no compute.")
+        result = {**result, "models": {**result["models"], "text": {**text, "params": text_params}}}
     header, rows = table_rows(result)
     blocks = [("h2", "Throughput"),
               ("p", ("Fresh networks of this run's configs (speed does not depend on the weights). Sampling: images/s "
@@ -28,9 +41,55 @@ def throughput_blocks(result: dict, figures: list[str] | tuple = ()) -> list:
                      f"Training: images/s at batch {result['train_batch']} through the harness's own training loops. "
                      "Warm-up calls first; the median of the repeats.")),
               ("table", header, rows)]
-    blocks += [("p", line) for line in summary_lines(result)]
-    blocks += [("img", path, path) for path in figures]
+    blocks += [("p", line[0].upper() + line[1:]) for line in summary_lines(result) + notes if line]
+    blocks += [("img", path, caption) for path, caption in figures]
     return blocks
+
+
+RECONCILED = (
+    "Rows that did not fit the time budget are estimated from this table's measured loops of the same model and "
+    "guidance, linear in the NFE through the two largest measured (proportional to the one where only one was "
+    "measured), so an estimate never contradicts a measurement. The throughput stage's own estimate (NFE x one "
+    "isolated network call + the decode) came out below the measured loops on a busy CPU: an isolated call runs "
+    "faster than the same call inside a loop.")
+
+
+def _extrapolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """y at x from the measured (x, y): the line through the two largest x (rising), else proportional to the
+    largest; None without a point."""
+    points = sorted(points)
+    if not points:
+        return None
+    (x1, y1), (x2, y2) = points[-2] if len(points) > 1 else (0.0, 0.0), points[-1]
+    slope = (y2 - y1) / (x2 - x1) if len(points) > 1 and x2 > x1 else 0.0
+    return y2 + slope * (x - x2) if slope > 0 else y2 * x / x2
+
+
+def reconciled(result: dict) -> dict:
+    """The throughput result with every estimated sampling time re-estimated from the measured loops of the same model
+    and guidance (_extrapolate: seconds per batch and seconds per image alone, linear in NFE), its images/s, TFLOP/s
+    and MFU following; rows measured stay as they are. A group without a measured loop keeps its estimate."""
+    rows = [dict(r) for r in result.get("rows", [])]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("stage") == "sample" and r.get("nfe"):
+            groups.setdefault((r["model"], r.get("guidance")), []).append(r)
+    for group in groups.values():
+        batch_s = [(m["nfe"], m["batch"] / m["images_per_s"]) for m in group
+                   if m["method"].startswith("measured") and m.get("images_per_s")]
+        alone_s = [(m["nfe"], m["latency_s"]) for m in group if m["method"] == "measured" and m.get("latency_s")]
+        for r in group:
+            if r["method"] == "estimated" and (t := _extrapolate(batch_s, r["nfe"])):
+                ips = r["batch"] / t
+                scale = ips / r["images_per_s"] if r.get("images_per_s") else None
+                r.update(images_per_s=ips, latency_s=_extrapolate(alone_s, r["nfe"]) or r.get("latency_s"),
+                         method="estimated from the measured loops")
+                for k in ("tflops", "mfu"):
+                    if scale is not None and r.get(k) is not None:
+                        r[k] *= scale
+            elif r["method"] == "measured (batch-1 latency estimated)" and (t := _extrapolate(alone_s, r["nfe"])):
+                r.update(latency_s=t, method="measured (batch-1 latency from the measured loops)")
+    return {**result, "rows": rows}
 
 
 # ---------------------------------------------------------------- quality against cost
@@ -41,9 +100,13 @@ def _quality_key(runs: list[dict]) -> tuple[str, str] | None:
     lower is better for all."""
     for key, label in (("fid_lf", "FID (label-free features)"), ("fid", "FID (judge features)"),
                        ("reverse_kl", "reverse KL (nats)")):
-        if any(isinstance(r.get("metrics", {}).get(key), (int, float)) for r in runs):
+        if any(_finite(r.get("metrics", {}).get(key)) for r in runs):
             return key, label
     return None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _sampling_points(run: dict, key: str) -> list[tuple[str, float, float, float | None]]:
@@ -52,7 +115,7 @@ def _sampling_points(run: dict, key: str) -> list[tuple[str, float, float, float
     per = run.get("by_sampler") or {run.get("sampler") or run["model"]: {**run.get("metrics", {}),
                                                                           **run.get("throughput", {})}}
     for label, m in per.items():
-        if not isinstance(m.get(key), (int, float)) or m.get("nfe") is None:
+        if not _finite(m.get(key)) or m.get("nfe") is None:
             continue
         ips = m.get("samples_per_s")
         if not ips and m.get("sample_seconds") and m.get("num_samples"):
@@ -71,14 +134,14 @@ def _training_points(run: dict, key: str) -> list[tuple[float, float]]:
     offset = (train.get("vae") or {}).get("seconds", 0.0)
     points = []
     for c in run.get("curve") or []:
-        if isinstance(c.get(key), (int, float)):
+        if _finite(c.get(key)):
             sec = c.get("seconds")
             if sec is None and steps and c.get("step") is not None:
                 sec = offset + c["step"] * (total - offset) / steps
             if sec is not None:
                 points.append((float(sec), float(c[key])))
     final = run.get("metrics", {}).get(key)
-    if isinstance(final, (int, float)):
+    if _finite(final):
         points.append((float(total), float(final)))
     return sorted(points)
 
@@ -98,14 +161,19 @@ def _sampling_curves(runs: list[dict], key: str) -> dict[tuple[str, str], list[t
 
 
 def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str],
-                     families: dict) -> str | None:
-    """Quality vs NFE and vs sampling ms per image: one line per sampler of a family that has several (its colour,
-    one line style and marker each), a one-pass family as one star."""
+                     families: dict) -> tuple[str, str] | None:
+    """(path, caption) of quality vs NFE and vs sampling ms per image: one line per sampler of a family that has
+    several (its colour, one line style and marker each), a one-pass family as one star. Where no family was scored at
+    more than one NFE (the image benchmark scores one sampler setting), a quality-vs-NFE panel would be one point per
+    family dressed as a curve: one panel against sampling time instead, each point labelled with its NFE."""
     key, label = quality
     curves = _sampling_curves(runs, key)
     if not curves:
         return None
-    fig, axes = new_figure(2, width=4.5, height=3.4)
+    several = any(len(pts) > 1 for pts in curves.values())
+    show_time = any(p[2] for pts in curves.values() for p in pts)
+    show_nfe = several or not show_time
+    fig, axes = new_figure(show_nfe + show_time, width=4.5, height=3.4)
     k = 0
     for (model, name), pts in curves.items():
         if len(pts) == 1 and pts[0][0] <= 1:  # one pass per sample: a point, not a line
@@ -113,26 +181,44 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
             text = f"{label_of(families, model)} ({pts[0][0]:g} forward)"
         else:
             style = {"marker": MARKERS[k % len(MARKERS)], "ls": LINE_STYLES[k % len(LINE_STYLES)]}
-            text = f"{label_of(families, model)}, {name}"
+            text = f"{label_of(families, model)}, {name}" + ("" if several else f" (NFE {pts[0][0]:g})")
             k += 1
         style["color"] = colour(families, model)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=text, **style)
-        timed = [(p[2] * 1e3, p[1]) for p in pts if p[2]]
-        if timed:
-            axes[1].plot(*zip(*timed), label=text, **style)
-    axes[0].set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel=label, title="quality vs NFE")
-    axes[1].set(xscale="log", xlabel="sampling time per image (ms, at the evaluation batch)", ylabel=label,
-                title="quality vs sampling cost")
+        if show_nfe:
+            axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=text, **style)
+        timed = [(p[2] * 1e3, p[1], p[0]) for p in pts if p[2]]
+        if show_time and timed:
+            axes[-1].plot([t[0] for t in timed], [t[1] for t in timed], label=text, **style)
+            if not several:
+                for x, y, nfe in timed:
+                    axes[-1].annotate(f"NFE {nfe:g}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    if show_nfe:
+        axes[0].set(xlabel="network evaluations per image (NFE)", ylabel=label, title="quality vs NFE")
+        log_axis(axes[0], "x")
+    if show_time:
+        axes[-1].set(xlabel="sampling time per image (ms, at the evaluation batch)", ylabel=label,
+                     title="quality vs sampling cost")
+        log_axis(axes[-1], "x")
     for ax in axes:
         if ax.has_data():
             ax.legend(fontsize=7)
-    fig.suptitle(f"{dataset}: lower is better; mean over seeds", fontsize=9)
-    return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_quality_vs_sampling")
+    suptitle(fig, f"{dataset}: lower is better; mean over seeds", 9)
+    path = save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_quality_vs_sampling")
+    what = f"{label}, lower is better, mean over seeds"
+    if show_nfe:
+        return path, (f"{dataset}: sample quality against the network evaluations per image (NFE)"
+                      + (" and against the sampling time per image" if show_time else "")
+                      + f", one line per sampler on the same trained networks ({what}).")
+    return path, (f"{dataset}: sample quality against the sampling time per image, each family at the one sampler "
+                  f"setting this benchmark scores, its NFE beside the point ({what}). Quality at several NFE is "
+                  "measured on the 2D benchmarks (the samplers table); the throughput table above gives the image "
+                  "models' time at every NFE.")
 
 
 def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str],
-                     families: dict) -> str | None:
-    """Quality vs training wall time: one line per (model, seed), the family's colour, one line style per seed."""
+                     families: dict) -> tuple[str, str] | None:
+    """(path, caption) of quality vs training wall time: one line per (model, seed), the family's colour, one line
+    style per seed."""
     key, label = quality
     lines = {(r["model"], r["seed"]): _training_points(r, key) for r in runs}
     if not any(lines.values()):
@@ -147,14 +233,16 @@ def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
     ax.set(xlabel="training wall time (s; a latent family's autoencoder included)", ylabel=label,
            title=f"{dataset}: quality vs training time")
     ax.legend(fontsize=7)
-    return save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_quality_vs_training_time")
+    path = save_figure(RunDir(run_dir), fig, f"{slug(dataset)}_quality_vs_training_time")
+    return path, (f"{dataset}: sample quality ({label}, lower is better) against training wall time, every seed of "
+                  "every family: the metric-over-training snapshots placed at the time they were reached.")
 
 
-def quality_cost_figures(run_dir, results: dict) -> list[str]:
+def quality_cost_figures(run_dir, results: dict) -> list[tuple[str, str]]:
     """Per dataset: quality vs NFE and vs sampling seconds per image (one line per diffusion sampler, the GAN as one
     point), and quality vs training wall time for both models. Uses whatever results.json holds (FID for image
     runs, reverse KL for 2D runs; sampler sweeps in "by_sampler", metric-over-training in "curve"); a dataset with
-    nothing to plot is skipped. Returns the PNG paths relative to run_dir."""
+    no finite value to plot is skipped. Returns (PNG path relative to run_dir, caption) pairs."""
     paths, families = [], families_of(results)
     ok = [r for r in results.get("runs", [])
           if r.get("status") in ("ok", "diverged") and r.get("role") != "calibration"]
@@ -164,9 +252,9 @@ def quality_cost_figures(run_dir, results: dict) -> list[str]:
         if quality is None:
             continue
         for figure in (_sampling_figure, _training_figure):
-            path = figure(Path(run_dir), dataset, runs, quality, families)
-            if path:
-                paths.append(path)
+            drawn = figure(Path(run_dir), dataset, runs, quality, families)
+            if drawn:
+                paths.append(drawn)
     return paths
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.core.files import atomic_write
 from bench.evaluate.stats import ALPHA, CLUSTER_BOOTSTRAP_COVERAGE, cluster_difference, cluster_permutation_p
-from bench.report.figures import family_colour, plt, png_bytes
+from bench.report.figures import family_colour, log_axis, plt, png_bytes, suptitle
 from bench.report.render import to_html, to_markdown
 
 NAMES = {"gan": "GAN"}  # a family's name as the text writes it (its own name otherwise)
@@ -100,7 +100,7 @@ def ecdf_figure(out: Path, record: dict, dataset: str) -> str:
         ax.set(xlim=(-0.02, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{dataset}: empirical CDF of the final metrics", fontsize=10)
+    suptitle(fig, f"{dataset}: empirical CDF of the final metrics", 10)
     name = f"figures/{dataset}_ecdf.png"
     atomic_write(out / name, png_bytes(fig, dpi=110))
     return name
@@ -110,8 +110,13 @@ def _knob_axis(ax, values: list, space_entry: dict) -> list:
     """x positions of the values: the values themselves on a log axis for a log-uniform knob, category indices for
     a choice (labelled with the choices)."""
     if "log_uniform" in space_entry:
-        ax.set_xscale("log")
-        ax.set_xlim(*space_entry["log_uniform"])  # the whole searched range
+        lo, hi = space_entry["log_uniform"]
+        ax.set_xlim(lo, hi)  # the whole searched range
+        log_axis(ax, "x")
+        # three labelled ticks (the ends and the geometric middle): a range of one or two decades otherwise gets
+        # matplotlib's minor labels at 2, 3, 4, ... x 10^k, which overprint on a 2.2-inch panel
+        ticks = [lo, (lo * hi) ** 0.5, hi]
+        ax.set_xticks(ticks, [f"{v:.1g}" for v in ticks], fontsize=7)
         return [float(v) for v in values]
     choices = space_entry["choice"]
     ax.set_xticks(range(len(choices)), [str(c) for c in choices], fontsize=7)
@@ -145,7 +150,7 @@ def sensitivity_figure(out: Path, record: dict, dataset: str, family: str) -> st
             if col == 0:
                 ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=6, loc="best")
-    fig.suptitle(f"{dataset}, {_name(family)}: final metrics against each knob (one point per run)", fontsize=10)
+    suptitle(fig, f"{dataset}, {_name(family)}: final metrics against each knob (one point per run)", 10)
     name = f"figures/{dataset}_{family}_sensitivity.png"
     atomic_write(out / name, png_bytes(fig))
     return name
@@ -280,9 +285,13 @@ def _dataset_blocks(out: Path, record: dict, dataset: str) -> list:
                      "that configuration; first usable = the first configuration with a converged seed.")),
               ("table", ["family", "config", "knobs", "converged seeds", "high quality %", "modes %",
                          "found after (runs x steps)", "first usable"], best_rows(record, dataset))]
-    figures = [ecdf_figure(out, record, dataset)]
-    figures += [f for f in (sensitivity_figure(out, record, dataset, fam) for fam in _families(record)) if f]
-    return blocks + [("img", f, f) for f in figures]
+    figures = [(ecdf_figure(out, record, dataset),
+                f"{dataset}: the empirical CDF of the final high-quality share and of the modes captured, over each "
+                "family's configurations (solid) and over the seeds of its best configuration (dashed).")]
+    figures += [(f, f"{dataset}, {_name(fam)}: every run's final high-quality share (top) and modes captured (bottom) "
+                    "against each knob's value; the marker is the run's outcome.")
+                for fam in _families(record) if (f := sensitivity_figure(out, record, dataset, fam))]
+    return blocks + [("img", f, caption) for f, caption in figures]
 
 
 def study_blocks(out: Path, record: dict) -> list:
@@ -309,4 +318,4 @@ def write_study_report(out: Path, record: dict) -> None:
     out = Path(out)
     blocks = study_blocks(out, record)
     atomic_write(out / "study.md", to_markdown(blocks))
-    atomic_write(out / "study.html", to_html(blocks))
+    atomic_write(out / "study.html", to_html(blocks, out))  # figures embedded, as in report.html

@@ -222,6 +222,29 @@ def image_table(results: dict, per: list[dict]) -> tuple[list[str], list[list[st
     return header, rows, shown
 
 
+# The per-family image table split by aspect, so no table is wider than a page: each metric's table is its verdict
+# aspect, or this one's; the FID interval, the sample count and NFE stand with quality (FID is biased at small N).
+TABLE_ASPECT = {"fid": "quality", "precision_lf": "quality", "duplicate_share": "within-class diversity",
+                "c_t": "memorisation"}
+TABLE_ORDER = ("quality", "diversity", "within-class diversity", "prompt adherence", "memorisation", "other")
+LEAD_COLUMNS = 3  # family, setting, runs ok: repeated in every table
+
+
+def image_tables(header: list[str], rows: list[list[str]], shown: list) -> dict[str, tuple[list[str], list]]:
+    """image_table's columns split by aspect: {aspect: (header, rows)}, in TABLE_ORDER, each with the family, setting
+    and runs-ok columns first; an aspect without a column is left out."""
+    by_label = {m.label: TABLE_ASPECT.get(m.key) or m.aspect or "other" for m in shown}
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(header[LEAD_COLUMNS:], LEAD_COLUMNS):
+        groups.setdefault(by_label.get(name, "quality"), []).append(i)
+    out = {}
+    for aspect in TABLE_ORDER:
+        if cols := groups.get(aspect):
+            keep = list(range(LEAD_COLUMNS)) + cols
+            out[aspect] = ([header[i] for i in keep], [[row[i] for i in keep] for row in rows])
+    return out
+
+
 def difference_blocks(results: dict, per: list[dict]) -> list:
     """Every pair of model families (the first minus the second, in the run's order), at each setting, paired by seed
     over the seeds the two finished: the mean difference, its t interval, the exact sign-flip p, the words it earns

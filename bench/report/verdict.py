@@ -20,7 +20,11 @@ The rules (DESIGN.md, "Verdict rules"), for each dataset and each metric of the 
     stability outcome, never a missing value in the other rows;
   - a model family missing from a dataset, or with no finished seed there, is named under its verdict table.
 
-The budget axis, the training FLOPs and the parameters of each family head each dataset's verdict.
+The verdict opens with its rows in words (verdict_words): per dataset, one to three sentences on the first pair of
+model families (GAN vs diffusion), read from the same rows, never recomputed: who leads on which aspect and by how
+much (the means over the pair's common seeds), how sure the seeds are, stability and cost. A margin that is 0, or
+shows as 0 at the metric's precision, is a tie, never "leads by 0.00". The budget axis, the training FLOPs and the
+parameters of each family head each dataset's tables.
 """
 
 import itertools
@@ -111,6 +115,14 @@ def _words(diff: dict, lead: str, runner: str, labels: dict) -> str:
     return evidence(diff, (labels[lead], labels[runner]))
 
 
+def _shows_zero(m, value: float) -> bool:
+    """Whether a margin is 0, or prints as 0 at the metric's precision ("0.00", "+0.0")."""
+    try:
+        return not value or float(m.display_mean(abs(value))) == 0.0
+    except ValueError:  # a format that is not a plain number
+        return False
+
+
 def _margin(diff: dict, m) -> str:
     """How sure the margin is, as the "by" column shows it after the margin: n and the t interval (in the leader's
     favour), or that the difference is the same on every seed."""
@@ -121,20 +133,31 @@ def _margin(diff: dict, m) -> str:
     return f"n={diff['n']}; 95% t interval {m.display_mean(diff['lo'])} to {m.display_mean(diff['hi'])}"
 
 
-def _pair_row(scored: dict, first: str, second: str, m, better: int, labels: dict) -> tuple[list[str], dict]:
-    """The leads / by / seeds / seeds-it-would-need cells of one pair on one metric, and the pair's difference."""
+def _pair_row(scored: dict, first: str, second: str, m, better: int, labels: dict,
+              raw: dict | None = None) -> tuple[list[str], dict]:
+    """The leads / by / seeds / seeds-it-would-need cells of one pair on one metric, and the pair's difference; the
+    difference carries the row's facts ("fact": leader, runner-up, their means over the common seeds in `raw`'s
+    values (the metric's own, where `scored` ranks something else), the cost ratio), which the verdict's words read."""
     lead, runner, diff = _pair(scored, first, second, better, m.bounds)
+    fact = {"aspect": m.aspect, "measure": m.label, "pair": (first, second), "lead": None, "runner": None}
+    diff["fact"] = fact
     if not diff["n"]:
         return ["n/a", f"{labels[first]} and {labels[second]} share no seed", "no seed in common", ""], diff
-    if not diff["mean"]:
-        return ["tie", f"0 between {labels[first]} and {labels[second]} (n={diff['n']})",
-                _words(diff, lead, runner, labels), needed_text(diff)], diff
-    by = m.display_mean(diff["mean"])
+    raw = raw or scored
     common = diff["seeds"]
-    lead_mean = sum(scored[lead][s] for s in common) / len(common)
-    runner_mean = sum(scored[runner][s] for s in common) / len(common)
+    lead_mean = sum(raw[lead][s] for s in common) / len(common)
+    runner_mean = sum(raw[runner][s] for s in common) / len(common)
+    fact.update(lead_mean=m.display_mean(lead_mean), runner_mean=m.display_mean(runner_mean))
+    if _shows_zero(m, diff["mean"]):
+        at = "" if not diff["mean"] else (f" at the precision shown ({labels[lead]} ahead by {diff['mean']:.2g})")
+        fact.update(tie=True, lead=lead, runner=runner)
+        return ["tie", f"{m.display_mean(0)} between {labels[first]} and {labels[second]}{at} (n={diff['n']})",
+                _words(diff, lead, runner, labels), needed_text(diff)], diff
+    fact.update(tie=False, lead=lead, runner=runner)
+    by = m.display_mean(diff["mean"])
     if m.aspect and m.aspect.startswith("cost") and min(lead_mean, runner_mean) > 0:
-        by += f" ({max(lead_mean, runner_mean) / min(lead_mean, runner_mean):.3g}x)"
+        fact["ratio"] = max(lead_mean, runner_mean) / min(lead_mean, runner_mean)
+        by += f" ({fact['ratio']:.3g}x)"
     return [labels[lead], f"{by} over {labels[runner]} ({_margin(diff, m)})", _words(diff, lead, runner, labels),
             needed_text(diff)], diff
 
@@ -151,15 +174,17 @@ def metric_row(runs: list[dict], names: list[str], m, labels: dict) -> list[tupl
     have = [f for f in names if cells[f][0]]
     if len(have) < 2:
         return None
-    scored = {f: cells[f][0] for f in have}
+    scored = raw = {f: cells[f][0] for f in have}
     better, measure = m.better, m.label
     if m.key == MEMORISATION:
         if why := _unmeasurable(runs, have, labels):
-            return [([m.aspect, measure] + [_cell(*cells[f], m) for f in names] + ["none", why, "", ""], {"n": 0})]
+            unmeasured = {"n": 0, "fact": {"aspect": m.aspect, "measure": m.label, "pair": tuple(have[:2]),
+                                           "lead": None, "runner": None, "unmeasurable": True}}
+            return [([m.aspect, measure] + [_cell(*cells[f], m) for f in names] + ["none", why, "", ""], unmeasured)]
         scored = {f: {s: abs(v) for s, v in scored[f].items()} for f in have}
         better = -1
         measure += " (ranked by closeness to 0, its exact expectation for a generator that does not copy)"
-    pairs = [_pair_row(scored, a, b, m, better or 1, labels) for a, b in itertools.combinations(have, 2)]
+    pairs = [_pair_row(scored, a, b, m, better or 1, labels, raw) for a, b in itertools.combinations(have, 2)]
     return _rows_by_pair([m.aspect, measure], [_cell(*cells[f], m) for f in names], pairs)
 
 
@@ -173,18 +198,25 @@ def stability_row(runs: list[dict], names: list[str], labels: dict) -> list[tupl
         usable[f] = {s: float(o == "converged") for s, o in outcomes.items()}
         parts = [f"{sum(o == k for o in outcomes.values())} {k}" for k in OUTCOMES[1:]
                  if any(o == k for o in outcomes.values())]
-        counts[f] = f"{sum(usable[f].values()):.0f}/{len(outcomes)} converged" + (f" ({', '.join(parts)})"
-                                                                                     if parts else "")
+        counts[f] = (f"{sum(usable[f].values()):.0f}/{len(outcomes)} converged" + (f" ({', '.join(parts)})"
+                                                                                      if parts else "")
+                     if outcomes else "no finished seed")
     pairs = []
     for a, b in itertools.combinations(names, 2):
         lead, runner, diff = _pair(usable, a, b, +1)
+        fact = {"aspect": "stability", "measure": "runs converged", "pair": (a, b), "lead": None, "runner": None,
+                "counts": {f: counts[f] for f in (a, b)}}
+        diff["fact"] = fact
         if not diff["n"]:
             pairs.append((["n/a", f"{labels[a]} and {labels[b]} share no seed", "no seed in common", ""], diff))
             continue
+        fact["converged"] = {f: (round(sum(usable[f][s] for s in diff["seeds"])), diff["n"]) for f in (a, b)}
         if not diff["mean"]:
+            fact.update(tie=True, lead=lead, runner=runner)
             pairs.append((["tie", f"0 seeds between {labels[a]} and {labels[b]} (n={diff['n']})",
                            _words(diff, lead, runner, labels), needed_text(diff)], diff))
             continue
+        fact.update(tie=False, lead=lead, runner=runner)
         rates = [sum(usable[f][s] for s in diff["seeds"]) / diff["n"] for f in (lead, runner)]
         pairs.append(([labels[lead], f"{diff['mean']:.0%} of seeds over {labels[runner]} (n={diff['n']})",
                        _words(diff, lead, runner, labels), needed_text(diff, rates)], diff))
@@ -310,35 +342,169 @@ def absent_note(results: dict, runs: list[dict], names: list[str], dataset: str,
     return ("Not compared here: " + "; ".join(notes) + ".") if notes else None
 
 
+# ---------------------------------------------------------------- the verdict in words
+
+
+WORD_ASPECTS = ("quality", "diversity", "within-class diversity", "prompt adherence", "memorisation")
+
+
+def _aspect_call(facts: list[dict]) -> tuple[str, dict | None]:
+    """How one aspect's rows of a pair read together: ("lead", the first row naming the leader) when every row with a
+    leader names the same one, ("tie", a row) when every row is a tie, ("split", None) when rows name both, ("none",
+    None) when no row has a leader or a tie (not measurable, no seed in common)."""
+    leading = [f for f in facts if f.get("lead") and not f.get("tie")]
+    if leading:
+        if len({f["lead"] for f in leading}) == 1:
+            return "lead", leading[0]
+        return "split", None
+    ties = [f for f in facts if f.get("tie")]
+    return ("tie", ties[0]) if ties else ("none", None)
+
+
+def _example(f: dict) -> str:
+    return f"{f['measure']} {f['lead_mean']} vs {f['runner_mean']}"
+
+
+def _how_sure(diffs: list[dict]) -> str:
+    """How sure the seeds are of a pair's leads (non-cost rows with a leader), by the verdict's one rule."""
+    leads = [d for d in diffs if d["fact"].get("lead") and not d["fact"].get("tie")
+             and not str(d["fact"]["aspect"]).startswith("cost")]
+    if not leads:
+        return ""
+    k, n = len(leads), max(d["n"] for d in leads)
+    resolved = sum(d["resolved"] for d in leads)
+    agree = sum(not d["resolved"] and max(d["above"], d["below"]) == d["n"] for d in leads)
+    mixed = k - resolved - agree
+    few = (f"{n} paired seed{'s' * (n != 1)} {'are' if n != 1 else 'is'} too few for the exact test to resolve a "
+           f"difference (it needs {MIN_RESOLVED})")
+    rows = f"the {k} rows that name a leader" if k > 1 else "the one row that names a leader"
+    if resolved == k:
+        return f"How sure: {rows} {'all ' if k > 1 else ''}resolved by the exact sign-flip test (p <= 0.05)."
+    if not resolved and agree == k:
+        return f"How sure: {rows} held on every seed, but " + few + "."
+    parts = [f"{resolved} of {rows} resolved (exact sign-flip test, p <= 0.05)" if resolved
+             else f"none of {rows} resolved" + (f" ({few})" if n < MIN_RESOLVED else "")]
+    if agree:
+        parts.append(f"{agree} held on every seed without resolving")
+    if mixed:
+        parts.append(f"{mixed} went different ways on different seeds")
+    return "How sure: " + "; ".join(parts) + "."
+
+
+def _cost_sentence(facts: list[dict], labels: dict) -> str:
+    """Which family costs more to sample and to train, as a ratio of the means over the common seeds."""
+    costs = {f["aspect"].removeprefix("cost: "): f for f in facts
+             if str(f["aspect"]).startswith("cost") and f.get("lead") and not f.get("tie") and f.get("ratio")}
+    verbs = {"sampling": "to sample", "training": "to train"}
+    parts = [(labels[f["runner"]], f"{f['ratio']:.3g}x more {verbs.get(k, k)} ({f['runner_mean']} s vs "
+                                   f"{f['lead_mean']} s)") for k, f in costs.items()]
+    if not parts:
+        return ""
+    if len({who for who, _ in parts}) == 1:
+        return f"{parts[0][0]} costs " + " and ".join(what for _, what in parts) + "."
+    return "; ".join(f"{who} costs {what}" for who, what in parts) + "."
+
+
+def _stability_sentence(facts: list[dict], labels: dict) -> str:
+    fact = next((f for f in facts if f["aspect"] == "stability"), None)
+    if fact is None or "converged" not in fact:
+        return ""
+    return "Converged: " + ", ".join(f"{labels[f]} {k}/{n} seeds" for f, (k, n) in fact["converged"].items()) + "."
+
+
+def pair_words(dataset: str, diffs: list[dict], labels: dict) -> str:
+    """One to three sentences on one pair of families on one dataset, read from the verdict rows' facts: who leads on
+    which aspect with the metric's means, ties and splits; how sure the seeds are; stability and cost."""
+    facts = [d["fact"] for d in diffs]
+    by_leader: dict[str, list[str]] = {}
+    ties, splits, unmeasured = [], [], []
+    for aspect in WORD_ASPECTS:
+        mine = [f for f in facts if f["aspect"] == aspect]
+        if not mine:
+            continue
+        call, fact = _aspect_call(mine)
+        if call == "lead":
+            by_leader.setdefault(fact["lead"], []).append(f"{aspect} ({_example(fact)})")
+        elif call == "tie":
+            ties.append(f"{aspect} ({fact['measure']} {fact['lead_mean']} each)")
+        elif call == "split":
+            splits.append(aspect)
+        elif any(f.get("unmeasurable") for f in mine):
+            unmeasured.append(aspect)
+    clauses = [f"{labels[who]} leads on {', '.join(what[:-1]) + ' and ' if len(what) > 1 else ''}{what[-1]}"
+               for who, what in by_leader.items()]
+    if ties:
+        clauses.append(f"they tie on {' and '.join(ties)}")
+    if splits:
+        clauses.append(f"{' and '.join(splits)} {'is' if len(splits) == 1 else 'are'} split (its measures disagree)")
+    if unmeasured:
+        clauses.append(f"{' and '.join(unmeasured)}: not measurable")
+    first = f"On {dataset}, " + ("; ".join(clauses) if clauses else "no measure names a leader") + "."
+    sentences = [first, _how_sure(diffs), _stability_sentence(facts, labels), _cost_sentence(facts, labels)]
+    return " ".join(x[0].upper() + x[1:] for x in sentences if x)
+
+
+def verdict_words(dataset: str, diffs: list[dict], names: list[str], labels: dict) -> str:
+    """The words of a dataset's verdict: the first pair of model families (GAN vs diffusion), and where more
+    families compete, a pointer to the other pairs in the table."""
+    first = tuple(names[:2])
+    mine = [d for d in diffs if (d.get("fact") or {}).get("pair") == first]
+    text = pair_words(dataset, mine, labels) if mine else f"On {dataset}: nothing to compare."
+    if len(names) > 2:
+        text += " The other pairs of model families are in the table below."
+    return text
+
+
 def verdict_blocks(results: dict, study: dict | None = None) -> list:
-    """The verdict section: per dataset, the budget table and the verdict table (report blocks), the model families
-    it lacks named under it; where a stability study of the dataset is given, its outcome beside the stability
-    row; the multiplicity line last."""
+    """The verdict section: first its rows in words, per dataset (verdict_words); then the rules; then per dataset the
+    budget table and the verdict table (report blocks), the model families it lacks named under it; where a
+    stability study of the dataset is given, its outcome beside the stability row; the multiplicity line last. A
+    smoke run's verdict opens with its banner."""
     families = families_of(results)
     names, labels = models(families), {f: label(families, f) for f in families}
     if len(names) < 2:
         return []
-    blocks = [("h2", "Verdict"), ("p", VERDICT_RULE), ("p", outcome_rule())]
-    tested = []
+    words, tables, tested = [], [], []
     for dataset in dict.fromkeys(r["dataset"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["dataset"] == dataset]
         present = [f for f in names if any(r["model"] == f for r in runs)]
-        blocks.append(("h3", f"Verdict: {dataset}"))
+        tables.append(("h3", f"Verdict: {dataset}"))
         note = absent_note(results, runs, names, dataset, labels)
         if len(present) < 2:
-            blocks.append(("p", f"Nothing to compare: {len(present)} model famil{'y' if len(present) == 1 else 'ies'}"
-                                f" ran on this dataset. " + (note or "")))
+            text = (f"Nothing to compare: {len(present)} model famil{'y' if len(present) == 1 else 'ies'} ran on "
+                    f"this dataset. " + (note or ""))
+            tables.append(("p", text))
+            words.append(("p", f"On {dataset}: {text}"))
+            continue
+        if all(r["status"] == "interrupted" for r in runs):
+            text = (f"Nothing to compare yet: all {len(runs)} entries were interrupted before they finished; "
+                    "`gvd run --resume RUN_DIR` runs them.")
+            tables.append(("p", text))
+            words.append(("p", f"On {dataset}: {text}"))
             continue
         rows, diffs = dataset_verdict(runs, present, labels)
         tested += diffs
-        blocks += [("table", ["family", "parameters", "ratio", "training FLOPs", "ratio", "examples seen"],
+        words.append(("p", verdict_words(dataset, diffs, present, labels)))
+        tables += [("table", ["family", "parameters", "ratio", "training FLOPs", "ratio", "examples seen"],
                     budget_rows(runs, present, labels)),
                    ("table", ["aspect", "measure"] + [labels[f] for f in present]
                     + ["leads", "by", "seeds", "seeds it would need"], rows)]
         if note:
-            blocks.append(("p", note))
+            tables.append(("p", note))
         if study and (line := study_line(study, dataset, labels)):
-            blocks.append(("p", line))
+            tables.append(("p", line))
+    blocks = [("h2", "Verdict")] + smoke_banner(results) + words
+    blocks += [("p", VERDICT_RULE), ("p", outcome_rule())] + tables
     if line := multiplicity_line(tested):
         blocks.append(("p", line))
     return blocks
+
+
+SMOKE_BANNER = ("A plumbing check: these numbers mean nothing. The smoke preset trains tiny models for a few steps "
+                "to show that every stage runs; run `gvd run` (the quick preset) for numbers worth reading.")
+
+
+def smoke_banner(results: dict) -> list:
+    """The banner over a smoke run's report and verdict (results.json "suite" is the preset's name): its numbers look
+    like results and are not."""
+    return [("banner", SMOKE_BANNER)] if results.get("suite") == "smoke" else []

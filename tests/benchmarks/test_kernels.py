@@ -149,8 +149,8 @@ def _gan_setup():
 
 
 def test_dcgan_train_step(benchmark):
-    """One step of the harness's GAN loop (bench/train.py train_gan: a D step on a detached fake batch, a G step on
-    a fresh one, gradient norms and the per-step log)."""
+    """One step of the harness's GAN loop (bench/train/loops.py train_gan: a D step on a detached fake batch, a G step
+    on a fresh one, gradient norms and the per-step log)."""
     cfg, G, D, x, cond = _gan_setup()
     latent = lambda n: torch.randn(n, cfg.z_dim, device=DEVICE)  # noqa: E731 -- a one-line latent source
     before = [p.detach().clone() for p in G.parameters()]
