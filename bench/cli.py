@@ -10,7 +10,8 @@
   gvd calibrate [--preset NAME]  the known-answer panel: what each metric reads on generators with known defects
   gvd speed BASE [HEAD] [--budget S] [--against FILE] [--record FILE]   is HEAD slower than BASE? (exit 1, 3: unsure)
   gvd speed --history FILE      each benchmark over the recorded revisions, with change points
-  gvd throughput | study stability | datasets | presets
+  gvd score SAMPLES REFERENCE [--out DIR]   samples from any generator scored by the suite's protocol
+  gvd throughput | study stability | metrics | datasets | presets
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
 A file that cannot be written (a full disk) is one line naming it, exit status 1. Each subcommand imports its own
@@ -20,6 +21,7 @@ inside the command functions below are there for that reason.
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import sys
@@ -29,10 +31,34 @@ from bench import catalog
 from bench.core.guard import Interrupted
 from bench.errors import UserError, WorkerLost
 
+DEVICE_HELP = "where to compute: auto (default: CUDA when there is a GPU, else the CPU), cpu or cuda"
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         raise UserError(message)
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's, when run from one without installing)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("gan-vs-diffusion")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """--version, read only when asked (no metadata scan on every command)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print gvd's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"gvd {version()} (python {sys.version.split()[0]})")
+        parser.exit()
 
 
 def _device(name: str):
@@ -51,7 +77,8 @@ def _run_config(args) -> tuple:
 
     if args.resume:
         given = [f for f, v in (("--preset", args.preset), ("--steps", args.steps), ("--set", args.set),
-                                ("--out", args.out), ("--force", args.force), ("--family", args.family)) if v]
+                                ("--out", args.out), ("--force", args.force), ("--family", args.family),
+                                ("--dataset", args.dataset)) if v]
         if given:
             raise UserError(f"--resume continues a run with its own config.json (only --seeds may add seeds); drop "
                             f"{', '.join(given)}")
@@ -66,10 +93,23 @@ def _run_config(args) -> tuple:
         set_steps(cfg, args.steps)
     for assignment in args.set or []:
         apply_override(cfg, assignment)
+    if args.dataset:
+        _use_datasets(cfg, args.dataset, args.set or [])
     for spec in args.family or []:  # a user's family: it runs beside the preset's, through the same protocol
         cfg.user_families.append(spec)
         cfg.families.append(spec.partition("=")[0])
     return cfg, Path(args.out) if args.out else Path("reports") / cfg.name, None
+
+
+def _use_datasets(cfg, names: list[str], assignments: list[str]) -> None:
+    """--dataset NAME ...: the image datasets of the run, as --set images.datasets='[...]' would set them."""
+    from bench.config import apply_override
+
+    if cfg.images is None:
+        raise UserError(f"--dataset: preset {cfg.name!r} has no image benchmark; try --preset quick or smoke")
+    if any(a.partition("=")[0].strip() == "images.datasets" for a in assignments):
+        raise UserError("give --dataset or --set images.datasets, not both")
+    apply_override(cfg, "images.datasets=" + json.dumps(list(dict.fromkeys(names))))
 
 
 def _check_inputs(cfg, args) -> None:
@@ -185,10 +225,13 @@ def _cmd_compare(args) -> int:
     """bench/report/compare.py does the work; a bad input or --fail-on spec is exit 2, a regression exit 1."""
     from bench.report.compare import run_compare
 
-    code, failures, markdown = run_compare(args.run_dirs, args.fail_on or [], args.out, args.setting)
-    print(markdown, end="")
+    code, failures, markdown, verdict = run_compare(args.run_dirs, args.fail_on or [], args.out, args.setting,
+                                                    args.include_calibration)
+    if not args.quiet:
+        print(markdown, end="")
     for line in failures:
         print(f"gvd compare: {line}", file=sys.stderr)
+    print(verdict)
     return code
 
 
@@ -228,6 +271,10 @@ def _cmd_sample(args) -> None:
     run = RunDir(args.run_dir)
     if not run.root.is_dir():
         raise UserError(f"{run.root} is not a folder")
+    if args.scored:
+        return _sample_scored(args, run)
+    if args.prompt is None:
+        raise UserError("--prompt is required (or --scored: the images the run scored)")
     check_sample_count(args.n)
     check_finite(args.guidance, "--guidance", low=0)
     if args.sampler is not None and args.sampler not in SAMPLERS:
@@ -250,9 +297,54 @@ def _cmd_sample(args) -> None:
         raise UserError(str(exc).splitlines()[0]) from None
     except Exception as exc:  # noqa: BLE001 -- SafetensorError, KeyError, shape mismatches: a damaged checkpoint
         raise UserError(f"{path}: not a readable image checkpoint ({type(exc).__name__})") from None
-    save_grid(out, images, nrow=max(1, math.ceil(math.sqrt(args.n))))
+    save_grid(out, images, nrow=max(1, math.ceil(math.sqrt(args.n))), min_side=MIN_GRID_SIDE)
     print(f"wrote {out}: {args.n} images of {args.prompt!r} from {path.name} ({args.model}, {nfe} network "
           "evaluations)")
+
+
+MIN_GRID_SIDE = 512  # `gvd sample`'s grid is enlarged (nearest neighbour) to at least this many pixels a side
+
+
+def _sample_scored(args, run) -> None:
+    """gvd sample RUN --scored: the images the run scored for one family, dataset and seed (bench/run/score.py),
+    as a folder with class sub-folders and metadata.csv, or a .npz: what `gvd score` (or any other tool) reads."""
+    from bench.core.results import load_results
+    from bench.run.preflight import check_output_file, check_writable_dir
+    from bench.run.resume import load_run
+    from bench.run.score import save_samples, scored_samples
+
+    other = [f for f, v in (("--prompt", args.prompt), ("--sampler", args.sampler), ("--steps", args.steps),
+                            ("--guidance", args.guidance), ("--n", args.n != 16)) if v]
+    if other:
+        raise UserError(f"--scored draws the run's own prompts, sampler and sample count; drop {', '.join(other)}")
+    out = Path(args.out if args.out != "samples.png" else "scored-samples")
+    if out.suffix == ".npz":
+        check_output_file(out, ".npz")
+    else:
+        check_writable_dir(out)
+        if out.is_dir() and any(out.iterdir()):
+            raise UserError(f"--out {out} is a folder that is not empty; give a new one (or a .npz file)")
+    cfg, _ = load_run(run.root)
+    if cfg.images is None or not (run.root / "results.json").is_file():
+        raise UserError(f"{run.root} has no image benchmark results to draw the scored images of")
+    dataset = args.dataset or cfg.images.datasets[0]
+    seed = cfg.seeds[0] if args.seed is None else args.seed
+    path, _ = _find_checkpoint(run, args.model, dataset, seed)
+    family = _sample_family(run, args.model)
+    entry = next((r for r in load_results(run.root / "results.json")["runs"] if r["model"] == args.model
+                  and r["dataset"] == dataset and r["seed"] == seed), None)
+    samples = scored_samples(path, family, cfg, dataset, seed, _device(args.device))
+    names = _class_names(dataset, cfg.images)
+    save_samples(out, samples, names)
+    n = entry["metrics"].get("num_samples") if entry else None
+    print(f"wrote {out}: the {len(samples.images)} images {args.model} was scored on ({dataset}, seed {seed}"
+          + (f"; its entry scored {n:.0f}" if n is not None else "") + ")")
+
+
+def _class_names(dataset: str, cfg) -> list[str]:
+    from bench.data.images import load_splits
+
+    return load_splits(dataset, 16, 1, cfg.resolution)[0].class_names
 
 
 def _sampler_spec(meta: dict, sampler: str | None, steps: int | None) -> str | None:
@@ -296,13 +388,18 @@ def _cmd_throughput(args) -> None:
     if distributed.launched():  # [ddp] under torchrun: images/s per GPU and in total, scaling efficiency
         return _throughput_ddp(args, cfg, device, channels, out)
     result = image_throughput(cfg, device, channels=channels, nfes=tuple(nfes), batch=args.batch,
-                              budget_s=args.budget)
+                              budget_s=args.budget, progress=_say("gvd throughput"))
     result["preset"] = args.preset
     print(f"gvd throughput: preset {args.preset}, {result['device']}, {result['seconds']:.0f} s\n")
     print(throughput_table(result))
     if out is not None:
         write_json(out, result)
         print(f"wrote {out}")
+
+
+def _say(who: str):
+    """A progress printer: each line on stderr as it comes (stdout keeps the result alone)."""
+    return lambda line: print(f"{who}: {line}", file=sys.stderr, flush=True)
 
 
 def _throughput_ddp(args, cfg, device, channels: int, out: Path | None) -> None:
@@ -430,6 +527,44 @@ def _speed_history(args) -> int:
     return 0
 
 
+def _cmd_score(args) -> None:
+    """gvd score SAMPLES REFERENCE: samples made anywhere scored by the suite's protocol (bench/run/score.py)."""
+    from bench.run.preflight import check_writable_dir
+    from bench.run.score import markdown, score, write_score
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable_dir(out)
+    overrides = list(args.set or []) + ([f"images.resolution={args.resolution}"] if args.resolution else [])
+    result = score(args.samples, args.reference, captions=args.captions, preset=args.preset, overrides=overrides,
+                   device=_device(args.device), seed=args.seed, inception_weights=args.inception_weights or "",
+                   progress=_say("gvd score"))
+    print(markdown(result), end="")
+    if out is not None:
+        paths = write_score(out, result)
+        print(f"wrote {' and '.join(map(str, paths))}")
+
+
+def _cmd_metrics(args) -> None:
+    """gvd metrics: every metric of the metric table (bench/evaluate/table.py) with its definition, direction and
+    source."""
+    from bench.evaluate import table
+
+    unknown = [k for k in args.keys if table.metric(k) is None]
+    if unknown:
+        raise UserError(f"unknown metric {', '.join(map(repr, unknown))}; choose from "
+                        f"{', '.join(m.key for m in table.METRICS)}")
+    for m in table.METRICS:
+        if args.keys and m.key not in args.keys:
+            continue
+        where = " and ".join("2D" if b == "mixture" else "images" for b in m.benchmarks)
+        verdict = f"; in the verdict: {m.aspect}" if m.aspect else ""
+        print(f"{m.key}: {m.label}. {table.direction(m).capitalize()}; {where}"
+              f"{' with classes' if m.needs == 'labels' else ''}{verdict}.")
+        print(f"    {table.definition(m)}")
+        print(f"    Source: {table.CITATIONS[m.key]}\n")
+
+
 def _cmd_datasets(args) -> None:
     for name, desc in catalog.dataset_names().items():
         print(f"{name:20s} {desc}")
@@ -482,6 +617,12 @@ def _add_compare(sub) -> None:
     cmp_.add_argument("--out", help="folder for compare.md / compare.html (default: the first input's folder)")
     cmp_.add_argument("--setting", default="neutral", choices=["neutral", "tuned"],
                       help="which knob setting of the image runs to compare (default neutral)")
+    cmp_.add_argument("--include-calibration", action="store_true",
+                      help="let --fail-on gate the calibration rows (held-out real, copier) too; by default it gates "
+                           "the model rows only")
+    cmp_.add_argument("--quiet", action="store_true",
+                      help="print only the last line, PASS or FAIL (regressions still go to stderr; compare.md is "
+                           "written as always)")
     cmp_.set_defaults(func=_cmd_compare)
 
 
@@ -499,7 +640,8 @@ def _add_study(sub) -> None:
                                                   "that gvd starts")
     _add_executor(stab)
     stab.add_argument("--datasets", nargs="+", help="2D mixtures (default ring8 grid25)")
-    stab.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    stab.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                      help="where to compute: cpu (default: the 2D runs are too small for a GPU), auto or cuda")
     stab.add_argument("--report-only", action="store_true",
                       help="rebuild study.md / study.html from the runs finished so far; train nothing")
     stab.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -520,10 +662,14 @@ def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train + evaluate + report")
     run.add_argument("--preset", help=f"named config (default {catalog.DEFAULT_PRESET}; see `gvd presets`)")
     run.add_argument("--out", help="run folder (default reports/<preset>)")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     run.add_argument("--seeds", type=int, nargs="+",
                      help="training seeds, e.g. --seeds 0 1 2; with --resume, the run's seeds and the ones to add "
                           "(only the new seeds train, the report is rebuilt over all)")
+    run.add_argument("--dataset", action="extend", nargs="+", metavar="NAME",
+                     help="the image datasets to run instead of the preset's, e.g. --dataset folder:my-images "
+                          "(README: Your own images); repeatable, or several after one flag; the same as --set "
+                          "images.datasets='[\"folder:my-images\"]'")
     run.add_argument("--steps", type=int,
                      help="training steps of every model: 2D models, GAN, UNet, VAE and text encoder "
                           "(overrides the preset)")
@@ -553,10 +699,11 @@ def _add_run(sub) -> None:
 
 def _add_sample(sub) -> None:
     smp = sub.add_parser("sample", help="images for a prompt from a trained image run")
-    smp.add_argument("run_dir")
+    smp.add_argument("run_dir", metavar="RUN_DIR", help="a `gvd run` folder with image checkpoints")
     smp.add_argument("--model", default="diffusion", metavar="FAMILY",
                      help="which family's checkpoint: diffusion (default), gan, or a family of the run")
-    smp.add_argument("--prompt", required=True, help='e.g. "a large blue square" (words from the training captions)')
+    smp.add_argument("--prompt", help='e.g. "a large blue square" (words from the training captions); required '
+                                      "unless --scored")
     smp.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     smp.add_argument("--sampler", help="diffusion sampler (default: the run's)")
     smp.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
@@ -566,20 +713,57 @@ def _add_sample(sub) -> None:
     smp.add_argument("--dataset", help="which dataset's checkpoint, e.g. shapes (default: the first)")
     smp.add_argument("--seed", type=int, help="which training seed's checkpoint (default: the first)")
     smp.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default 0)")
-    smp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    smp.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
+    smp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+    smp.add_argument("--out", default="samples.png",
+                     help="output PNG (default samples.png), enlarged to at least 512 pixels a side by repeating each "
+                          "pixel (nearest neighbour); with --scored a new folder (default scored-samples) or a .npz")
+    smp.add_argument("--scored", action="store_true",
+                     help="instead of a prompt's grid, the images the run scored for --model, --dataset and --seed "
+                          "(the same prompts and per-sample seeds): a folder with class sub-folders and "
+                          "metadata.csv, or a .npz, for `gvd score` or any other tool")
     smp.set_defaults(func=_cmd_sample)
+
+
+def _add_score(sub) -> None:
+    sco = sub.add_parser("score", help="score a folder or .npz of samples from any generator against a reference, by "
+                                       "the suite's protocol, beside held-out real images and a copier")
+    sco.add_argument("samples", metavar="SAMPLES",
+                     help="a folder of images (class sub-folders named like the reference's classes; a "
+                          "metadata.csv / .jsonl of captions), or a .npz with `images` (N, C, H, W) in [-1, 1] or "
+                          "(N, H, W, C) uint8, and optionally `labels` and `captions`")
+    sco.add_argument("reference", metavar="REFERENCE",
+                     help="a built-in image dataset (e.g. shapes: its fixed test split) or a folder (folder:PATH or "
+                          "a path: its fixed seeded test split)")
+    sco.add_argument("--captions", metavar="FILE",
+                     help="each sample's prompt: for a folder a metadata.csv / .jsonl (file_name, text), for a .npz a "
+                          "text file of one caption per line in order; gives prompt accuracy and intra-class FID")
+    sco.add_argument("--preset", default=catalog.DEFAULT_PRESET,
+                     help=f"whose image protocol (resolution, split sizes, readers) to score by (default "
+                          f"{catalog.DEFAULT_PRESET}): the same as a run of that preset")
+    sco.add_argument("--resolution", type=int, help="the reference's image side (default: the preset's); the "
+                                                    "same as --set images.resolution=N")
+    sco.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override one field of the preset, e.g. --set images.num_test=5000 (repeatable)")
+    sco.add_argument("--inception-weights", metavar="PATH",
+                     help="clean-fid's TorchScript Inception file: adds Inception FID/KID/PRDC")
+    sco.add_argument("--seed", type=int, default=0,
+                     help="seed of the calibration rows' draws and FID's resampling (default 0, as a run's seed 0)")
+    sco.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+    sco.add_argument("--out", metavar="DIR", help="also write score.json and score.md into this folder")
+    sco.set_defaults(func=_cmd_score)
 
 
 def _add_throughput(sub) -> None:
     thr = sub.add_parser("throughput", help="images/s, latency, FLOPs and memory of the preset's image models")
     thr.add_argument("--preset", default=catalog.DEFAULT_PRESET,
                      help=f"whose image configs to measure (default {catalog.DEFAULT_PRESET})")
-    thr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    thr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     thr.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
     thr.add_argument("--nfe", type=int, nargs="+", help="diffusion NFEs (default 10 20 50 1000, up to the preset's T)")
     thr.add_argument("--budget", type=float, default=120.0,
-                     help="seconds; sampling loops that do not fit are estimated from measured parts (default 120)")
+                     help="seconds the whole measurement may take (default 120): the cheap parts first, then each "
+                          "costlier one only when the cost they predict fits; what does not fit is estimated from "
+                          "measured parts, or (training) measured at a smaller batch, and its row says so")
     thr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     thr.add_argument("--out", help="also write the full result as JSON to this file")
     thr.set_defaults(func=_cmd_throughput)
@@ -622,10 +806,11 @@ def _add_speed(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gvd", description="Train a GAN and a diffusion model on the same data and compare them.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     rep = sub.add_parser("report", help="rebuild report.md / report.html from a run folder")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a `gvd run` folder (its results.json)")
     rep.add_argument("--study", metavar="DIR", help="a `gvd study stability` folder to show beside the verdict's "
                                                    "stability row (default: RUN_DIR/study-stability, if any)")
     rep.set_defaults(func=_cmd_report)
@@ -633,15 +818,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_throughput(sub)
     _add_speed(sub)
+    _add_score(sub)
     _add_study(sub)
     cal = sub.add_parser("calibrate", help="the known-answer panel: what each instrument reads on generators with one "
                                            "known defect each (cached; also in every run's report)")
     cal.add_argument("--preset", help=f"whose image datasets and sample count (default {catalog.DEFAULT_PRESET})")
     cal.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one config field, e.g. --set images.num_samples=500 (repeatable)")
-    cal.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    cal.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     cal.add_argument("--out", help="also write the panels as JSON to this file")
     cal.set_defaults(func=_cmd_calibrate)
+    met = sub.add_parser("metrics", help="every metric with its definition, which way is better and its source")
+    met.add_argument("keys", nargs="*", metavar="KEY",
+                     help="only these metrics, e.g. fid_lf copy_excess (default: all)")
+    met.set_defaults(func=_cmd_metrics)
     sub.add_parser("datasets", help="list the built-in datasets").set_defaults(func=_cmd_datasets)
     sub.add_parser("presets", help="list the named presets").set_defaults(func=_cmd_presets)
     return parser

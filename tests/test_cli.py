@@ -16,17 +16,11 @@ from bench.core.rundir import RunDir
 SMOKE = ["run", "--preset", "smoke", "--device", "cpu", "--workers", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def judge_cache(tmp_path_factory):
-    """Judges are cached across runs; the tests use their own cache (trained once per session)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GVD_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_cache")  # judges are cached across runs: the tests train their own
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, module_cache):  # the cache first: the run trains its readers into it
     out = tmp_path_factory.mktemp("runs") / "smoke"
     assert main(SMOKE + ["--out", str(out)]) == 0
     return out

@@ -141,7 +141,10 @@ def test_tiny_budget_estimates_the_loops_and_says_so():
         cost = r["sampler_overhead"][key]
         expect = 50 * (cost["network_step_s"] + cost["sampler_step_s"]) + r["models"]["diffusion"]["decode_s"]["batch"]
         assert row["seconds_per_batch"] == pytest.approx(expect)
-    assert all(row["method"] == "measured" for row in r["rows"] if row["stage"] == "train")  # always measured
+    train = [row for row in r["rows"] if row["stage"] == "train"]  # always measured, at the batch that fits
+    assert [(row["batch"], row["method"]) for row in train] == [(2, f"measured at batch 2 (batch {n} did not fit the "
+                                                                 "budget)") for n in (16, 16, 16)]
+    assert all(row["images_per_s"] > 0 for row in train) and any("measured at batch b" in n for n in r["notes"])
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])

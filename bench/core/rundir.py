@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from bench.core import distributed
 from bench.core.files import atomic_write, csv_text, json_text, save_tensors
@@ -260,14 +260,19 @@ def _plain(value) -> np.ndarray:
     return np.asarray(json.dumps(value) if isinstance(value, dict) else value)
 
 
-def grid_png(images: torch.Tensor, nrow: int = 8) -> bytes:
-    """The first nrow x nrow images of (N, C, H, W) in [-1, 1] as the bytes of one PNG grid."""
+def grid_png(images: torch.Tensor, nrow: int = 8, min_side: int = 0) -> bytes:
+    """The first nrow x nrow images of (N, C, H, W) in [-1, 1] as the bytes of one PNG grid; with min_side, every
+    pixel of the grid repeated k x k times (nearest neighbour, the smallest whole k that makes its shorter side at
+    least min_side pixels), so small images are seen as the model drew them, without interpolation. The run's own
+    grids stay at 1:1: the report cuts them back into images (figures.grid_cells)."""
     buf = io.BytesIO()
-    save_image((images[: nrow * nrow].float() + 1) / 2, buf, format="png", nrow=nrow, padding=1)
+    grid = make_grid((images[: nrow * nrow].float() + 1) / 2, nrow=nrow, padding=1)  # (C, H, W) in [0, 1]
+    k = max(1, math.ceil(min_side / min(grid.shape[1:])))
+    save_image(grid.repeat_interleave(k, 1).repeat_interleave(k, 2), buf, format="png")
     return buf.getvalue()
 
 
-def save_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> Path:
+def save_grid(path: Path, images: torch.Tensor, nrow: int = 8, min_side: int = 0) -> Path:
     """grid_png written to path (atomic)."""
-    atomic_write(path, grid_png(images, nrow))
+    atomic_write(path, grid_png(images, nrow, min_side))
     return Path(path)

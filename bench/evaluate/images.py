@@ -153,14 +153,18 @@ def prompts_for(text, data, n: int, prompt_seed: int, seeds: torch.Tensor) -> Pr
     return Prompts(captions, labels, text.encode(captions), seeds, occurrences(labels))
 
 
-def eval_set(prep, text, cfg, seed: int, device="cpu") -> EvalSet:
+def eval_set(prep, text, cfg, seed: int, device="cpu", scored: Prompts | None = None) -> EvalSet:
     """The scored and validation prompts and the reference set (prep.reference: the same test images for every
     seed, so every run of a dataset is scored against the same images), with their features; and the held-out real
-    row's reading on the scored prompts (the baseline of the outcome rule)."""
+    row's reading on the scored prompts (the baseline of the outcome rule). `scored`: given prompts instead of drawn
+    ones (`gvd score`: those a user's samples were made for); with text None (no text encoder) they are the
+    validation prompts too."""
     n_val = min(cfg.sweep_samples, cfg.num_samples)
     seeds = sample_seeds(seed, cfg.num_samples + n_val)  # the validation seeds follow the scored ones: disjoint
-    scored = prompts_for(text, prep.data, cfg.num_samples, 10_000 + seed, seeds[: cfg.num_samples])
-    validation = prompts_for(text, prep.data, n_val, 20_000 + seed, seeds[cfg.num_samples :])
+    if scored is None:
+        scored = prompts_for(text, prep.data, cfg.num_samples, 10_000 + seed, seeds[: cfg.num_samples])
+    validation = (scored if text is None else
+                  prompts_for(text, prep.data, n_val, 20_000 + seed, seeds[cfg.num_samples :]))
     ref = prep.reference.images
     real_inception = (cached_features(ref, prep.inception, prep.cache_dir)[0] if prep.inception is not None
                       else None)

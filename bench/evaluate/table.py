@@ -129,6 +129,84 @@ METRICS = [
 ]
 BY_KEY = {m.key: m for m in METRICS}
 
+# What `gvd metrics` prints beside each metric: its definition where the metric has no note (a note is the definition
+# the report prints), and where it comes from. "this suite" marks an instrument defined here; its docstring in
+# bench/evaluate/metrics.py gives the maths and its known-answer check (bench/evaluate/panel.py).
+KNN = "k-nearest-neighbour balls"
+DEFINITIONS = {
+    "hq_fraction": "2D mixtures: the share of samples within 3 standard deviations of their nearest mode's centre",
+    "precision_lf": f"the share of samples inside the real images' {KNN} (k = 3): fidelity; {LF}",
+    "density_lf": f"how many real images' {KNN} (k = 5) hold a sample, on average over the samples, divided by k: "
+                  f"about 1 for fresh data, above 1 where samples crowd dense regions; {LF}",
+    "precision": f"the share of samples inside the real images' {KNN} (k = 3), on the judge's features",
+    "density": f"density (k = 5) on the judge's features: how many real images' {KNN} hold a sample, over k",
+    "recall_lf": f"the share of real images inside the samples' {KNN} (k = 3): diversity; {LF}",
+    "coverage_lf": f"the share of real images whose ball (k = 5 among the real images) holds a sample; {LF}",
+    "recall": f"the share of real images inside the samples' {KNN} (k = 3), on the judge's features",
+    "coverage": "the share of real images whose 5-nearest-neighbour ball holds a sample, on the judge's features",
+    "modes": "images: the classes the judge finds among the samples; 2D: the modes that are the nearest mode of at "
+             "least one high-quality sample",
+    "reverse_kl": "KL(p_gen || p_data) over the judge's labels (p_data: the test split's class histogram), or on 2D "
+                  "over the nearest-mode histogram of the high-quality samples (p_data uniform)",
+    "forward_kl": "KL(p_data || p_gen) over the same histograms: large where the samples miss classes the data have",
+    "cond_accuracy": "prompt accuracy: the share of samples the judge assigns to the class their prompt asks for "
+                     "(at most the judge's own accuracy)",
+    "near_copy_share": "the share of samples nearer a training image than the 5% quantile of the training images' "
+                       "own leave-one-out nearest-neighbour distances (label-free features): fresh data ~0.05",
+    "near_copy_share_held": "the same against the held-out real images: far below 0.05, the samples come near no "
+                            "real image and memorisation cannot be read",
+    "fid_inception": "FID on Inception-v3 pool features (clean-fid's resize; the [inception] extra or "
+                     "--inception-weights): comparable with published FIDs only at the same N and resolution",
+    "kid_inception": "KID (x1e3) on the same Inception-v3 features",
+    "sample_seconds": "wall seconds to draw the scored samples at the neutral knob on the run's device",
+    "train_seconds": "wall seconds of the family's training (the shared, frozen text encoder on no side)",
+    "train_flops": "training FLOPs: the FLOPs of one step (torch.utils.flop_counter: matmuls, convolutions, "
+                   "attention) x steps, plus a first stage (the diffusion model's autoencoder)",
+    "num_samples": "the images (2D: points) scored; FID and KID depend on it: compare at equal N",
+    "fid_bc": "FID (judge) less its bootstrap bias estimate: 2 FID - mean(FID*) over resamples of both sets",
+    "judge_accuracy": "the judge's accuracy on the test split: the ceiling of prompt accuracy",
+}
+PRDC_2019 = "Kynkaanniemi et al. 2019, Improved Precision and Recall Metric for Assessing Generative Models"
+PRDC_2020 = "Naeem et al. 2020, Reliable Fidelity and Diversity Metrics for Generative Models"
+FID_2017 = "Heusel et al. 2017, GANs Trained by a Two Time-Scale Update Rule (FID); clean-fid's frechet_distance"
+MODES_2D = "Srivastava et al. 2017 (VEEGAN) and Lin et al. 2018 (PacGAN), 2D mixtures; Metz et al. 2017 (Stacked MNIST)"
+CITATIONS = {
+    "fid_lf": FID_2017, "fid": FID_2017, "fid_inception": FID_2017 + "; Szegedy et al. 2016 (Inception-v3)",
+    "intra_fid": "Miyato & Koyama 2018, cGANs with Projection Discriminator (intra-class FID)",
+    "hq_fraction": MODES_2D,
+    "kid": "Binkowski et al. 2018, Demystifying MMD GANs (KID); clean-fid's kernel_distance",
+    "kid_inception": "Binkowski et al. 2018, Demystifying MMD GANs (KID); clean-fid's kernel_distance",
+    "precision_lf": PRDC_2019, "precision": PRDC_2019, "recall_lf": PRDC_2019, "recall": PRDC_2019,
+    "density_lf": PRDC_2020, "density": PRDC_2020, "coverage_lf": PRDC_2020, "coverage": PRDC_2020,
+    "modes": MODES_2D, "reverse_kl": MODES_2D + "; direction as PacGAN's released code",
+    "forward_kl": "Kullback & Leibler 1951; the reverse of reverse_kl's direction",
+    "within_coverage": PRDC_2020 + ", class by class (this suite)",
+    "factor_coverage": PRDC_2020 + ", on the shapes generator's own factors (this suite)",
+    "mode_spread": "this suite (bench/evaluate/metrics.py mode_spread)",
+    "duplicate_share": "this suite (bench/evaluate/metrics.py duplicate_share)",
+    "cond_accuracy": "Shmelkov et al. 2018, How good is my GAN? (GAN-test: a classifier trained on real images "
+                     "reads the samples)",
+    "copy_excess": "this suite (bench/evaluate/metrics.py memorisation); cf. Meehan et al. 2020",
+    "near_copy_share": "this suite (bench/evaluate/metrics.py memorisation)",
+    "near_copy_share_held": "this suite (bench/evaluate/metrics.py memorisation)",
+    "c_t": "Meehan et al. 2020, A Non-Parametric Test to Detect Data-Copying in Generative Models",
+    "sample_seconds": "a measurement (bench/evaluate/images.py)",
+    "train_seconds": "a measurement (bench/families)",
+    "train_flops": "a count (torch.utils.flop_counter, bench/train/loops.py count_flops)",
+    "num_samples": "Chong & Forsyth 2020, Effectively Unbiased FID and Inception Score (why N matters)",
+    "fid_bc": "Efron & Tibshirani 1993, ch. 10 (bootstrap bias); Chong & Forsyth 2020 (FID's bias at finite N)",
+    "judge_accuracy": "Metz et al. 2017 (the Stacked MNIST protocol's classifier); this suite's judge",
+}
+
+
+def definition(m: Metric) -> str:
+    """What a metric is, in words: its note where it has one (the report prints it), else DEFINITIONS."""
+    return m.note or DEFINITIONS.get(m.key, "")
+
+
+def direction(m: Metric) -> str:
+    return {1: "higher is better", -1: "lower is better"}.get(m.better, "neither: read against the held-out real row")
+
 
 def metric(key: str) -> Metric | None:
     return BY_KEY.get(key)

@@ -15,7 +15,10 @@ measurement) there is no interval and the answer is "n/a".
 when it rises, "-" worse when it falls; AMOUNT is absolute, or relative to the first run's value with "%". A later run
 whose value moved the worse way by more than AMOUNT is a regression. Runs whose protocol records differ (other
 backbone weights, reference images, resize, sample counts; bench/protocol.py) are flagged incomparable; with
---fail-on an incomparable pair fails too, since its deltas cannot certify anything.
+--fail-on an incomparable pair fails too, since its deltas cannot certify anything. The gate reads the model rows
+(role "model": the GAN, the diffusion model, a user's family) only: the calibration rows (held-out real, copier) are
+yardsticks that no code change should move, shown beside them; `include_calibration` gates them too. The last line
+`gvd compare` prints is the gate's answer, PASS or FAIL (verdict_line).
 """
 
 import json
@@ -90,6 +93,7 @@ class Source:
     values: dict  # {row key tuple: {metric: [per-seed values]}}
     runs: list | None = None  # results.json runs (run folders)
     setup: dict | None = None  # throughput setup fields (throughput files)
+    roles: dict | None = None  # {row key: "model" | "calibration"} of a run folder's (dataset, family) rows
 
 
 def _run_values(runs: list[dict], setting: str) -> dict:
@@ -134,7 +138,15 @@ def _load(path_text: str, setting: str) -> Source:
         results = load_results(results_path)
     except ValueError as exc:
         raise CompareError(str(exc).splitlines()[0]) from None
-    return Source(name, path, _run_values(results["runs"], setting), runs=results["runs"], setup=_budget(results))
+    return Source(name, path, _run_values(results["runs"], setting), runs=results["runs"], setup=_budget(results),
+                  roles=_roles(results))
+
+
+def _roles(results: dict) -> dict:
+    """{(dataset, family): role} of a run's entries: the entry's own, else the families record's, else "model"."""
+    families = results.get("families") or {}
+    return {(r["dataset"], r["model"]): r.get("role") or (families.get(r["model"]) or {}).get("role") or "model"
+            for r in results["runs"]}
 
 
 def _budget(results: dict) -> dict:
@@ -202,18 +214,27 @@ def compare_rows(sources: list[Source]) -> list[dict]:
     return rows
 
 
-def regressions(sources: list[Source], rows: list[dict], fail_on: list[FailOn]) -> list[str]:
-    """One line per regression beyond a --fail-on threshold, and per incomparable pair when any threshold is set."""
+def gated(source: Source, key: tuple, include_calibration: bool = False) -> bool:
+    """Whether the gate reads a row: every throughput row; a run's model rows, and its calibration rows when asked."""
+    return include_calibration or source.roles is None or source.roles.get(key, "model") == "model"
+
+
+def regressions(sources: list[Source], rows: list[dict], fail_on: list[FailOn],
+                include_calibration: bool = False) -> list[str]:
+    """One line per regression beyond a --fail-on threshold on a gated row, and per incomparable pair when any
+    threshold is set."""
     lines = []
     for src in sources[1:] if fail_on else []:
         diffs, incomparable = protocol_differences(sources[0], src)
         if incomparable:
             lines.append(f"{src.name} is not comparable with {sources[0].name}: protocol differs ({'; '.join(diffs)})")
+    mine = lambda key: gated(sources[0], key, include_calibration)  # noqa: E731
     for f in fail_on:
         for src in sources[1:]:  # a pair the first input scores and a later one lacks: its entries are gone
             lines += [f"regression: {f.metric} of {'/'.join(key)} in {src.name}: missing (no entry)"
-                      for key, values in sources[0].values.items() if values.get(f.metric) and key not in src.values]
-        for row in (r for r in rows if r["metric"] == f.metric):
+                      for key, values in sources[0].values.items()
+                      if values.get(f.metric) and key not in src.values and mine(key)]
+        for row in (r for r in rows if r["metric"] == f.metric and mine(r["key"])):
             base = row["stats"][0]["mean"]
             for src, st in zip(sources[1:], row["stats"][1:]):
                 if f.regressed(base, st["mean"]):
@@ -236,6 +257,29 @@ def _spread(flag: bool | None) -> str:
     return "n/a" if flag is None else ("yes" if flag else "no")
 
 
+def _delta(d: float) -> str:
+    return f"{d:+.4g}" if math.isfinite(d) else "n/a"
+
+
+def verdict_line(sources: list[Source], rows: list[dict], specs: list[FailOn], failures: list[str],
+                 include_calibration: bool = False) -> str:
+    """The gate's answer in one line: PASS or FAIL, what was gated, and what was left out."""
+    keys = {r["key"] for r in rows}
+    counted = sum(gated(sources[0], k, include_calibration) for k in keys)
+    left_out = len(keys) - counted
+    against = f"{len(sources) - 1} input{'s' * (len(sources) > 2)} against {sources[0].name}"
+    scope = f"{counted} row{'s' * (counted != 1)} gated" + (
+        f", {left_out} calibration row{'s' * (left_out != 1)} shown but not gated (--include-calibration gates them)"
+        if left_out else "")
+    if not specs:
+        return f"PASS: nothing to fail (no --fail-on given); {against} compared, {scope}"
+    gates = ", ".join(f.spec for f in specs)
+    if failures:
+        return f"FAIL: {len(failures)} problem{'s' * (len(failures) > 1)} beyond --fail-on {gates} ({against}; " \
+               f"{scope}): {failures[0]}" + (" ..." if len(failures) > 1 else "")
+    return f"PASS: --fail-on {gates} holds for {against} ({scope})"
+
+
 def compare_blocks(sources: list[Source], rows: list[dict], setting: str, failures: list[str]) -> list:
     """The comparison in bench/report.py's block format (rendered as compare.md and compare.html)."""
     names = [s.name for s in sources]
@@ -255,15 +299,16 @@ def compare_blocks(sources: list[Source], rows: list[dict], setting: str, failur
                        ("table", ["where", "fields that differ"], [d.split(": ", 1) for d in diffs])]
     header = key_cols + ["metric"] + names + [f"Δ {n}" for n in names[1:]] + [f"outside spread {n}" for n in names[1:]]
     table = [list(r["key"]) + [r["metric"]] + [_cell(st) for st in r["stats"]]
-             + [f"{d:+.4g}" for d in r["deltas"]] + [_spread(o) for o in r["outside"]] for r in rows]
+             + [_delta(d) for d in r["deltas"]] + [_spread(o) for o in r["outside"]] for r in rows]
     return blocks + [("h2", "Metrics"), ("table", header, table)]
 
 
-def run_compare(paths: list[str], fail_on: list[str] = (), out: str | None = None,
-                setting: str = "neutral") -> tuple[int, list[str], str]:
+def run_compare(paths: list[str], fail_on: list[str] = (), out: str | None = None, setting: str = "neutral",
+                include_calibration: bool = False) -> tuple[int, list[str], str, str]:
     """Everything `gvd compare` does: check the inputs and specs (CompareError before anything is written), write
     compare.md / compare.html into `out` (default: the first run folder, or the first file's folder), and return
-    (exit status: 1 on a regression or an incomparable pair under --fail-on, else 0; failure lines; the Markdown)."""
+    (exit status: 1 on a regression or an incomparable pair under --fail-on, else 0; failure lines; the Markdown;
+    the PASS / FAIL line)."""
     specs = [parse_fail_on(s) for s in fail_on]
     sources = load_sources(list(paths), setting)
     rows = compare_rows(sources)
@@ -275,9 +320,11 @@ def run_compare(paths: list[str], fail_on: list[str] = (), out: str | None = Non
     out_dir = Path(out) if out else (sources[0].path if sources[0].path.is_dir() else sources[0].path.parent)
     if out_dir.exists() and not out_dir.is_dir():
         raise CompareError(f"--out {out_dir} exists and is not a folder")
-    failures = regressions(sources, rows, specs)
+    failures = regressions(sources, rows, specs, include_calibration)
+    verdict = verdict_line(sources, rows, specs, failures, include_calibration)
     blocks = compare_blocks(sources, rows, setting, failures)
+    blocks.insert(2, ("p", f"Gate: {verdict}"))
     markdown = to_markdown(blocks)
     atomic_write(out_dir / "compare.md", markdown)
     atomic_write(out_dir / "compare.html", to_html(blocks))
-    return (1 if failures else 0), failures, markdown
+    return (1 if failures else 0), failures, markdown, verdict
