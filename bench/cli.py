@@ -1,17 +1,19 @@
 """The `gvd` command (also `python -m bench`).
 
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
-          [--family NAME=MODULE:FACTORY ...] [--workers N] [--executor local|ray [--address HOST:PORT]] [--force]
+          [--dataset NAME ...] [--family NAME=MODULE:FACTORY ...] [--workers N]
+          [--executor local|ray [--address HOST:PORT]] [--force]
   gvd run --resume RUN_DIR [--seeds 0 1 2 3]   continue a stopped run (its finished entries kept, the rest rerun),
                                                or add seeds to a run
   gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
+  gvd sample RUN_DIR --scored [--out DIR|F.npz]       the images the run scored, for gvd score or any other tool
+  gvd score SAMPLES REFERENCE [--captions FILE]        samples from any generator scored by the suite's protocol
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
-  gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first
+  gvd compare RUN RUN+ [--fail-on fid:+5%]  runs or throughput files side by side, deltas against the first, PASS/FAIL
   gvd calibrate [--preset NAME]  the known-answer panel: what each metric reads on generators with known defects
   gvd speed BASE [HEAD] [--budget S] [--against FILE] [--record FILE]   is HEAD slower than BASE? (exit 1, 3: unsure)
   gvd speed --history FILE      each benchmark over the recorded revisions, with change points
-  gvd score SAMPLES REFERENCE [--out DIR]   samples from any generator scored by the suite's protocol
-  gvd throughput | study stability | metrics | datasets | presets
+  gvd throughput | study stability | metrics | datasets | presets | --version
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
 A file that cannot be written (a full disk) is one line naming it, exit status 1. Each subcommand imports its own
@@ -275,6 +277,7 @@ def _cmd_sample(args) -> None:
         return _sample_scored(args, run)
     if args.prompt is None:
         raise UserError("--prompt is required (or --scored: the images the run scored)")
+    args.n = 16 if args.n is None else args.n
     check_sample_count(args.n)
     check_finite(args.guidance, "--guidance", low=0)
     if args.sampler is not None and args.sampler not in SAMPLERS:
@@ -314,7 +317,7 @@ def _sample_scored(args, run) -> None:
     from bench.run.score import save_samples, scored_samples
 
     other = [f for f, v in (("--prompt", args.prompt), ("--sampler", args.sampler), ("--steps", args.steps),
-                            ("--guidance", args.guidance), ("--n", args.n != 16)) if v]
+                            ("--guidance", args.guidance), ("--n", args.n)) if v is not None]
     if other:
         raise UserError(f"--scored draws the run's own prompts, sampler and sample count; drop {', '.join(other)}")
     out = Path(args.out if args.out != "samples.png" else "scored-samples")
@@ -704,7 +707,7 @@ def _add_sample(sub) -> None:
                      help="which family's checkpoint: diffusion (default), gan, or a family of the run")
     smp.add_argument("--prompt", help='e.g. "a large blue square" (words from the training captions); required '
                                       "unless --scored")
-    smp.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    smp.add_argument("--n", type=int, help="number of images (default 16)")
     smp.add_argument("--sampler", help="diffusion sampler (default: the run's)")
     smp.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
     smp.add_argument("--guidance", type=float,

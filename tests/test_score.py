@@ -172,3 +172,32 @@ def test_unlabelled_samples_get_no_prompt_numbers_and_a_collapse_reads_as_one(tm
     assert rows["samples"]["duplicate_share"] == pytest.approx(31 / 32) and rows["samples"]["modes"] == 1
     assert rows["samples"]["recall_lf"] < rows["held-out-real"]["recall_lf"]
     assert "cond_accuracy" in rows["held-out-real"] and math.isfinite(rows["copier"]["fid_lf"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning",
+                            "ignore:`torch.jit.save` is deprecated:FutureWarning")
+def test_a_one_class_reference_is_scored_on_inception_features_only(tmp_path, capsys):
+    """A folder without class sub-folders has no judge: `gvd score` says what it needs in one line; with an Inception
+    file (here clean-fid's convention in a small stand-in, tests/test_inception.py) FID, KID and PRDC are scored and
+    no class-reading number is."""
+    from test_inception import _CleanFidStandIn, _save, _Trunk  # the stand-in Inception file of the Inception tests
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    pixels = ((make_shapes(60, 16, seed=3).images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(flat / f"{i:02d}.png")
+    np.savez(tmp_path / "s.npz", images=make_shapes(8, 16, seed=4).images.numpy())
+    assert main(["score", str(tmp_path / "s.npz"), str(flat), "--preset", "smoke"]) == 2
+    assert "has one class" in capsys.readouterr().err
+    torch.manual_seed(0)
+    weights = _save(_CleanFidStandIn(_Trunk().eval()), tmp_path / "inception.pt")
+    from bench import score
+
+    result = score(tmp_path / "s.npz", str(flat), preset="smoke", inception_weights=str(weights), cache=tmp_path)
+    assert result["reference"]["dataset"] == f"folder:{flat}" and result["readers"]["judge"] is None
+    for row in ("samples", "held-out-real", "copier"):
+        got = result["rows"][row]
+        assert {"fid", "kid", "precision", "recall", "density", "coverage"} <= set(got), row
+        assert not {"modes", "cond_accuracy", "fid_lf", "intra_fid", "copy_excess"} & set(got), row
+    assert result["unavailable"]["metrics"] == ["modes", "reverse_kl", "forward_kl", "cond_accuracy"]

@@ -343,7 +343,8 @@ def test_the_verdict_opens_with_its_rows_in_words():
     assert (f"diffusion leads on quality (FID (label-free) {fid['diffusion'].split(' ')[0]} vs "
             f"{fid['GAN'].split(' ')[0]}) and prompt adherence (prompt accuracy 0.800 vs 0.500)") in words
     assert "they tie on diversity (modes 24.0 each)" in words
-    assert "How sure: the 2 rows that name a leader held on every seed, but 3 paired seeds are too few" in words
+    assert ("How sure: 3 paired seeds are too few for the exact test to resolve a difference (it needs 6); all of "
+            "the 2 rows that name a leader held on every seed.") in words
     assert "Diffusion costs 300x more to sample (3 s vs 0.01 s)" in words and len(words.split(". ")) <= 5
     # six seeds of the same: resolved, and the words say so
     six = [{**r, "seed": r["seed"] + k} for r in runs for k in (0, 3)]

@@ -8,6 +8,8 @@ import json
 import math
 import re
 import shlex
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -247,3 +249,18 @@ def test_nan_is_never_a_delta():
     from bench.report.compare import _delta
 
     assert _delta(math.nan) == "n/a" and _delta(-2.5) == "-2.5" and _delta(0.0) == "+0"
+
+
+def test_import_bench_stays_light_and_the_api_loads_on_first_use():
+    """`import bench` loads no torch (`gvd --help` depends on it); `from bench import score, load_run` loads them."""
+    code = ("import sys, bench; assert 'torch' not in sys.modules, 'torch'; from bench import score, load_run, Run; "
+            "assert 'torch' in sys.modules and callable(score) and callable(load_run); "
+            "assert {'Run', 'load_run', 'score'} <= set(dir(bench)); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import bench
+
+        bench.nope  # noqa: B018

@@ -365,10 +365,13 @@ def _image_dataset_blocks(run_dir: Path, results: dict, per: list[dict], dataset
         return [("h3", dataset), ("p", f"No run of {dataset} finished ({states}): nothing to score yet. "
                                       "`gvd run --resume RUN_DIR` runs what is left.")]
     blocks = [("h3", dataset)]
+    if note := calibration_note(results, per):
+        blocks.append(("p", note))
     for aspect, (head, part) in image_tables(header, rows, shown).items():
         blocks += [("h4", f"{dataset}: {aspect}"), ("table", head, part)]
-    notes = [n for n in (calibration_note(results, per), metric_notes(shown, per)) if n]
-    blocks += [("p", n) for n in notes] + difference_blocks(results, per) + recipe_blocks(results, per)
+        if note := metric_notes([m for m in shown if m.label in head], per, bootstrap=aspect == "quality"):
+            blocks.append(("p", note))  # what each column of this table is, under it
+    blocks += difference_blocks(results, per) + recipe_blocks(results, per)
     if dataset == "stacked-digits":
         blocks += _stacked_blocks(results, per)
     if notes := _image_notes(results, per):

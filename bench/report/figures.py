@@ -60,17 +60,20 @@ def suptitle(fig, text: str, fontsize: float = 9) -> None:
 
 
 def log_axis(ax, which: str = "x") -> None:
-    """A log-scale axis labelled in plain numbers at 1, 2, 5 x 10^k (every integer x 10^k within half a decade, only
-    10^k beyond four decades), no minor labels: matplotlib's default labels the minor ticks of a short range as
-    2 x 10^0, 3 x 10^0, ..., which overprint on a narrow panel. Call it after the data are drawn (it reads the
-    axis' range)."""
+    """A log-scale axis labelled in plain numbers at 1, 2, 5 x 10^k (only 10^k beyond two decades), no minor labels:
+    matplotlib's default labels the minor ticks of a short range as 2 x 10^0, 3 x 10^0, ..., which overprint on a
+    narrow panel. A range under half a decade stays linear (a log scale would label one tick, or none). Call it after
+    the data are drawn (it reads the axis' range)."""
     axis = ax.xaxis if which == "x" else ax.yaxis
-    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    scale = ax.set_xscale if which == "x" else ax.set_yscale
+    scale("log")
     ax.autoscale_view()  # the range on the log scale (a range set by hand stays)
     lo, hi = sorted(abs(v) for v in axis.get_view_interval())
-    decades = math.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
-    subs = (1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 0.5 else tuple(float(k) for k in range(1, 10))
-    axis.set_major_locator(LogLocator(10, subs=subs))
+    if not (lo > 0 and math.log10(hi / lo) >= 0.5):
+        scale("linear")
+        ax.autoscale_view()
+        return
+    axis.set_major_locator(LogLocator(10, subs=(1.0,) if math.log10(hi / lo) > 2 else (1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 

@@ -125,8 +125,9 @@ def _sampling_points(run: dict, key: str) -> list[tuple[str, float, float, float
 
 
 def _training_points(run: dict, key: str) -> list[tuple[float, float]]:
-    """(training wall seconds, quality) along a run's metric-over-training curve, else its final point. Curve points
-    without their own "seconds" are placed at step x (seconds per step), after any VAE stage."""
+    """(training wall seconds, quality) along a run's metric-over-training curve, then its final point. Curve points
+    without their own "seconds" are placed at step x (seconds per step), after any VAE stage; a snapshot without a
+    finite value is NaN, a gap in the line (never a straight line across it). [] when no point has a value."""
     train = run.get("train") or {}
     total, steps = train.get("seconds"), train.get("steps")
     if not total:
@@ -134,16 +135,14 @@ def _training_points(run: dict, key: str) -> list[tuple[float, float]]:
     offset = (train.get("vae") or {}).get("seconds", 0.0)
     points = []
     for c in run.get("curve") or []:
-        if _finite(c.get(key)):
-            sec = c.get("seconds")
-            if sec is None and steps and c.get("step") is not None:
-                sec = offset + c["step"] * (total - offset) / steps
-            if sec is not None:
-                points.append((float(sec), float(c[key])))
+        sec = c.get("seconds")
+        if sec is None and steps and c.get("step") is not None:
+            sec = offset + c["step"] * (total - offset) / steps
+        if sec is not None:
+            points.append((float(sec), float(c[key]) if _finite(c.get(key)) else math.nan))
     final = run.get("metrics", {}).get(key)
-    if _finite(final):
-        points.append((float(total), float(final)))
-    return sorted(points)
+    points.append((float(total), float(final) if _finite(final) else math.nan))
+    return sorted(points, key=lambda p: p[0]) if any(math.isfinite(y) for _, y in points) else []
 
 
 def _sampling_curves(runs: list[dict], key: str) -> dict[tuple[str, str], list[tuple[float, float, float | None]]]:
@@ -170,7 +169,10 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
     curves = _sampling_curves(runs, key)
     if not curves:
         return None
-    several = any(len(pts) > 1 for pts in curves.values())
+    nfes: dict[str, set] = {}
+    for (model, _), pts in curves.items():
+        nfes.setdefault(model, set()).update(p[0] for p in pts)
+    several = any(len(n) > 1 for n in nfes.values())  # a family scored at several NFE (one sampler each, or one many)
     show_time = any(p[2] for pts in curves.values() for p in pts)
     show_nfe = several or not show_time
     fig, axes = new_figure(show_nfe + show_time, width=4.5, height=3.4)

@@ -332,10 +332,12 @@ def calibration_note(results: dict, per: list[dict]) -> str | None:
             "cannot see copying (the copier's FID is near the floor); the copy excess can.")
 
 
-def metric_notes(shown: list, per: list[dict]) -> str | None:
-    """The notes of the metric table for the columns shown, and what the one-seed FID interval covers."""
+def metric_notes(shown: list, per: list[dict], bootstrap: bool = True) -> str | None:
+    """The notes of the metric table for the columns shown, and (with bootstrap) what the one-seed FID interval
+    covers."""
     notes = [m.note for m in shown if m.note]
-    if any(r.get("metrics", {}).get("fid_lo") is not None for r in per) and len({r["seed"] for r in per}) == 1:
+    if bootstrap and any(r.get("metrics", {}).get("fid_lo") is not None for r in per) and len(
+            {r["seed"] for r in per}) == 1:
         notes.append(f"with one seed the FID interval is that run's basic bootstrap interval for the population FID at "
                      f"this N (resampling both sets; it covers the population FID {BOOTSTRAP_COVERAGE}: it is not an "
                      "interval over seeds), with the bias-corrected FID beside it")

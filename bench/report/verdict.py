@@ -157,7 +157,7 @@ def _pair_row(scored: dict, first: str, second: str, m, better: int, labels: dic
     by = m.display_mean(diff["mean"])
     if m.aspect and m.aspect.startswith("cost") and min(lead_mean, runner_mean) > 0:
         fact["ratio"] = max(lead_mean, runner_mean) / min(lead_mean, runner_mean)
-        by += f" ({fact['ratio']:.3g}x)"
+        by += f" ({_times(fact['ratio'])})"
     return [labels[lead], f"{by} over {labels[runner]} ({_margin(diff, m)})", _words(diff, lead, runner, labels),
             needed_text(diff)], diff
 
@@ -375,20 +375,26 @@ def _how_sure(diffs: list[dict]) -> str:
     resolved = sum(d["resolved"] for d in leads)
     agree = sum(not d["resolved"] and max(d["above"], d["below"]) == d["n"] for d in leads)
     mixed = k - resolved - agree
-    few = (f"{n} paired seed{'s' * (n != 1)} {'are' if n != 1 else 'is'} too few for the exact test to resolve a "
-           f"difference (it needs {MIN_RESOLVED})")
     rows = f"the {k} rows that name a leader" if k > 1 else "the one row that names a leader"
     if resolved == k:
         return f"How sure: {rows} {'all ' if k > 1 else ''}resolved by the exact sign-flip test (p <= 0.05)."
-    if not resolved and agree == k:
-        return f"How sure: {rows} held on every seed, but " + few + "."
-    parts = [f"{resolved} of {rows} resolved (exact sign-flip test, p <= 0.05)" if resolved
-             else f"none of {rows} resolved" + (f" ({few})" if n < MIN_RESOLVED else "")]
+    if n < MIN_RESOLVED:  # nothing can be resolved: say how many agree
+        held = (f"{'all of ' if k > 1 else ''}{rows} held on every seed" if agree == k else
+                f"of {rows}, {agree} held on every seed" + (f" and {mixed} went different ways on different seeds"
+                                                             if mixed else ""))
+        return (f"How sure: {n} paired seed{'s are' if n != 1 else ' is'} too few for the exact test to resolve a "
+                f"difference (it needs {MIN_RESOLVED}); {held}.")
+    parts = [f"{resolved} of {rows} resolved (exact sign-flip test, p <= 0.05)"]
     if agree:
-        parts.append(f"{agree} held on every seed without resolving")
+        parts.append(f"{agree} more held on every seed without resolving")
     if mixed:
         parts.append(f"{mixed} went different ways on different seeds")
     return "How sure: " + "; ".join(parts) + "."
+
+
+def _times(ratio: float) -> str:
+    """A cost ratio as a reader says it: "1.62x", "14.6x", "2,930x"."""
+    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
 
 
 def _cost_sentence(facts: list[dict], labels: dict) -> str:
@@ -396,7 +402,7 @@ def _cost_sentence(facts: list[dict], labels: dict) -> str:
     costs = {f["aspect"].removeprefix("cost: "): f for f in facts
              if str(f["aspect"]).startswith("cost") and f.get("lead") and not f.get("tie") and f.get("ratio")}
     verbs = {"sampling": "to sample", "training": "to train"}
-    parts = [(labels[f["runner"]], f"{f['ratio']:.3g}x more {verbs.get(k, k)} ({f['runner_mean']} s vs "
+    parts = [(labels[f["runner"]], f"{_times(f['ratio'])} more {verbs.get(k, k)} ({f['runner_mean']} s vs "
                                    f"{f['lead_mean']} s)") for k, f in costs.items()]
     if not parts:
         return ""

@@ -141,7 +141,8 @@ def _read_npz(path: Path, resolution: int) -> tuple[torch.Tensor, object, object
     if "images" not in arrays:
         raise DataError(f"{path} has no `images` array (it holds {', '.join(arrays) or 'nothing'})")
     record = {"path": str(path), "format": "npz"}
-    return _array_images(arrays["images"], resolution, record), arrays.get("labels"), arrays.get("captions"), record
+    given = {k: arrays[k] for k in ("labels", "captions") if k in arrays and arrays[k].size}  # empty: not given
+    return _array_images(arrays["images"], resolution, record), given.get("labels"), given.get("captions"), record
 
 
 def _read_folder(path: Path, resolution: int, captions: str | None) -> tuple[torch.Tensor, object, object, dict]:
@@ -287,6 +288,8 @@ def score(samples, reference: str = "shapes", *, captions=None, labels=None, pre
     raised before any reader is trained."""
     say = progress or (lambda line: None)
     t0 = time.perf_counter()
+    if not 0 <= seed < 2**31:
+        raise UserError(f"seed {seed}: give a whole number in 0..2^31 - 1")
     suite = image_config(preset, overrides, inception_weights)
     cfg, dataset = suite.images, _dataset_name(reference)
     dataset_info(dataset, check=True)
@@ -392,25 +395,28 @@ def scored_samples(checkpoint: Path, family, suite, dataset: str, seed: int, dev
 
 
 def save_samples(out: Path, samples: Samples, class_names: list[str]) -> Path:
-    """Samples as a .npz (out ends in .npz: `images` (N, C, H, W) float32 in [-1, 1], `labels`, `captions`) or as a
-    folder any tool reads: one sub-folder per class (its name), PNGs numbered in scoring order, and metadata.csv
-    (file_name, text) with each image's prompt; 8-bit PNGs round each pixel to 1/255 of the range."""
+    """Samples as a .npz (out ends in .npz: `images` (N, C, H, W) float32 in [-1, 1], and `labels`, `captions` where
+    known) or as a folder any tool reads: PNGs numbered in scoring order, in one sub-folder per class (its name) where
+    the classes are known, and metadata.csv (file_name, text) where the prompts are; 8-bit PNGs round each pixel to
+    1/255 of the range."""
     out = Path(out)
-    labels = samples.labels.numpy() if samples.labels is not None else np.zeros(len(samples.images), dtype=np.int64)
     if out.suffix == ".npz":
+        known = {"labels": None if samples.labels is None else samples.labels.numpy(),
+                 "captions": None if samples.captions is None else np.asarray(samples.captions, dtype=str)}
         buf = io.BytesIO()
-        np.savez(buf, images=samples.images.float().numpy(), labels=labels,
-                 captions=np.asarray(samples.captions or [], dtype=str))
+        np.savez(buf, images=samples.images.float().numpy(), **{k: v for k, v in known.items() if v is not None})
         atomic_write(out, buf.getvalue())
         return out
     pixels = ((samples.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, (image, label) in enumerate(zip(pixels, labels.tolist())):
-        name = f"{class_names[label]}/{i:05d}.png"
-        (out / class_names[label]).mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(pixels):
+        name = f"{i:05d}.png" if samples.labels is None else f"{class_names[int(samples.labels[i])]}/{i:05d}.png"
+        (out / name).parent.mkdir(exist_ok=True)
         buf = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="png")
         atomic_write(out / name, buf.getvalue())
-        rows.append({"file_name": name, "text": samples.captions[i] if samples.captions else class_names[label]})
-    atomic_write(out / "metadata.csv", csv_text(rows))
+        rows.append({"file_name": name, "text": samples.captions[i] if samples.captions else ""})
+    if samples.captions:
+        atomic_write(out / "metadata.csv", csv_text(rows))
     return out

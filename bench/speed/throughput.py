@@ -21,17 +21,17 @@ on a GPU). Text encodings are computed once before timing: both models read the 
 caption is its own row. The table and report blocks of the result are bench/report_throughput.py's.
 
 With a time budget (`budget_s`) the whole measurement keeps to it, give or take one call's misjudged cost and the
-fixed part it cannot skip (building the networks, counting FLOPs, the matmul peak at the start): the cheapest
-measurements come first (batch-1 calls, a training step at batch 2), and each costlier one runs only when the cost
-they predict for it fits the time left; otherwise its row carries that prediction and says so in "how":
+fixed part it cannot skip (building the networks, counting FLOPs, the matmul peak at the start, the network calls
+every estimate rests on, one training step per network): each further measurement runs only when the cost the
+earlier ones predict for it fits the time left; otherwise its row carries that prediction and says so in "how":
 
   - a guided network call (both halves in one call of twice the batch): twice the unguided call at the same batch,
     which is always measured, as are the text encoder, the generator and the VAE decode ("estimated");
   - a whole sampling loop: NFE x (one network call + the sampler's own per-step cost) + one VAE decode
     ("estimated"); the sampler's own per-step cost is measured exactly by running the loop with the network
     replaced by a constant (`sampler_overhead`): everything but the network;
-  - a training step that does not fit at the preset's batch (by the line through steps at batch 2 and 4) is
-    measured at the largest smaller batch that does ("measured at batch b"), down to the batch-4 step itself.
+  - a training step is always run once at the preset's batch (the warm-up, which gives its cost); when no timed
+    repeat fits, that one step is the row ("measured: one step, its setup included").
 
 `progress` (a callable taking one line) hears each stage as it starts, with the seconds spent and the budget: `gvd
 throughput` prints them, so a long measurement is never silent.
@@ -151,11 +151,6 @@ def _estimate(seconds: float) -> dict:
 def _how(timing: dict) -> str:
     return "measured" if timing["repeats"] else "estimated"
 
-
-def _line(n1: int, t1: float, n2: int, t2: float) -> Callable[[int], float]:
-    """The cost at batch n on the line through measured costs at batches n1 < n2, never falling with the batch: a
-    fixed part (kernel launches; on a busy machine, the threads' waits for each other) and a part per image."""
-    return lambda n: t1 + max(t2 - t1, 0.0) / (n2 - n1) * (n - n1)
 
 
 def _sampler_cost(sampler: str, prediction: str, x_T, alpha_bar, states, mask, uncond, scale, device, deadline=None,
@@ -327,10 +322,10 @@ def _notes(fast: FastPaths, rows: list[dict], cuda: bool, load: dict) -> list[st
         notes.append("'estimated' rows did not fit the time budget: a sampling loop is NFE x (one network call + the "
                      "measured sampler cost per step) + one VAE decode; a guided network call that did not fit either "
                      "is twice the unguided one (both halves in one call of twice the batch)")
-    if any(r["method"].startswith("measured at batch") for r in rows):
-        notes.append("a training row 'measured at batch b' did not fit the time budget at the preset's batch: its "
-                     "images/s is at batch b (usually lower than at the full batch); a larger --budget measures it "
-                     "there")
+    if any(r["method"] == ONE_STEP for r in rows):
+        notes.append(f"a training row '{ONE_STEP}' had no time left for timed repeats: its time is its warm-up "
+                     "step's, the per-call setup (optimisers, EMA copy) included, so its images/s is a little low; a "
+                     "larger --budget times it properly")
     if not cuda and max(load["start"], load["end"]) >= (os.cpu_count() or 1):
         notes.append("the machine was busy (load average >= the core count): CPU timings with several threads are "
                      "unreliable under oversubscription (threads wait for each other); `--threads 1` is steadier")
@@ -492,35 +487,26 @@ def _vae_steps(vae, opt, b: _Bench, inputs: dict, n: int, steps: int) -> None:
             vae_step(vae, opt, inputs["images"][:n], b.cfg.amp)
 
 
+ONE_STEP = "measured: one step, its setup included (no time for more)"
+
+
 def _train_row(model: str, steps_fn, n: int, what: str, b: _Bench, k: int = 2, share: float = 0.3) -> dict:
     """steps_fn(n, steps) timed at batch n, `k` steps per timed call (per-call setup such as the optimisers and the
-    EMA copy amortised over them): the first call at full size warms up (allocator growth, autotuning) and gives the
-    cost estimate; always measured, with fewer repeats when the budget is short. With a budget, one step at batch 2
-    and (in time) one at 4 first draw the cost line; when a warm-up and one timed call at n would not fit `share` of
-    the time left by it, the largest batch n/2, n/4, ... that fits is measured instead, and at worst the small step
-    itself is the row, which says so. FLOPs counted at batch 2."""
+    EMA copy amortised over them): the first call at full size (one step) warms up (allocator growth, autotuning) and
+    gives the cost estimate; then timed, with fewer repeats when the budget is short. When not even one timed call
+    fits `share` of the time left, the warm-up step itself is the row (its per-call setup included: an over-estimate
+    of a step), and the row says so. FLOPs counted at batch 2."""
     b.say(f"{model} training step (batch {n})")
     flops = count_flops(partial(steps_fn, 2, 1)) / 2
-    size, small = n, {}
-    if b.deadline is not None:
-        small[min(2, n)] = _once(partial(steps_fn, min(2, n), 1), b.device)
-        if n > 2 and time.perf_counter() < b.deadline:  # the line's second point, while there is time
-            small[min(4, n)] = _once(partial(steps_fn, min(4, n), 1), b.device)
-        points = [x for m, t in small.items() for x in (m, t)]
-        line = _line(*points) if len(small) == 2 else (lambda m: points[1] * m / points[0])
-        while size > max(small) and not _fits((1 + k) * line(size), b.deadline, share):
-            size //= 2
-    if size > max(small, default=0):
-        est = k * _once(partial(steps_fn, size, 1), b.device)  # the warm-up at full size gives the cost
-        timing, _ = _measured_or_estimated(lambda: partial(steps_fn, size, k), est, b.deadline, b.device,
-                                           share=share, must=True)
+    first = _once(partial(steps_fn, n, 1), b.device)
+    timing, measured = _measured_or_estimated(lambda: partial(steps_fn, n, k), k * first, b.deadline, b.device,
+                                              share=share)
+    if measured:
         timing = {**timing, "median_s": timing["median_s"] / k, "min_s": timing["min_s"] / k}
     else:
-        size = max(small)
-        timing = {"median_s": small[size], "min_s": small[size], "repeats": 1, "peak_memory_bytes": None}
-    method = "measured" if size == n else f"measured at batch {size} (batch {n} did not fit the budget)"
-    return _row(model, "train", timing, batch=size, flops=flops, dtype=_train_dtype(b.cfg, b.device), what=what,
-                method=method)
+        timing = {"median_s": first, "min_s": first, "repeats": 1, "peak_memory_bytes": None}
+    return _row(model, "train", timing, batch=n, flops=flops, dtype=_train_dtype(b.cfg, b.device), what=what,
+                method="measured" if measured else ONE_STEP)
 
 
 def _once(fn: Callable[[], object], device) -> float:
