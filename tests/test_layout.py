@@ -148,3 +148,21 @@ def test_the_light_commands_import_no_torch(args):
     assert proc.returncode == 0, proc.stderr[-2000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert "bench" in imported and not imported & {"torch", "cleanfid", "numpy", "torchvision"}, imported
+
+
+def test_a_non_editable_install_carries_every_package():
+    """pyproject listed `packages = ["bench", "models"]`, which setuptools takes literally: a wheel had bench/*.py and
+    none of bench/core, bench/run, ... (only the editable install worked). Every package folder under bench/ and
+    models/ must be one that the configured find would include."""
+    import fnmatch
+    import tomllib
+
+    from setuptools import find_packages
+
+    root = Path(__file__).parents[1]
+    find = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    found = set(find_packages(str(root), include=find["include"]))
+    folders = {".".join(p.parent.relative_to(root).parts) for top in ("bench", "models")
+               for p in (root / top).rglob("__init__.py")}
+    assert folders and folders <= found, sorted(folders - found)
+    assert not any(fnmatch.fnmatch(p, "tests*") for p in found)
