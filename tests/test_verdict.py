@@ -214,6 +214,24 @@ def test_memorisation_is_ranked_by_closeness_to_zero(gan_excess, gan_near, leade
     assert "held-out real" not in row  # a calibration row is never a column of the verdict
 
 
+@pytest.mark.parametrize("gan_spread, leader", [
+    (1.42, "diffusion"),  # strewn across the 3-std disc (reports/example's grid25 GAN): more is not more diverse
+    (0.30, "diffusion"),  # collapsed towards the centres
+    (0.97, "GAN"),  # fresh data read 0.974: the GAN there, the diffusion model at 0.80
+])
+def test_within_mode_spread_is_ranked_by_closeness_to_fresh_data(gan_spread, leader):
+    """The example's grid25 GAN (0/3 converged, 4% of samples on the modes) read "GAN leads on within-class diversity
+    (within-mode spread 1.42 vs 0.93)": higher-is-better rewarded samples strewn past the mode's own spread. Fresh draws
+    read 0.974 (bench/evaluate/metrics.py FRESH_SPREAD); the verdict ranks by closeness to it."""
+    runs = []
+    for s in range(3):
+        runs += [_entry("gan", s, dataset="grid25", mode_spread=gan_spread + 0.001 * s),
+                 _entry("diffusion", s, dataset="grid25", mode_spread=0.80 + 0.001 * s)]
+    row = _rows(runs)["within-mode spread"]
+    assert row["measure"].startswith("within-mode spread (ranked by closeness to 0.974")
+    assert row["leads"] == leader
+
+
 def test_memorisation_names_no_leader_where_samples_are_near_no_real_image():
     """The GAN's samples make no near-copy of any held-out image (fresh data make 5%): whatever its copy excess reads,
     copying cannot be told from not copying, so no family leads; the row says why."""

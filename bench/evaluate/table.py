@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.evaluate.metrics import duplicate_share
+from bench.evaluate.metrics import FRESH_SPREAD, duplicate_share
 
 INF = math.inf
 
@@ -36,6 +36,9 @@ class Metric:
     needs: str = ""  # "labels": only where a judge gives classes
     column: bool = True  # shown as a column of the per-family table
     compute: Callable[[dict], float] | None = None  # how the evaluation stage computes it (None: built in)
+    # better=0 with a target: the verdict ranks by closeness to it (the metric's exact value for fresh data or for a
+    # generator without the defect), where more in either direction is a defect
+    target: float | None = None
 
     def where(self) -> tuple[str, ...]:
         return self.path or ("metrics", self.key)
@@ -89,10 +92,11 @@ METRICS = [
            note="factor coverage: the same on the generator's own factors (shapes: position, size, background) read "
                 "back from the images by a regressor trained on the real ones: the ground truth of within-class "
                 "variety"),
-    Metric("mode_spread", "within-mode spread", "{:.2f}", +1, ("mixture",), aspect="within-class diversity",
-           bounds=(0, INF),
+    Metric("mode_spread", "within-mode spread", "{:.2f}", 0, ("mixture",), aspect="within-class diversity",
+           bounds=(0, INF), target=FRESH_SPREAD,
            note="within-mode spread: the samples' RMS distance from their mode's centre over the mode's own (sqrt(2) "
-                "std), averaged over modes: fresh draws 0.974, one point per mode 0"),
+                "std), averaged over modes: fresh draws 0.974, one point per mode 0, samples strewn across the 3-std "
+                "disc up to 1.5; ranked by closeness to 0.974"),
     Metric("duplicate_share", "duplicates", "{:.3f}", -1, bounds=FRACTION,
            compute=lambda s: duplicate_share(s["images"]),
            note="duplicates: the share of samples identical to an earlier sample of the same set"),
@@ -101,6 +105,7 @@ METRICS = [
            needs="labels"),
     # ---- memorisation
     Metric("copy_excess", "copy excess", "{:+.2f}", 0, aspect="memorisation", bounds=(-INF, 1), needs="labels",
+           target=0.0,
            note="copy excess: how much more often a sample's nearest real image (label-free features) is a training "
                 "image than chance |T| / (|T| + |H|) makes it, scaled so that a copier reads 1: exactly 0 in "
                 "expectation for every generator that does not depend on the training set (fresh, concentrated or "
@@ -205,6 +210,8 @@ def definition(m: Metric) -> str:
 
 
 def direction(m: Metric) -> str:
+    if m.target is not None:
+        return f"closer to {m.target:.3g} is better"
     return {1: "higher is better", -1: "lower is better"}.get(m.better, "neither: read against the held-out real row")
 
 

@@ -181,9 +181,12 @@ def metric_row(runs: list[dict], names: list[str], m, labels: dict) -> list[tupl
             unmeasured = {"n": 0, "fact": {"aspect": m.aspect, "measure": m.label, "pair": tuple(have[:2]),
                                            "lead": None, "runner": None, "unmeasurable": True}}
             return [([m.aspect, measure] + [_cell(*cells[f], m) for f in names] + ["none", why, "", ""], unmeasured)]
-        scored = {f: {s: abs(v) for s, v in scored[f].items()} for f in have}
-        better = -1
         measure += " (ranked by closeness to 0, its exact expectation for a generator that does not copy)"
+    elif m.target is not None:
+        measure += f" (ranked by closeness to {m.target:.3g}, fresh data's: more or less is a defect)"
+    if m.target is not None:
+        scored = {f: {s: abs(v - m.target) for s, v in scored[f].items()} for f in have}
+        better = -1
     pairs = [_pair_row(scored, a, b, m, better or 1, labels, raw) for a, b in itertools.combinations(have, 2)]
     return _rows_by_pair([m.aspect, measure], [_cell(*cells[f], m) for f in names], pairs)
 
