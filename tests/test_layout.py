@@ -155,8 +155,8 @@ def test_a_non_editable_install_carries_every_package():
     none of bench/core, bench/run, ... (only the editable install worked). Every package folder under bench/ and
     models/ must be one that the configured find would include."""
     import fnmatch
-    import tomllib
 
+    import tomllib
     from setuptools import find_packages
 
     root = Path(__file__).parents[1]
