@@ -79,12 +79,12 @@ def _run_config(args) -> tuple:
 
     if args.resume:
         given = [f for f, v in (("--preset", args.preset), ("--steps", args.steps), ("--set", args.set),
-                                ("--out", args.out), ("--force", args.force), ("--family", args.family),
-                                ("--dataset", args.dataset)) if v]
+                                ("--out", args.out), ("--force", args.force), ("--dataset", args.dataset)) if v]
         if given:
             raise UserError(f"--resume continues a run with its own config.json (only --seeds may add seeds); drop "
                             f"{', '.join(given)}")
         cfg, previous = load_run(Path(args.resume))
+        trusted_family_code(cfg.user_families, args.family, args.trust_family_code, f"--resume {args.resume}")
         if args.seeds is not None:
             add_seeds(cfg, list(args.seeds), Path(args.resume))
         return cfg, Path(args.resume), previous
@@ -97,10 +97,29 @@ def _run_config(args) -> tuple:
         apply_override(cfg, assignment)
     if args.dataset:
         _use_datasets(cfg, args.dataset, args.set or [])
+    from bench.families import absolute_spec, check_names
+
+    check_names(args.family or [])  # before the names join the preset's list (a clash is not "named twice")
     for spec in args.family or []:  # a user's family: it runs beside the preset's, through the same protocol
-        cfg.user_families.append(spec)
+        cfg.user_families.append(absolute_spec(spec))  # a file's path absolute: found again from any folder
         cfg.families.append(spec.partition("=")[0])
     return cfg, Path(args.out) if args.out else Path("reports") / cfg.name, None
+
+
+def trusted_family_code(recorded: list[str], given: list[str] | None, trust: bool, what: str) -> list[str]:
+    """The family specs of a run folder that this command may import: a folder can be shared or edited, so its
+    config.json's modules run only when the user names them again (`--family`, the same specs) or says
+    --trust-family-code. UserError names the module it would have run."""
+    from bench.families import absolute_spec
+
+    again = [absolute_spec(s) for s in given or []]
+    if given and sorted(again) != sorted(recorded):
+        raise UserError(f"{what}: --family {' '.join(given)} is not the run's own ({' '.join(recorded) or 'none'}); "
+                        "give the families it ran with")
+    if recorded and not (given or trust):
+        raise UserError(f"{what}: the run imports family code from its config.json ({', '.join(recorded)}); pass "
+                        f"--trust-family-code (or the same --family again) to run it")
+    return list(recorded)
 
 
 def _use_datasets(cfg, names: list[str], assignments: list[str]) -> None:
@@ -249,16 +268,27 @@ def _find_checkpoint(run, family: str, dataset: str | None, seed: int | None) ->
     return found[0]
 
 
-def _sample_family(run, name: str):
-    """The family a `gvd sample` asks for: a built-in one, or a user's recorded in the run's config."""
-    from bench.families import FamilyError, resolve
+def _sample_family(run, name: str, args):
+    """The family a `gvd sample` asks for: a built-in one (nothing of the run folder's imported), or a user's
+    recorded in the run's config, imported only when the user names it again (--family) or trusts the folder."""
+    from bench.families import BUILT_IN, FamilyError, resolve
     from bench.run.resume import load_run
 
+    if name in BUILT_IN:
+        return _sampled(BUILT_IN[name], name)
+    specs = load_run(run.root)[0].user_families if (run.root / "config.json").is_file() else []
+    mine = [s for s in specs if s.partition("=")[0] == name]
+    if not mine:
+        raise UserError(f"{run.root} ran no family {name!r}")
     try:
-        specs = load_run(run.root)[0].user_families if (run.root / "config.json").is_file() else []
-        family = resolve([name], specs)[0]
+        trusted_family_code(mine, args.family, args.trust_family_code, f"gvd sample --model {name}")
+        family = resolve([name], mine)[0]
     except FamilyError as exc:
         raise UserError(str(exc)) from None
+    return _sampled(family, name)
+
+
+def _sampled(family, name: str):
     if family.load_image is None:
         raise UserError(f"the {name} family keeps no checkpoint to sample from")
     return family
@@ -287,11 +317,11 @@ def _cmd_sample(args) -> None:
     out = Path(args.out)
     check_output_file(out, ".png")
     device = _device(args.device)
+    family = _sample_family(run, args.model, args)
     try:
         path, meta = _find_checkpoint(run, args.model, args.dataset, args.seed)
     except ValueError as exc:  # a checkpoint whose header cannot be read
         raise UserError(str(exc).splitlines()[0]) from None
-    family = _sample_family(run, args.model)
     spec = _sampler_spec(meta, args.sampler, args.steps)
     try:
         images, nfe = sample_from_checkpoint(path, family, args.prompt, args.n, seed=args.sample_seed, device=device,
@@ -333,7 +363,7 @@ def _sample_scored(args, run) -> None:
     dataset = args.dataset or cfg.images.datasets[0]
     seed = cfg.seeds[0] if args.seed is None else args.seed
     path, _ = _find_checkpoint(run, args.model, dataset, seed)
-    family = _sample_family(run, args.model)
+    family = _sample_family(run, args.model, args)
     entry = next((r for r in load_results(run.root / "results.json")["runs"] if r["model"] == args.model
                   and r["dataset"] == dataset and r["seed"] == seed), None)
     samples = scored_samples(path, family, cfg, dataset, seed, _device(args.device))
@@ -689,6 +719,9 @@ def _add_run(sub) -> None:
     run.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
                      help="run your own family beside the preset's: MODULE an importable module or a .py file, "
                           "FACTORY() returns a bench.families.Family (README: Your own family; repeatable)")
+    run.add_argument("--trust-family-code", action="store_true",
+                     help="with --resume: import the family modules the run's config.json names (a run folder can be "
+                          "shared or edited, so its code runs only when you say so; or give the same --family again)")
     run.add_argument("--study", metavar="DIR",
                      help="a `gvd study stability` folder: its outcome shares stand beside the verdict's stability row "
                           "(default: RUN_DIR/study-stability when there is one)")
@@ -713,6 +746,11 @@ def _add_sample(sub) -> None:
     smp.add_argument("--guidance", type=float,
                      help="the family's knob (diffusion: guidance scale, 1 = none; GAN: truncation psi); default: the "
                           "value the run tuned")
+    smp.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
+                     help="--model a family of your own: its spec again (the run's config.json names it, but a run "
+                          "folder's code is run only when you name it)")
+    smp.add_argument("--trust-family-code", action="store_true",
+                     help="--model a family of your own: import the module the run's config.json names")
     smp.add_argument("--dataset", help="which dataset's checkpoint, e.g. shapes (default: the first)")
     smp.add_argument("--seed", type=int, help="which training seed's checkpoint (default: the first)")
     smp.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default 0)")

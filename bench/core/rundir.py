@@ -33,6 +33,10 @@ from torchvision.utils import make_grid, save_image
 from bench.core import distributed
 from bench.core.files import atomic_write, csv_text, json_text, save_tensors
 
+# The <part>s of a run's file names that are no family's: the real images' grid, the shared text encoder's history,
+# the grids' prompts. No family may be named like one (bench/families RESERVED).
+FILE_PARTS = ("real", "text", "prompts")
+
 
 def slug(dataset: str) -> str:
     """A file-name-safe, unique form of a dataset name: built-in names as they are; a name with a path gets its last

@@ -34,7 +34,7 @@ from bench.report.tables import metric_rows
 from bench.run.images import run_image_dataset, warm_up
 from bench.run.mixtures import run_mixture
 from bench.run.resume import FINISHED, finished
-from bench.speed.throughput import image_throughput, run_entry_throughput
+from bench.speed.throughput import image_throughput, measured_families, run_entry_throughput
 
 
 def cache_dir() -> Path:
@@ -261,7 +261,7 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
 def entry_speeds(cfg: SuiteConfig, results: dict) -> None:
     """Every scored image entry of a family the throughput stage measured gets its speed fields: those measured in
     this invocation and those re-run by a resume whose throughput was measured before (never half an entry)."""
-    measured = {r["model"] for r in (results.get("throughput") or {}).get("rows", [])}
+    measured = measured_families(results.get("throughput") or {})
     for entry in results["runs"]:
         speed = entry.get("throughput") or {}
         if (cfg.images is not None and entry["dataset"] in cfg.images.datasets and entry["model"] in measured
