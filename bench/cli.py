@@ -149,7 +149,7 @@ def _check_inputs(cfg, args) -> None:
     validate(cfg)
     if cfg.images is not None:
         for name in cfg.images.datasets:
-            dataset_info(name, check=True)
+            dataset_info(name, check=True, resolution=cfg.images.resolution)
         if cfg.images.inception_weights:  # a bad file fails now, not after the 2D training
             load_cleanfid_backbone(cfg.images.inception_weights)
     resolve(cfg.families, cfg.user_families)
@@ -190,22 +190,30 @@ def _executor(args, device):
 def _cmd_run(args) -> int | None:
     from bench.core import distributed
     from bench.core.executor import session
-    from bench.run.preflight import check_writable_dir, claim_run_dir, run_lock
+    from bench.run.preflight import check_fresh, check_writable_dir, forget_unstarted_run, run_lock
     from bench.run.suite import run_suite
 
     cfg, out, previous = _run_config(args)
-    _check_inputs(cfg, args)
+    _check_inputs(cfg, args)  # every check on the input before the folder, its lock or config.json exist
     check_writable_dir(out)
+    if previous is None:
+        check_fresh(out, args.force)
     device = _device(args.device)
     executor = _executor(args, device)
-    with session(executor), run_lock(out, active=_rank0()):  # one gvd run per folder (a second --resume is refused)
-        if previous is None and _rank0() and (archive := claim_run_dir(out, args.force)) is not None:
+    study = str(_study_dir(args.study)) if args.study else None
+    # one gvd run per folder: a second --resume, a second --force while one runs, are refused
+    with session(executor), run_lock(out, _rank0(), fresh=previous is None, force=args.force) as archive:
+        if archive is not None:
             print(f"moved the run that was in {out} to {archive}")
-        study = str(_study_dir(args.study)) if args.study else None
-        with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
-            results = run_suite(cfg, out, device, workers=executor.workers, previous=previous, study=study,
-                                executor=executor)
-            main = distributed.is_main()
+        try:
+            with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
+                results = run_suite(cfg, out, device, workers=executor.workers, previous=previous, study=study,
+                                    executor=executor)
+                main = distributed.is_main()
+        except UserError:
+            if previous is None and _rank0():  # bad input found only by the work: the corrected rerun is welcome
+                forget_unstarted_run(out)
+            raise
     bad = [r for r in results["runs"] if r["status"] != "ok"]
     if not main:
         return None
