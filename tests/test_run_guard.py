@@ -2,6 +2,7 @@
 link, a deleted or replaced lock file, two --force runs), an unwritable judge cache is skipped with one warning, a
 config.json edited before the first entry is refused by --resume, and a family's samples are checked before scoring."""
 
+import json
 import os
 import subprocess
 import sys
@@ -143,3 +144,80 @@ def test_two_force_runs_serialise(tmp_path, capsys, holder):
     _one_line_exit_2(TINY + ["--out", str(out), "--force"], "is in use by another gvd run", capsys)
     assert sorted(p.name for p in tmp_path.iterdir() if ".old-" in p.name) == archives
     assert (out / "config.json").read_text() == "{}"  # the running folder is where it was
+
+
+# ---------------------------------------------------------------- cache, config, samples
+
+
+def test_an_unwritable_cache_is_skipped_with_one_warning(tmp_path, capsys, monkeypatch):
+    """$GVD_CACHE through a file (it can be neither made nor written, even by root): one warning line, the run goes
+    on with a cache in the temporary folder and finishes (it failed with "could not write .../judge-...")."""
+    import tempfile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GVD_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "run"
+    assert main(IMAGES + ["--out", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "warning" in line]
+    assert len(warnings) == 1 and f"the cache {blocker / 'cache'} cannot be written" in warnings[0], warnings
+    assert list((tmp_path / "tmp").glob("gan-vs-diffusion-cache-*/judge-*.safetensors"))
+
+
+def test_a_config_edited_before_the_first_entry_is_refused_by_resume(tmp_path, capsys, monkeypatch):
+    """Killed before its first entry (no results.json to check against): config.json edited afterwards is refused,
+    read against the config the training states were saved under (state/config.json); unedited, the resume goes."""
+    def killed(cfg, run_dir, *args, **kwargs):
+        from bench.config import to_dict
+        from bench.core.rundir import RunDir
+
+        RunDir(run_dir).write_config(to_dict(cfg))
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(suite, "run_suite", killed)
+    assert main(TINY + ["--out", str(out)]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert not (out / "results.json").exists() and (out / "state" / "config.json").is_file()
+    original = (out / "config.json").read_text()
+    edited = json.loads(original)
+    edited["mixtures"]["gan"]["lr"] *= 10
+    (out / "config.json").write_text(json.dumps(edited))
+    _one_line_exit_2(["run", "--resume", str(out)], "the config its training states were saved under "
+                     "(mixtures.gan.lr)", capsys)
+    assert not (out / "results.json").exists()
+    (out / "config.json").write_text(original)
+    assert main(["run", "--resume", str(out)]) == 0
+
+
+SHORT = """import dataclasses, mean_family
+
+
+def sample(trained, prompts, noise, net=None):
+    images, nfe = mean_family.sample(trained, prompts, noise, net)
+    return {bad}, nfe
+
+
+def make():
+    return dataclasses.replace(mean_family.make(), sample_image=sample)
+"""
+
+
+@pytest.mark.parametrize("bad, needle", [("images[1:]", "returned shape"), ("images[:, :, 1:]", "the data's are"),
+                                         ("(images * 127).to(torch.uint8)", "torch.uint8 images"),
+                                         ("images * 3", "give images in [-1, 1]")])
+def test_a_familys_samples_are_checked_before_scoring(bad, needle, tmp_path, capsys, monkeypatch):
+    """A family that returns one image too few (it was scored `ok` on 31 of 32), the wrong shape, integers or values
+    out of range: its entry fails with one line naming the family; the other families' entries are ok."""
+    family = tmp_path / "short.py"
+    family.write_text("import torch\n" + SHORT.format(bad=bad))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "run"
+    assert main(IMAGES + ["--set", 'families=["gan"]', "--family", f"short={family}:make", "--out", str(out)]) == 0
+    runs = {r["model"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["gan"]["status"] == "ok" and runs["short"]["status"] == "failed"
+    assert "the short family's sample_image" in runs["short"]["error"] and needle in runs["short"]["error"]
+    assert "\n" not in runs["short"]["error"]

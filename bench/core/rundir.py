@@ -6,6 +6,7 @@
                   history/<id>_<part>.csv          per-step training logs
                   checkpoints/<id>_<part>.safetensors  weights, with the config that rebuilds them as metadata
                   state/<id>_<part>.safetensors        an unfinished training's resumable state (2D models)
+                  state/config.json                    the config those states were saved under
                   samples/<id>_<part>.png | .npy | _prompts.txt   sample grids, 2D samples, the grids' prompts
                   process/<id>_<family>.npz          arrays of the process figures (bench/evaluate/process.py)
                   figures/<name>.png                 report figures
@@ -174,7 +175,14 @@ class RunDir:
         _write(self.root / relative, data)
 
     def write_config(self, config: dict) -> None:
+        """config.json, and the same beside the training states (state/config.json): the config the states are
+        saved under, which a resume checks config.json against before any entry (and its results.json) exists."""
         _write(self.root / "config.json", json_text(config))
+        _write(self.state_config_path, json_text(config))
+
+    @property
+    def state_config_path(self) -> Path:
+        return self.root / "state" / "config.json"
 
     def write_results(self, results: dict) -> None:
         _write(self.results_path, json_text(results))
