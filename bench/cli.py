@@ -3,9 +3,12 @@
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
           [--dataset NAME ...] [--family NAME=MODULE:FACTORY ...] [--workers N]
           [--executor local|ray [--address HOST:PORT]] [--force]
-  gvd run --resume RUN_DIR [--seeds 0 1 2 3]   continue a stopped run (its finished entries kept, the rest rerun),
-                                               or add seeds to a run
-  gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
+  gvd run --resume RUN_DIR [--seeds 0 1 2 3] [--trust-family-code]   continue a stopped run (its finished entries
+                                               kept, the rest rerun), or add seeds to a run
+  gvd sample RUN_DIR --prompt TEXT [--model FAMILY] [--trust-family-code]   images from a trained image run
+
+A run folder's config.json may name a module of a user's family: it is imported only when the user passes that
+--family again or --trust-family-code (gvd report and gvd compare never import it).
   gvd sample RUN_DIR --scored [--out DIR|F.npz]       the images the run scored, for gvd score or any other tool
   gvd score SAMPLES REFERENCE [--captions FILE]        samples from any generator scored by the suite's protocol
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
