@@ -113,7 +113,10 @@ def user_run(tmp_path_factory, module_cache):
     return out
 
 
-def test_a_user_family_with_the_throughput_stage_on_finishes(user_run):
+def test_a_user_family_with_the_throughput_stage_on_finishes(user_run, tmp_path, monkeypatch):
+    """The family given by a relative path (from tests/) with the throughput stage on: the run finishes (the stage
+    labels its own rows "vae" and "text"; no row is read as a family), the spec is saved absolute, so a trusted
+    --resume from another folder finds the module."""
     results = json.loads((user_run / "results.json").read_text())
     assert results["config"]["user_families"] == [f"mean={MEAN}:make"]  # absolute, though typed relative
     assert "rows" in results["throughput"] and (user_run / "report.html").is_file()
@@ -121,6 +124,8 @@ def test_a_user_family_with_the_throughput_stage_on_finishes(user_run):
     assert mine["status"] == "ok" and "sampling" not in (mine.get("throughput") or {})
     diffusion = next(r for r in results["runs"] if r["model"] == "diffusion")
     assert diffusion["throughput"]["sampling"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--resume", str(user_run), "--trust-family-code"]) == 0
 
 
 def _plant(run: Path, tmp_path: Path) -> Path:
