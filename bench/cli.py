@@ -6,9 +6,6 @@
   gvd run --resume RUN_DIR [--seeds 0 1 2 3] [--trust-family-code]   continue a stopped run (its finished entries
                                                kept, the rest rerun), or add seeds to a run
   gvd sample RUN_DIR --prompt TEXT [--model FAMILY] [--trust-family-code]   images from a trained image run
-
-A run folder's config.json may name a module of a user's family: it is imported only when the user passes that
---family again or --trust-family-code (gvd report and gvd compare never import it).
   gvd sample RUN_DIR --scored [--out DIR|F.npz]       the images the run scored, for gvd score or any other tool
   gvd score SAMPLES REFERENCE [--captions FILE]        samples from any generator scored by the suite's protocol
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
@@ -19,9 +16,11 @@ A run folder's config.json may name a module of a user's family: it is imported 
   gvd throughput | study stability | metrics | datasets | presets | --version
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
-A file that cannot be written (a full disk) is one line naming it, exit status 1. Each subcommand imports its own
-stack when it runs, so `gvd --help`, `gvd presets` and `gvd datasets` answer without loading torch; the imports
-inside the command functions below are there for that reason.
+A file that cannot be written (a full disk) is one line naming it, exit status 1. A run folder's config.json may name
+a module of a user's family: it is imported only when the user passes that --family again or --trust-family-code
+(gvd report and gvd compare never import it). Each subcommand imports its own stack when it runs, so `gvd --help`,
+`gvd presets` and `gvd datasets` answer without loading torch; the imports inside the command functions below are
+there for that reason.
 """
 
 import argparse
