@@ -3,9 +3,9 @@
   gvd run [--preset NAME] [--out DIR] [--device auto|cpu|cuda] [--seeds 0 1 2] [--steps N] [--set key=value ...]
           [--dataset NAME ...] [--family NAME=MODULE:FACTORY ...] [--workers N]
           [--executor local|ray [--address HOST:PORT]] [--force]
-  gvd run --resume RUN_DIR [--seeds 0 1 2 3]   continue a stopped run (its finished entries kept, the rest rerun),
-                                               or add seeds to a run
-  gvd sample RUN_DIR --prompt TEXT [--model FAMILY]   images from a trained image run
+  gvd run --resume RUN_DIR [--seeds 0 1 2 3] [--trust-family-code]   continue a stopped run (its finished entries
+                                               kept, the rest rerun), or add seeds to a run
+  gvd sample RUN_DIR --prompt TEXT [--model FAMILY] [--trust-family-code]   images from a trained image run
   gvd sample RUN_DIR --scored [--out DIR|F.npz]       the images the run scored, for gvd score or any other tool
   gvd score SAMPLES REFERENCE [--captions FILE]        samples from any generator scored by the suite's protocol
   gvd report RUN_DIR            rebuild report.md / report.html from RUN_DIR/results.json
@@ -16,9 +16,11 @@
   gvd throughput | study stability | metrics | datasets | presets | --version
 
 Bad input gets one line on stderr naming the problem and exit status 2; nothing is written before the input is checked.
-A file that cannot be written (a full disk) is one line naming it, exit status 1. Each subcommand imports its own
-stack when it runs, so `gvd --help`, `gvd presets` and `gvd datasets` answer without loading torch; the imports
-inside the command functions below are there for that reason.
+A file that cannot be written (a full disk) is one line naming it, exit status 1. A run folder's config.json may name
+a module of a user's family: it is imported only when the user passes that --family again or --trust-family-code
+(gvd report and gvd compare never import it). Each subcommand imports its own stack when it runs, so `gvd --help`,
+`gvd presets` and `gvd datasets` answer without loading torch; the imports inside the command functions below are
+there for that reason.
 """
 
 import argparse
@@ -79,12 +81,12 @@ def _run_config(args) -> tuple:
 
     if args.resume:
         given = [f for f, v in (("--preset", args.preset), ("--steps", args.steps), ("--set", args.set),
-                                ("--out", args.out), ("--force", args.force), ("--family", args.family),
-                                ("--dataset", args.dataset)) if v]
+                                ("--out", args.out), ("--force", args.force), ("--dataset", args.dataset)) if v]
         if given:
             raise UserError(f"--resume continues a run with its own config.json (only --seeds may add seeds); drop "
                             f"{', '.join(given)}")
         cfg, previous = load_run(Path(args.resume))
+        trusted_family_code(cfg.user_families, args.family, args.trust_family_code, f"--resume {args.resume}")
         if args.seeds is not None:
             add_seeds(cfg, list(args.seeds), Path(args.resume))
         return cfg, Path(args.resume), previous
@@ -97,10 +99,29 @@ def _run_config(args) -> tuple:
         apply_override(cfg, assignment)
     if args.dataset:
         _use_datasets(cfg, args.dataset, args.set or [])
+    from bench.families import absolute_spec, check_names
+
+    check_names(args.family or [])  # before the names join the preset's list (a clash is not "named twice")
     for spec in args.family or []:  # a user's family: it runs beside the preset's, through the same protocol
-        cfg.user_families.append(spec)
+        cfg.user_families.append(absolute_spec(spec))  # a file's path absolute: found again from any folder
         cfg.families.append(spec.partition("=")[0])
     return cfg, Path(args.out) if args.out else Path("reports") / cfg.name, None
+
+
+def trusted_family_code(recorded: list[str], given: list[str] | None, trust: bool, what: str) -> list[str]:
+    """The family specs of a run folder that this command may import: a folder can be shared or edited, so its
+    config.json's modules run only when the user names them again (`--family`, the same specs) or says
+    --trust-family-code. UserError names the module it would have run."""
+    from bench.families import absolute_spec
+
+    again = [absolute_spec(s) for s in given or []]
+    if given and sorted(again) != sorted(recorded):
+        raise UserError(f"{what}: --family {' '.join(given)} is not the run's own ({' '.join(recorded) or 'none'}); "
+                        "give the families it ran with")
+    if recorded and not (given or trust):
+        raise UserError(f"{what}: the run imports family code from its config.json ({', '.join(recorded)}); pass "
+                        f"--trust-family-code (or the same --family again) to run it")
+    return list(recorded)
 
 
 def _use_datasets(cfg, names: list[str], assignments: list[str]) -> None:
@@ -130,7 +151,7 @@ def _check_inputs(cfg, args) -> None:
     validate(cfg)
     if cfg.images is not None:
         for name in cfg.images.datasets:
-            dataset_info(name, check=True)
+            dataset_info(name, check=True, resolution=cfg.images.resolution)
         if cfg.images.inception_weights:  # a bad file fails now, not after the 2D training
             load_cleanfid_backbone(cfg.images.inception_weights)
     resolve(cfg.families, cfg.user_families)
@@ -171,22 +192,30 @@ def _executor(args, device):
 def _cmd_run(args) -> int | None:
     from bench.core import distributed
     from bench.core.executor import session
-    from bench.run.preflight import check_writable_dir, claim_run_dir, run_lock
+    from bench.run.preflight import check_fresh, check_writable_dir, forget_unstarted_run, run_lock
     from bench.run.suite import run_suite
 
     cfg, out, previous = _run_config(args)
-    _check_inputs(cfg, args)
+    _check_inputs(cfg, args)  # every check on the input before the folder, its lock or config.json exist
     check_writable_dir(out)
+    if previous is None:
+        check_fresh(out, args.force)
     device = _device(args.device)
     executor = _executor(args, device)
-    with session(executor), run_lock(out, active=_rank0()):  # one gvd run per folder (a second --resume is refused)
-        if previous is None and _rank0() and (archive := claim_run_dir(out, args.force)) is not None:
+    study = str(_study_dir(args.study)) if args.study else None
+    # one gvd run per folder: a second --resume, a second --force while one runs, are refused
+    with session(executor), run_lock(out, _rank0(), fresh=previous is None, force=args.force) as archive:
+        if archive is not None:
             print(f"moved the run that was in {out} to {archive}")
-        study = str(_study_dir(args.study)) if args.study else None
-        with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
-            results = run_suite(cfg, out, device, workers=executor.workers, previous=previous, study=study,
-                                executor=executor)
-            main = distributed.is_main()
+        try:
+            with distributed.session(device) as device:  # [ddp] under torchrun: join the process group, leave cleanly
+                results = run_suite(cfg, out, device, workers=executor.workers, previous=previous, study=study,
+                                    executor=executor)
+                main = distributed.is_main()
+        except UserError:
+            if previous is None and _rank0():  # bad input found only by the work: the corrected rerun is welcome
+                forget_unstarted_run(out)
+            raise
     bad = [r for r in results["runs"] if r["status"] != "ok"]
     if not main:
         return None
@@ -249,16 +278,27 @@ def _find_checkpoint(run, family: str, dataset: str | None, seed: int | None) ->
     return found[0]
 
 
-def _sample_family(run, name: str):
-    """The family a `gvd sample` asks for: a built-in one, or a user's recorded in the run's config."""
-    from bench.families import FamilyError, resolve
+def _sample_family(run, name: str, args):
+    """The family a `gvd sample` asks for: a built-in one (nothing of the run folder's imported), or a user's
+    recorded in the run's config, imported only when the user names it again (--family) or trusts the folder."""
+    from bench.families import BUILT_IN, FamilyError, resolve
     from bench.run.resume import load_run
 
+    if name in BUILT_IN:
+        return _sampled(BUILT_IN[name], name)
+    specs = load_run(run.root)[0].user_families if (run.root / "config.json").is_file() else []
+    mine = [s for s in specs if s.partition("=")[0] == name]
+    if not mine:
+        raise UserError(f"{run.root} ran no family {name!r}")
     try:
-        specs = load_run(run.root)[0].user_families if (run.root / "config.json").is_file() else []
-        family = resolve([name], specs)[0]
+        trusted_family_code(mine, args.family, args.trust_family_code, f"gvd sample --model {name}")
+        family = resolve([name], mine)[0]
     except FamilyError as exc:
         raise UserError(str(exc)) from None
+    return _sampled(family, name)
+
+
+def _sampled(family, name: str):
     if family.load_image is None:
         raise UserError(f"the {name} family keeps no checkpoint to sample from")
     return family
@@ -287,11 +327,11 @@ def _cmd_sample(args) -> None:
     out = Path(args.out)
     check_output_file(out, ".png")
     device = _device(args.device)
+    family = _sample_family(run, args.model, args)
     try:
         path, meta = _find_checkpoint(run, args.model, args.dataset, args.seed)
     except ValueError as exc:  # a checkpoint whose header cannot be read
         raise UserError(str(exc).splitlines()[0]) from None
-    family = _sample_family(run, args.model)
     spec = _sampler_spec(meta, args.sampler, args.steps)
     try:
         images, nfe = sample_from_checkpoint(path, family, args.prompt, args.n, seed=args.sample_seed, device=device,
@@ -333,7 +373,7 @@ def _sample_scored(args, run) -> None:
     dataset = args.dataset or cfg.images.datasets[0]
     seed = cfg.seeds[0] if args.seed is None else args.seed
     path, _ = _find_checkpoint(run, args.model, dataset, seed)
-    family = _sample_family(run, args.model)
+    family = _sample_family(run, args.model, args)
     entry = next((r for r in load_results(run.root / "results.json")["runs"] if r["model"] == args.model
                   and r["dataset"] == dataset and r["seed"] == seed), None)
     samples = scored_samples(path, family, cfg, dataset, seed, _device(args.device))
@@ -689,6 +729,9 @@ def _add_run(sub) -> None:
     run.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
                      help="run your own family beside the preset's: MODULE an importable module or a .py file, "
                           "FACTORY() returns a bench.families.Family (README: Your own family; repeatable)")
+    run.add_argument("--trust-family-code", action="store_true",
+                     help="with --resume: import the family modules the run's config.json names (a run folder can be "
+                          "shared or edited, so its code runs only when you say so; or give the same --family again)")
     run.add_argument("--study", metavar="DIR",
                      help="a `gvd study stability` folder: its outcome shares stand beside the verdict's stability row "
                           "(default: RUN_DIR/study-stability when there is one)")
@@ -713,6 +756,11 @@ def _add_sample(sub) -> None:
     smp.add_argument("--guidance", type=float,
                      help="the family's knob (diffusion: guidance scale, 1 = none; GAN: truncation psi); default: the "
                           "value the run tuned")
+    smp.add_argument("--family", action="append", metavar="NAME=MODULE:FACTORY",
+                     help="--model a family of your own: its spec again (the run's config.json names it, but a run "
+                          "folder's code is run only when you name it)")
+    smp.add_argument("--trust-family-code", action="store_true",
+                     help="--model a family of your own: import the module the run's config.json names")
     smp.add_argument("--dataset", help="which dataset's checkpoint, e.g. shapes (default: the first)")
     smp.add_argument("--seed", type=int, help="which training seed's checkpoint (default: the first)")
     smp.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default 0)")

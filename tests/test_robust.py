@@ -701,7 +701,7 @@ def test_a_killed_worker_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_
     runs = load_results(out / "results.json")["runs"]
     assert {r["status"] for r in runs} <= {"ok", "interrupted"} and (out / "report.html").exists()
     assert next(r for r in runs if r["model"] == "killer")["status"] == "interrupted"
-    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
+    assert main(["run", "--resume", str(out), "--workers", "1", "--trust-family-code"]) == 0
     assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
 
 

@@ -20,6 +20,7 @@ from bench.speed.throughput import (
     _prepare,
     _train_inputs,
     image_throughput,
+    measured_families,
     run_entry_throughput,
 )
 from bench.speed.timing import measure
@@ -121,6 +122,13 @@ def test_run_entry_summary(tiny):
     assert s["train_images_per_s"] > 0 and s["params"] == tiny["models"]["diffusion"]["params"]
     assert [(r["nfe"], r["guidance"]) for r in s["sampling"]] == [(1, 1.0), (1, 3.0), (3, 1.0), (3, 3.0)]
     assert run_entry_throughput(tiny, "gan")["sampling"][0]["nfe"] == 1
+
+
+def test_the_rows_of_a_familys_networks_are_no_families(tiny):
+    """The diffusion family's VAE and text encoder have rows of their own ("vae", "text"); the families a run entry
+    can be given speeds of are the two whose sampling the rows measure (a family named "vae" crashed the run)."""
+    assert {"vae", "text"} <= {r["model"] for r in tiny["rows"]}
+    assert measured_families(tiny) == {"gan", "diffusion"}
 
 
 def test_table_and_blocks(tiny):

@@ -6,6 +6,7 @@
                   history/<id>_<part>.csv          per-step training logs
                   checkpoints/<id>_<part>.safetensors  weights, with the config that rebuilds them as metadata
                   state/<id>_<part>.safetensors        an unfinished training's resumable state (2D models)
+                  state/config.json                    the config those states were saved under
                   samples/<id>_<part>.png | .npy | _prompts.txt   sample grids, 2D samples, the grids' prompts
                   process/<id>_<family>.npz          arrays of the process figures (bench/evaluate/process.py)
                   figures/<name>.png                 report figures
@@ -32,6 +33,10 @@ from torchvision.utils import make_grid, save_image
 
 from bench.core import distributed
 from bench.core.files import atomic_write, csv_text, json_text, save_tensors
+
+# The <part>s of a run's file names that are no family's: the real images' grid, the shared text encoder's history,
+# the grids' prompts. No family may be named like one (bench/families RESERVED).
+FILE_PARTS = ("real", "text", "prompts")
 
 
 def slug(dataset: str) -> str:
@@ -170,7 +175,14 @@ class RunDir:
         _write(self.root / relative, data)
 
     def write_config(self, config: dict) -> None:
+        """config.json, and the same beside the training states (state/config.json): the config the states are
+        saved under, which a resume checks config.json against before any entry (and its results.json) exists."""
         _write(self.root / "config.json", json_text(config))
+        _write(self.state_config_path, json_text(config))
+
+    @property
+    def state_config_path(self) -> Path:
+        return self.root / "state" / "config.json"
 
     def write_results(self, results: dict) -> None:
         _write(self.results_path, json_text(results))

@@ -223,14 +223,43 @@ def _validation_reference(prep, ev: EvalSet, n: int) -> tuple[Reading | None, di
             {**record, "images": len(held), "disjoint": True})
 
 
+RANGE_SLACK = 1e-3  # images are in [-1, 1]; a family's rounding may overshoot by this much
+
+
+class SampleError(ValueError):
+    """A family's samples are not what the protocol scores: the entry fails in one line naming the family."""
+
+
+def check_images(family: str, images, n: int, shape: tuple | None = None) -> None:
+    """A family's images before anything scores them: a floating-point tensor of n images (N, C, H, W), of the
+    reference's (C, H, W) when given, finite values in [-1, 1]. Non-finite values pass (a diverged model's samples:
+    scoring records the divergence). SampleError names the family and what is wrong."""
+    what = f"the {family} family's sample_image"
+    if not isinstance(images, torch.Tensor):
+        raise SampleError(f"{what} returned {type(images).__name__}, not a tensor of images")
+    if not images.dtype.is_floating_point:
+        raise SampleError(f"{what} returned {images.dtype} images; give floats in [-1, 1]")
+    if images.dim() != 4 or images.shape[0] != n:
+        raise SampleError(f"{what} returned shape {tuple(images.shape)} for {n} prompts; give (N, C, H, W) with "
+                          f"N = {n}")
+    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+        raise SampleError(f"{what} returned images of shape {tuple(images.shape[1:])}; the data's are {tuple(shape)}")
+    finite = images[torch.isfinite(images)]
+    if finite.numel() and finite.abs().max().item() > 1 + RANGE_SLACK:
+        raise SampleError(f"{what} returned values in [{finite.min().item():.3g}, {finite.max().item():.3g}]; give "
+                          "images in [-1, 1]")
+
+
 def draw(ev: EvalSet, family, trained, prompts: Prompts, n: int, knob: float, net=None) -> tuple[torch.Tensor, int]:
     """The first n images of a family for a prompt set at one knob value, from its trained model or another network
     `net` of the same shape (a snapshot, the raw weights), in the evaluation's arithmetic (the same for every
     family). Returns (images in float32, network passes per sample).
     [ddp] Each rank draws its block of the n per-sample seeds; the blocks are gathered back to all n, in order."""
     def rows(part: slice):
+        asked = prompts.rows(part)
         with autocast(ev.device, ev.amp):
-            images, nfe = family.sample_image(trained, prompts.rows(part), knob, net)
+            images, nfe = family.sample_image(trained, asked, knob, net)
+        check_images(family.name, images, len(asked.seeds), tuple(ev.real.shape[1:]))
         return images.float(), nfe
 
     return distributed.sample_sharded(rows, n)

@@ -7,8 +7,9 @@
 
 A user's family joins with `--family NAME=MODULE:FACTORY` (MODULE an importable module or a path to a .py file;
 FACTORY() returns a bench.families.Family): it runs through the same protocol and shows in every table. The run's
-config records the spec, so `gvd run --resume` finds it again; results.json records each family's description, so
-`gvd report` and `gvd compare` need no code of it.
+config records the spec (a file's path made absolute), so `gvd run --resume` finds it again; results.json records
+each family's description, so `gvd report` and `gvd compare` need no code of it. NAME is checked against every name
+the suite gives files and rows (RESERVED; names_clash): a family named like one would overwrite or be read as it.
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+from bench.core.rundir import FILE_PARTS
 from bench.errors import UserError
 from bench.families import calibration, diffusion, gan
 from bench.families.interface import (
@@ -33,19 +35,65 @@ from bench.families.interface import (
 )
 
 __all__ = ["BUILT_IN", "Choice", "Family", "FamilyError", "ImageTask", "Knob", "LogUniform", "MixtureTask", "Prompts",
-           "Trained", "load_user_family", "resolve", "train_record"]
+           "RESERVED", "Trained", "absolute_spec", "check_names", "load_user_family", "names_clash", "resolve",
+           "train_record"]
 
 BUILT_IN = {f.name: f for f in (gan.FAMILY, diffusion.FAMILY, calibration.HELD_OUT, calibration.COPIER)}
 SPEC = re.compile(r"^([a-z][a-z0-9_-]*)=([^:]+):([A-Za-z_][A-Za-z0-9_]*)$")
+# Every name the suite itself gives a file part or a row, beside the families': the run folder's parts that are no
+# family (core/rundir.py FILE_PARTS: the real images' grid, the shared text encoder's history, the prompts), the
+# throughput stage's rows of the diffusion family's own networks ("vae", "text"), and the calibration rows' words.
+RESERVED = frozenset({*BUILT_IN, *FILE_PARTS, "vae", "text", "held-out", "real", "copier", "tuned"})
+SEPARATORS = ("-", "_")  # a family's files are "<name>", "<name>-<network>", "<name>_tuned", "<name>_<sampler>"
 
 
 class FamilyError(UserError):
     """A family that cannot be found or loaded; the message is one line naming it (exit status 2)."""
 
 
+def _is_file(module: str) -> bool:
+    return module.endswith(".py") or "/" in module
+
+
+def absolute_spec(spec: str) -> str:
+    """NAME=MODULE:FACTORY with a .py file's path made absolute (an importable module's name as it is), so the
+    run's config finds the file again from any folder (`gvd sample`, `gvd run --resume` run elsewhere)."""
+    m = SPEC.match(spec.strip())
+    if not m or not _is_file(m.group(2)):
+        return spec
+    name, module, factory = m.groups()
+    return f"{name}={Path(module).expanduser().absolute()}:{factory}"
+
+
+def names_clash(name: str, others) -> str | None:
+    """Why a family called `name` would share a file or a row with the suite's own names or another family's
+    (`others`), or None. A name extending another with a separator clashes too: "diffusion-vae" is the diffusion
+    family's VAE history, "gan_tuned" the GAN's tuned grid."""
+    if name in RESERVED:
+        return "is a built-in family" if name in BUILT_IN else "is a name the suite uses for its own files and rows"
+    for other in (*RESERVED, *others):
+        if other == name:
+            return "is given twice"
+        for sep in SEPARATORS:
+            if name.startswith(other + sep) or other.startswith(name + sep):
+                return f"would share file names with {other!r} ({other}{sep}...)"
+    return None
+
+
+def check_names(user_specs: list[str]) -> None:
+    """Every user family's name clashes with no name of the suite's and no other user family's (FamilyError)."""
+    seen = []
+    for spec in user_specs:
+        name = spec.partition("=")[0].strip()
+        clash = names_clash(name, seen)
+        if clash:
+            raise FamilyError(f"--family {spec!r}: the name {name!r} {clash}; choose another name")
+        seen.append(name)
+
+
 def _import(module: str):
     """An importable module by name, or a .py file by path."""
-    if module.endswith(".py") or "/" in module:
+    if _is_file(module):
         path = Path(module)
         if not path.is_file():
             raise FamilyError(f"family module {module}: no such file")
@@ -64,12 +112,16 @@ def load_user_family(spec: str) -> Family:
         raise FamilyError(f"--family {spec!r}: expected NAME=MODULE:FACTORY, e.g. vae=my_family.py:make (NAME in "
                           "lower case letters, digits, '-' and '_')")
     name, module, factory = m.groups()
-    if name in BUILT_IN:
-        raise FamilyError(f"--family {spec!r}: {name!r} is a built-in family; choose another name")
+    clash = names_clash(name, ())
+    if clash:
+        raise FamilyError(f"--family {spec!r}: the name {name!r} {clash}; choose another name")
     try:
         family = getattr(_import(module), factory)()
     except FamilyError:
         raise
+    except (SystemExit, KeyboardInterrupt) as exc:  # the user's module stops the process: not gvd's exit, one line
+        raise FamilyError(f"--family {spec!r}: module {module} raised {type(exc).__name__}"
+                          f"{'(' + repr(exc.args[0]) + ')' if exc.args else ''} while loading") from None
     except Exception as exc:  # noqa: BLE001 -- the user's code: whatever it raises is one line here
         raise FamilyError(f"--family {spec!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if not isinstance(family, Family):
@@ -81,6 +133,7 @@ def load_user_family(spec: str) -> Family:
 def resolve(names: list[str], user_specs: list[str] = ()) -> list[Family]:
     """The families a run asks for, in its order: built-in names and the names of its user specs."""
     known = dict(BUILT_IN)
+    check_names(user_specs)
     for spec in user_specs:
         family = load_user_family(spec)
         known[family.name] = family

@@ -35,7 +35,7 @@ from bench.data.encoder import Reader, load_or_train
 from bench.data.images import ImageData, load_splits, reference_set, split_hash, split_record
 from bench.data.inception import Backbone, inception_backbone
 from bench.data.judge import Judge, judge_failure, load_or_train_judge
-from bench.evaluate.images import TUNING_RULE, EvalSet, FamilyScore, eval_set, evaluate_family
+from bench.evaluate.images import TUNING_RULE, EvalSet, FamilyScore, check_images, eval_set, evaluate_family
 from bench.evaluate.panel import calibration_panel
 from bench.evaluate.process import explain
 from bench.families import Family, ImageTask, Prompts, Trained
@@ -405,6 +405,7 @@ def sample_from_checkpoint(path: Path, family: Family, prompt: str, n: int, *, s
     prompts_ = _prompts_of(captions, encoded, sample_seeds(seed, n))
     with autocast(device, meta.get("amp", False)):  # the arithmetic the run sampled in
         images, nfe = family.sample_image(trained, prompts_, value)
+    check_images(family.name, images, n)
     return images.float(), nfe
 
 

@@ -5,9 +5,11 @@ Also the run folder's guard against clobbering: a folder that already holds a ru
 """
 
 import contextlib
+import errno
 import fcntl
 import math
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -67,31 +69,114 @@ def holds_run(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path, active: bool = True):
-    """One `gvd run` per run folder: an exclusive lock (flock) on <folder>/.lock, which holds the holder's pid, held
-    while the block runs. The OS drops the lock when the process ends however it ends, so the lock of a killed run is
-    taken over by the next (its pid is simply overwritten). A second run into the folder (a second --resume, a
-    --force while one runs) is refused in one line naming the holder's pid. active=False: a no-op (the other ranks
-    under torchrun)."""
+def run_lock(folder: Path, active: bool = True, fresh: bool = False, force: bool = False):
+    """One `gvd run` per run folder, held while the block runs: an exclusive lock (flock) on the folder itself (its
+    descriptor, so deleting or replacing <folder>/.lock frees nothing), checked to be the folder the path still
+    names; <folder>/.lock holds the holder's pid for the refusal's message, opened without following a symbolic
+    link. The OS drops the lock when the process ends however it ends, so a killed run's folder is taken over by the
+    next. A second run into the folder (a second --resume, a --force while one runs) is refused in one line naming
+    the holder's pid.
+
+    fresh (a run that is not a resume): a folder holding another run is refused unless force, which moves it to
+    <folder>.old-<timestamp> (claim_run_dir) and locks the fresh folder made in its place before anything is written,
+    so two --force runs never both write one --out. Yields that archive's path, or None. active=False: a no-op (the
+    other ranks under torchrun)."""
     if not active:
-        yield
+        yield None
         return
     folder = Path(folder)
+    held, archive = _lock(folder), None
+    try:
+        if fresh and (archive := claim_run_dir(folder, force)) is not None:
+            # the old run's folder stays locked (it moved with its descriptor) until the new one is ours
+            fresh_fd = _lock(folder)
+            os.close(held)
+            held = fresh_fd
+        yield archive
+    finally:
+        os.close(held)
+
+
+LOCK_FILE = ".lock"
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)  # NONBLOCK: a FIFO put there never blocks
+
+
+def _lock(folder: Path) -> int:
+    """The folder's descriptor, exclusively flocked, after checking the path still names it; its pid in .lock."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            holder = f" (pid {holder})" if holder.isdigit() else ""
-            raise PreflightError(f"{folder} is in use by another gvd run{holder}; wait for it to end or use another "
-                                 "--out") from None
+            holder = _holder(folder)
+            raise PreflightError(f"{folder} is in use by another gvd run{f' (pid {holder})' if holder else ''}; wait "
+                                 "for it to end or use another --out") from None
+        now, mine = os.stat(folder), os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            raise PreflightError(f"{folder} was moved or replaced while gvd took its lock (another gvd run with "
+                                 "--force?); wait for it to end or use another --out")
+        _write_pid(folder / LOCK_FILE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_lock_file(path: Path, flags: int) -> int:
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise PreflightError(f"{path} is a symbolic link or a pipe, not gvd's lock file; gvd does not follow it "
+                                 "(remove it, then run again)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PreflightError(f"{path} is not a plain file, not gvd's lock file (remove it, then run again)")
+    return fd
+
+
+def _write_pid(path: Path) -> None:
+    fd = _open_lock_file(path, os.O_WRONLY | os.O_CREAT)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
     finally:
         os.close(fd)
+
+
+def _holder(folder: Path) -> str:
+    """The pid the holder wrote, or "" (no readable .lock: a link, a pipe, nothing)."""
+    try:
+        fd = _open_lock_file(folder / LOCK_FILE, os.O_RDONLY)
+    except (OSError, PreflightError):
+        return ""
+    try:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else ""
+
+
+def check_fresh(path: Path, force: bool) -> None:
+    """A fresh run may go into path: it holds no run, or --force moves that run aside (checked again, under the lock,
+    by claim_run_dir; here so that a refused run writes not even its lock file)."""
+    if holds_run(path) and not force:
+        raise PreflightError(f"{path} already holds a run; continue it with --resume {path}, or pass --force to move "
+                             f"it to {Path(path).name}.old-<timestamp> and start afresh")
+
+
+def forget_unstarted_run(path: Path) -> None:
+    """A fresh run stopped by bad input before its first entry: its config.json and lock file go (the folder too when
+    nothing else is in it), so the corrected command is not refused as a second run into the folder."""
+    path = Path(path)
+    if (path / "results.json").exists():
+        return
+    for name in ("config.json", LOCK_FILE):
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()  # only when empty
 
 
 def claim_run_dir(path: Path, force: bool) -> Path | None:
@@ -100,9 +185,7 @@ def claim_run_dir(path: Path, force: bool) -> Path | None:
     path = Path(path)
     if not holds_run(path):
         return None
-    if not force:
-        raise PreflightError(f"{path} already holds a run; continue it with --resume {path}, or pass --force to move "
-                             f"it to {path.name}.old-<timestamp> and start afresh")
+    check_fresh(path, force)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     archive = path.with_name(f"{path.name}.old-{stamp}")
     n = 1

@@ -62,7 +62,19 @@ def load_run(root: Path) -> tuple[SuiteConfig, dict]:
         validate(cfg)
     except (OSError, ValueError, TypeError) as exc:  # ConfigError is a ValueError
         raise PreflightError(f"{config_path}: cannot rebuild the run's config ({str(exc).splitlines()[0]})") from None
-    if not results_path.is_file():  # stopped before the first entry was written
+    if not results_path.is_file():  # stopped before the first entry was written: the states' own config decides
+        saved = root / "state" / "config.json"
+        if saved.is_file():
+            try:
+                under = json.loads(saved.read_text())
+            except (OSError, ValueError) as exc:
+                raise PreflightError(f"{saved}: cannot read it ({str(exc).splitlines()[0]})") from None
+            differ = _config_differences(to_dict(cfg), under if isinstance(under, dict) else {})
+            if set((under or {}).get("seeds") or []) <= set(cfg.seeds):  # more seeds: a --seeds resume that stopped
+                differ = [k for k in differ if k != "seeds"]
+            if differ:
+                raise PreflightError(f"--resume {root}: config.json does not match the config its training states "
+                                     f"were saved under ({_keys(differ)}); a resume would mix runs")
         return cfg, {"runs": []}
     try:
         previous = load_results(results_path)
@@ -73,8 +85,12 @@ def load_run(root: Path) -> tuple[SuiteConfig, dict]:
         differ = [k for k in differ if k != "seeds"]
     if differ and previous["runs"]:
         raise PreflightError(f"--resume {root}: config.json does not match the config its results.json was run with "
-                             f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}); a resume would mix runs")
+                             f"({_keys(differ)}); a resume would mix runs")
     return cfg, previous
+
+
+def _keys(differ: list[str]) -> str:
+    return f"{', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}"
 
 
 def add_seeds(cfg: SuiteConfig, seeds: list[int], root: Path) -> list[int]:

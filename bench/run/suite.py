@@ -7,6 +7,7 @@ the suite goes on.
 
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -34,12 +35,35 @@ from bench.report.tables import metric_rows
 from bench.run.images import run_image_dataset, warm_up
 from bench.run.mixtures import run_mixture
 from bench.run.resume import FINISHED, finished
-from bench.speed.throughput import image_throughput, run_entry_throughput
+from bench.speed.throughput import image_throughput, measured_families, run_entry_throughput
 
 
 def cache_dir() -> Path:
-    """Where trained judges are cached across runs: $GVD_CACHE, else ~/.cache/gan-vs-diffusion."""
-    return Path(os.environ.get("GVD_CACHE") or Path.home() / ".cache" / "gan-vs-diffusion")
+    """Where trained judges are cached across runs: $GVD_CACHE, else ~/.cache/gan-vs-diffusion. A cache that cannot
+    be written (a read-only disk, a path through a file) is skipped with one warning line: the run goes on with a
+    cache of its own in the temporary folder, which $GVD_CACHE then names, so the worker processes started after
+    it share it and say nothing more."""
+    chosen = Path(os.environ.get("GVD_CACHE") or Path.home() / ".cache" / "gan-vs-diffusion")
+    if _writable(chosen):
+        return chosen
+    fallback = Path(tempfile.gettempdir()) / f"gan-vs-diffusion-cache-{os.getuid()}"
+    if not _writable(fallback):  # nowhere to cache: the writes fail later naming the file
+        return chosen
+    print(f"gvd: warning: the cache {chosen} cannot be written; skipping it (judges and readers are cached in "
+          f"{fallback} for this run)", file=sys.stderr)
+    os.environ["GVD_CACHE"] = str(fallback)
+    return fallback
+
+
+def _writable(folder: Path) -> bool:
+    """folder exists (made if need be) and a file can be written in it, tried by writing one: os.access says yes to
+    root on a read-only mount."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def planned(cfg: SuiteConfig, families: list) -> list[tuple]:
@@ -261,7 +285,7 @@ def measure_throughput(cfg: SuiteConfig, run: RunDir, results: dict, device: tor
 def entry_speeds(cfg: SuiteConfig, results: dict) -> None:
     """Every scored image entry of a family the throughput stage measured gets its speed fields: those measured in
     this invocation and those re-run by a resume whose throughput was measured before (never half an entry)."""
-    measured = {r["model"] for r in (results.get("throughput") or {}).get("rows", [])}
+    measured = measured_families(results.get("throughput") or {})
     for entry in results["runs"]:
         speed = entry.get("throughput") or {}
         if (cfg.images is not None and entry["dataset"] in cfg.images.datasets and entry["model"] in measured

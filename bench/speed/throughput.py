@@ -549,6 +549,16 @@ def _training_rows(b: _Bench, channels: int) -> list[dict]:
 # ---------------------------------------------------------------- the per-run summary for results.json
 
 
+# The families whose models the rows measure; the "vae" and "text" rows are the diffusion family's own networks, not
+# families, so a row's label is never read as a family's name (a user's family may be called anything else).
+FAMILIES = ("gan", "diffusion")
+
+
+def measured_families(result: dict) -> set[str]:
+    """The families a throughput result has rows of (what run_entry_throughput can summarise)."""
+    return {r.get("model") for r in result.get("rows", []) if isinstance(r, dict)} & set(FAMILIES)
+
+
 def run_entry_throughput(result: dict, model: str) -> dict:
     """The compact per-model throughput of a results.json run entry ("gan" or "diffusion")."""
     mine = [r for r in result["rows"] if r["model"] == model]
