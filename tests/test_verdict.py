@@ -364,6 +364,9 @@ def test_the_verdict_opens_with_its_rows_in_words():
     assert ("How sure: 3 paired seeds are too few for the exact test to resolve a difference (it needs 6); all of "
             "the 2 rows that name a leader held on every seed.") in words
     assert "Diffusion costs 300x more to sample (3 s vs 0.01 s)" in words and len(words.split(". ")) <= 5
+    # thousands of seconds read as a reader writes them, not as the table's 3 significant digits ("1.11e+03")
+    slow = [{**r, "throughput": {"sample_seconds": 1110.0}} if r["model"] == "diffusion" else r for r in runs]
+    assert "Diffusion costs 111,000x more to sample (1,110 s vs 0.01 s)" in _words(slow)[0][0]
     # six seeds of the same: resolved, and the words say so
     six = [{**r, "seed": r["seed"] + k} for r in runs for k in (0, 3)]
     (words6,), _ = _words(six)

@@ -400,13 +400,22 @@ def _times(ratio: float) -> str:
     return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
 
 
+def _seconds(shown: str) -> str:
+    """A mean as the table shows it ("1.11e+03", "0.00772") as a sentence says it: "1,110 s", "0.00772 s"."""
+    try:
+        value = float(shown)
+    except ValueError:
+        return f"{shown} s"
+    return f"{value:,.0f} s" if value >= 1000 else f"{shown} s"
+
+
 def _cost_sentence(facts: list[dict], labels: dict) -> str:
     """Which family costs more to sample and to train, as a ratio of the means over the common seeds."""
     costs = {f["aspect"].removeprefix("cost: "): f for f in facts
              if str(f["aspect"]).startswith("cost") and f.get("lead") and not f.get("tie") and f.get("ratio")}
     verbs = {"sampling": "to sample", "training": "to train"}
-    parts = [(labels[f["runner"]], f"{_times(f['ratio'])} more {verbs.get(k, k)} ({f['runner_mean']} s vs "
-                                   f"{f['lead_mean']} s)") for k, f in costs.items()]
+    parts = [(labels[f["runner"]], f"{_times(f['ratio'])} more {verbs.get(k, k)} ({_seconds(f['runner_mean'])} vs "
+                                   f"{_seconds(f['lead_mean'])})") for k, f in costs.items()]
     if not parts:
         return ""
     if len({who for who, _ in parts}) == 1:
