@@ -109,8 +109,20 @@ def cell(values, m=None, fmt: str = "{:.3g}", scale: float = 1.0, bounds: tuple 
     if stat["same"]:
         return f"{text} (same on every seed)"
     if stat["lo"] is not None:
+        if show(stat["lo"]) == show(stat["hi"]):  # a spread below the format's digits ("0.98 [0.98, 0.98]"): more
+            show, text = _finer(stat, m.scale if m is not None else scale)
         text = f"{text} [{show(stat['lo'])}, {show(stat['hi'])}]"
     return Cell(text, per_seed(stat["values"], show))
+
+
+def _finer(stat: dict, scale: float):
+    """The fewest significant digits (4 or more) that tell an interval's ends apart, and the mean in them."""
+    digits = next((k for k in range(4, 12) if f"{stat['lo'] * scale:.{k}g}" != f"{stat['hi'] * scale:.{k}g}"), 12)
+
+    def show(v: float) -> str:
+        return f"{v * scale:.{digits}g}"
+
+    return show, show(stat["mean"])
 
 
 def per_seed(values: list[float], show) -> str:
