@@ -247,7 +247,7 @@ def test_throughput_budget_nan(capsys):
 def test_report_and_compare_on_json_of_the_wrong_shape(command, tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps({"schema": SCHEMA, "runs": [1], "config": {}}))
     args = [command, str(tmp_path)] + ([str(tmp_path)] if command == "compare" else [])
-    _one_line_exit_2(args, "runs[0] is not an object", capsys)
+    _one_line_exit_2(args, "runs[0] must be an object, not an integer", capsys)
     (tmp_path / "results.json").write_text('{"schema": ')
     _one_line_exit_2(args, f"{tmp_path / 'results.json'}: cannot read it as JSON", capsys)
     assert not (tmp_path / "report.md").exists()
