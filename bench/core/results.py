@@ -168,6 +168,8 @@ def check(value, spec, where: str = "") -> str | None:
     if isinstance(spec, tuple):
         if isinstance(spec[0], str):  # a tuple of strings: one of these values
             return None if value in spec else f"{name} is {value!r}, not one of {', '.join(spec)}"
+        if any(_is(value, s) for s in spec if not isinstance(s, (dict, list))):  # the common case, no words built
+            return None
         problems = [check(value, s, where) for s in spec]
         if all(problems):  # the closest alternative's complaint when it got past the top level
             deep = [p for p in problems if p and not p.startswith(f"{name} must be")]
