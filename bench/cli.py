@@ -365,7 +365,7 @@ def _cmd_throughput(args) -> None:
     from bench.data.registry import dataset_info
     from bench.run.preflight import check_finite, check_output_file
     from bench.speed.summary import throughput_table
-    from bench.speed.throughput import image_throughput
+    from bench.speed.throughput import image_throughput, machine_problem
 
     cfg = preset(args.preset).images
     if cfg is None:
@@ -384,6 +384,8 @@ def _cmd_throughput(args) -> None:
         check_output_file(out, ".json")
     device = _device(args.device)
     channels = dataset_info(cfg.datasets[0]).channels
+    if problem := machine_problem(cfg, channels, device, args.batch, args.threads):
+        raise UserError(problem)
     if args.threads is not None:
         import torch  # the speed stack already loaded it
 
