@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -703,6 +704,90 @@ def test_a_killed_worker_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_
     assert next(r for r in runs if r["model"] == "killer")["status"] == "interrupted"
     assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
     assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
+
+
+SLEEPER = """import dataclasses, os, time
+from pathlib import Path
+import mean_family
+
+HERE = Path(__file__).parent
+
+
+def train(task):
+    if (HERE / "sleep").exists():  # a training that ignores every stop: it sleeps (a sleep resumes after a handler)
+        (HERE / "training").write_text(str(os.getpid()))
+        while True:
+            time.sleep(3600)
+    return mean_family.train(task)
+
+
+def make():
+    return dataclasses.replace(mean_family.make(), name="sleeper", train_image=train)
+"""
+
+
+@pytest.mark.slow  # per case a CLI subprocess to the sleeping training, the grace, the report, then a resume: ~1 min
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
+                         ids=["SIGINT", "SIGINT-twice", "SIGTERM"])
+def test_a_family_that_sleeps_through_the_signal_is_stopped_after_the_grace(signals, workers, tmp_path, module_cache):
+    """A user family whose training sleeps and never looks at the stop (issue 36: with --workers 1 SIGTERM never
+    stopped it; after two SIGINTs a worker was alive 93 s later): one SIGINT or SIGTERM stops the whole process tree
+    once the grace (GVD_STOP_SECONDS) has run out, exit 130 / 143 with no traceback, the sleeping training's entry
+    recorded as interrupted; `--resume` (the family now trains) finishes every entry."""
+    family = tmp_path / "sleeper.py"
+    family.write_text(SLEEPER)
+    (tmp_path / "sleep").touch()
+    out = tmp_path / "run"
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}", "GVD_STOP_SECONDS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--preset", "smoke", "--device", "cpu",
+                             "--workers", str(workers), "--set", "mixtures=null", "--set", "images.steps=3",
+                             "--set", "throughput_budget_s=0", "--family", f"sleeper={family}:make", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 400
+    while not (tmp_path / "training").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    sleeper = int((tmp_path / "training").read_text())
+    tree = children(proc.pid) + [sleeper]
+    sig = signals[0]
+    for i, each in enumerate(signals):  # a second Ctrl-C half a second later, as the reliability round pressed it
+        time.sleep(0.5 * i)
+        proc.send_signal(each)
+    _, stderr = proc.communicate(timeout=300)  # generous: the grace is 2 s, the rest is writing the report
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    assert "Traceback" not in stderr and "--resume" in stderr, stderr[-2000:]
+    time.sleep(0.5)
+    assert not [p for p in tree if alive(p)], "processes left behind"
+    runs = {r["model"]: r["status"] for r in load_results(out / "results.json")["runs"]}
+    assert runs["sleeper"] == "interrupted" and set(runs.values()) <= {"ok", "interrupted"}, runs
+    (tmp_path / "sleep").unlink()
+    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
+    assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
+
+
+def test_the_grace_ends_a_held_training_that_ignores_the_signal(monkeypatch):
+    """In this process (--workers 1): a training held by hold_signals that sleeps through SIGTERM is interrupted once
+    GVD_STOP_SECONDS has run out, with Interrupted(SIGTERM) raised out of its sleep; a training that acts on the
+    signal in time is not forced, and the grace timer is gone after either."""
+    monkeypatch.setenv("GVD_STOP_SECONDS", "0.5")
+    slept = []
+    with stop_on_signals():
+        with pytest.raises(Interrupted) as stopped:
+            with hold_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(600):  # 60 s at most: the grace of 0.5 s ends it long before
+                    time.sleep(0.1)
+                    slept.append(1)
+        assert stopped.value.signum == signal.SIGTERM and len(slept) < 600
+        with pytest.raises(Interrupted):  # a training that acts on it: the pending signal, no forced stop
+            with hold_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                while not pending_signal():
+                    time.sleep(0.01)
+        time.sleep(1.0)  # past the grace: no late forced signal reaches the code after the training
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
 
 
 def test_text_from_data_cannot_make_a_link_in_markdown():

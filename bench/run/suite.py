@@ -21,7 +21,7 @@ from bench.core import distributed, stages
 from bench.core.distributed import resolve_device  # noqa: F401 -- the CLI's and the tests' way in
 from bench.core.executor import Executor, Shipping, execute
 from bench.core.files import WriteError
-from bench.core.guard import Interrupted, error_text, interrupted_entry, stop_on_signals
+from bench.core.guard import Interrupted, error_text, interrupted_entry, on_abandon, stop_on_signals
 from bench.core.pool import torch_threads
 from bench.core.results import failed_entry, new_results
 from bench.core.rundir import RunDir
@@ -333,7 +333,13 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
         results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
     earlier = (previous or {}).get("stages") or {}  # the earlier invocations' times, added in
     order = planned(cfg, families)
+
+    def mark_the_rest_interrupted():  # a training that never stops: what finished stays, the rest is interrupted
+        have = {_key(r) for r in results["runs"]}
+        _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
+
     with stop_on_signals(), stages.fresh("gvd run") as ledger:
+        on_abandon(mark_the_rest_interrupted if distributed.is_main() else None)
         try:
             run_all(cfg, run, results, device, executor, families, done)
             if cfg.images is not None and cfg.throughput_budget_s > 0 and "throughput" not in results:
