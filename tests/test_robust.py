@@ -706,7 +706,7 @@ def test_a_killed_worker_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_
     assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
 
 
-SLEEPER = """import dataclasses, os, time
+SLEEPER = """import dataclasses, os, signal, time
 from pathlib import Path
 import mean_family
 
@@ -715,6 +715,8 @@ HERE = Path(__file__).parent
 
 def train(task):
     if (HERE / "sleep").exists():  # a training that ignores every stop: it sleeps (a sleep resumes after a handler)
+        if (HERE / "mask").exists():  # ... or where no Python handler can run, as inside C code: signals masked
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         (HERE / "training").write_text(str(os.getpid()))
         while True:
             time.sleep(3600)
@@ -728,16 +730,22 @@ def make():
 
 @pytest.mark.slow  # per case a CLI subprocess to the sleeping training, the grace, the report, then a resume: ~1 min
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
-                         ids=["SIGINT", "SIGINT-twice", "SIGTERM"])
-def test_a_family_that_sleeps_through_the_signal_is_stopped_after_the_grace(signals, workers, tmp_path, module_cache):
+@pytest.mark.parametrize("signals, masked", [((signal.SIGINT,), False), ((signal.SIGINT, signal.SIGINT), False),
+                                             ((signal.SIGTERM,), False), ((signal.SIGTERM,), True)],
+                         ids=["SIGINT", "SIGINT-twice", "SIGTERM", "SIGTERM-masked"])
+def test_a_family_that_sleeps_through_the_signal_is_stopped_after_the_grace(signals, masked, workers, tmp_path,
+                                                                            module_cache):
     """A user family whose training sleeps and never looks at the stop (issue 36: with --workers 1 SIGTERM never
     stopped it; after two SIGINTs a worker was alive 93 s later): one SIGINT or SIGTERM stops the whole process tree
     once the grace (GVD_STOP_SECONDS) has run out, exit 130 / 143 with no traceback, the sleeping training's entry
-    recorded as interrupted; `--resume` (the family now trains) finishes every entry."""
+    recorded as interrupted; `--resume` (the family now trains) finishes every entry. "masked": the training blocks
+    the signals, as code inside C does where no Python handler runs: the process ends 5 s after the grace, its
+    unfinished entries marked interrupted in results.json."""
     family = tmp_path / "sleeper.py"
     family.write_text(SLEEPER)
     (tmp_path / "sleep").touch()
+    if masked:
+        (tmp_path / "mask").touch()
     out = tmp_path / "run"
     tests = Path(__file__).parent
     env = {**os.environ, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}", "GVD_STOP_SECONDS": "2"}
@@ -788,6 +796,35 @@ def test_the_grace_ends_a_held_training_that_ignores_the_signal(monkeypatch):
                     time.sleep(0.01)
         time.sleep(1.0)  # past the grace: no late forced signal reaches the code after the training
     assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+
+
+ABANDONED = """import os, signal, sys, time
+from pathlib import Path
+from bench.core.guard import hold_signals, on_abandon, stop_on_signals
+
+with stop_on_signals():
+    on_abandon(lambda: Path(sys.argv[1]).write_text("last words"))
+    with hold_signals():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no Python handler can run in this thread
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(600)
+print("not reached")
+"""
+
+
+def test_a_training_where_no_handler_runs_ends_after_the_grace_with_its_last_words(tmp_path):
+    """A held training whose thread cannot run Python's signal handler (signals masked, as inside C code): the
+    wakeup-fd watcher still sees SIGTERM, the grace runs out, the forced signal cannot be taken, and 5 s later the
+    process writes its last words (the suite's: the unfinished entries marked interrupted), says so in one line and
+    ends with 143. Timeouts are generous: no wall-clock limit is asserted."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "GVD_STOP_SECONDS": "0.5"}
+    words = tmp_path / "words"
+    proc = subprocess.run([sys.executable, "-c", ABANDONED, str(words)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert words.read_text() == "last words" and "not reached" not in proc.stdout
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "did not stop within" in err[0] and "SIGTERM" in err[0], proc.stderr
 
 
 def test_text_from_data_cannot_make_a_link_in_markdown():

@@ -72,13 +72,48 @@ def _hold(signum) -> bool:
     return signum != signal.SIGINT
 
 
+_arming = threading.RLock()  # the handler (main thread) and the watcher thread may both arm for one signal
+
+
 def _arm(signum: int) -> None:
-    """Start the grace timer: a training that has not acted on the signal within stop_seconds() is stopped anyway."""
-    _disarm()
-    timer = threading.Timer(stop_seconds(), _force, (signum,))
-    timer.daemon = True
-    _watch["timer"] = timer
-    timer.start()
+    """Start the grace timer, once per signal acted on: a training that has not acted on the signal within
+    stop_seconds() is stopped anyway."""
+    with _arming:
+        if "timer" in _watch:
+            return
+        timer = threading.Timer(stop_seconds(), _force, (signum,))
+        timer.daemon = True
+        _watch["timer"] = timer
+        timer.start()
+
+
+def _start_watcher():
+    """A thread that arms the grace from the signal's byte on a wakeup fd (signal.set_wakeup_fd): the C-level handler
+    writes it even while the main thread is blocked where Python's handler cannot run (inside C code, or with the
+    signals masked), which would otherwise never arm anything. Returns the function that stops it."""
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not the main thread, or no pipe: the handler alone arms
+        return lambda: None
+
+    def watch():
+        while data := os.read(r, 64):
+            for signum in data:
+                if _held and signum in (signal.SIGINT, signal.SIGTERM):
+                    _arm(signum)
+
+    thread = threading.Thread(target=watch, name="gvd-signal-watch", daemon=True)
+    thread.start()
+
+    def stop():
+        signal.set_wakeup_fd(previous)
+        os.close(w)  # the watcher reads the end of the pipe and returns
+        thread.join(5)
+        os.close(r)
+
+    return stop
 
 
 def _disarm() -> None:
@@ -95,7 +130,7 @@ def _force(signum: int) -> None:
     the main thread again, which now raises Interrupted there (a sleep or a wait is interrupted by it); a main thread
     blocked where no signal handler can run (inside C code) gets ABANDON_SECONDS more, then the process ends with the
     shell's status, after the registered last words (the suite's results.json marks the rest interrupted)."""
-    if not (_held and _pending):
+    if not _held:  # the training ended (a signal acted on disarms the timer; this one was already on its way)
         return
     _watch["forced"] = True
     signal.pthread_kill(threading.main_thread().ident, signum)
@@ -175,9 +210,11 @@ def stop_on_signals():
     """Within the block, SIGINT and SIGTERM raise Interrupted in the main thread (held to a step boundary inside
     hold_signals); the old handlers come back after."""
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_watcher = _start_watcher()
     try:
         yield
     finally:
+        stop_watcher()
         _disarm()
         _pending.clear()
         _watch.pop("last_words", None)
