@@ -85,8 +85,11 @@ def test_report_renders_every_status_and_missing_metrics(tmp_path):
 def test_results_of_the_wrong_shape_are_refused_naming_the_file(tmp_path):
     path = tmp_path / "results.json"
     for text, needle in [("{", "cannot read it as JSON"), ("[]", "not a gan-vs-diffusion results file"),
-                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}), "'runs' must be a list"),
-                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])), "status None"),
+                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}), "runs must be a list, not an object"),
+                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])),
+                          r"runs\[0\].status is missing"),
+                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0, "status": None}])),
+                          r"runs\[0\].status is None, not one of ok, diverged, failed, interrupted"),
                          (json.dumps(_results([_mixed_runs()[0]] * 2)),
                           r"runs\[0\] and runs\[1\] are both ring8/gan/0")]:
         path.write_text(text)
