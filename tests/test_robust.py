@@ -85,7 +85,8 @@ def test_report_renders_every_status_and_missing_metrics(tmp_path):
 def test_results_of_the_wrong_shape_are_refused_naming_the_file(tmp_path):
     path = tmp_path / "results.json"
     for text, needle in [("{", "cannot read it as JSON"), ("[]", "not a gan-vs-diffusion results file"),
-                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}), "runs must be a list, not an object"),
+                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}),
+                          "runs must be a list, not an object"),
                          (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])),
                           r"runs\[0\].status is missing"),
                          (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0, "status": None}])),
@@ -806,7 +807,7 @@ from pathlib import Path
 from bench.core.guard import hold_signals, on_abandon, stop_on_signals
 
 with stop_on_signals():
-    on_abandon(lambda: Path(sys.argv[1]).write_text("last words"))
+    on_abandon(lambda: Path(sys.argv[1]).write_text("last words") and "what they said")
     with hold_signals():
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no Python handler can run in this thread
         os.kill(os.getpid(), signal.SIGTERM)
@@ -827,7 +828,9 @@ def test_a_training_where_no_handler_runs_ends_after_the_grace_with_its_last_wor
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert words.read_text() == "last words" and "not reached" not in proc.stdout
     err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and "did not stop within" in err[0] and "SIGTERM" in err[0], proc.stderr
+    assert len(err) == 1 and "did not stop within" in err[0] and err[0].endswith("SIGTERM (it blocks where no "
+                                                                                  "signal reaches it); stopped: what "
+                                                                                  "they said"), proc.stderr
 
 
 def test_text_from_data_cannot_make_a_link_in_markdown():

@@ -143,19 +143,21 @@ def _force(signum: int) -> None:
 def _abandon(signum: int) -> None:
     if _watch.get("taken"):
         return
-    last_words = _watch.get("last_words")
+    last_words, said = _watch.get("last_words"), None
     try:
         if last_words is not None:
-            last_words()
+            said = last_words()
     finally:
-        print(f"gvd: a training did not stop within {stop_seconds() + ABANDON_SECONDS:.0f} s of "
-              f"{signal.Signals(signum).name} (it blocks where no signal reaches it); stopped", file=sys.stderr)
+        tqdm.write(f"gvd: a training did not stop within {stop_seconds() + ABANDON_SECONDS:.0f} s of "
+                   f"{signal.Signals(signum).name} (it blocks where no signal reaches it); stopped"
+                   + (f": {said}" if said else ""), file=sys.stderr)
         exit_worker(128 + signum)
 
 
 def on_abandon(last_words) -> None:
-    """What the process writes before it ends a training that never stops (None: nothing); the main thread is stuck
-    inside the training, so last_words must only touch what the training does not (the suite's finished entries)."""
+    """What the process writes before it ends a training that never stops (None: nothing), returning what to add to
+    its one line; the main thread is stuck inside the training, so last_words must only touch what the training does
+    not (the suite's finished entries)."""
     _watch["last_words"] = last_words
 
 

@@ -337,6 +337,7 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     def mark_the_rest_interrupted():  # a training that never stops: what finished stays, the rest is interrupted
         have = {_key(r) for r in results["runs"]}
         _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
+        return f"finished runs are in {run.results_path}, `gvd run --resume {run.root}` continues"
 
     with stop_on_signals(), stages.fresh("gvd run") as ledger:
         on_abandon(mark_the_rest_interrupted if distributed.is_main() else None)
