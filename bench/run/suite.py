@@ -303,6 +303,13 @@ def stage_record(ledger: stages.Ledger, started: float, workers: int, results: d
             "stages": total.record()}
 
 
+def _interrupt_the_rest(run: RunDir, results: dict, order: list[tuple]) -> str:
+    """Every planned entry not in results recorded as interrupted, results.json rewritten; what to tell the user."""
+    have = {_key(r) for r in results["runs"]}
+    _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
+    return f"finished runs are in {run.results_path}, `gvd run --resume {run.root}` continues"
+
+
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1,
               previous: dict | None = None, study: str | None = None, executor: Executor | None = None) -> dict:
     """Run every benchmark of the suite with every family of its config: every job (plan_jobs) `workers` at a time
@@ -333,14 +340,9 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
         results["study"] = study or previous["study"]  # the stability study the verdict shows (gvd run --study)
     earlier = (previous or {}).get("stages") or {}  # the earlier invocations' times, added in
     order = planned(cfg, families)
-
-    def mark_the_rest_interrupted():  # a training that never stops: what finished stays, the rest is interrupted
-        have = {_key(r) for r in results["runs"]}
-        _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
-        return f"finished runs are in {run.results_path}, `gvd run --resume {run.root}` continues"
-
     with stop_on_signals(), stages.fresh("gvd run") as ledger:
-        on_abandon(mark_the_rest_interrupted if distributed.is_main() else None)
+        # a training that never stops, even after the grace: what finished stays, the rest is interrupted
+        on_abandon(partial(_interrupt_the_rest, run, results, order) if distributed.is_main() else None)
         try:
             run_all(cfg, run, results, device, executor, families, done)
             if cfg.images is not None and cfg.throughput_budget_s > 0 and "throughput" not in results:
@@ -354,8 +356,7 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
         except (Interrupted, WorkerLost) as stop:  # a signal, a worker killed: the rest is marked interrupted
             if distributed.is_main():  # [ddp] rank 0 records (and says so) for every rank
                 tqdm.write(f"{stop}: recording what finished in {run.results_path}")
-            have = {_key(r) for r in results["runs"]}
-            _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
+            _interrupt_the_rest(run, results, order)
             finish(run, results, ledger, started, workers, earlier)
             if isinstance(stop, WorkerLost):
                 raise WorkerLost(f"{stop}; what finished is in {run.results_path}, `gvd run --resume {run.root}` "
