@@ -276,6 +276,24 @@ def test_a_second_run_into_a_run_folder_is_refused_then_forced(tmp_path, capsys)
     _one_line_exit_2(["run", "--resume", str(tmp_path / "nope")], "no config.json", capsys)
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("throughput", "fast", "throughput must be an object, not the string 'fast'"),  # the round's AttributeError
+    ("stages", [], "stages must be an object, not a list"),
+    ("panel", {"shapes": 3}, "panel.shapes must be an object, not an integer"),
+])
+def test_resume_of_a_results_json_with_a_field_of_the_wrong_type(field, value, needle, tmp_path, capsys):
+    """A finished run whose results.json was edited (its `throughput` a string: an AttributeError traceback in the
+    reliability round): `--resume` is one line naming the file and the field, exit 2, and the file is left as it was."""
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**results, field: value}))
+    before = (out / "results.json").read_text()
+    _one_line_exit_2(["run", "--resume", str(out)], f"{out / 'results.json'}: {needle}", capsys)
+    assert (out / "results.json").read_text() == before
+
+
 def _entries(out: Path) -> dict[tuple, str]:
     """{(dataset, model, seed): the entry as JSON text} of a run folder's results.json."""
     return {(r["dataset"], r["model"], r["seed"]): json.dumps(r) for r in load_results(out / "results.json")["runs"]}
