@@ -123,6 +123,38 @@ def _tiny_images():
     return cfg
 
 
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()])
+def test_a_family_that_exits_or_raises_keyboard_interrupt_fails_its_own_entry(raised, tmp_path, monkeypatch):
+    """A family's training or sampler that calls sys.exit(3) or raises KeyboardInterrupt (code, not a signal: a
+    signal reaches gvd as Interrupted) is that family's fault: its entry failed naming it, the other family scored."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+
+    def leaves(*args, **kwargs):
+        raise raised
+
+    run = RunDir(tmp_path / "run")
+    for broken in (dataclasses.replace(BUILT_IN["gan"], train_image=leaves),
+                   dataclasses.replace(BUILT_IN["gan"], sample_image=leaves)):
+        gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
+                                                      tmp_path / "cache", [broken, BUILT_IN["diffusion"]],
+                                                      progress=False)
+        assert gan["status"] == "failed" and gan["error"].startswith(type(raised).__name__), gan.get("error")
+        assert diffusion["status"] == "ok", diffusion.get("error")
+
+
+@pytest.mark.parametrize("body, needle", [("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+                                          ("raise KeyboardInterrupt\n", "KeyboardInterrupt")])
+def test_a_family_module_that_exits_on_import_is_one_line(body, needle, tmp_path, capsys):
+    """The reliability round's family module that calls sys.exit(3) on import: gvd exited 3 with no message. Now one
+    line naming the --family and what the module raised, exit 2, nothing written."""
+    family = tmp_path / "leaver.py"
+    family.write_text(body + "def make():\n    pass\n")
+    out = tmp_path / "run"
+    _one_line_exit_2(TINY + ["--family", f"leaver={family}:make", "--out", str(out)],
+                     f"--family 'leaver={family}:make': {needle}", capsys)
+    assert not out.exists()
+
+
 def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch, capsys):
     """The GAN raising in training fails the GAN entry alone; the diffusion entry is scored as usual; NaN diffusion
     samples make the diffusion entry diverged, and the GAN entry stays ok."""

@@ -25,6 +25,11 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
+# What a family's own code may raise and still be one family's fault: SystemExit (sys.exit in a module) and
+# KeyboardInterrupt (a signal reaches gvd as Interrupted, never as KeyboardInterrupt: this one was raised by code)
+USER_FAULTS = (Exception, SystemExit, KeyboardInterrupt)
+
+
 def error_text(exc: BaseException) -> str:
     """'TypeError: message', first line only (what a run entry and the report show)."""
     text = f"{type(exc).__name__}: {exc}"
