@@ -163,6 +163,7 @@ def test_hostile_throughput_files_are_one_line(edit, needle, tmp_path, capsys):
     (lambda d: d["runs"][2].update(curve=[{"step": [1]}]), "runs[2].curve[0].step must be a number or null"),
     (lambda d: d["runs"][0].update(tuned={"metrics": []}), "runs[0].tuned.metrics must be an object, not a list"),
     (lambda d: d.update(stages={"stages": {"train": 3}}), "stages.stages.train must be an object"),
+    (lambda d: d.update(study=3), "study must be a string, not an integer"),  # a folder's path, read by the report
 ])
 def test_hostile_results_files_are_one_line(edit, needle, tmp_path, capsys):
     """A results.json with a field of the wrong type anywhere a reader looks: compare and report say which, exit 2."""

@@ -141,7 +141,7 @@ RESULTS = {
     "schema": str, "suite?": str, "created?": str, "device?": str, "versions?": {"*": (str, None)}, "config": FREE,
     "families?": {"*": {"role?": str, "label?": str, "description?": str, "benchmarks?": [str], "knob?": KNOB,
                         "*": object}},
-    "runs": [ENTRY], "distributed?": FREE, "panel?": {"*": FREE},
+    "runs": [ENTRY], "distributed?": FREE, "panel?": {"*": FREE}, "study?": str,
     "throughput?": ({"error": str}, THROUGHPUT),
     "stages?": {"stages?": {"*": ({"*": OPT_NUM}, STAGE_TIME)}, "report?": FREE, "*": OPT_NUM},
     "*": object}
