@@ -405,7 +405,7 @@ def _cmd_throughput(args) -> None:
     from bench.data.registry import dataset_info
     from bench.run.preflight import check_finite, check_output_file
     from bench.speed.summary import throughput_table
-    from bench.speed.throughput import image_throughput
+    from bench.speed.throughput import image_throughput, machine_problem
 
     cfg = preset(args.preset).images
     if cfg is None:
@@ -424,6 +424,8 @@ def _cmd_throughput(args) -> None:
         check_output_file(out, ".json")
     device = _device(args.device)
     channels = dataset_info(cfg.datasets[0]).channels
+    if problem := machine_problem(cfg, channels, device, args.batch, args.threads):
+        raise UserError(problem)
     if args.threads is not None:
         import torch  # the speed stack already loaded it
 
@@ -809,13 +811,15 @@ def _add_throughput(sub) -> None:
     thr.add_argument("--preset", default=catalog.DEFAULT_PRESET,
                      help=f"whose image configs to measure (default {catalog.DEFAULT_PRESET})")
     thr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
-    thr.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
+    thr.add_argument("--batch", type=int, default=64,
+                     help="sampling batch size (default 64; at most what the available memory holds, estimated)")
     thr.add_argument("--nfe", type=int, nargs="+", help="diffusion NFEs (default 10 20 50 1000, up to the preset's T)")
     thr.add_argument("--budget", type=float, default=120.0,
                      help="seconds the whole measurement may take (default 120): the cheap parts first, then each "
                           "costlier one only when the cost they predict fits; what does not fit is estimated from "
                           "measured parts, or (training) measured at a smaller batch, and its row says so")
-    thr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    thr.add_argument("--threads", type=int,
+                     help="torch CPU threads (default: torch's, one per core; at most the cores this process may use)")
     thr.add_argument("--out", help="also write the full result as JSON to this file")
     thr.set_defaults(func=_cmd_throughput)
 

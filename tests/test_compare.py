@@ -134,6 +134,50 @@ def test_throughput_files(tmp_path, capsys):
     assert "setup: device" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d["rows"][0].pop("stage"), "rows[0].stage is missing"),
+    (lambda d: d.update(rows="diffusion"), "rows must be a list, not the string 'diffusion'"),
+    (lambda d: d["rows"][0].update(guidance="3"), "rows[0].guidance must be a number or null, not the string '3'"),
+    (lambda d: d["rows"].append(7), "rows[1] must be an object, not an integer"),
+    (lambda d: d["rows"][0].update(images_per_s=True), "rows[0].images_per_s must be a number, not true/false"),
+    (lambda d: d.update(device=None), "device must be a string, not null"),
+])
+def test_hostile_throughput_files_are_one_line(edit, needle, tmp_path, capsys):
+    """The reliability round's four throughput files (a row missing 'stage', rows as a string, guidance as a string,
+    a row as a number) and two more: one line naming the file and the field, exit 2, nothing written."""
+    base = _throughput(tmp_path, "base", 100.0)
+    bad = tmp_path / "bad.json"
+    data = json.loads((tmp_path / "base.json").read_text())
+    edit(data)
+    bad.write_text(json.dumps(data))
+    assert main(["compare", base, str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{bad}: {needle}" in err, err
+    assert not (tmp_path / "compare.md").exists()
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(throughput="fast"), "throughput must be an object, not the string 'fast'"),
+    (lambda d: d["runs"][0].update(metrics={"fid": "low"}), "runs[0].metrics.fid must be a number or null"),
+    (lambda d: d["runs"][1].update(status="great"), "runs[1].status is 'great', not one of ok, diverged"),
+    (lambda d: d["runs"][2].update(curve=[{"step": [1]}]), "runs[2].curve[0].step must be a number or null"),
+    (lambda d: d["runs"][0].update(tuned={"metrics": []}), "runs[0].tuned.metrics must be an object, not a list"),
+    (lambda d: d.update(stages={"stages": {"train": 3}}), "stages.stages.train must be an object"),
+    (lambda d: d.update(study=3), "study must be a string, not an integer"),  # a folder's path, read by the report
+])
+def test_hostile_results_files_are_one_line(edit, needle, tmp_path, capsys):
+    """A results.json with a field of the wrong type anywhere a reader looks: compare and report say which, exit 2."""
+    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    data = json.loads((tmp_path / "b" / "results.json").read_text())
+    edit(data)
+    (tmp_path / "b" / "results.json").write_text(json.dumps(data))
+    for args in (["compare", a, b], ["report", b]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and needle in err, err
+    assert not (tmp_path / "b" / "report.md").exists() and not (tmp_path / "a" / "compare.md").exists()
+
+
 def test_a_run_whose_seeds_all_diverged_regresses(tmp_path, capsys):
     a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
     results = json.loads((tmp_path / "b" / "results.json").read_text())

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,8 +85,12 @@ def test_report_renders_every_status_and_missing_metrics(tmp_path):
 def test_results_of_the_wrong_shape_are_refused_naming_the_file(tmp_path):
     path = tmp_path / "results.json"
     for text, needle in [("{", "cannot read it as JSON"), ("[]", "not a gan-vs-diffusion results file"),
-                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}), "'runs' must be a list"),
-                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])), "status None"),
+                         (json.dumps({"schema": SCHEMA, "runs": {}, "config": {}}),
+                          "runs must be a list, not an object"),
+                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0}])),
+                          r"runs\[0\].status is missing"),
+                         (json.dumps(_results([{"dataset": "ring8", "model": "gan", "seed": 0, "status": None}])),
+                          r"runs\[0\].status is None, not one of ok, diverged, failed, interrupted"),
                          (json.dumps(_results([_mixed_runs()[0]] * 2)),
                           r"runs\[0\] and runs\[1\] are both ring8/gan/0")]:
         path.write_text(text)
@@ -116,6 +121,38 @@ def _tiny_images():
     cfg.num_samples = cfg.curve_samples = cfg.sweep_samples = 8
     cfg.fid_bootstrap, cfg.eval_checkpoints, cfg.guidance_sweep, cfg.truncation_sweep = 0, 1, [1.0, 2.0], [0.5]
     return cfg
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()])
+def test_a_family_that_exits_or_raises_keyboard_interrupt_fails_its_own_entry(raised, tmp_path, monkeypatch):
+    """A family's training or sampler that calls sys.exit(3) or raises KeyboardInterrupt (code, not a signal: a
+    signal reaches gvd as Interrupted) is that family's fault: its entry failed naming it, the other family scored."""
+    monkeypatch.setenv("GVD_CACHE", str(tmp_path / "cache"))
+
+    def leaves(*args, **kwargs):
+        raise raised
+
+    run = RunDir(tmp_path / "run")
+    for broken in (dataclasses.replace(BUILT_IN["gan"], train_image=leaves),
+                   dataclasses.replace(BUILT_IN["gan"], sample_image=leaves)):
+        gan, diffusion = imagebench.run_image_dataset("shapes", 0, _tiny_images(), torch.device("cpu"), run,
+                                                      tmp_path / "cache", [broken, BUILT_IN["diffusion"]],
+                                                      progress=False)
+        assert gan["status"] == "failed" and gan["error"].startswith(type(raised).__name__), gan.get("error")
+        assert diffusion["status"] == "ok", diffusion.get("error")
+
+
+@pytest.mark.parametrize("body, needle", [("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+                                          ("raise KeyboardInterrupt\n", "KeyboardInterrupt")])
+def test_a_family_module_that_exits_on_import_is_one_line(body, needle, tmp_path, capsys):
+    """The reliability round's family module that calls sys.exit(3) on import: gvd exited 3 with no message. Now one
+    line naming the --family and what the module raised, exit 2, nothing written."""
+    family = tmp_path / "leaver.py"
+    family.write_text(body + "def make():\n    pass\n")
+    out = tmp_path / "run"
+    _one_line_exit_2(TINY + ["--family", f"leaver={family}:make", "--out", str(out)],
+                     f"--family 'leaver={family}:make': {needle}", capsys)
+    assert not out.exists()
 
 
 def test_one_family_failing_does_not_mark_the_other(tmp_path, monkeypatch, capsys):
@@ -247,7 +284,7 @@ def test_throughput_budget_nan(capsys):
 def test_report_and_compare_on_json_of_the_wrong_shape(command, tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps({"schema": SCHEMA, "runs": [1], "config": {}}))
     args = [command, str(tmp_path)] + ([str(tmp_path)] if command == "compare" else [])
-    _one_line_exit_2(args, "runs[0] is not an object", capsys)
+    _one_line_exit_2(args, "runs[0] must be an object, not an integer", capsys)
     (tmp_path / "results.json").write_text('{"schema": ')
     _one_line_exit_2(args, f"{tmp_path / 'results.json'}: cannot read it as JSON", capsys)
     assert not (tmp_path / "report.md").exists()
@@ -269,6 +306,24 @@ def test_a_second_run_into_a_run_folder_is_refused_then_forced(tmp_path, capsys)
     assert [r["status"] for r in load_results(out / "results.json")["runs"]] == ["ok"] * 3  # GAN, diffusion, real
     _one_line_exit_2(["run", "--resume", str(out), "--preset", "smoke"], "drop --preset", capsys)
     _one_line_exit_2(["run", "--resume", str(tmp_path / "nope")], "no config.json", capsys)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("throughput", "fast", "throughput must be an object, not the string 'fast'"),  # the round's AttributeError
+    ("stages", [], "stages must be an object, not a list"),
+    ("panel", {"shapes": 3}, "panel.shapes must be an object, not an integer"),
+])
+def test_resume_of_a_results_json_with_a_field_of_the_wrong_type(field, value, needle, tmp_path, capsys):
+    """A finished run whose results.json was edited (its `throughput` a string: an AttributeError traceback in the
+    reliability round): `--resume` is one line naming the file and the field, exit 2, and the file is left as it was."""
+    out = tmp_path / "run"
+    assert main(TINY + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**results, field: value}))
+    before = (out / "results.json").read_text()
+    _one_line_exit_2(["run", "--resume", str(out)], f"{out / 'results.json'}: {needle}", capsys)
+    assert (out / "results.json").read_text() == before
 
 
 def _entries(out: Path) -> dict[tuple, str]:
@@ -703,6 +758,129 @@ def test_a_killed_worker_stops_the_run_in_one_line_and_a_resume_finishes_it(tmp_
     assert next(r for r in runs if r["model"] == "killer")["status"] == "interrupted"
     assert main(["run", "--resume", str(out), "--workers", "1", "--trust-family-code"]) == 0
     assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
+
+
+SLEEPER = """import dataclasses, os, signal, time
+from pathlib import Path
+import mean_family
+
+HERE = Path(__file__).parent
+
+
+def train(task):
+    if (HERE / "sleep").exists():  # a training that ignores every stop: it sleeps (a sleep resumes after a handler)
+        if (HERE / "mask").exists():  # ... or where no Python handler can run, as inside C code: signals masked
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        (HERE / "training").write_text(str(os.getpid()))
+        while True:
+            time.sleep(3600)
+    return mean_family.train(task)
+
+
+def make():
+    return dataclasses.replace(mean_family.make(), name="sleeper", train_image=train)
+"""
+
+
+@pytest.mark.slow  # per case a CLI subprocess to the sleeping training, the grace, the report, then a resume: ~1 min
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("signals, masked", [((signal.SIGINT,), False), ((signal.SIGINT, signal.SIGINT), False),
+                                             ((signal.SIGTERM,), False), ((signal.SIGTERM,), True)],
+                         ids=["SIGINT", "SIGINT-twice", "SIGTERM", "SIGTERM-masked"])
+def test_a_family_that_sleeps_through_the_signal_is_stopped_after_the_grace(signals, masked, workers, tmp_path,
+                                                                            module_cache):
+    """A user family whose training sleeps and never looks at the stop (issue 36: with --workers 1 SIGTERM never
+    stopped it; after two SIGINTs a worker was alive 93 s later): one SIGINT or SIGTERM stops the whole process tree
+    once the grace (GVD_STOP_SECONDS) has run out, exit 130 / 143 with no traceback, the sleeping training's entry
+    recorded as interrupted; `--resume` (the family now trains) finishes every entry. "masked": the training blocks
+    the signals, as code inside C does where no Python handler runs: the process ends 5 s after the grace, its
+    unfinished entries marked interrupted in results.json."""
+    family = tmp_path / "sleeper.py"
+    family.write_text(SLEEPER)
+    (tmp_path / "sleep").touch()
+    if masked:
+        (tmp_path / "mask").touch()
+    out = tmp_path / "run"
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}", "GVD_STOP_SECONDS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--preset", "smoke", "--device", "cpu",
+                             "--workers", str(workers), "--set", "mixtures=null", "--set", "images.steps=3",
+                             "--set", "throughput_budget_s=0", "--family", f"sleeper={family}:make", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 400
+    while not (tmp_path / "training").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    sleeper = int((tmp_path / "training").read_text())
+    tree = children(proc.pid) + [sleeper]
+    sig = signals[0]
+    for i, each in enumerate(signals):  # a second Ctrl-C half a second later, as the reliability round pressed it
+        time.sleep(0.5 * i)
+        proc.send_signal(each)
+    _, stderr = proc.communicate(timeout=300)  # generous: the grace is 2 s, the rest is writing the report
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    assert "Traceback" not in stderr and "--resume" in stderr, stderr[-2000:]
+    time.sleep(0.5)
+    assert not [p for p in tree if alive(p)], "processes left behind"
+    runs = {r["model"]: r["status"] for r in load_results(out / "results.json")["runs"]}
+    assert runs["sleeper"] == "interrupted" and set(runs.values()) <= {"ok", "interrupted"}, runs
+    (tmp_path / "sleep").unlink()
+    assert main(["run", "--resume", str(out), "--workers", "1"]) == 0
+    assert {r["status"] for r in load_results(out / "results.json")["runs"]} == {"ok"}
+
+
+def test_the_grace_ends_a_held_training_that_ignores_the_signal(monkeypatch):
+    """In this process (--workers 1): a training held by hold_signals that sleeps through SIGTERM is interrupted once
+    GVD_STOP_SECONDS has run out, with Interrupted(SIGTERM) raised out of its sleep; a training that acts on the
+    signal in time is not forced, and the grace timer is gone after either."""
+    monkeypatch.setenv("GVD_STOP_SECONDS", "0.5")
+    slept = []
+    with stop_on_signals():
+        with pytest.raises(Interrupted) as stopped:
+            with hold_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(600):  # 60 s at most: the grace of 0.5 s ends it long before
+                    time.sleep(0.1)
+                    slept.append(1)
+        assert stopped.value.signum == signal.SIGTERM and len(slept) < 600
+        with pytest.raises(Interrupted):  # a training that acts on it: the pending signal, no forced stop
+            with hold_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                while not pending_signal():
+                    time.sleep(0.01)
+        time.sleep(1.0)  # past the grace: no late forced signal reaches the code after the training
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t.is_alive()]
+
+
+ABANDONED = """import os, signal, sys, time
+from pathlib import Path
+from bench.core.guard import hold_signals, on_abandon, stop_on_signals
+
+with stop_on_signals():
+    on_abandon(lambda: Path(sys.argv[1]).write_text("last words") and "what they said")
+    with hold_signals():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no Python handler can run in this thread
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(600)
+print("not reached")
+"""
+
+
+def test_a_training_where_no_handler_runs_ends_after_the_grace_with_its_last_words(tmp_path):
+    """A held training whose thread cannot run Python's signal handler (signals masked, as inside C code): the
+    wakeup-fd watcher still sees SIGTERM, the grace runs out, the forced signal cannot be taken, and 5 s later the
+    process writes its last words (the suite's: the unfinished entries marked interrupted), says so in one line and
+    ends with 143. Timeouts are generous: no wall-clock limit is asserted."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "GVD_STOP_SECONDS": "0.5"}
+    words = tmp_path / "words"
+    proc = subprocess.run([sys.executable, "-c", ABANDONED, str(words)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert words.read_text() == "last words" and "not reached" not in proc.stdout
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "did not stop within" in err[0] and err[0].endswith("SIGTERM (it blocks where no "
+                                                                                  "signal reaches it); stopped: what "
+                                                                                  "they said"), proc.stderr
 
 
 def test_text_from_data_cannot_make_a_link_in_markdown():

@@ -118,6 +118,31 @@ def test_sign_flip_p_is_the_exact_randomisation_distribution():
     assert sign_flip_p(d) == pytest.approx(ref, rel=1e-12)
 
 
+@pytest.mark.parametrize("n, shift", [(21, 0.3), (22, 0.0), (24, 0.6)])
+def test_sign_flip_p_past_20_differences_is_the_exact_p_within_its_monte_carlo_error(n, shift):
+    """Past 20 differences the p-value is the share of SIGN_PATTERNS random patterns: against the exact share of all
+    2^n patterns (every pattern enumerated here, independently of the table lookup it uses), within 4 standard errors
+    of a binomial share of SIGN_PATTERNS draws."""
+    from bench.evaluate.stats import SIGN_PATTERNS
+
+    d = np.random.default_rng(n).normal(shift, 1.0, n)
+    sums = np.zeros(1)
+    for v in d:  # every pattern's signed sum, built one difference at a time: (2^n,)
+        sums = np.concatenate([sums + v, sums - v])
+    exact = float(np.mean(np.abs(sums) >= abs(d.sum()) * (1 - 1e-12)))
+    got = sign_flip_p(d)
+    assert abs(got - exact) <= 4 * np.sqrt(exact * (1 - exact) / SIGN_PATTERNS) + 1e-9, (got, exact)
+    assert sign_flip_p(list(d)) == got  # seeded: the same differences, the same p
+
+
+def test_sign_flip_p_on_a_thousand_seeds_is_the_normal_limit():
+    """1000 differences (a 10,000-entry results.json): the sign-flip statistic's exact null is close to normal with
+    variance sum(d^2) (the CLT for the weighted Rademacher sum), so p ~ 2 (1 - Phi(|sum d| / sqrt(sum d^2)))."""
+    d = np.random.default_rng(5).normal(0.05, 1.0, 1000)
+    z = abs(d.sum()) / np.sqrt(np.sum(d**2))
+    assert sign_flip_p(d) == pytest.approx(2 * sps.norm.sf(z), abs=0.005)
+
+
 def test_cluster_difference_treats_the_configuration_as_the_unit():
     """The default study: 7 configurations per family, each run on 2 datasets x 2 seeds; diffusion converged in 4
     configurations throughout, the GAN in one run of one configuration. Counted per configuration, the shares are

@@ -19,8 +19,10 @@ from bench.speed.throughput import (
     _plan,
     _prepare,
     _train_inputs,
+    bytes_per_image,
     image_throughput,
     measured_families,
+    machine_problem,
     run_entry_throughput,
 )
 from bench.speed.timing import measure
@@ -187,6 +189,45 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(["throughput", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "1000000000"], "--batch 1000000000 needs about"),
+    (["--threads", "100000"], "--threads 100000: this machine gives this process"),
+])
+def test_batch_and_threads_are_bounded_by_the_machine(argv, message, tmp_path, capsys):
+    """The reliability round's --batch 1e9 (an allocation of 128 GB attempted) and --threads 100000 (libgomp out of
+    memory): one line naming the most this machine allows, exit 2, no --out written, no torch threads changed."""
+    threads = torch.get_num_threads()
+    out = tmp_path / "t.json"
+    assert main(["throughput", "--preset", "smoke", "--device", "cpu", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "use at most" in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and torch.get_num_threads() == threads
+    most = int(err.rsplit(" ", 1)[1])  # the bound it names is one the machine takes: one more is refused
+    flag = argv[0]
+    assert machine_problem(preset("smoke").images, 3, torch.device("cpu"), *(
+        (most, None) if flag == "--batch" else (1, most))) is None
+    assert machine_problem(preset("smoke").images, 3, torch.device("cpu"), *(
+        (most + most // 100 + 1, None) if flag == "--batch" else (1, most + 1))) is not None
+
+
+def test_memory_per_image_covers_the_largest_activation():
+    """bytes_per_image (an estimate) is at least the largest single activation per image that a guided UNet call
+    and the VAE decoder actually produce (forward hooks on every module, an independent count)."""
+    cfg = preset("smoke").images
+    b = _prepare(cfg, torch.device("cpu"), 3, 2, None, 0)
+    sizes = []
+    hook = lambda m, i, o: sizes.append(o.numel() * o.element_size() / len(o)) if torch.is_tensor(o) else None  # noqa: E731
+    handles = [m.register_forward_hook(hook) for net in (b.nets["unet"], b.nets["vae"]) for m in net.modules()]
+    with torch.no_grad():
+        x = torch.cat([b.x_T, b.x_T])  # both halves of a guided call
+        b.nets["unet"](x, torch.cat([b.t_mid, b.t_mid]), context=torch.cat([b.states, b.states]),
+                       context_mask=torch.cat([b.mask, b.mask]))
+        b.nets["vae"].decode(b.x_T)
+    for h in handles:
+        h.remove()
+    assert sizes and bytes_per_image(cfg, 3) >= 2 * max(sizes)  # per image: two halves of the guided batch
 
 
 def test_out_must_be_a_file(tmp_path, capsys):

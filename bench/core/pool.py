@@ -29,7 +29,7 @@ import torch
 from tqdm.std import tqdm
 
 from bench.core import stages
-from bench.core.guard import Interrupted, exit_worker, worker_signals
+from bench.core.guard import ABANDON_SECONDS, STOP_SECONDS, Interrupted, exit_worker, stop_seconds, worker_signals
 from bench.errors import WorkerLost
 
 
@@ -45,7 +45,6 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-STOP_SECONDS = 30.0  # how long a stopped worker may take to save its training's state before it is killed
 POLL_SECONDS = 0.2  # the longest the parent waits on its workers between on_poll calls (and signal checks)
 
 
@@ -204,7 +203,7 @@ def _stop(team: list[_Worker], finished: bool) -> None:
         else:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
-    deadline = time.monotonic() + STOP_SECONDS
+    deadline = time.monotonic() + (stop_seconds() + ABANDON_SECONDS if not finished else STOP_SECONDS)
     for worker in team:
         worker.process.join(max(0.0, deadline - time.monotonic()))
         if worker.process.is_alive():

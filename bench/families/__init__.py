@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.core.rundir import FILE_PARTS
+from bench.core.guard import USER_FAULTS
 from bench.errors import UserError
 from bench.families import calibration, diffusion, gan
 from bench.families.interface import (
@@ -119,10 +120,7 @@ def load_user_family(spec: str) -> Family:
         family = getattr(_import(module), factory)()
     except FamilyError:
         raise
-    except (SystemExit, KeyboardInterrupt) as exc:  # the user's module stops the process: not gvd's exit, one line
-        raise FamilyError(f"--family {spec!r}: module {module} raised {type(exc).__name__}"
-                          f"{'(' + repr(exc.args[0]) + ')' if exc.args else ''} while loading") from None
-    except Exception as exc:  # noqa: BLE001 -- the user's code: whatever it raises is one line here
+    except USER_FAULTS as exc:  # the user's code: whatever it raises (sys.exit(3) included) is one line here
         raise FamilyError(f"--family {spec!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if not isinstance(family, Family):
         raise FamilyError(f"--family {spec!r}: {factory}() returned {type(family).__name__}, not a "

@@ -12,7 +12,7 @@ import torch
 from bench.core.rundir import RunDir, slug
 from bench.data.mixtures import sample_mixture
 from bench.evaluate.sweeps import summarise_sweeps
-from bench.report.figures import LINE_STYLES, REAL_COLOUR, log_axis, new_figure, save_figure, suptitle
+from bench.report.figures import LINE_STYLES, REAL_COLOUR, joined, log_axis, new_figure, save_figure, suptitle
 from bench.report.tables import colour, families_of, label
 
 
@@ -90,15 +90,15 @@ def curve_figure(run_dir: Path, results: dict, dataset: str, panels: list[tuple[
     families = families_of(results)
     fig, axes = new_figure(len(panels), width=3.6, height=3)
     for ax, (key, title, scale) in zip(axes, panels):
-        labelled = set()
+        lines: dict[str, list] = {}  # one artist per family, every seed in it
         for r in runs:
             # a snapshot without the metric is a gap in the line (NaN), never a straight line across it
             pts = [(p["step"], p[key] * scale if _finite(p.get(key)) else np.nan) for p in r["curve"] if "step" in p]
-            if not any(np.isfinite(y) for _, y in pts):
-                continue
-            name = None if r["model"] in labelled else label(families, r["model"])
-            labelled.add(r["model"])
-            ax.plot(*zip(*pts), marker="o", ms=3, lw=1, c=colour(families, r["model"]), alpha=0.8, label=name)
+            if any(np.isfinite(y) for _, y in pts):
+                lines.setdefault(r["model"], []).append(pts)
+        for model, seeds in lines.items():
+            ax.plot(*joined(seeds), marker="o", ms=3, lw=1, c=colour(families, model), alpha=0.8,
+                    label=label(families, model))
         ax.set(xlabel="training step", ylabel=title)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)

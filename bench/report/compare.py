@@ -21,14 +21,13 @@ yardsticks that no code change should move, shown beside them; `include_calibrat
 `gvd compare` prints is the gate's answer, PASS or FAIL (verdict_line).
 """
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.core.files import atomic_write
-from bench.core.results import THROUGHPUT_SCHEMA, load_results
+from bench.core.results import THROUGHPUT_SCHEMA, load_results, load_throughput, read_json
 from bench.errors import UserError
 from bench.evaluate import table
 from bench.evaluate.protocol import comparable, compare_protocols
@@ -126,16 +125,13 @@ def _load(path_text: str, setting: str) -> Source:
     if not results_path.is_file():
         raise CompareError(f"{path_text}: no such run folder or file" if not path.exists()
                            else f"{path_text} has no results.json (is it a run folder?)")
-    try:
-        data = json.loads(results_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompareError(f"{results_path}: cannot read it as JSON ({type(exc).__name__})") from None
     name = path.name if path.is_dir() else path.stem
-    if isinstance(data, dict) and data.get("schema") == THROUGHPUT_SCHEMA:
-        return Source(name, path, _throughput_values(data),
-                      setup={k: data.get(k) for k in THROUGHPUT_SETUP})
     try:
-        results = load_results(results_path)
+        data = read_json(results_path)
+        if isinstance(data, dict) and data.get("schema") == THROUGHPUT_SCHEMA:
+            data = load_throughput(results_path, data)
+            return Source(name, path, _throughput_values(data), setup={k: data.get(k) for k in THROUGHPUT_SETUP})
+        results = load_results(results_path, data)
     except ValueError as exc:
         raise CompareError(str(exc).splitlines()[0]) from None
     return Source(name, path, _run_values(results["runs"], setting), runs=results["runs"], setup=_budget(results),

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from bench.core.rundir import RunDir, slug
-from bench.report.figures import LINE_STYLES, MARKERS, log_axis, new_figure, save_figure, suptitle
+from bench.report.figures import LINE_STYLES, MARKERS, joined, log_axis, new_figure, save_figure, suptitle
 from bench.report.tables import colour, families_of
 from bench.report.tables import label as label_of
 from bench.speed.summary import summary_lines, table_rows
@@ -220,18 +220,23 @@ def _sampling_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tup
 def _training_figure(run_dir: Path, dataset: str, runs: list[dict], quality: tuple[str, str],
                      families: dict) -> tuple[str, str] | None:
     """(path, caption) of quality vs training wall time: one line per (model, seed), the family's colour, one line
-    style per seed."""
+    style per seed (past len(LINE_STYLES) seeds one legend entry per family, its seeds' lines alike)."""
     key, label = quality
     lines = {(r["model"], r["seed"]): _training_points(r, key) for r in runs}
     if not any(lines.values()):
         return None
     fig, (ax,) = new_figure(1, width=5, height=3.4)
-    seeds = sorted({seed for _, seed in lines})
-    for (model, seed), pts in lines.items():
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour(families, model),
-                    ls=LINE_STYLES[seeds.index(seed) % len(LINE_STYLES)],
-                    label=f"{label_of(families, model)}, seed {seed}")
+    seeds = {seed: i for i, seed in enumerate(sorted({seed for _, seed in lines}))}
+    if len(seeds) <= len(LINE_STYLES):  # a line style per seed while there are styles to tell them apart
+        for (model, seed), pts in lines.items():
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour(families, model),
+                        ls=LINE_STYLES[seeds[seed]], label=f"{label_of(families, model)}, seed {seed}")
+    else:  # more seeds than styles: one artist per family, every seed in it
+        for model in dict.fromkeys(model for model, _ in lines):
+            mine = [pts for (m, _), pts in lines.items() if m == model and pts]
+            ax.plot(*joined(mine), marker="o", ms=3, lw=1, alpha=0.8, color=colour(families, model),
+                    label=f"{label_of(families, model)}, {len(mine)} seeds")
     ax.set(xlabel="training wall time (s; a latent family's autoencoder included)", ylabel=label,
            title=f"{dataset}: quality vs training time")
     ax.legend(fontsize=7)

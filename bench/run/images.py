@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from bench.core import distributed
 from bench.core.files import WriteError, noting_cache, used_cache
-from bench.core.guard import error_text, failed_status, hold_signals
+from bench.core.guard import USER_FAULTS, error_text, failed_status, hold_signals
 from bench.core.results import failed_entry
 from bench.core.rundir import RunDir, load_checkpoint, save_checkpoint
 from bench.core.seeding import sample_seeds
@@ -168,7 +168,7 @@ def _train_one(family: Family, task: ImageTask) -> Trained:
             return family.train_image(task)
     except WriteError:
         raise  # a full disk stops the suite (bench/run/suite.py), it is no family's fault
-    except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
+    except USER_FAULTS as exc:  # one family's fault is its own result, a sys.exit in its training too
         if distributed.world() > 1:  # [ddp] the other ranks may be inside a collective: stop
             raise
         tqdm.write(f"{task.dataset} seed {task.seed}: {family.name} failed to train: {error_text(exc)}")
@@ -209,7 +209,7 @@ def _evaluate(families: list[Family], trained: dict, prep: Prepared, ev: EvalSet
             scores[family.name] = evaluate_family(prep, ev, family, trained[family.name], cfg, seed)
         except WriteError:
             raise  # a full disk (the feature cache) stops the suite
-        except Exception as exc:  # noqa: BLE001 -- one family's fault is its own result
+        except USER_FAULTS as exc:  # one family's fault is its own result, a sys.exit in its sampler too
             if distributed.world() > 1:  # [ddp] stop: the others may be inside a collective
                 raise
             trained[family.name].status = failed_status(exc)

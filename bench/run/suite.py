@@ -22,7 +22,7 @@ from bench.core import distributed, stages
 from bench.core.distributed import resolve_device  # noqa: F401 -- the CLI's and the tests' way in
 from bench.core.executor import Executor, Shipping, execute
 from bench.core.files import WriteError
-from bench.core.guard import Interrupted, error_text, interrupted_entry, stop_on_signals
+from bench.core.guard import Interrupted, error_text, interrupted_entry, on_abandon, stop_on_signals
 from bench.core.pool import torch_threads
 from bench.core.results import failed_entry, new_results
 from bench.core.rundir import RunDir
@@ -327,6 +327,13 @@ def stage_record(ledger: stages.Ledger, started: float, workers: int, results: d
             "stages": total.record()}
 
 
+def _interrupt_the_rest(run: RunDir, results: dict, order: list[tuple]) -> str:
+    """Every planned entry not in results recorded as interrupted, results.json rewritten; what to tell the user."""
+    have = {_key(r) for r in results["runs"]}
+    _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
+    return f"finished runs are in {run.results_path}, `gvd run --resume {run.root}` continues"
+
+
 def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: int = 1,
               previous: dict | None = None, study: str | None = None, executor: Executor | None = None) -> dict:
     """Run every benchmark of the suite with every family of its config: every job (plan_jobs) `workers` at a time
@@ -358,6 +365,8 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
     earlier = (previous or {}).get("stages") or {}  # the earlier invocations' times, added in
     order = planned(cfg, families)
     with stop_on_signals(), stages.fresh("gvd run") as ledger:
+        # a training that never stops, even after the grace: what finished stays, the rest is interrupted
+        on_abandon(partial(_interrupt_the_rest, run, results, order) if distributed.is_main() else None)
         try:
             run_all(cfg, run, results, device, executor, families, done)
             if cfg.images is not None and cfg.throughput_budget_s > 0 and "throughput" not in results:
@@ -371,8 +380,7 @@ def run_suite(cfg: SuiteConfig, run_dir: Path, device: torch.device, workers: in
         except (Interrupted, WorkerLost) as stop:  # a signal, a worker killed: the rest is marked interrupted
             if distributed.is_main():  # [ddp] rank 0 records (and says so) for every rank
                 tqdm.write(f"{stop}: recording what finished in {run.results_path}")
-            have = {_key(r) for r in results["runs"]}
-            _add(run, results, [interrupted_entry(*k) for k in order if k not in have], order)
+            _interrupt_the_rest(run, results, order)
             finish(run, results, ledger, started, workers, earlier)
             if isinstance(stop, WorkerLost):
                 raise WorkerLost(f"{stop}; what finished is in {run.results_path}, `gvd run --resume {run.root}` "

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -75,6 +76,58 @@ from models.text import BOS, PAD, TextConfig
 
 GUIDED_SCALE = 3.0  # the guided rows' scale: any s != 1 costs the same (both halves of the batch, every step)
 VOCAB_SIZE = 64  # placeholder words of the timed text encoder: more than the built-in captions use (about 20)
+
+
+LIVE_ACTIVATIONS = 8  # activations of a level's width alive at once in a forward (blocks, attention, skips): generous
+
+
+def bytes_per_image(cfg, channels: int) -> int:
+    """The memory one image of the sampling batch needs at the costliest point of the rows, an estimate on the
+    generous side (float32): the guided UNet call (both halves) at its widest level, with its attention maps, and the
+    VAE decoder at its widest level, each LIVE_ACTIVATIONS activations deep."""
+    side = cfg.resolution // cfg.vae.factor  # the latent's side
+    levels = [(c, side // 2**i, a) for i, (c, a) in enumerate(zip(cfg.unet.channels, cfg.unet.attention))]
+    unet = max(c * s * s + (cfg.unet.heads * s**4 if a else 0) for c, s, a in levels)
+    decoder = max(c * (cfg.resolution // 2**i) ** 2 for i, c in enumerate(cfg.vae.channels))
+    return 4 * (LIVE_ACTIVATIONS * (2 * unet + decoder) + channels * cfg.resolution**2)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for the measurement: the GPU's free memory, or the machine's available memory (Linux
+    MemAvailable); None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_problem(cfg, channels: int, device: torch.device, batch: int, threads: int | None) -> str | None:
+    """Why `gvd throughput --batch / --threads` cannot run on this machine (one line), or None: more threads than
+    usable cores (libgomp runs out of memory creating 100,000), or a batch whose estimated memory exceeds what is
+    available (--batch 1000000000 tried to allocate 128 GB)."""
+    cores = usable_cores()
+    if threads is not None and threads > cores:
+        return f"--threads {threads}: this machine gives this process {cores} cores; use at most --threads {cores}"
+    free, per_image = available_bytes(device), bytes_per_image(cfg, channels)
+    if free is not None and batch * per_image > free:
+        return (f"--batch {batch} needs about {batch * per_image / 2**30:.3g} GiB ({per_image / 2**20:.3g} MiB per "
+                f"image, estimated) and {device.type} has {free / 2**30:.3g} GiB available: use at most --batch "
+                f"{max(1, free // per_image)}")
+    return None
 
 
 def build_image_models(cfg, channels: int, device) -> dict:
