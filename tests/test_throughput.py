@@ -21,8 +21,8 @@ from bench.speed.throughput import (
     _train_inputs,
     bytes_per_image,
     image_throughput,
-    measured_families,
     machine_problem,
+    measured_families,
     run_entry_throughput,
 )
 from bench.speed.timing import measure

@@ -80,7 +80,7 @@ def test_a_module_that_stops_the_process_on_import_is_one_line_naming_it(code, t
     module = tmp_path / "stopper.py"
     module.write_text(code + "\n")
     out = tmp_path / "run"
-    line = _one_line_exit_2(SMOKE + ["--family", f"mine={module}:make", "--out", str(out)], f"module {module}",
+    line = _one_line_exit_2(SMOKE + ["--family", f"mine={module}:make", "--out", str(out)], f"mine={module}:make",
                             capsys)
     assert ("SystemExit" in line or "KeyboardInterrupt" in line) and not out.exists()
 

@@ -19,8 +19,8 @@ import re
 import sys
 from pathlib import Path
 
-from bench.core.rundir import FILE_PARTS
 from bench.core.guard import USER_FAULTS
+from bench.core.rundir import FILE_PARTS
 from bench.errors import UserError
 from bench.families import calibration, diffusion, gan
 from bench.families.interface import (
