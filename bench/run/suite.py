@@ -312,7 +312,8 @@ def finish(run: RunDir, results: dict, ledger: stages.Ledger, started: float, wo
     try:
         run.write_results(results)
     except WriteError as exc:  # the results are on disk already (above): only the report's seconds are not
-        tqdm.write(f"the report's time is not in results.json ({exc})", file=sys.stderr)
+        if written:  # else the report's own line has named the write that failed: one line for one full disk
+            tqdm.write(f"the report's time is not in results.json ({exc})", file=sys.stderr)
 
 
 def stage_record(ledger: stages.Ledger, started: float, workers: int, results: dict, earlier: dict) -> dict:
