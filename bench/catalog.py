@@ -21,9 +21,9 @@ MEASURED = {
     # the committed example (reports/example/results.json "stages" wall_s): `gvd run`, 3 seeds, 2 jobs at a time;
     # /usr/bin/time: 2,291 user + 27 system CPU-seconds. The example before the readers and the panel (7db110a) took
     # 1,310 s on a quieter machine.
-    "quick": Timing(2755, "2 CPU cores shared with other work (load average 5 to 6 throughout: a test suite and two "
-                          "other jobs beside it), 3 seeds, 2 jobs at a time, bf16 autocast, the judge, readers and "
-                          "panel cached from an earlier run; 2,318 CPU-seconds, about 20 minutes on 2 idle cores; "
+    "quick": Timing(2755, "2 CPU cores shared with other work (load average 4 to 6.5, median 5.3: a test suite "
+                          "and two other jobs beside it), 3 seeds, 2 jobs at a time, bf16 autocast, the judge, readers "
+                          "and panel cached from an earlier run; 2,318 CPU-seconds, about 20 minutes on 2 idle cores; "
                           "the committed example, 2026-12-08"),
     "toy": Timing(194, "2 CPU cores, 3 seeds, 2 jobs at a time"),
     # `/usr/bin/time gvd run --preset smoke` with an empty GVD_CACHE, 2026-12-08: 124 CPU-seconds
