@@ -193,7 +193,9 @@ def test_metrics_lists_every_metric_with_definition_direction_and_source(capsys)
     for m in table.METRICS:
         head, definition, source = blocks[m.key].splitlines()
         assert head.startswith(f"{m.key}: {m.label}. ")
-        assert {1: "Higher is better", -1: "Lower is better"}.get(m.better, "Neither") in head
+        expected = (f"Closer to {m.target:.3g} is better" if m.target is not None
+                    else {1: "Higher is better", -1: "Lower is better"}.get(m.better, "Neither"))
+        assert expected in head
         assert len(definition.strip()) > 30 and source.strip().startswith("Source: ") and len(source) > 20
     assert main(["metrics", "fid_lf", "c_t"]) == 0
     assert "Meehan et al. 2020" in capsys.readouterr().out
